@@ -94,9 +94,9 @@ static inline int test_summary(void)
 /* A fresh empty directory under the build tree for one test's files. */
 static inline const char *test_tmpdir(const char *name)
 {
-    static char path[4096];
+    static char path[1024];
     snprintf(path, sizeof path, "test-tmp/%s", name);
-    char cmd[4200];
+    char cmd[2200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", path, path);
     if (system(cmd) != 0) {
         fprintf(stderr, "cannot create %s\n", path);

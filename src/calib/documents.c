@@ -1,0 +1,216 @@
+/* documents.c: reads text, JSONL ("text" or chat "messages") and
+ * directories of them into documents. Chat transcripts are rendered as
+ * "role: content" lines, one per message: calibration needs the words and
+ * the turn structure, not a particular model's chat template. */
+#include "calib/documents.h"
+
+#include "common/fileio.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAX_INPUT_BYTES = 1 << 30 };
+
+static char *dup_or_null(const cJSON *s)
+{
+    if (!cJSON_IsString(s))
+        return NULL;
+    size_t n = strlen(s->valuestring) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s->valuestring, n);
+    return d;
+}
+
+static moeq_code push(moeq_documents *docs, char *text, size_t bytes, char *lang, char *domain,
+                      const char *path, moeq_error *err)
+{
+    if (docs->count == docs->capacity) {
+        size_t cap = docs->capacity ? docs->capacity * 2 : 64;
+        moeq_document *d = realloc(docs->docs, cap * sizeof *d);
+        if (!d) {
+            free(text);
+            free(lang);
+            free(domain);
+            return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory", path);
+        }
+        docs->docs = d;
+        docs->capacity = cap;
+    }
+    docs->docs[docs->count++] = (moeq_document){text, bytes, lang, domain};
+    return MOEQ_OK;
+}
+
+/* "role: content\n" for each message. */
+static moeq_code render_chat(const cJSON *messages, const char *path, size_t line, char **out,
+                             size_t *bytes, moeq_error *err)
+{
+    size_t total = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, messages)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(role) || !cJSON_IsString(content))
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "%s:%zu: each of \"messages\" needs string \"role\" and \"content\"",
+                             path, line);
+        total += strlen(role->valuestring) + strlen(content->valuestring) + 3;
+    }
+    char *buf = malloc(total + 1), *p = buf;
+    if (!buf)
+        return moeq_fail(err, MOEQ_ERR_OOM, "%s:%zu: out of memory", path, line);
+    cJSON_ArrayForEach(m, messages)
+    {
+        p += sprintf(p, "%s: %s\n", cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring,
+                     cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring);
+    }
+    *out = buf;
+    *bytes = (size_t)(p - buf);
+    return MOEQ_OK;
+}
+
+static moeq_code load_jsonl(const char *path, const char *lang_filter, moeq_documents *docs,
+                            moeq_error *err)
+{
+    char *data;
+    size_t n;
+    moeq_code rc = moeq_read_file(path, MAX_INPUT_BYTES, &data, &n, err);
+    if (rc)
+        return rc;
+    size_t line = 0;
+    for (char *p = data; p < data + n;) {
+        char *eol = memchr(p, '\n', (size_t)(data + n - p));
+        if (!eol)
+            eol = data + n;
+        *eol = '\0';
+        line++;
+        char *s = p;
+        p = eol + 1;
+        while (*s == ' ' || *s == '\t' || *s == '\r')
+            s++;
+        if (!*s)
+            continue;
+        cJSON *obj = cJSON_Parse(s);
+        if (!cJSON_IsObject(obj)) {
+            cJSON_Delete(obj);
+            rc = moeq_fail(err, MOEQ_ERR_FORMAT, "%s:%zu: not a JSON object", path, line);
+            break;
+        }
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
+        const cJSON *messages = cJSON_GetObjectItemCaseSensitive(obj, "messages");
+        const cJSON *lang = cJSON_GetObjectItemCaseSensitive(obj, "lang");
+        if (lang_filter && (!cJSON_IsString(lang) || strcmp(lang->valuestring, lang_filter))) {
+            cJSON_Delete(obj);
+            continue;
+        }
+        char *body = NULL;
+        size_t bytes = 0;
+        if (cJSON_IsString(text)) {
+            body = dup_or_null(text);
+            bytes = body ? strlen(body) : 0;
+            if (!body)
+                rc = moeq_fail(err, MOEQ_ERR_OOM, "%s:%zu: out of memory", path, line);
+        } else if (cJSON_IsArray(messages)) {
+            rc = render_chat(messages, path, line, &body, &bytes, err);
+        } else {
+            rc = moeq_fail(err, MOEQ_ERR_FORMAT,
+                           "%s:%zu: needs a string \"text\" field or a \"messages\" array", path,
+                           line);
+        }
+        if (!rc)
+            rc = push(docs, body, bytes, dup_or_null(lang),
+                      dup_or_null(cJSON_GetObjectItemCaseSensitive(obj, "domain")), path, err);
+        cJSON_Delete(obj);
+        if (rc)
+            break;
+    }
+    free(data);
+    return rc;
+}
+
+static int has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static moeq_code load_dir(const char *path, const char *lang_filter, moeq_documents *docs,
+                          moeq_error *err)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return moeq_fail(err, MOEQ_ERR_IO, "%s: cannot open directory", path);
+    char **names = NULL;
+    size_t count = 0, cap = 0;
+    moeq_code rc = MOEQ_OK;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!has_suffix(e->d_name, ".txt") && !has_suffix(e->d_name, ".jsonl"))
+            continue;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(names, cap * sizeof *nn);
+            if (!nn) {
+                rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory", path);
+                break;
+            }
+            names = nn;
+        }
+        size_t len = strlen(path) + strlen(e->d_name) + 2;
+        if (!(names[count] = malloc(len))) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory", path);
+            break;
+        }
+        snprintf(names[count++], len, "%s/%s", path, e->d_name);
+    }
+    closedir(d);
+    if (!rc && count == 0)
+        rc = moeq_fail(err, MOEQ_ERR_NOT_FOUND, "%s: no *.txt or *.jsonl files", path);
+    if (!rc) {
+        qsort(names, count, sizeof *names, cmp_str);
+        for (size_t i = 0; i < count && !rc; i++)
+            rc = moeq_documents_load(names[i], lang_filter, docs, err);
+    }
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+moeq_code moeq_documents_load(const char *path, const char *lang_filter, moeq_documents *docs,
+                              moeq_error *err)
+{
+    if (moeq_dir_exists(path))
+        return load_dir(path, lang_filter, docs, err);
+    if (has_suffix(path, ".jsonl") || has_suffix(path, ".json"))
+        return load_jsonl(path, lang_filter, docs, err);
+    if (lang_filter)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "%s: a language filter needs JSONL input with a \"lang\" field", path);
+    char *text;
+    size_t n;
+    moeq_code rc = moeq_read_file(path, MAX_INPUT_BYTES, &text, &n, err);
+    if (rc)
+        return rc;
+    return push(docs, text, n, NULL, NULL, path, err);
+}
+
+void moeq_documents_free(moeq_documents *docs)
+{
+    for (size_t i = 0; i < docs->count; i++) {
+        free(docs->docs[i].text);
+        free(docs->docs[i].lang);
+        free(docs->docs[i].domain);
+    }
+    free(docs->docs);
+    memset(docs, 0, sizeof *docs);
+}

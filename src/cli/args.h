@@ -1,0 +1,30 @@
+/* args.h: table-driven option parsing for the subcommands. Each option is
+ * --name VALUE (or --name=VALUE), or a bare --name for flags; anything not
+ * starting with "--" is positional. Sizes accept K/M/G/T with optional iB. */
+#ifndef MOEQ_CLI_ARGS_H
+#define MOEQ_CLI_ARGS_H
+
+#include "moeq/moeq.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum arg_type { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_BYTES } arg_type;
+
+typedef struct arg_spec {
+    const char *name; /* without the leading "--" */
+    arg_type type;
+    void *dest; /* int*, int*, double*, const char**, int64_t* */
+    const char *metavar;
+    const char *help;
+} arg_spec;
+
+/* Parses argv[0..argc) against specs (terminated by a zero entry); up to
+ * max_positional positionals land in positional[]. */
+moeq_code args_parse(const arg_spec *specs, int argc, char **argv, const char **positional,
+                     int max_positional, int *n_positional, moeq_error *err);
+void args_print_help(FILE *out, const arg_spec *specs);
+/* "24GiB", "512M", "1000" -> bytes */
+moeq_code args_parse_bytes(const char *text, int64_t *bytes, moeq_error *err);
+
+#endif

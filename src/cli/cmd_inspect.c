@@ -1,0 +1,167 @@
+/* cmd_inspect.c: `moeq inspect MODEL_DIR`: what moeq sees in a checkpoint:
+ * architecture, layers, experts, parameter counts and bytes per dtype, and
+ * which tensors a quantization run would quantize. Every tensor the
+ * architecture expects is looked up, so a missing one is reported here. */
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "model/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t params[ST_DTYPE_COUNT];
+    int64_t bytes[ST_DTYPE_COUNT];
+    int64_t quantized_params;
+    int64_t quantized_tensors;
+} tally;
+
+static int64_t numel(const st_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
+    return n;
+}
+
+/* Looks up every tensor the architecture expects for layer l; counts the
+ * quantizable linears. */
+static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *err)
+{
+    static const moeq_tensor_role attention[] = {MOEQ_T_ATTN_NORM, MOEQ_T_Q_PROJ, MOEQ_T_K_PROJ,
+                                                 MOEQ_T_V_PROJ, MOEQ_T_O_PROJ, MOEQ_T_MLP_NORM};
+    static const moeq_tensor_role dense[] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ, MOEQ_T_DOWN_PROJ};
+    static const moeq_tensor_role expert[] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                                              MOEQ_T_EXPERT_DOWN_PROJ};
+    static const moeq_tensor_role shared[] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
+                                              MOEQ_T_SHARED_DOWN_PROJ};
+    const moeq_config *c = &m->cfg;
+    const st_tensor *x;
+    for (size_t i = 0; i < sizeof attention / sizeof attention[0]; i++) {
+        if (!(x = moeq_model_find(m, attention[i], l, -1, err)))
+            return err->code;
+        if (attention[i] != MOEQ_T_ATTN_NORM && attention[i] != MOEQ_T_MLP_NORM) {
+            t->quantized_params += numel(x);
+            t->quantized_tensors++;
+        }
+    }
+    if (!c->layer_is_moe[l]) {
+        for (int i = 0; i < 3; i++) {
+            if (!(x = moeq_model_find(m, dense[i], l, -1, err)))
+                return err->code;
+            t->quantized_params += numel(x);
+            t->quantized_tensors++;
+        }
+        return MOEQ_OK;
+    }
+    if (!moeq_model_find(m, MOEQ_T_ROUTER, l, -1, err))
+        return err->code;
+    for (int e = 0; e < c->num_experts; e++)
+        for (int i = 0; i < 3; i++) {
+            if (!(x = moeq_model_find(m, expert[i], l, e, err)))
+                return err->code;
+            t->quantized_params += numel(x);
+            t->quantized_tensors++;
+        }
+    if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size)
+        for (int i = 0; i < 3; i++) {
+            if (!(x = moeq_model_find(m, shared[i], l, -1, err)))
+                return err->code;
+            t->quantized_params += numel(x);
+            t->quantized_tensors++;
+        }
+    return MOEQ_OK;
+}
+
+static void print_model(const moeq_model *m, const tally *t)
+{
+    const moeq_config *c = &m->cfg;
+    int moe_layers = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        moe_layers += c->layer_is_moe[l];
+    printf("model         %s\n", m->dir);
+    printf("architecture  %s (%s)\n", m->arch.name, m->arch.source);
+    printf("              %s\n", m->arch.doc);
+    printf("layers        %d (%d MoE, %d dense)\n", c->num_layers, moe_layers,
+           c->num_layers - moe_layers);
+    printf("hidden        %d; vocabulary %d; tied embeddings %s\n", c->hidden_size,
+           c->vocab_size, c->tie_word_embeddings ? "yes" : "no");
+    printf("attention     %d heads, %d kv heads, head_dim %d%s%s; RoPE theta %g, rotary dim "
+           "%d\n",
+           c->num_heads, c->num_kv_heads, c->head_dim, c->qkv_bias ? ", q/k/v bias" : "",
+           c->qk_norm ? ", q/k norm" : "", c->rope.theta, c->rope.rotary_dim);
+    if (c->num_experts)
+        printf("experts       %d per MoE layer, top-%d, intermediate %d, norm_topk_prob %s; "
+               "shared expert %s\n",
+               c->num_experts, c->num_experts_per_tok, c->moe_intermediate_size,
+               c->norm_topk_prob ? "on" : "off",
+               c->shared_expert_intermediate_size ? "yes" : "none");
+    if (moe_layers < c->num_layers)
+        printf("dense MLP     intermediate %d\n", c->intermediate_size);
+    int64_t total = 0, total_bytes = 0;
+    printf("tensors       %zu in %zu file(s)\n", m->ckpt.n_tensors, m->ckpt.n_files);
+    for (int d = 0; d < ST_DTYPE_COUNT; d++) {
+        if (!t->params[d])
+            continue;
+        printf("  %-10s  %14lld parameters %16lld bytes\n", st_dtype_name((st_dtype)d),
+               (long long)t->params[d], (long long)t->bytes[d]);
+        total += t->params[d];
+        total_bytes += t->bytes[d];
+    }
+    printf("  %-10s  %14lld parameters %16lld bytes\n", "total", (long long)total,
+           (long long)total_bytes);
+    printf("quantized     %lld linear weights, %lld parameters (%.1f%%): q/k/v/o, MLP and "
+           "expert gate/up/down\n",
+           (long long)t->quantized_tensors, (long long)t->quantized_params,
+           total ? 100.0 * (double)t->quantized_params / (double)total : 0.0);
+    printf("kept          embeddings, norms, router%s, lm_head, and every other tensor\n",
+           m->arch.shared_expert == MOEQ_SHARED_EXPERT_SIGMOID_GATED ? ", shared expert gate"
+                                                                      : "");
+}
+
+int moeq_cmd_inspect(int argc, char **argv)
+{
+    const char *arch_file = NULL;
+    int help = 0;
+    const arg_spec specs[] = {
+        {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file to use instead of the built-in one"},
+        {"help", ARG_FLAG, &help, NULL, "show this help"},
+        {0},
+    };
+    moeq_error err = {0};
+    const char *pos[1];
+    int n_pos;
+    if (args_parse(specs, argc, argv, pos, 1, &n_pos, &err))
+        return moeq_cli_report("inspect", 2, err.msg);
+    if (help || n_pos != 1) {
+        FILE *out = help ? stdout : stderr;
+        fprintf(out, "usage: moeq inspect MODEL_DIR [options]\n\noptions:\n");
+        args_print_help(out, specs);
+        return help ? 0 : 2;
+    }
+    moeq_model m;
+    if (moeq_model_open(pos[0], arch_file, &m, &err))
+        return moeq_cli_report("inspect", 1, err.msg);
+    tally t = {0};
+    for (size_t i = 0; i < m.ckpt.n_tensors; i++) {
+        const st_tensor *x = m.ckpt.tensors[i];
+        t.params[x->dtype] += numel(x);
+        t.bytes[x->dtype] += (int64_t)x->nbytes;
+    }
+    int status = 0;
+    moeq_code rc = MOEQ_OK;
+    if (!m.cfg.tie_word_embeddings && !moeq_model_find(&m, MOEQ_T_LM_HEAD, -1, -1, &err))
+        rc = err.code;
+    if (!rc && !moeq_model_find(&m, MOEQ_T_EMBED, -1, -1, &err))
+        rc = err.code;
+    if (!rc && !moeq_model_find(&m, MOEQ_T_FINAL_NORM, -1, -1, &err))
+        rc = err.code;
+    for (int l = 0; l < m.cfg.num_layers && !rc; l++)
+        rc = check_layer(&m, l, &t, &err);
+    if (rc)
+        status = moeq_cli_report("inspect", 1, err.msg);
+    else
+        print_model(&m, &t);
+    moeq_model_close(&m);
+    return status;
+}

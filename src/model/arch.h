@@ -1,0 +1,93 @@
+/* arch.h: architecture files: which known components a model uses and how
+ * its tensors are named. One file per family in archs/ (embedded into the
+ * binary) or a user's own with --arch-file; format in docs/adding-a-model.md. */
+#ifndef MOEQ_MODEL_ARCH_H
+#define MOEQ_MODEL_ARCH_H
+
+#include "moeq/moeq.h"
+
+#include <cjson/cJSON.h>
+
+typedef enum moeq_attention_kind {
+    MOEQ_ATTENTION_GQA, /* grouped-query attention, RoPE on q and k */
+} moeq_attention_kind;
+
+typedef enum moeq_router_kind {
+    MOEQ_ROUTER_NONE,         /* dense model */
+    MOEQ_ROUTER_SOFTMAX_TOPK, /* softmax over all experts, top-k, optional renorm */
+} moeq_router_kind;
+
+typedef enum moeq_shared_expert_kind {
+    MOEQ_SHARED_EXPERT_NONE,
+    MOEQ_SHARED_EXPERT_SIGMOID_GATED, /* Qwen2-MoE: sigmoid(x . g) * shared(x) */
+} moeq_shared_expert_kind;
+
+typedef enum moeq_moe_layers_kind {
+    MOEQ_MOE_LAYERS_NONE,        /* dense model */
+    MOEQ_MOE_LAYERS_ALL,         /* every layer is sparse (Mixtral) */
+    MOEQ_MOE_LAYERS_SPARSE_STEP, /* Qwen-MoE: decoder_sparse_step, mlp_only_layers */
+} moeq_moe_layers_kind;
+
+/* The tensors an architecture names; the JSON key of each is in
+ * moeq_tensor_role_key(). Layer roles carry {L}, expert roles {E}. */
+typedef enum moeq_tensor_role {
+    MOEQ_T_EMBED,
+    MOEQ_T_FINAL_NORM,
+    MOEQ_T_LM_HEAD,
+    MOEQ_T_ATTN_NORM,
+    MOEQ_T_Q_PROJ,
+    MOEQ_T_K_PROJ,
+    MOEQ_T_V_PROJ,
+    MOEQ_T_O_PROJ,
+    MOEQ_T_Q_NORM,
+    MOEQ_T_K_NORM,
+    MOEQ_T_MLP_NORM,
+    MOEQ_T_GATE_PROJ,
+    MOEQ_T_UP_PROJ,
+    MOEQ_T_DOWN_PROJ,
+    MOEQ_T_ROUTER,
+    MOEQ_T_EXPERT_GATE_PROJ,
+    MOEQ_T_EXPERT_UP_PROJ,
+    MOEQ_T_EXPERT_DOWN_PROJ,
+    MOEQ_T_SHARED_GATE_PROJ,
+    MOEQ_T_SHARED_UP_PROJ,
+    MOEQ_T_SHARED_DOWN_PROJ,
+    MOEQ_T_SHARED_EXPERT_GATE,
+    MOEQ_T_COUNT
+} moeq_tensor_role;
+
+typedef struct moeq_arch {
+    char *name;
+    char *doc;
+    char *source; /* "built-in archs/NAME.json" or the file's path */
+    char **model_types;
+    int n_model_types;
+    cJSON *params; /* canonical parameter -> {keys, default} or {value}; owned */
+    moeq_attention_kind attention;
+    moeq_router_kind router;
+    moeq_shared_expert_kind shared_expert;
+    moeq_moe_layers_kind moe_layers;
+    char *tensors[MOEQ_T_COUNT]; /* name templates; NULL where absent */
+} moeq_arch;
+
+const char *moeq_tensor_role_key(moeq_tensor_role role);
+
+/* Parses and validates one architecture file's text; source names it in
+ * messages. */
+moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
+                          moeq_error *err);
+moeq_code moeq_arch_load_file(const char *path, moeq_arch *arch, moeq_error *err);
+/* The built-in architecture serving model_type; an unknown type fails with
+ * the list of supported ones and a pointer to docs/adding-a-model.md. */
+moeq_code moeq_arch_for_model_type(const char *model_type, moeq_arch *arch,
+                                   moeq_error *err);
+/* Comma-separated model types of every built-in architecture. */
+void moeq_arch_supported_list(char *buf, size_t bytes);
+void moeq_arch_free(moeq_arch *arch);
+
+/* Fills buf with the tensor name for role at layer/expert. Returns 0, or -1
+ * when the architecture has no such tensor or buf is too small. */
+int moeq_arch_tensor_name(const moeq_arch *arch, moeq_tensor_role role, int layer,
+                          int expert, char *buf, size_t bytes);
+
+#endif

@@ -1,0 +1,401 @@
+/* config.c: config.json -> moeq_config. Every value is looked up through
+ * the architecture file's params (a list of candidate config keys and a
+ * default, or a fixed value), falling back to the common Hugging Face keys
+ * below. Values that are absent or null take the default. */
+#include "model/config.h"
+
+#include "common/fileio.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const cJSON *root;
+    const moeq_arch *arch;
+    const char *path;
+    moeq_error *err;
+} reader;
+
+/* The config keys tried for each parameter when the architecture file does
+ * not say otherwise (transformers 4.x and 5.x names). */
+static const struct {
+    const char *param;
+    const char *keys[4];
+} DEFAULT_KEYS[] = {
+    {"hidden_size", {"hidden_size"}},
+    {"num_hidden_layers", {"num_hidden_layers"}},
+    {"num_attention_heads", {"num_attention_heads"}},
+    {"num_key_value_heads", {"num_key_value_heads"}},
+    {"head_dim", {"head_dim"}},
+    {"intermediate_size", {"intermediate_size"}},
+    {"vocab_size", {"vocab_size"}},
+    {"rms_norm_eps", {"rms_norm_eps"}},
+    {"max_position_embeddings", {"max_position_embeddings"}},
+    {"tie_word_embeddings", {"tie_word_embeddings"}},
+    {"qkv_bias", {"attention_bias"}},
+    {"o_bias", {NULL}},
+    {"mlp_bias", {"mlp_bias"}},
+    {"qk_norm", {NULL}},
+    {"num_experts", {"num_experts", "num_local_experts", "n_routed_experts"}},
+    {"num_experts_per_tok", {"num_experts_per_tok", "moe_topk"}},
+    {"moe_intermediate_size", {"moe_intermediate_size"}},
+    {"shared_expert_intermediate_size", {"shared_expert_intermediate_size"}},
+    {"norm_topk_prob", {"norm_topk_prob"}},
+    {"decoder_sparse_step", {"decoder_sparse_step"}},
+    {"mlp_only_layers", {"mlp_only_layers"}},
+    {"hidden_act", {"hidden_act", "hidden_activation"}},
+    {"sliding_window", {"sliding_window"}},
+};
+
+/* Finds the JSON value for param: the arch's fixed value, the first present
+ * non-null key, the arch's default; NULL when none. *key_used names it. */
+static const cJSON *lookup(const reader *r, const char *param, const char **key_used)
+{
+    const cJSON *spec = cJSON_GetObjectItemCaseSensitive(r->arch->params, param);
+    *key_used = param;
+    if (spec) {
+        const cJSON *value = cJSON_GetObjectItemCaseSensitive(spec, "value");
+        if (value) {
+            *key_used = "(fixed by the architecture file)";
+            return value;
+        }
+        const cJSON *k;
+        cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(spec, "keys"))
+        {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, k->valuestring);
+            if (v && !cJSON_IsNull(v)) {
+                *key_used = k->valuestring;
+                return v;
+            }
+        }
+        const cJSON *def = cJSON_GetObjectItemCaseSensitive(spec, "default");
+        if (def)
+            *key_used = "(architecture default)";
+        return def;
+    }
+    for (size_t i = 0; i < sizeof DEFAULT_KEYS / sizeof DEFAULT_KEYS[0]; i++) {
+        if (strcmp(DEFAULT_KEYS[i].param, param))
+            continue;
+        for (int j = 0; j < 4 && DEFAULT_KEYS[i].keys[j]; j++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, DEFAULT_KEYS[i].keys[j]);
+            if (v && !cJSON_IsNull(v)) {
+                *key_used = DEFAULT_KEYS[i].keys[j];
+                return v;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Reads an integer parameter; required ones fail when absent, others take
+ * def. Values must lie in [lo, hi]. */
+static moeq_code read_int(const reader *r, const char *param, int required, int def, int lo,
+                          int hi, int *out)
+{
+    const char *key;
+    const cJSON *v = lookup(r, param, &key);
+    if (!v) {
+        if (required)
+            return moeq_fail(r->err, MOEQ_ERR_NOT_FOUND,
+                             "config.json %s: required field \"%s\" is missing", r->path, param);
+        *out = def;
+        return MOEQ_OK;
+    }
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!cJSON_IsNumber(v) || d != floor(d) || d < lo || d > hi)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: field \"%s\" must be an integer in [%d, %d]", r->path,
+                         key, lo, hi);
+    *out = (int)d;
+    return MOEQ_OK;
+}
+
+static moeq_code read_bool(const reader *r, const char *param, int def, int *out)
+{
+    const char *key;
+    const cJSON *v = lookup(r, param, &key);
+    if (!v) {
+        *out = def;
+        return MOEQ_OK;
+    }
+    if (!cJSON_IsBool(v))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: field \"%s\" must be true or false", r->path, key);
+    *out = cJSON_IsTrue(v);
+    return MOEQ_OK;
+}
+
+static moeq_code read_double(const cJSON *obj, const char *key, double def, const char *path,
+                             const char *where, double *out, moeq_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return MOEQ_OK;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "config.json %s: field \"%s%s\" must be a number",
+                         path, where, key);
+    *out = v->valuedouble;
+    return MOEQ_OK;
+}
+
+/* RoPE: transformers 5.x writes rope_parameters {rope_type, rope_theta,
+ * factor, ...}; 4.x writes rope_theta at the top and rope_scaling {type or
+ * rope_type, factor, ...} (null when unscaled). */
+static moeq_code read_rope(const reader *r, moeq_config *cfg)
+{
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(r->root, "rope_parameters");
+    const char *where = "rope_parameters.";
+    if (!params || cJSON_IsNull(params)) {
+        params = cJSON_GetObjectItemCaseSensitive(r->root, "rope_scaling");
+        where = "rope_scaling.";
+    }
+    if (params && !cJSON_IsNull(params) && !cJSON_IsObject(params))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT, "config.json %s: \"%.*s\" must be an object",
+                         r->path, (int)strlen(where) - 1, where);
+    if (params && cJSON_IsNull(params))
+        params = NULL;
+    const cJSON *type = params ? cJSON_GetObjectItemCaseSensitive(params, "rope_type") : NULL;
+    if (params && !type)
+        type = cJSON_GetObjectItemCaseSensitive(params, "type");
+    if (type && !cJSON_IsString(type))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT, "config.json %s: \"%srope_type\" must be a string",
+                         r->path, where);
+    const char *type_name = type ? type->valuestring : "default";
+    moeq_code rc = moeq_rope_type_from_name(type_name, &cfg->rope.type, r->err);
+    if (rc)
+        return moeq_wrap(r->err, "config.json %s: %srope_type: ", r->path, where);
+
+    double theta = 10000.0;
+    /* rope_theta lives inside rope_parameters (5.x) or at the top (4.x). */
+    const cJSON *theta_obj = params && cJSON_GetObjectItemCaseSensitive(params, "rope_theta")
+                                 ? params
+                                 : r->root;
+    if ((rc = read_double(theta_obj, "rope_theta", 10000.0, r->path,
+                          theta_obj == params ? where : "", &theta, r->err)))
+        return rc;
+    double partial = 1.0;
+    const cJSON *pobj = params && cJSON_GetObjectItemCaseSensitive(params, "partial_rotary_factor")
+                            ? params
+                            : r->root;
+    if ((rc = read_double(pobj, "partial_rotary_factor", 1.0, r->path, pobj == params ? where : "",
+                          &partial, r->err)))
+        return rc;
+    if (!(partial > 0.0 && partial <= 1.0))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: partial_rotary_factor must be in (0, 1]", r->path);
+    moeq_rope_params *rp = &cfg->rope;
+    rp->theta = theta;
+    rp->rotary_dim = (int)(cfg->head_dim * partial);
+    rp->max_position_embeddings = cfg->max_position_embeddings;
+    cJSON *empty = cJSON_CreateObject();
+    if (!empty)
+        return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
+    const cJSON *src = params ? params : empty;
+    double orig = cfg->max_position_embeddings;
+    if (!(rc = read_double(src, "factor", 0.0, r->path, where, &rp->factor, r->err)) &&
+        !(rc = read_double(src, "low_freq_factor", 1.0, r->path, where, &rp->low_freq_factor,
+                           r->err)) &&
+        !(rc = read_double(src, "high_freq_factor", 4.0, r->path, where, &rp->high_freq_factor,
+                           r->err)) &&
+        !(rc = read_double(src, "beta_fast", 0.0, r->path, where, &rp->beta_fast, r->err)) &&
+        !(rc = read_double(src, "beta_slow", 0.0, r->path, where, &rp->beta_slow, r->err)) &&
+        !(rc = read_double(src, "mscale", 0.0, r->path, where, &rp->mscale, r->err)) &&
+        !(rc = read_double(src, "mscale_all_dim", 0.0, r->path, where, &rp->mscale_all_dim,
+                           r->err)) &&
+        !(rc = read_double(src, "attention_factor", 0.0, r->path, where, &rp->attention_factor,
+                           r->err)) &&
+        !(rc = read_double(src, "original_max_position_embeddings", orig, r->path, where, &orig,
+                           r->err))) {
+        rp->original_max_position_embeddings = (int)orig;
+        const cJSON *trunc = cJSON_GetObjectItemCaseSensitive(src, "truncate");
+        rp->truncate = trunc ? cJSON_IsTrue(trunc) : 1;
+    }
+    cJSON_Delete(empty);
+    return rc;
+}
+
+static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
+{
+    cfg->layer_is_moe = calloc((size_t)cfg->num_layers, 1);
+    if (!cfg->layer_is_moe)
+        return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
+    if (cfg->num_experts == 0)
+        return MOEQ_OK;
+    if (r->arch->moe_layers == MOEQ_MOE_LAYERS_ALL) {
+        memset(cfg->layer_is_moe, 1, (size_t)cfg->num_layers);
+        return MOEQ_OK;
+    }
+    /* Qwen-MoE rule: layer L is sparse unless listed in mlp_only_layers,
+     * and only every decoder_sparse_step-th layer ((L + 1) % step == 0). */
+    int step;
+    moeq_code rc = read_int(r, "decoder_sparse_step", 0, 1, 1, 1 << 20, &step);
+    if (rc)
+        return rc;
+    for (int l = 0; l < cfg->num_layers; l++)
+        cfg->layer_is_moe[l] = (l + 1) % step == 0;
+    const char *key;
+    const cJSON *only = lookup(r, "mlp_only_layers", &key);
+    if (only && !cJSON_IsArray(only))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: \"%s\" must be an array of layer indices", r->path, key);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, only)
+    {
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+            e->valuedouble < 0 || e->valuedouble >= cfg->num_layers)
+            return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                             "config.json %s: \"%s\" holds %g, not a layer index in [0, %d)",
+                             r->path, key, cJSON_IsNumber(e) ? e->valuedouble : NAN,
+                             cfg->num_layers);
+        cfg->layer_is_moe[(int)e->valuedouble] = 0;
+    }
+    return MOEQ_OK;
+}
+
+static moeq_code read_all(const reader *r, moeq_config *cfg)
+{
+    const int BIG = 1 << 24;
+    moeq_code rc;
+    const char *key;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(r->root, "model_type");
+    if (cJSON_IsString(mt))
+        snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
+    if ((rc = read_int(r, "hidden_size", 1, 0, 1, BIG, &cfg->hidden_size)) ||
+        (rc = read_int(r, "num_hidden_layers", 1, 0, 1, 100000, &cfg->num_layers)) ||
+        (rc = read_int(r, "num_attention_heads", 1, 0, 1, 65536, &cfg->num_heads)) ||
+        (rc = read_int(r, "num_key_value_heads", 0, cfg->num_heads, 1, 65536,
+                       &cfg->num_kv_heads)) ||
+        (rc = read_int(r, "head_dim", 0, cfg->hidden_size / cfg->num_heads, 1, 65536,
+                       &cfg->head_dim)) ||
+        (rc = read_int(r, "vocab_size", 1, 0, 1, 1 << 28, &cfg->vocab_size)) ||
+        (rc = read_int(r, "max_position_embeddings", 0, 4096, 1, 1 << 30,
+                       &cfg->max_position_embeddings)) ||
+        (rc = read_int(r, "num_experts", 0, 0, 0, 1 << 16, &cfg->num_experts)) ||
+        (rc = read_int(r, "intermediate_size", cfg->num_experts == 0, 0, 0, BIG,
+                       &cfg->intermediate_size)) ||
+        (rc = read_int(r, "num_experts_per_tok", cfg->num_experts > 0, 0, 0, 1 << 16,
+                       &cfg->num_experts_per_tok)) ||
+        (rc = read_int(r, "moe_intermediate_size", 0, cfg->intermediate_size, 0, BIG,
+                       &cfg->moe_intermediate_size)) ||
+        (rc = read_int(r, "shared_expert_intermediate_size", 0, 0, 0, BIG,
+                       &cfg->shared_expert_intermediate_size)) ||
+        (rc = read_int(r, "sliding_window", 0, 0, 0, 1 << 30, &cfg->sliding_window)) ||
+        (rc = read_bool(r, "tie_word_embeddings", 0, &cfg->tie_word_embeddings)) ||
+        (rc = read_bool(r, "qkv_bias", 0, &cfg->qkv_bias)) ||
+        (rc = read_bool(r, "o_bias", 0, &cfg->o_bias)) ||
+        (rc = read_bool(r, "mlp_bias", 0, &cfg->mlp_bias)) ||
+        (rc = read_bool(r, "qk_norm", 0, &cfg->qk_norm)) ||
+        (rc = read_bool(r, "norm_topk_prob", 0, &cfg->norm_topk_prob)))
+        return rc;
+    /* Qwen configs carry a sliding_window that applies only when
+     * use_sliding_window is true, and then only from max_window_layers on. */
+    const cJSON *use_swa = cJSON_GetObjectItemCaseSensitive(r->root, "use_sliding_window");
+    if (cJSON_IsFalse(use_swa))
+        cfg->sliding_window = 0;
+    else if (cJSON_IsTrue(use_swa))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: use_sliding_window = true (per-layer sliding window "
+                         "from max_window_layers) is not supported",
+                         r->path);
+    if (cfg->num_heads % cfg->num_kv_heads)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: num_attention_heads (%d) is not a multiple of "
+                         "num_key_value_heads (%d)",
+                         r->path, cfg->num_heads, cfg->num_kv_heads);
+    if (cfg->num_experts > 0 && r->arch->moe_layers == MOEQ_MOE_LAYERS_NONE)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: %d experts, but architecture %s is dense", r->path,
+                         cfg->num_experts, r->arch->name);
+    if (r->arch->moe_layers != MOEQ_MOE_LAYERS_NONE && cfg->num_experts == 0)
+        return moeq_fail(r->err, MOEQ_ERR_NOT_FOUND,
+                         "config.json %s: architecture %s is MoE but no expert count was found "
+                         "(num_experts / num_local_experts / n_routed_experts)",
+                         r->path, r->arch->name);
+    if (cfg->num_experts > 0 &&
+        (cfg->num_experts_per_tok < 1 || cfg->num_experts_per_tok > cfg->num_experts))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: num_experts_per_tok (%d) must be in [1, %d]", r->path,
+                         cfg->num_experts_per_tok, cfg->num_experts);
+    if (cfg->num_experts > 0 && cfg->moe_intermediate_size < 1)
+        return moeq_fail(r->err, MOEQ_ERR_NOT_FOUND,
+                         "config.json %s: moe_intermediate_size is missing", r->path);
+    const cJSON *eps = lookup(r, "rms_norm_eps", &key);
+    if (eps && (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0)))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: \"%s\" must be a positive number", r->path, key);
+    cfg->rms_norm_eps = eps ? (float)eps->valuedouble : 1e-6f;
+    const cJSON *act = lookup(r, "hidden_act", &key);
+    if (act && (!cJSON_IsString(act) ||
+                (strcmp(act->valuestring, "silu") && strcmp(act->valuestring, "swish"))))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
+                         cJSON_IsString(act) ? act->valuestring : "(not a string)");
+    if ((rc = read_rope(r, cfg)))
+        return rc;
+    return read_moe_layers(r, cfg);
+}
+
+moeq_code moeq_config_parse(const char *json, const char *path, const moeq_arch *arch,
+                            moeq_config *cfg, moeq_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_Parse(json);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "config.json %s: not a JSON object", path);
+    }
+    /* Multimodal checkpoints nest the language model's config. */
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    reader r = {cJSON_IsObject(text) ? text : root, arch, path, err};
+    moeq_code rc = read_all(&r, cfg);
+    cJSON_Delete(root);
+    if (rc)
+        moeq_config_free(cfg);
+    return rc;
+}
+
+moeq_code moeq_config_load(const char *path, const moeq_arch *arch, moeq_config *cfg,
+                           moeq_error *err)
+{
+    char *text;
+    moeq_code rc = moeq_read_text_file(path, 1 << 24, &text, err);
+    if (rc)
+        return rc;
+    rc = moeq_config_parse(text, path, arch, cfg, err);
+    free(text);
+    return rc;
+}
+
+moeq_code moeq_config_model_type(const char *path, char *buf, size_t bytes, moeq_error *err)
+{
+    char *text;
+    moeq_code rc = moeq_read_text_file(path, 1 << 24, &text, err);
+    if (rc)
+        return rc;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "config.json %s: not a JSON object", path);
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt)) {
+        cJSON_Delete(root);
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
+                         "config.json %s: \"model_type\" is missing or not a string", path);
+    }
+    snprintf(buf, bytes, "%s", mt->valuestring);
+    cJSON_Delete(root);
+    return MOEQ_OK;
+}
+
+void moeq_config_free(moeq_config *cfg)
+{
+    free(cfg->layer_is_moe);
+    cfg->layer_is_moe = NULL;
+}

@@ -1,0 +1,49 @@
+/* config.h: the model spec moeq works from, read from a checkpoint's
+ * config.json through its architecture file. Both transformers 4.x and 5.x
+ * spellings are accepted (num_experts / num_local_experts / n_routed_experts,
+ * rope_theta + rope_scaling vs rope_parameters, head_dim absent or null). */
+#ifndef MOEQ_MODEL_CONFIG_H
+#define MOEQ_MODEL_CONFIG_H
+
+#include "model/arch.h"
+#include "model/rope.h"
+#include "moeq/moeq.h"
+
+typedef struct moeq_config {
+    char model_type[64];
+    int hidden_size;
+    int num_layers;
+    int num_heads;
+    int num_kv_heads;
+    int head_dim;
+    int intermediate_size; /* dense MLP layers */
+    int vocab_size;
+    int max_position_embeddings;
+    float rms_norm_eps;
+    int tie_word_embeddings;
+    int qkv_bias;
+    int o_bias;
+    int mlp_bias;
+    int qk_norm;
+    int sliding_window; /* 0: full attention */
+    /* MoE; num_experts == 0 for dense models */
+    int num_experts;
+    int num_experts_per_tok;
+    int moe_intermediate_size;
+    int shared_expert_intermediate_size; /* 0: no shared expert */
+    int norm_topk_prob;
+    unsigned char *layer_is_moe; /* [num_layers] */
+    moeq_rope_params rope;
+} moeq_config;
+
+/* Reads path (a config.json) with arch's parameter mapping. */
+moeq_code moeq_config_load(const char *path, const moeq_arch *arch, moeq_config *cfg,
+                           moeq_error *err);
+/* Same, from text; path only names the source in messages. */
+moeq_code moeq_config_parse(const char *json, const char *path, const moeq_arch *arch,
+                            moeq_config *cfg, moeq_error *err);
+/* model_type of a config.json, without needing an architecture. */
+moeq_code moeq_config_model_type(const char *path, char *buf, size_t bytes, moeq_error *err);
+void moeq_config_free(moeq_config *cfg);
+
+#endif

@@ -1,0 +1,224 @@
+/* forward.c: the fp32 CPU reference forward of a decoder layer: pre-norm
+ * GQA attention with RoPE (optional q/k biases and per-head q/k RMSNorm),
+ * then a SwiGLU MLP or a routed MoE block (softmax top-k, optional
+ * renormalisation, optional sigmoid-gated shared expert). It follows the
+ * transformers modeling code of the supported families operation by
+ * operation, in fp32. */
+#include "model/forward.h"
+
+#include "backend/cpu/cpu_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+moeq_code moeq_rope_cache_init(const moeq_config *cfg, moeq_rope_cache *rc, moeq_error *err)
+{
+    memset(rc, 0, sizeof *rc);
+    rc->rotary_dim = cfg->rope.rotary_dim;
+    rc->inv_freq = malloc(sizeof(float) * (size_t)(rc->rotary_dim / 2 + 1));
+    if (!rc->inv_freq)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory for RoPE frequencies");
+    moeq_code code = moeq_rope_compute(&cfg->rope, 0, rc->inv_freq, &rc->attention_factor, err);
+    if (code)
+        moeq_rope_cache_free(rc);
+    return code;
+}
+
+void moeq_rope_cache_free(moeq_rope_cache *rc)
+{
+    free(rc->inv_freq);
+    rc->inv_freq = NULL;
+}
+
+/* One SwiGLU MLP over rows tokens: out = down(silu(gate(x)) * up(x)).
+ * scratch holds 2 * rows * I floats. */
+static void mlp_forward(const moeq_mlp_weights *w, const float *x, int rows, int hidden,
+                        float *scratch, float *out)
+{
+    int inter = w->intermediate;
+    float *g = scratch, *u = scratch + (size_t)rows * inter;
+    cpu_linear(x, rows, hidden, w->gate, w->gate_bias, inter, g);
+    cpu_linear(x, rows, hidden, w->up, w->up_bias, inter, u);
+    cpu_silu_mul(g, u, (size_t)rows * inter, g);
+    cpu_linear(g, rows, inter, w->down, w->down_bias, hidden, out);
+}
+
+/* Routed experts plus the shared expert; out[N, H] is overwritten. */
+static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
+                             const float *x, int n, float *out, moeq_layer_trace *trace,
+                             moeq_error *err)
+{
+    int hidden = cfg->hidden_size, n_exp = cfg->num_experts, k = cfg->num_experts_per_tok;
+    int inter = cfg->moe_intermediate_size > cfg->shared_expert_intermediate_size
+                    ? cfg->moe_intermediate_size
+                    : cfg->shared_expert_intermediate_size;
+    float *logits = malloc(sizeof(float) * (size_t)n * n_exp);
+    float *weights = malloc(sizeof(float) * (size_t)n * k);
+    int32_t *experts = malloc(sizeof(int32_t) * (size_t)n * k);
+    int32_t *rows = malloc(sizeof(int32_t) * (size_t)n);
+    float *rows_w = malloc(sizeof(float) * (size_t)n);
+    float *xs = malloc(sizeof(float) * (size_t)n * hidden);
+    float *ys = malloc(sizeof(float) * (size_t)n * hidden);
+    float *scratch = malloc(sizeof(float) * 2 * (size_t)n * inter);
+    moeq_code rc = MOEQ_OK;
+    if (!logits || !weights || !experts || !rows || !rows_w || !xs || !ys || !scratch) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory in the MoE block", lw->layer);
+        goto done;
+    }
+    cpu_linear(x, n, hidden, lw->router, NULL, n_exp, logits);
+    cpu_router_params router = {.scoring = CPU_ROUTER_SOFTMAX,
+                                .top_k = k,
+                                .norm_topk_prob = cfg->norm_topk_prob};
+    if ((rc = cpu_router_topk(logits, n, n_exp, &router, weights, experts, err)))
+        goto done;
+    memset(out, 0, sizeof(float) * (size_t)n * hidden);
+    /* Gather each expert's tokens, run it once over them, scatter back. */
+    for (int e = 0; e < n_exp; e++) {
+        int m = 0;
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < k; j++)
+                if (experts[(size_t)t * k + j] == e) {
+                    rows[m] = t;
+                    rows_w[m] = weights[(size_t)t * k + j];
+                    m++;
+                }
+        if (m == 0)
+            continue;
+        for (int i = 0; i < m; i++)
+            memcpy(xs + (size_t)i * hidden, x + (size_t)rows[i] * hidden,
+                   sizeof(float) * (size_t)hidden);
+        mlp_forward(&lw->experts[e], xs, m, hidden, scratch, ys);
+        for (int i = 0; i < m; i++) {
+            float *dst = out + (size_t)rows[i] * hidden;
+            const float *src = ys + (size_t)i * hidden;
+            for (int h = 0; h < hidden; h++)
+                dst[h] += rows_w[i] * src[h];
+        }
+    }
+    if (lw->has_shared) {
+        mlp_forward(&lw->shared, x, n, hidden, scratch, ys);
+        for (int t = 0; t < n; t++) {
+            float gate = 1.0f;
+            if (lw->shared_gate) {
+                float s;
+                cpu_linear(x + (size_t)t * hidden, 1, hidden, lw->shared_gate, NULL, 1, &s);
+                gate = 1.0f / (1.0f + expf(-s));
+            }
+            for (int h = 0; h < hidden; h++)
+                out[(size_t)t * hidden + h] += gate * ys[(size_t)t * hidden + h];
+        }
+    }
+    if (trace && trace->topk_experts)
+        memcpy(trace->topk_experts, experts, sizeof(int32_t) * (size_t)n * k);
+    if (trace && trace->topk_weights)
+        memcpy(trace->topk_weights, weights, sizeof(float) * (size_t)n * k);
+done:
+    free(logits);
+    free(weights);
+    free(experts);
+    free(rows);
+    free(rows_w);
+    free(xs);
+    free(ys);
+    free(scratch);
+    return rc;
+}
+
+moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
+                             const moeq_rope_cache *rope, const float *x, int n_seqs,
+                             int seq_len, float *out, moeq_layer_trace *trace,
+                             moeq_error *err)
+{
+    const int hidden = cfg->hidden_size, hq = cfg->num_heads, hkv = cfg->num_kv_heads,
+              d = cfg->head_dim;
+    const int n = n_seqs * seq_len;
+    const size_t qdim = (size_t)hq * d, kvdim = (size_t)hkv * d;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *q = malloc(sizeof(float) * (size_t)n * qdim);
+    float *kk = malloc(sizeof(float) * (size_t)n * kvdim);
+    float *v = malloc(sizeof(float) * (size_t)n * kvdim);
+    float *attn = malloc(sizeof(float) * (size_t)n * qdim);
+    float *block = malloc(sizeof(float) * (size_t)n * hidden);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)(seq_len > 0 ? seq_len : 1));
+    moeq_code rc = MOEQ_OK;
+    if (!h || !q || !kk || !v || !attn || !block || !pos) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %d tokens", lw->layer, n);
+        goto done;
+    }
+    for (int t = 0; t < seq_len; t++)
+        pos[t] = t;
+
+    /* Attention block. */
+    cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
+    if (trace && trace->attn_in)
+        memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * hidden);
+    cpu_linear(h, n, hidden, lw->q, lw->q_bias, (int)qdim, q);
+    cpu_linear(h, n, hidden, lw->k, lw->k_bias, (int)kvdim, kk);
+    cpu_linear(h, n, hidden, lw->v, lw->v_bias, (int)kvdim, v);
+    if (lw->q_norm) {
+        cpu_rmsnorm(q, lw->q_norm, n * hq, d, cfg->rms_norm_eps, q);
+        cpu_rmsnorm(kk, lw->k_norm, n * hkv, d, cfg->rms_norm_eps, kk);
+    }
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int s = 0; s < n_seqs; s++) {
+        size_t t0 = (size_t)s * seq_len;
+        cpu_rope_apply(q + t0 * qdim, seq_len, hq, d, rope->rotary_dim, pos, rope->inv_freq,
+                       rope->attention_factor, 0);
+        cpu_rope_apply(kk + t0 * kvdim, seq_len, hkv, d, rope->rotary_dim, pos, rope->inv_freq,
+                       rope->attention_factor, 0);
+        if ((rc = cpu_attention_causal(q + t0 * qdim, kk + t0 * kvdim, v + t0 * kvdim, seq_len,
+                                       hq, hkv, d, d, scale, cfg->sliding_window, NULL,
+                                       attn + t0 * qdim, err)))
+            goto done;
+    }
+    if (trace && trace->o_in)
+        memcpy(trace->o_in, attn, sizeof(float) * (size_t)n * qdim);
+    cpu_linear(attn, n, (int)qdim, lw->o, lw->o_bias, hidden, block);
+    if (trace && trace->attn_out)
+        memcpy(trace->attn_out, block, sizeof(float) * (size_t)n * hidden);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        out[i] = x[i] + block[i];
+
+    /* MLP block. */
+    cpu_rmsnorm(out, lw->mlp_norm, n, hidden, cfg->rms_norm_eps, h);
+    if (trace && trace->mlp_in)
+        memcpy(trace->mlp_in, h, sizeof(float) * (size_t)n * hidden);
+    if (lw->is_moe) {
+        if ((rc = moe_forward(cfg, lw, h, n, block, trace, err)))
+            goto done;
+    } else {
+        float *scratch = malloc(sizeof(float) * 2 * (size_t)n * lw->dense.intermediate);
+        if (!scratch) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory in the MLP", lw->layer);
+            goto done;
+        }
+        mlp_forward(&lw->dense, h, n, hidden, scratch, block);
+        free(scratch);
+    }
+    if (trace && trace->mlp_out)
+        memcpy(trace->mlp_out, block, sizeof(float) * (size_t)n * hidden);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        out[i] += block[i];
+done:
+    free(h);
+    free(q);
+    free(kk);
+    free(v);
+    free(attn);
+    free(block);
+    free(pos);
+    return rc;
+}
+
+moeq_code moeq_head_forward(const moeq_config *cfg, const moeq_head_weights *hw,
+                            const float *x, size_t n, float *logits, moeq_error *err)
+{
+    float *h = malloc(sizeof(float) * n * (size_t)cfg->hidden_size);
+    if (!h)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the output head of %zu tokens", n);
+    cpu_rmsnorm(x, hw->final_norm, (int)n, cfg->hidden_size, cfg->rms_norm_eps, h);
+    cpu_linear(h, (int)n, cfg->hidden_size, hw->lm_head, NULL, cfg->vocab_size, logits);
+    free(h);
+    return MOEQ_OK;
+}

@@ -1,0 +1,42 @@
+/* forward.h: the fp32 CPU reference forward of one decoder layer and of the
+ * output head, over a batch of equal-length sequences (positions 0..T-1). */
+#ifndef MOEQ_MODEL_FORWARD_H
+#define MOEQ_MODEL_FORWARD_H
+
+#include "model/config.h"
+#include "model/weights.h"
+
+/* Intermediate values a caller may want (the quantization pipeline captures
+ * the inputs of every linear; tests compare block outputs). Each pointer is
+ * optional: NULL skips it. Sizes use N = n_seqs * seq_len tokens. */
+typedef struct moeq_layer_trace {
+    float *attn_in;   /* [N, H]      normed input of q/k/v */
+    float *o_in;      /* [N, Hq*D]   input of o_proj */
+    float *attn_out;  /* [N, H]      attention block output before the residual */
+    float *mlp_in;    /* [N, H]      normed input of the MLP / router / experts */
+    float *mlp_out;   /* [N, H]      MLP / MoE block output before the residual */
+    int32_t *topk_experts; /* [N, k] routed experts (MoE layers) */
+    float *topk_weights;   /* [N, k] their weights */
+} moeq_layer_trace;
+
+/* Precomputed RoPE frequencies for a config. */
+typedef struct moeq_rope_cache {
+    float *inv_freq; /* [rotary_dim / 2] */
+    int rotary_dim;
+    float attention_factor;
+} moeq_rope_cache;
+
+moeq_code moeq_rope_cache_init(const moeq_config *cfg, moeq_rope_cache *rc, moeq_error *err);
+void moeq_rope_cache_free(moeq_rope_cache *rc);
+
+/* out = layer(x); x and out are [n_seqs * seq_len, H] and may not alias. */
+moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
+                             const moeq_rope_cache *rope, const float *x, int n_seqs,
+                             int seq_len, float *out, moeq_layer_trace *trace,
+                             moeq_error *err);
+
+/* logits[n, V] = lm_head(final_norm(x[n, H])) */
+moeq_code moeq_head_forward(const moeq_config *cfg, const moeq_head_weights *hw,
+                            const float *x, size_t n, float *logits, moeq_error *err);
+
+#endif

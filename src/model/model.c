@@ -1,0 +1,164 @@
+/* model.c: opens a checkpoint directory (config.json, architecture,
+ * safetensors shards) and decodes its tensors to fp32 by role. */
+#include "model/model.h"
+
+#include "common/dtype.h"
+#include "common/fileio.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+moeq_code moeq_model_open(const char *dir, const char *arch_file, moeq_model *model,
+                          moeq_error *err)
+{
+    memset(model, 0, sizeof *model);
+    if (!moeq_dir_exists(dir))
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND, "model directory %s does not exist", dir);
+    size_t len = strlen(dir) + 1;
+    if (!(model->dir = malloc(len)))
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+    memcpy(model->dir, dir, len);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char model_type[128];
+    moeq_code rc = moeq_config_model_type(path, model_type, sizeof model_type, err);
+    int have_arch = 0, have_cfg = 0;
+    if (rc)
+        goto fail;
+    rc = arch_file ? moeq_arch_load_file(arch_file, &model->arch, err)
+                   : moeq_arch_for_model_type(model_type, &model->arch, err);
+    if (rc)
+        goto fail;
+    have_arch = 1;
+    if (arch_file) {
+        int listed = 0;
+        for (int i = 0; i < model->arch.n_model_types; i++)
+            listed |= !strcmp(model->arch.model_types[i], model_type);
+        if (!listed) {
+            rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                           "architecture file %s does not list model_type \"%s\" of %s",
+                           arch_file, model_type, path);
+            goto fail;
+        }
+    }
+    if ((rc = moeq_config_load(path, &model->arch, &model->cfg, err)))
+        goto fail;
+    have_cfg = 1;
+    if ((rc = st_checkpoint_open(&model->ckpt, dir, err)))
+        goto fail;
+    return MOEQ_OK;
+fail:
+    if (have_cfg)
+        moeq_config_free(&model->cfg);
+    if (have_arch)
+        moeq_arch_free(&model->arch);
+    free(model->dir);
+    memset(model, 0, sizeof *model);
+    return rc;
+}
+
+void moeq_model_close(moeq_model *model)
+{
+    st_checkpoint_close(&model->ckpt);
+    moeq_config_free(&model->cfg);
+    moeq_arch_free(&model->arch);
+    free(model->dir);
+    memset(model, 0, sizeof *model);
+}
+
+/* Describes role/layer/expert for messages: "q_proj of layer 3". */
+static void describe(moeq_tensor_role role, int layer, int expert, char *buf, size_t bytes)
+{
+    if (expert >= 0)
+        snprintf(buf, bytes, "%s of expert %d in layer %d", moeq_tensor_role_key(role), expert,
+                 layer);
+    else if (layer >= 0)
+        snprintf(buf, bytes, "%s of layer %d", moeq_tensor_role_key(role), layer);
+    else
+        snprintf(buf, bytes, "%s", moeq_tensor_role_key(role));
+}
+
+const st_tensor *moeq_model_find(const moeq_model *model, moeq_tensor_role role, int layer,
+                                 int expert, moeq_error *err)
+{
+    char name[512], what[128];
+    describe(role, layer, expert, what, sizeof what);
+    if (moeq_arch_tensor_name(&model->arch, role, layer, expert, name, sizeof name)) {
+        moeq_fail(err, MOEQ_ERR_NOT_FOUND, "architecture %s names no tensor for %s",
+                  model->arch.name, what);
+        return NULL;
+    }
+    const st_tensor *t = st_checkpoint_find(&model->ckpt, name);
+    if (!t)
+        moeq_fail(err, MOEQ_ERR_NOT_FOUND, "%s: tensor %s (%s) is missing from the checkpoint",
+                  model->dir, name, what);
+    return t;
+}
+
+static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t rows, int64_t cols,
+                        float **out, moeq_error *err)
+{
+    int want_ndim = cols ? 2 : 1;
+    int ok = t->ndim == want_ndim && t->shape[0] == rows && (!cols || t->shape[1] == cols);
+    if (!ok) {
+        char shape[96] = "";
+        for (int i = 0; i < t->ndim; i++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld",
+                     i ? ", " : "", (long long)t->shape[i]);
+        if (cols)
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "%s: tensor %s has shape [%s], expected [%lld, %lld] from config.json",
+                             model->dir, t->name, shape, (long long)rows, (long long)cols);
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: tensor %s has shape [%s], expected [%lld] from config.json",
+                         model->dir, t->name, shape, (long long)rows);
+    }
+    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
+    float *buf = malloc(sizeof(float) * (n ? n : 1));
+    if (!buf)
+        return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory decoding tensor %s", model->dir,
+                         t->name);
+    moeq_code rc = moeq_to_f32(t->dtype, t->data, n, buf, err);
+    if (rc) {
+        free(buf);
+        return moeq_wrap(err, "%s: tensor %s: ", model->dir, t->name);
+    }
+    *out = buf;
+    return MOEQ_OK;
+}
+
+moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, int layer,
+                              int expert, int64_t rows, int64_t cols, float **out,
+                              moeq_error *err)
+{
+    *out = NULL;
+    const st_tensor *t = moeq_model_find(model, role, layer, expert, err);
+    if (!t)
+        return err ? err->code : MOEQ_ERR_NOT_FOUND;
+    return decode(model, t, rows, cols, out, err);
+}
+
+moeq_code moeq_model_load_bias_f32(const moeq_model *model, moeq_tensor_role role, int layer,
+                                   int expert, int64_t rows, float **out, moeq_error *err)
+{
+    *out = NULL;
+    char name[512];
+    if (moeq_arch_tensor_name(&model->arch, role, layer, expert, name, sizeof name))
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND, "architecture %s names no tensor %s",
+                         model->arch.name, moeq_tensor_role_key(role));
+    size_t len = strlen(name);
+    if (len < 6 || strcmp(name + len - 6, "weight"))
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "architecture %s: tensors.%s = %s does not end in \"weight\", so its "
+                         "bias cannot be named",
+                         model->arch.name, moeq_tensor_role_key(role), name);
+    memcpy(name + len - 6, "bias", 5);
+    const st_tensor *t = st_checkpoint_find(&model->ckpt, name);
+    if (!t)
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
+                         "%s: tensor %s is missing from the checkpoint (config.json asks for "
+                         "biases)",
+                         model->dir, name);
+    return decode(model, t, rows, 0, out, err);
+}

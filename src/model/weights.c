@@ -1,0 +1,179 @@
+/* weights.c: decodes one decoder layer's weights (or the embedding and the
+ * output head) to fp32, checking every shape against config.json. */
+#include "model/weights.h"
+
+#include "common/dtype.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static moeq_code load_mlp(const moeq_model *m, moeq_tensor_role gate, moeq_tensor_role up,
+                          moeq_tensor_role down, int layer, int expert, int inter,
+                          moeq_mlp_weights *w, moeq_error *err)
+{
+    int hidden = m->cfg.hidden_size;
+    moeq_code rc;
+    w->intermediate = inter;
+    if ((rc = moeq_model_load_f32(m, gate, layer, expert, inter, hidden, &w->gate, err)) ||
+        (rc = moeq_model_load_f32(m, up, layer, expert, inter, hidden, &w->up, err)) ||
+        (rc = moeq_model_load_f32(m, down, layer, expert, hidden, inter, &w->down, err)))
+        return rc;
+    if (m->cfg.mlp_bias &&
+        ((rc = moeq_model_load_bias_f32(m, gate, layer, expert, inter, &w->gate_bias, err)) ||
+         (rc = moeq_model_load_bias_f32(m, up, layer, expert, inter, &w->up_bias, err)) ||
+         (rc = moeq_model_load_bias_f32(m, down, layer, expert, hidden, &w->down_bias, err))))
+        return rc;
+    return MOEQ_OK;
+}
+
+static void free_mlp(moeq_mlp_weights *w)
+{
+    free(w->gate);
+    free(w->up);
+    free(w->down);
+    free(w->gate_bias);
+    free(w->up_bias);
+    free(w->down_bias);
+}
+
+static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *lw,
+                                moeq_error *err)
+{
+    const moeq_config *c = &m->cfg;
+    int64_t h = c->hidden_size, qd = (int64_t)c->num_heads * c->head_dim,
+            kvd = (int64_t)c->num_kv_heads * c->head_dim;
+    moeq_code rc;
+    if ((rc = moeq_model_load_f32(m, MOEQ_T_ATTN_NORM, l, -1, h, 0, &lw->attn_norm, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, qd, h, &lw->q, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_K_PROJ, l, -1, kvd, h, &lw->k, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_V_PROJ, l, -1, kvd, h, &lw->v, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_O_PROJ, l, -1, h, qd, &lw->o, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_MLP_NORM, l, -1, h, 0, &lw->mlp_norm, err)))
+        return rc;
+    if (c->qkv_bias &&
+        ((rc = moeq_model_load_bias_f32(m, MOEQ_T_Q_PROJ, l, -1, qd, &lw->q_bias, err)) ||
+         (rc = moeq_model_load_bias_f32(m, MOEQ_T_K_PROJ, l, -1, kvd, &lw->k_bias, err)) ||
+         (rc = moeq_model_load_bias_f32(m, MOEQ_T_V_PROJ, l, -1, kvd, &lw->v_bias, err))))
+        return rc;
+    if (c->o_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_O_PROJ, l, -1, h, &lw->o_bias, err)))
+        return rc;
+    if (c->qk_norm &&
+        ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, c->head_dim, 0, &lw->q_norm, err)) ||
+         (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, c->head_dim, 0, &lw->k_norm, err))))
+        return rc;
+    return MOEQ_OK;
+}
+
+static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, moeq_error *err)
+{
+    const moeq_config *c = &m->cfg;
+    moeq_code rc;
+    if ((rc = moeq_model_load_f32(m, MOEQ_T_ROUTER, l, -1, c->num_experts, c->hidden_size,
+                                  &lw->router, err)))
+        return rc;
+    lw->experts = calloc((size_t)c->num_experts, sizeof *lw->experts);
+    if (!lw->experts)
+        return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %d experts", l,
+                         c->num_experts);
+    lw->n_experts = c->num_experts;
+    for (int e = 0; e < c->num_experts; e++)
+        if ((rc = load_mlp(m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                           MOEQ_T_EXPERT_DOWN_PROJ, l, e, c->moe_intermediate_size,
+                           &lw->experts[e], err)))
+            return rc;
+    if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size) {
+        lw->has_shared = 1;
+        if ((rc = load_mlp(m, MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
+                           MOEQ_T_SHARED_DOWN_PROJ, l, -1, c->shared_expert_intermediate_size,
+                           &lw->shared, err)))
+            return rc;
+        if (m->arch.shared_expert == MOEQ_SHARED_EXPERT_SIGMOID_GATED &&
+            (rc = moeq_model_load_f32(m, MOEQ_T_SHARED_EXPERT_GATE, l, -1, 1, c->hidden_size,
+                                      &lw->shared_gate, err)))
+            return rc;
+    }
+    return MOEQ_OK;
+}
+
+moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer_weights *lw,
+                                  moeq_error *err)
+{
+    memset(lw, 0, sizeof *lw);
+    const moeq_config *c = &model->cfg;
+    if (layer < 0 || layer >= c->num_layers)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "layer %d out of range [0, %d)", layer,
+                         c->num_layers);
+    lw->layer = layer;
+    lw->is_moe = c->layer_is_moe[layer];
+    moeq_code rc = load_attention(model, layer, lw, err);
+    if (!rc)
+        rc = lw->is_moe ? load_moe(model, layer, lw, err)
+                        : load_mlp(model, MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ, MOEQ_T_DOWN_PROJ,
+                                   layer, -1, c->intermediate_size, &lw->dense, err);
+    if (rc)
+        moeq_layer_weights_free(lw);
+    return rc;
+}
+
+void moeq_layer_weights_free(moeq_layer_weights *lw)
+{
+    float *singles[] = {lw->attn_norm, lw->q,      lw->k,      lw->v,      lw->o,
+                        lw->q_bias,    lw->k_bias, lw->v_bias, lw->o_bias, lw->q_norm,
+                        lw->k_norm,    lw->mlp_norm, lw->router, lw->shared_gate};
+    for (size_t i = 0; i < sizeof singles / sizeof singles[0]; i++)
+        free(singles[i]);
+    free_mlp(&lw->dense);
+    for (int e = 0; e < lw->n_experts; e++)
+        free_mlp(&lw->experts[e]);
+    free(lw->experts);
+    free_mlp(&lw->shared);
+    memset(lw, 0, sizeof *lw);
+}
+
+moeq_code moeq_model_embed(const moeq_model *model, const int32_t *tokens, size_t n, float *out,
+                           moeq_error *err)
+{
+    const moeq_config *c = &model->cfg;
+    const st_tensor *t = moeq_model_find(model, MOEQ_T_EMBED, -1, -1, err);
+    if (!t)
+        return err ? err->code : MOEQ_ERR_NOT_FOUND;
+    if (t->ndim != 2 || t->shape[0] < c->vocab_size || t->shape[1] != c->hidden_size)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: tensor %s has not the shape [%d, %d] config.json implies",
+                         model->dir, t->name, c->vocab_size, c->hidden_size);
+    size_t row_bytes = (size_t)c->hidden_size * st_dtype_size(t->dtype);
+    for (size_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                             "token id %d at position %zu is outside the vocabulary [0, %d)",
+                             tokens[i], i, c->vocab_size);
+        const char *row = (const char *)t->data + (size_t)tokens[i] * row_bytes;
+        moeq_code rc = moeq_to_f32(t->dtype, row, (size_t)c->hidden_size,
+                                   out + i * (size_t)c->hidden_size, err);
+        if (rc)
+            return moeq_wrap(err, "%s: tensor %s: ", model->dir, t->name);
+    }
+    return MOEQ_OK;
+}
+
+moeq_code moeq_head_weights_load(const moeq_model *model, moeq_head_weights *hw,
+                                 moeq_error *err)
+{
+    const moeq_config *c = &model->cfg;
+    memset(hw, 0, sizeof *hw);
+    moeq_tensor_role head = c->tie_word_embeddings ? MOEQ_T_EMBED : MOEQ_T_LM_HEAD;
+    moeq_code rc;
+    if ((rc = moeq_model_load_f32(model, MOEQ_T_FINAL_NORM, -1, -1, c->hidden_size, 0,
+                                  &hw->final_norm, err)) ||
+        (rc = moeq_model_load_f32(model, head, -1, -1, c->vocab_size, c->hidden_size,
+                                  &hw->lm_head, err)))
+        moeq_head_weights_free(hw);
+    return rc;
+}
+
+void moeq_head_weights_free(moeq_head_weights *hw)
+{
+    free(hw->final_norm);
+    free(hw->lm_head);
+    memset(hw, 0, sizeof *hw);
+}

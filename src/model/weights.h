@@ -1,0 +1,51 @@
+/* weights.h: one decoder layer's weights, decoded to fp32 from the
+ * checkpoint (bf16/fp16/fp32 sources), with shapes checked against the
+ * config. Only one layer is held at a time by the layer loop and by eval. */
+#ifndef MOEQ_MODEL_WEIGHTS_H
+#define MOEQ_MODEL_WEIGHTS_H
+
+#include "model/model.h"
+
+/* One SwiGLU MLP (dense MLP, routed expert or shared expert):
+ * down(silu(gate(x)) * up(x)); weights [out, in] as nn.Linear stores them. */
+typedef struct moeq_mlp_weights {
+    int intermediate;
+    float *gate, *up, *down;             /* [I, H], [I, H], [H, I] */
+    float *gate_bias, *up_bias, *down_bias; /* NULL unless mlp_bias */
+} moeq_mlp_weights;
+
+typedef struct moeq_layer_weights {
+    int layer;
+    int is_moe;
+    float *attn_norm;                    /* [H] */
+    float *q, *k, *v, *o;                /* [Hq*D, H], [Hkv*D, H], [Hkv*D, H], [H, Hq*D] */
+    float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when absent */
+    float *q_norm, *k_norm;              /* [D], NULL without qk_norm */
+    float *mlp_norm;                     /* [H] */
+    moeq_mlp_weights dense;              /* dense layers */
+    float *router;                       /* [E, H] */
+    moeq_mlp_weights *experts;           /* [n_experts] */
+    int n_experts;
+    int has_shared;
+    moeq_mlp_weights shared;
+    float *shared_gate;                  /* [1, H], NULL unless sigmoid-gated */
+} moeq_layer_weights;
+
+moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer_weights *lw,
+                                  moeq_error *err);
+void moeq_layer_weights_free(moeq_layer_weights *lw);
+
+/* Embedding rows for tokens: out[n, H]. Ids outside the vocabulary fail. */
+moeq_code moeq_model_embed(const moeq_model *model, const int32_t *tokens, size_t n, float *out,
+                           moeq_error *err);
+
+/* The final norm and lm_head (the embedding when tied), decoded to fp32. */
+typedef struct moeq_head_weights {
+    float *final_norm; /* [H] */
+    float *lm_head;    /* [V, H] */
+} moeq_head_weights;
+moeq_code moeq_head_weights_load(const moeq_model *model, moeq_head_weights *hw,
+                                 moeq_error *err);
+void moeq_head_weights_free(moeq_head_weights *hw);
+
+#endif

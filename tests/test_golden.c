@@ -1,0 +1,151 @@
+/* test_golden.c: moeq's fp32 CPU forward against transformers' own forward
+ * on tiny random checkpoints of every shipped architecture
+ * (tests/fixtures/golden, made by tests/golden/make_golden.py).
+ *
+ * Tolerance: each compared tensor's largest absolute difference must be at
+ * most 1e-5 of its largest absolute value (fp32 on both sides; only the
+ * summation order differs). Each layer is run from transformers' own input
+ * to that layer, so an error is pinned to the layer and block where it
+ * arises; the logits are checked end to end from the token ids. */
+#include "test.h"
+
+#include "model/forward.h"
+#include "model/model.h"
+#include "model/weights.h"
+#include "moeq/safetensors.h"
+
+static const double REL_TOL = 1e-5;
+
+/* max|a - b| / max|b| */
+static double rel_error(const float *a, const float *b, size_t n)
+{
+    double max_diff = 0, max_ref = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        max_diff = d > max_diff ? d : max_diff;
+        max_ref = fabs(b[i]) > max_ref ? fabs(b[i]) : max_ref;
+    }
+    return max_diff / max_ref;
+}
+
+static const float *golden(st_file *g, const char *name, size_t expect_floats)
+{
+    const st_tensor *t = st_file_find(g, name);
+    if (!t || t->dtype != ST_F32 || t->nbytes != expect_floats * sizeof(float)) {
+        fprintf(stderr, "  golden tensor %s missing or mis-shaped\n", name);
+        return NULL;
+    }
+    return (const float *)t->data;
+}
+
+static void check_close(const char *model, const char *what, const float *got,
+                        const float *want, size_t n)
+{
+    if (!want) {
+        test_failures_in_current++;
+        return;
+    }
+    double e = rel_error(got, want, n);
+    if (!(e <= REL_TOL)) {
+        fprintf(stderr, "  %s %s: relative error %.3g > %.0e\n", model, what, e, REL_TOL);
+        test_failures_in_current++;
+    }
+}
+
+static void check_model(const char *name)
+{
+    char dir[4096], gpath[4200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, name);
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
+    moeq_error err = {0};
+    moeq_model m;
+    st_file g;
+    if (moeq_model_open(dir, NULL, &m, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        test_failures_in_current++;
+        return;
+    }
+    if (st_file_open(&g, gpath, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        test_failures_in_current++;
+        moeq_model_close(&m);
+        return;
+    }
+    const moeq_config *c = &m.cfg;
+    const st_tensor *tok = st_file_find(&g, "tokens");
+    CHECK(tok && tok->ndim == 2);
+    int S = (int)tok->shape[0], T = (int)tok->shape[1], H = c->hidden_size;
+    size_t n = (size_t)S * T, nh = n * (size_t)H;
+    float *x = malloc(sizeof(float) * nh), *y = malloc(sizeof(float) * nh);
+    float *attn = malloc(sizeof(float) * nh), *mlp = malloc(sizeof(float) * nh);
+    float *chain = malloc(sizeof(float) * nh);
+    float *logits = malloc(sizeof(float) * n * (size_t)c->vocab_size);
+    moeq_rope_cache rope;
+    CHECK(moeq_rope_cache_init(c, &rope, &err) == MOEQ_OK);
+    CHECK(moeq_model_embed(&m, (const int32_t *)tok->data, n, x, &err) == MOEQ_OK);
+    check_close(name, "embed", x, golden(&g, "embed", nh), nh);
+    memcpy(chain, x, sizeof(float) * nh);
+    for (int l = 0; l < c->num_layers; l++) {
+        char key[64], what[64];
+        moeq_layer_weights lw;
+        if (moeq_layer_weights_load(&m, l, &lw, &err)) {
+            fprintf(stderr, "  %s\n", err.msg);
+            test_failures_in_current++;
+            break;
+        }
+        /* From transformers' input to this layer. */
+        const float *in = x;
+        if (l > 0) {
+            snprintf(key, sizeof key, "layer.%d.out", l - 1);
+            in = golden(&g, key, nh);
+        }
+        moeq_layer_trace trace = {.attn_out = attn, .mlp_out = mlp};
+        CHECK(in && moeq_layer_forward(c, &lw, &rope, in, S, T, y, &trace, &err) == MOEQ_OK);
+        snprintf(key, sizeof key, "layer.%d.attn", l);
+        snprintf(what, sizeof what, "layer %d attention", l);
+        check_close(name, what, attn, golden(&g, key, nh), nh);
+        snprintf(key, sizeof key, "layer.%d.mlp", l);
+        snprintf(what, sizeof what, "layer %d %s", l, lw.is_moe ? "MoE" : "MLP");
+        check_close(name, what, mlp, golden(&g, key, nh), nh);
+        snprintf(key, sizeof key, "layer.%d.out", l);
+        snprintf(what, sizeof what, "layer %d output", l);
+        check_close(name, what, y, golden(&g, key, nh), nh);
+        /* End to end, from our own previous layer. */
+        CHECK(moeq_layer_forward(c, &lw, &rope, chain, S, T, y, NULL, &err) == MOEQ_OK);
+        memcpy(chain, y, sizeof(float) * nh);
+        moeq_layer_weights_free(&lw);
+    }
+    moeq_head_weights head;
+    CHECK(moeq_head_weights_load(&m, &head, &err) == MOEQ_OK);
+    CHECK(moeq_head_forward(c, &head, chain, n, logits, &err) == MOEQ_OK);
+    size_t nl = n * (size_t)c->vocab_size;
+    check_close(name, "logits (end to end)", logits, golden(&g, "logits", nl), nl);
+    moeq_head_weights_free(&head);
+    moeq_rope_cache_free(&rope);
+    free(x);
+    free(y);
+    free(attn);
+    free(mlp);
+    free(chain);
+    free(logits);
+    st_file_close(&g);
+    moeq_model_close(&m);
+}
+
+static void test_qwen3_moe_matches_transformers(void) { check_model("qwen3_moe"); }
+static void test_qwen2_moe_matches_transformers(void) { check_model("qwen2_moe"); }
+static void test_mixtral_matches_transformers(void) { check_model("mixtral"); }
+static void test_llama_matches_transformers(void) { check_model("llama"); }
+static void test_qwen2_matches_transformers(void) { check_model("qwen2"); }
+static void test_qwen3_matches_transformers(void) { check_model("qwen3"); }
+
+int main(void)
+{
+    RUN(test_qwen3_moe_matches_transformers);
+    RUN(test_qwen2_moe_matches_transformers);
+    RUN(test_mixtral_matches_transformers);
+    RUN(test_llama_matches_transformers);
+    RUN(test_qwen2_matches_transformers);
+    RUN(test_qwen3_matches_transformers);
+    return test_summary();
+}
