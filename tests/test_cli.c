@@ -8,7 +8,7 @@
  * exit status. */
 static int run(const char *args, char *out, size_t bytes)
 {
-    char cmd[4096];
+    char cmd[16384];
     snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>&1", MOEQ_SOURCE_DIR, MOEQ_BINARY, args);
     FILE *p = popen(cmd, "r");
     if (!p)
@@ -100,6 +100,81 @@ static void test_eval_needs_exactly_one_input(void)
     CHECK_CONTAINS(out, "--seqlen: \"x\" is not an integer");
 }
 
+/* The bundled demo model: a real Qwen3-MoE checkpoint with a tokenizer. */
+#define DEMO "demo/qwen3-moe-demo"
+
+static void test_quantize_demo_end_to_end_and_eval_the_result(void)
+{
+    const char *dir = test_tmpdir("cli_quantize");
+    char *cwd = getcwd(NULL, 0);
+    char calib[4096], args[8192];
+    snprintf(calib, sizeof calib, "%s/%s/calib.txt", cwd, dir);
+    /* Calibration text: the docs page of this project is long enough for
+     * 4 windows of 64 tokens. */
+    char src[8400];
+    snprintf(src, sizeof src, "cp '%s/docs/adding-a-model.md' '%s'", MOEQ_SOURCE_DIR, calib);
+    CHECK(system(src) == 0);
+    snprintf(args, sizeof args,
+             "quantize --model " DEMO " --out '%s/%s/q' --calib '%s' --nsamples 4 --seqlen 64 "
+             "--expert-calib routed --min-expert-tokens 4",
+             cwd, dir, calib);
+    CHECK_INT_EQ(run(args, out, sizeof out), 0);
+    CHECK_CONTAINS(out, "layer 4/4");
+    CHECK_CONTAINS(out, "expert tokens");
+    CHECK_CONTAINS(out, "wrote ");
+    snprintf(args, sizeof args,
+             "eval '%s/%s/q' --reference " DEMO " --text '%s' --seqlen 64 --quiet", cwd, dir,
+             calib);
+    CHECK_INT_EQ(run(args, out, sizeof out), 0);
+    CHECK_CONTAINS(out, "kl ");
+    free(cwd);
+}
+
+static void test_quantize_bad_settings_are_clear_errors_and_write_nothing(void)
+{
+    const char *dir = test_tmpdir("cli_quantize_bad");
+    char *cwd = getcwd(NULL, 0);
+    char args[8192], empty[4096], small[4096];
+    snprintf(empty, sizeof empty, "%s/%s/empty.jsonl", cwd, dir);
+    snprintf(small, sizeof small, "%s/%s/small.txt", cwd, dir);
+    test_write_file(empty, "", 0);
+    test_write_file(small, "Just a few words.", 17);
+    struct {
+        const char *extra;
+        int status;
+        const char *message;
+    } cases[] = {
+        {"--bits 5", 2, "--bits 5 is not supported"},
+        {"--group-size 100", 1, "--group-size 100 does not divide the input dimension 256"},
+        {"--expert-calib sometimes", 2, "--expert-calib must be routed, all or weighted"},
+        {"--sym maybe", 2, "--sym: \"maybe\" is not true or false"},
+        {"--calib EMPTY", 1, "holds no documents"},
+        {"--calib SMALL", 1, "fewer than --nsamples 128"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char extra[4200];
+        snprintf(extra, sizeof extra, "%s", cases[i].extra);
+        if (strstr(extra, "EMPTY"))
+            snprintf(extra, sizeof extra, "--calib '%s'", empty);
+        if (strstr(extra, "SMALL"))
+            snprintf(extra, sizeof extra, "--calib '%s'", small);
+        snprintf(args, sizeof args, "quantize --model " DEMO " --out '%s/%s/out' %s", cwd, dir,
+                 extra);
+        CHECK_INT_EQ(run(args, out, sizeof out), cases[i].status);
+        CHECK_CONTAINS(out, cases[i].message);
+    }
+    /* An existing output directory is refused. */
+    snprintf(args, sizeof args, "quantize --model " DEMO " --out '%s/%s'", cwd, dir);
+    CHECK_INT_EQ(run(args, out, sizeof out), 2);
+    CHECK_CONTAINS(out, "already exists");
+    /* Nothing but the two inputs was left behind. */
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "test \"$(ls -A '%s/%s' | tr '\\n' ' ')\" = 'empty.jsonl small.txt '",
+             cwd, dir);
+    CHECK(system(cmd) == 0);
+    free(cwd);
+}
+
 int main(void)
 {
     RUN(test_version_and_help_exit_zero);
@@ -110,5 +185,7 @@ int main(void)
     RUN(test_eval_help_states_the_protocol);
     RUN(test_eval_scores_a_token_file);
     RUN(test_eval_needs_exactly_one_input);
+    RUN(test_quantize_demo_end_to_end_and_eval_the_result);
+    RUN(test_quantize_bad_settings_are_clear_errors_and_write_nothing);
     return test_summary();
 }

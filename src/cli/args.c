@@ -38,6 +38,17 @@ static moeq_code set_value(const arg_spec *s, const char *value, moeq_error *err
     case ARG_FLAG:
         *(int *)s->dest = 1;
         return MOEQ_OK;
+    case ARG_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1")) {
+            *(int *)s->dest = 1;
+            return MOEQ_OK;
+        }
+        if (!strcmp(value, "false") || !strcmp(value, "0")) {
+            *(int *)s->dest = 0;
+            return MOEQ_OK;
+        }
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "--%s: \"%s\" is not true or false", s->name,
+                         value);
     case ARG_INT: {
         errno = 0;
         long v = strtol(value, &end, 10);

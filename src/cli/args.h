@@ -9,12 +9,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
-typedef enum arg_type { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_BYTES } arg_type;
+typedef enum arg_type { ARG_FLAG, ARG_BOOL, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_BYTES } arg_type;
 
 typedef struct arg_spec {
     const char *name; /* without the leading "--" */
     arg_type type;
-    void *dest; /* int*, int*, double*, const char**, int64_t* */
+    void *dest; /* int* (flag, bool: true/false/1/0, int), double*, const char**, int64_t* */
     const char *metavar;
     const char *help;
 } arg_spec;

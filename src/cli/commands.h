@@ -5,6 +5,7 @@
 
 int moeq_cmd_inspect(int argc, char **argv);
 int moeq_cmd_eval(int argc, char **argv);
+int moeq_cmd_quantize(int argc, char **argv);
 
 /* Prints "moeq <cmd>: error: <message>" and returns the exit status for it. */
 int moeq_cli_report(const char *cmd, int code, const char *msg);

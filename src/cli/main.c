@@ -13,6 +13,7 @@ static void usage(FILE *out)
             "usage: moeq <command> [options]      (moeq <command> --help for its options)\n"
             "\n"
             "commands:\n"
+            "  quantize            quantize a checkpoint to GPTQ, one layer at a time\n"
             "  inspect MODEL_DIR   architecture, layers, experts, parameters and what would\n"
             "                      be quantized\n"
             "  eval MODEL_DIR      perplexity; KL divergence and top-1 agreement against a\n"
@@ -34,6 +35,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "quantize"))
+        return moeq_cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect"))
         return moeq_cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "eval"))

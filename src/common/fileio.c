@@ -1,11 +1,15 @@
-/* fileio.c: whole-file reads with size limits and clear errors. */
+/* fileio.c: whole-file reads and writes, file copies, tree removal. */
+/* nftw() is an XSI extension. */
+#define _XOPEN_SOURCE 700
 #include "common/fileio.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ftw.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 moeq_code moeq_read_file(const char *path, size_t max_bytes, char **out, size_t *out_bytes,
                          moeq_error *err)
@@ -54,4 +58,44 @@ int moeq_dir_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq_error *err)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return moeq_fail(err, MOEQ_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    int ok = fwrite(data, 1, bytes, f) == bytes && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int saved = errno;
+    ok = fclose(f) == 0 && ok;
+    if (!ok) {
+        remove(path);
+        return moeq_fail(err, MOEQ_ERR_IO, "%s: write failed: %s", path, strerror(saved));
+    }
+    return MOEQ_OK;
+}
+
+moeq_code moeq_copy_file(const char *src, const char *dst, moeq_error *err)
+{
+    char *data;
+    size_t n = 0;
+    moeq_code rc = moeq_read_file(src, (size_t)1 << 40, &data, &n, err);
+    if (rc)
+        return rc;
+    rc = moeq_write_file(dst, data, n, err);
+    free(data);
+    return rc;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void moeq_remove_tree(const char *path)
+{
+    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

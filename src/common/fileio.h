@@ -18,4 +18,11 @@ static inline moeq_code moeq_read_text_file(const char *path, size_t max_bytes, 
 int moeq_file_exists(const char *path);
 int moeq_dir_exists(const char *path);
 
+
+/* Writes bytes to path (created or truncated), flushed to disk. */
+moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq_error *err);
+/* Copies src to dst byte for byte. */
+moeq_code moeq_copy_file(const char *src, const char *dst, moeq_error *err);
+/* Removes path and everything below it; a missing path is not an error. */
+void moeq_remove_tree(const char *path);
 #endif

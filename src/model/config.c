@@ -219,6 +219,37 @@ static moeq_code read_rope(const reader *r, moeq_config *cfg)
     return rc;
 }
 
+/* quantization_config of a GPTQ v1 checkpoint: bits and group size are
+ * what reading its weights needs. Other methods and formats are refused
+ * here, naming them, rather than misread later. */
+static moeq_code read_quantization(const reader *r, moeq_config *cfg)
+{
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(r->root, "quantization_config");
+    if (!q || cJSON_IsNull(q))
+        return MOEQ_OK;
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
+    const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
+    const cJSON *group = cJSON_GetObjectItemCaseSensitive(q, "group_size");
+    if (!cJSON_IsString(method) || strcmp(method->valuestring, "gptq"))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: quantization_config.quant_method %s cannot be read "
+                         "(moeq reads gptq checkpoints)",
+                         r->path, cJSON_IsString(method) ? method->valuestring : "(missing)");
+    if (format && (!cJSON_IsString(format) || strcmp(format->valuestring, "gptq")))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: quantization_config.checkpoint_format %s cannot be "
+                         "read (moeq reads the gptq v1 format)",
+                         r->path, cJSON_IsString(format) ? format->valuestring : "(not a string)");
+    if (!cJSON_IsNumber(bits) || !cJSON_IsNumber(group))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: quantization_config needs numeric bits and group_size",
+                         r->path);
+    cfg->quant_bits = bits->valueint;
+    cfg->quant_group_size = group->valueint;
+    return MOEQ_OK;
+}
+
 static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
 {
     cfg->layer_is_moe = calloc((size_t)cfg->num_layers, 1);
@@ -335,7 +366,7 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
-    if ((rc = read_rope(r, cfg)))
+    if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)))
         return rc;
     return read_moe_layers(r, cfg);
 }

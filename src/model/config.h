@@ -34,6 +34,10 @@ typedef struct moeq_config {
     int norm_topk_prob;
     unsigned char *layer_is_moe; /* [num_layers] */
     moeq_rope_params rope;
+    /* From quantization_config (a GPTQ checkpoint moeq or another tool
+     * wrote); quant_bits == 0 for an unquantized checkpoint. */
+    int quant_bits;
+    int quant_group_size;
 } moeq_config;
 
 /* Reads path (a config.json) with arch's parameter mapping. */

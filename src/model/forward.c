@@ -125,10 +125,10 @@ done:
     return rc;
 }
 
-moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
-                             const moeq_rope_cache *rope, const float *x, int n_seqs,
-                             int seq_len, float *out, moeq_layer_trace *trace,
-                             moeq_error *err)
+moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
+                               const moeq_rope_cache *rope, const float *x, int n_seqs,
+                               int seq_len, float *out, moeq_layer_trace *trace,
+                               moeq_error *err)
 {
     const int hidden = cfg->hidden_size, hq = cfg->num_heads, hkv = cfg->num_kv_heads,
               d = cfg->head_dim;
@@ -139,17 +139,15 @@ moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *l
     float *kk = malloc(sizeof(float) * (size_t)n * kvdim);
     float *v = malloc(sizeof(float) * (size_t)n * kvdim);
     float *attn = malloc(sizeof(float) * (size_t)n * qdim);
-    float *block = malloc(sizeof(float) * (size_t)n * hidden);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)(seq_len > 0 ? seq_len : 1));
     moeq_code rc = MOEQ_OK;
-    if (!h || !q || !kk || !v || !attn || !block || !pos) {
-        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %d tokens", lw->layer, n);
+    if (!h || !q || !kk || !v || !attn || !pos) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the attention of %d tokens",
+                       lw->layer, n);
         goto done;
     }
     for (int t = 0; t < seq_len; t++)
         pos[t] = t;
-
-    /* Attention block. */
     cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
     if (trace && trace->attn_in)
         memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * hidden);
@@ -174,40 +172,70 @@ moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *l
     }
     if (trace && trace->o_in)
         memcpy(trace->o_in, attn, sizeof(float) * (size_t)n * qdim);
-    cpu_linear(attn, n, (int)qdim, lw->o, lw->o_bias, hidden, block);
+    /* h is free again: it takes the block output before the residual. */
+    cpu_linear(attn, n, (int)qdim, lw->o, lw->o_bias, hidden, h);
     if (trace && trace->attn_out)
-        memcpy(trace->attn_out, block, sizeof(float) * (size_t)n * hidden);
+        memcpy(trace->attn_out, h, sizeof(float) * (size_t)n * hidden);
     for (size_t i = 0; i < (size_t)n * hidden; i++)
-        out[i] = x[i] + block[i];
-
-    /* MLP block. */
-    cpu_rmsnorm(out, lw->mlp_norm, n, hidden, cfg->rms_norm_eps, h);
-    if (trace && trace->mlp_in)
-        memcpy(trace->mlp_in, h, sizeof(float) * (size_t)n * hidden);
-    if (lw->is_moe) {
-        if ((rc = moe_forward(cfg, lw, h, n, block, trace, err)))
-            goto done;
-    } else {
-        float *scratch = malloc(sizeof(float) * 2 * (size_t)n * lw->dense.intermediate);
-        if (!scratch) {
-            rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory in the MLP", lw->layer);
-            goto done;
-        }
-        mlp_forward(&lw->dense, h, n, hidden, scratch, block);
-        free(scratch);
-    }
-    if (trace && trace->mlp_out)
-        memcpy(trace->mlp_out, block, sizeof(float) * (size_t)n * hidden);
-    for (size_t i = 0; i < (size_t)n * hidden; i++)
-        out[i] += block[i];
+        out[i] = x[i] + h[i];
 done:
     free(h);
     free(q);
     free(kk);
     free(v);
     free(attn);
-    free(block);
     free(pos);
+    return rc;
+}
+
+moeq_code moeq_mlp_block(const moeq_config *cfg, const moeq_layer_weights *lw, const float *x,
+                         int n, float *out, moeq_layer_trace *trace, moeq_error *err)
+{
+    const int hidden = cfg->hidden_size;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *block = malloc(sizeof(float) * (size_t)n * hidden);
+    float *scratch = lw->is_moe ? NULL
+                                : malloc(sizeof(float) * 2 * (size_t)n * lw->dense.intermediate);
+    moeq_code rc = MOEQ_OK;
+    if (!h || !block || (!lw->is_moe && !scratch)) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the MLP of %d tokens",
+                       lw->layer, n);
+        goto done;
+    }
+    cpu_rmsnorm(x, lw->mlp_norm, n, hidden, cfg->rms_norm_eps, h);
+    if (trace && trace->mlp_in)
+        memcpy(trace->mlp_in, h, sizeof(float) * (size_t)n * hidden);
+    if (lw->is_moe) {
+        if ((rc = moe_forward(cfg, lw, h, n, block, trace, err)))
+            goto done;
+    } else {
+        mlp_forward(&lw->dense, h, n, hidden, scratch, block);
+    }
+    if (trace && trace->mlp_out)
+        memcpy(trace->mlp_out, block, sizeof(float) * (size_t)n * hidden);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        out[i] = x[i] + block[i];
+done:
+    free(h);
+    free(block);
+    free(scratch);
+    return rc;
+}
+
+moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
+                             const moeq_rope_cache *rope, const float *x, int n_seqs,
+                             int seq_len, float *out, moeq_layer_trace *trace,
+                             moeq_error *err)
+{
+    size_t n = (size_t)n_seqs * seq_len;
+    float *mid = malloc(sizeof(float) * n * (size_t)cfg->hidden_size);
+    if (!mid)
+        return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %zu tokens", lw->layer,
+                         n);
+    moeq_code rc = moeq_attention_block(cfg, lw, rope, x, n_seqs, seq_len, mid, trace, err);
+    if (!rc)
+        rc = moeq_mlp_block(cfg, lw, mid, (int)n, out, trace, err);
+    free(mid);
     return rc;
 }
 

@@ -29,6 +29,16 @@ typedef struct moeq_rope_cache {
 moeq_code moeq_rope_cache_init(const moeq_config *cfg, moeq_rope_cache *rc, moeq_error *err);
 void moeq_rope_cache_free(moeq_rope_cache *rc);
 
+/* out = x + attention(attn_norm(x)): the attention half of a layer. */
+moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
+                               const moeq_rope_cache *rope, const float *x, int n_seqs,
+                               int seq_len, float *out, moeq_layer_trace *trace,
+                               moeq_error *err);
+/* out = x + mlp(mlp_norm(x)) over n tokens, the MoE block with real top-k
+ * routing on MoE layers: the MLP half of a layer. */
+moeq_code moeq_mlp_block(const moeq_config *cfg, const moeq_layer_weights *lw, const float *x,
+                         int n, float *out, moeq_layer_trace *trace, moeq_error *err);
+
 /* out = layer(x); x and out are [n_seqs * seq_len, H] and may not alias. */
 moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
                              const moeq_rope_cache *rope, const float *x, int n_seqs,

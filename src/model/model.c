@@ -4,6 +4,7 @@
 
 #include "common/dtype.h"
 #include "common/fileio.h"
+#include "quant/pack_gptq.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,11 +129,96 @@ static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t row
     return MOEQ_OK;
 }
 
+/* A tensor of the checkpoint that must exist, with its expected type and
+ * 2-D shape (cols 0: 1-D of rows). */
+static const st_tensor *packed_part(const moeq_model *model, const char *name, st_dtype dtype,
+                                    int64_t rows, int64_t cols, moeq_error *err)
+{
+    const st_tensor *t = st_checkpoint_find(&model->ckpt, name);
+    int ok = t && t->dtype == dtype && t->ndim == (cols ? 2 : 1) && t->shape[0] == rows &&
+             (!cols || t->shape[1] == cols);
+    if (!ok)
+        moeq_fail(err, t ? MOEQ_ERR_FORMAT : MOEQ_ERR_NOT_FOUND,
+                  "%s: GPTQ tensor %s is %s (expected %s [%lld%s%lld])", model->dir, name,
+                  t ? "mis-shaped or of another dtype" : "missing", st_dtype_name(dtype),
+                  (long long)rows, cols ? ", " : "", (long long)cols);
+    return ok ? t : NULL;
+}
+
+/* Dequantizes the GPTQ v1 tensors <base>qweight/qzeros/scales/g_idx of a
+ * [rows, cols] weight into out. */
+static moeq_code load_gptq(const moeq_model *model, const char *base, int64_t rows,
+                           int64_t cols, float *out, moeq_error *err)
+{
+    const moeq_config *c = &model->cfg;
+    moeq_code rc = moeq_gptq_check_dims(c->quant_bits, (int)cols, (int)rows, err);
+    if (rc)
+        return moeq_wrap(err, "%s: %sweight: ", model->dir, base);
+    int gs = c->quant_group_size;
+    int64_t groups = gs > 0 ? cols / gs : 1;
+    char name[4][600];
+    const char *suffix[4] = {"qweight", "qzeros", "scales", "g_idx"};
+    for (int i = 0; i < 4; i++)
+        snprintf(name[i], sizeof name[i], "%s%s", base, suffix[i]);
+    const st_tensor *qw = packed_part(model, name[0], ST_I32,
+                                      moeq_gptq_qweight_rows(c->quant_bits, (int)cols), rows, err);
+    const st_tensor *qz = qw ? packed_part(model, name[1], ST_I32, groups,
+                                           moeq_gptq_qzeros_cols(c->quant_bits, (int)rows), err)
+                             : NULL;
+    const st_tensor *sc = qz ? packed_part(model, name[2], ST_F16, groups, rows, err) : NULL;
+    const st_tensor *gi = sc ? packed_part(model, name[3], ST_I32, cols, 0, err) : NULL;
+    if (!gi)
+        return err ? err->code : MOEQ_ERR_FORMAT;
+    /* The mapped tensors may be unaligned: copy them out first. */
+    moeq_packed_gptq p = {.bits = c->quant_bits, .in_features = (int)cols,
+                          .out_features = (int)rows, .n_groups = (int)groups, .group_size = gs};
+    p.qweight = malloc(qw->nbytes);
+    p.qzeros = malloc(qz->nbytes);
+    p.scales = malloc(sc->nbytes);
+    p.g_idx = malloc(gi->nbytes);
+    moeq_quantized q = {0};
+    if (!p.qweight || !p.qzeros || !p.scales || !p.g_idx) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory reading %sqweight", model->dir,
+                       base);
+    } else {
+        memcpy(p.qweight, qw->data, qw->nbytes);
+        memcpy(p.qzeros, qz->data, qz->nbytes);
+        memcpy(p.scales, sc->data, sc->nbytes);
+        memcpy(p.g_idx, gi->data, gi->nbytes);
+        if ((rc = moeq_unpack_gptq(&p, &q, err)))
+            moeq_wrap(err, "%s: %sqweight: ", model->dir, base);
+        else
+            moeq_quantized_dequantize(&q, out);
+    }
+    moeq_quantized_free(&q);
+    moeq_packed_gptq_free(&p);
+    return rc;
+}
+
 moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, int layer,
                               int expert, int64_t rows, int64_t cols, float **out,
                               moeq_error *err)
 {
     *out = NULL;
+    char name[600];
+    size_t len;
+    /* A quantized checkpoint stores a linear's weight as GPTQ tensors. */
+    if (model->cfg.quant_bits && cols &&
+        !moeq_arch_tensor_name(&model->arch, role, layer, expert, name, sizeof name) &&
+        !st_checkpoint_find(&model->ckpt, name) && (len = strlen(name)) > 6 &&
+        !strcmp(name + len - 6, "weight")) {
+        name[len - 6] = '\0';
+        float *buf = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
+        if (!buf)
+            return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory", model->dir);
+        moeq_code rc = load_gptq(model, name, rows, cols, buf, err);
+        if (rc) {
+            free(buf);
+            return rc;
+        }
+        *out = buf;
+        return MOEQ_OK;
+    }
     const st_tensor *t = moeq_model_find(model, role, layer, expert, err);
     if (!t)
         return err ? err->code : MOEQ_ERR_NOT_FOUND;

@@ -1,0 +1,323 @@
+/* cmd_quantize.c: `moeq quantize`: the main job. Reads the calibration
+ * text, runs the layer loop, writes the GPTQ checkpoint, prints a progress
+ * line per layer and a summary table at the end. */
+#include "calib/calib_set.h"
+#include "calib/documents.h"
+#include "calib/token_stream.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "io/gptq_writer.h"
+#include "pipeline/quantize.h"
+#include "quant/pack_gptq.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MOEQ_DEFAULT_CALIB_DIR
+#define MOEQ_DEFAULT_CALIB_DIR "calib_data"
+#endif
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+}
+
+/* Summary of one finished layer, kept for the table at the end. */
+typedef struct layer_summary {
+    double seconds;
+    int modules;
+    double loss_sum;
+    int64_t min_tokens, max_tokens; /* -1 for dense layers */
+    int fallbacks;
+} layer_summary;
+
+/* Wraps the writer: progress line and summary bookkeeping per layer. */
+typedef struct run_ctx {
+    moeq_gptq_writer *writer;
+    FILE *progress;
+    int tty;
+    int n_layers, num_experts;
+    double start, last;
+    layer_summary *layers;
+} run_ctx;
+
+static moeq_code on_layer(void *ctx, const moeq_layer_result *r, moeq_error *err)
+{
+    run_ctx *c = ctx;
+    double t0 = now_seconds();
+    moeq_code rc = moeq_gptq_writer_write_layer(c->writer, r, err);
+    if (rc)
+        return rc;
+    double t = now_seconds();
+    layer_summary *s = &c->layers[r->layer];
+    s->seconds = t - c->last;
+    s->modules = r->n_linears;
+    s->min_tokens = s->max_tokens = -1;
+    for (int i = 0; i < r->n_linears; i++) {
+        s->loss_sum += r->linears[i].loss;
+        s->fallbacks += r->linears[i].fallback && r->linears[i].role == MOEQ_T_EXPERT_DOWN_PROJ;
+    }
+    if (r->expert_tokens)
+        for (int e = 0; e < c->num_experts; e++) {
+            int64_t k = r->expert_tokens[e];
+            s->min_tokens = s->min_tokens < 0 || k < s->min_tokens ? k : s->min_tokens;
+            s->max_tokens = k > s->max_tokens ? k : s->max_tokens;
+        }
+    c->last = t;
+    if (c->progress) {
+        double elapsed = t - c->start;
+        double eta = elapsed / (r->layer + 1) * (c->n_layers - r->layer - 1);
+        fprintf(c->progress,
+                "%slayer %d/%d  %.2f s (capture %.2f, hessian %.2f, solve %.2f, forward %.2f, "
+                "write %.2f)  elapsed %.1f s  eta %.1f s  peak rss %.0f MiB%s",
+                c->tty ? "\r\033[K" : "", r->layer + 1, c->n_layers, s->seconds,
+                r->seconds_capture, r->seconds_hessian, r->seconds_solve, r->seconds_forward,
+                t - t0, elapsed, eta, peak_rss_mib(), c->tty ? "" : "\n");
+        fflush(c->progress);
+    }
+    return MOEQ_OK;
+}
+
+static void print_summary(const run_ctx *c, double total)
+{
+    printf("\n%-6s %9s %8s %14s %18s %9s\n", "layer", "seconds", "modules", "gptq loss",
+           "expert tokens", "fallback");
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_summary *s = &c->layers[l];
+        char tokens[40] = "-";
+        if (s->min_tokens >= 0)
+            snprintf(tokens, sizeof tokens, "%lld..%lld", (long long)s->min_tokens,
+                     (long long)s->max_tokens);
+        printf("%-6d %9.2f %8d %14.6g %18s %9d\n", l, s->seconds, s->modules, s->loss_sum,
+               tokens, s->fallbacks);
+    }
+    printf("total  %9.2f s, peak host memory %.0f MiB\n", total, peak_rss_mib());
+}
+
+static void quantize_help(FILE *out, const arg_spec *specs)
+{
+    fprintf(out,
+            "usage: moeq quantize --model DIR --out DIR [options]\n"
+            "\n"
+            "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ\n"
+            "checkpoint (quantization_config in config.json, quantize_config.json, report.json)\n"
+            "that vLLM and transformers load. The output appears only when complete.\n"
+            "Always true-sequential: each linear is calibrated on inputs computed with the\n"
+            "already-quantized linears before it in the layer.\n"
+            "\n"
+            "expert calibration (--expert-calib):\n"
+            "  routed    each expert on the tokens the router sends it; experts with fewer than\n"
+            "            --min-expert-tokens tokens fall back to all tokens (with a warning)\n"
+            "  all       router bypassed: every expert on every token; gate/up of all experts\n"
+            "            share one Hessian per layer\n"
+            "  weighted  every expert on every token, weighted by its router probability\n"
+            "\n"
+            "options:\n");
+    args_print_help(out, specs);
+}
+
+static moeq_code load_calibration(const char *calib, const char *tokenizer_path,
+                                  const char *model_dir, int nsamples, int seqlen,
+                                  uint64_t seed, moeq_calib_set *set, moeq_error *err)
+{
+    char default_tok[4096];
+    snprintf(default_tok, sizeof default_tok, "%s/tokenizer.json", model_dir);
+    moeq_tokenizer *tok = NULL;
+    moeq_documents docs = {0};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    moeq_code rc = moeq_tokenizer_load(tokenizer_path ? tokenizer_path : default_tok, &tok, err);
+    if (!rc)
+        rc = moeq_documents_load(calib, NULL, &docs, err);
+    if (!rc && docs.count == 0)
+        rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG, "calibration data %s holds no documents",
+                       calib);
+    if (!rc)
+        rc = moeq_tokenize_documents(tok, &docs, &ids, &n, err);
+    if (!rc)
+        rc = moeq_calib_set_sample(ids, n, nsamples, seqlen, seed, set, err);
+    if (rc && rc != MOEQ_ERR_OOM && !strstr(err->msg, calib))
+        moeq_wrap(err, "calibration data %s: ", calib);
+    free(ids);
+    moeq_documents_free(&docs);
+    moeq_tokenizer_free(tok);
+    return rc;
+}
+
+static int parse_choice(const char *value, const char *const *names, int count, int *out)
+{
+    for (int i = 0; i < count; i++)
+        if (!strcmp(value, names[i])) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
+
+int moeq_cmd_quantize(int argc, char **argv)
+{
+    const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
+               *tokenizer = NULL, *method = "gptq", *expert_calib = "all";
+    moeq_gptq_config g = moeq_gptq_default_config();
+    int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
+    const arg_spec specs[] = {
+        {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
+        {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
+        {"method", ARG_STRING, &method, "gptq|rtn", "GPTQ, or round-to-nearest (default gptq)"},
+        {"bits", ARG_INT, &g.bits, "N", "2, 3, 4 or 8 (default 4)"},
+        {"group-size", ARG_INT, &g.group_size, "N", "-1 (per row) or a divisor of each input dim (default 128)"},
+        {"sym", ARG_BOOL, &g.sym, "true|false", "symmetric grid (default true)"},
+        {"desc-act", ARG_BOOL, &g.desc_act, "true|false", "act-order: columns by decreasing Hessian diagonal (default false)"},
+        {"static-groups", ARG_BOOL, &g.static_groups, "true|false", "with act-order: fit groups before the sweep (default false)"},
+        {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
+        {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
+        {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
+        {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\") or a directory (default: the bundled calib_data)"},
+        {"nsamples", ARG_INT, &nsamples, "N", "calibration windows (default 128)"},
+        {"seqlen", ARG_INT, &seqlen, "N", "tokens per window (default 512)"},
+        {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
+        {"tokenizer", ARG_STRING, &tokenizer, "FILE", "tokenizer.json (default MODEL/tokenizer.json)"},
+        {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file instead of the built-in one"},
+        {"quiet", ARG_FLAG, &quiet, NULL, "no progress output"},
+        {"help", ARG_FLAG, &help, NULL, "show this help"},
+        {0},
+    };
+    moeq_error err = {0};
+    const char *pos[1];
+    int n_pos;
+    if (args_parse(specs, argc, argv, pos, 0, &n_pos, &err))
+        return moeq_cli_report("quantize", 2, err.msg);
+    if (help) {
+        quantize_help(stdout, specs);
+        return 0;
+    }
+    if (!model_dir || !out_dir)
+        return moeq_cli_report("quantize", 2, "--model and --out are required (see --help)");
+    static const char *const methods[] = {"gptq", "rtn"};
+    static const char *const modes[] = {"routed", "all", "weighted"};
+    moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
+                                 .token_chunk = 4096};
+    int choice;
+    if (parse_choice(method, methods, 2, &choice))
+        return moeq_cli_report("quantize", 2, "--method must be gptq or rtn");
+    opt.method = (moeq_method)choice;
+    if (parse_choice(expert_calib, modes, 3, &choice))
+        return moeq_cli_report("quantize", 2, "--expert-calib must be routed, all or weighted");
+    opt.expert_calib = (moeq_expert_calib)choice;
+    if (g.static_groups && !g.desc_act)
+        return moeq_cli_report("quantize", 2, "--static-groups only applies with --desc-act true");
+    if (min_expert_tokens < 0 || seed < 0)
+        return moeq_cli_report("quantize", 2, "--min-expert-tokens and --seed must not be negative");
+    if (moeq_gptq_check_config(&opt.gptq, opt.gptq.group_size > 0 ? opt.gptq.group_size : 1,
+                               &err))
+        return moeq_cli_report("quantize", 2, err.msg);
+    if (access(out_dir, F_OK) == 0) {
+        moeq_fail(&err, MOEQ_ERR_INVALID_ARG,
+                  "output directory %s already exists: choose another --out or remove it",
+                  out_dir);
+        return moeq_cli_report("quantize", 2, err.msg);
+    }
+    const char *env_calib = getenv("MOEQ_CALIB_DIR");
+    if (!calib)
+        calib = env_calib ? env_calib : MOEQ_DEFAULT_CALIB_DIR;
+    FILE *progress = quiet ? NULL : stderr;
+    opt.progress = progress;
+
+    double start = now_seconds();
+    moeq_model model;
+    if (moeq_model_open(model_dir, arch_file, &model, &err))
+        return moeq_cli_report("quantize", 1, err.msg);
+    int status = 1;
+    moeq_calib_set set = {0};
+    moeq_gptq_writer writer = {0};
+    run_ctx ctx = {&writer, progress, progress && isatty(fileno(progress)), model.cfg.num_layers,
+                   model.cfg.num_experts, 0, 0, NULL};
+    ctx.layers = calloc((size_t)model.cfg.num_layers, sizeof *ctx.layers);
+    if (!ctx.layers) {
+        moeq_fail(&err, MOEQ_ERR_OOM, "out of memory");
+        goto done;
+    }
+    /* Every linear's dimensions must suit the group size and the packing
+     * before any work starts. */
+    int dims[6] = {model.cfg.hidden_size, model.cfg.num_heads * model.cfg.head_dim,
+                   model.cfg.num_kv_heads * model.cfg.head_dim, model.cfg.intermediate_size,
+                   model.cfg.moe_intermediate_size, model.cfg.shared_expert_intermediate_size};
+    for (int i = 0; i < 6; i++)
+        if (dims[i] > 0 && ((i != 2 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||
+                            moeq_gptq_check_dims(opt.gptq.bits, dims[i], dims[i], &err)))
+            goto done;
+    if (model.cfg.quant_bits) {
+        moeq_fail(&err, MOEQ_ERR_INVALID_ARG, "%s is already quantized (%d-bit GPTQ)", model_dir,
+                  model.cfg.quant_bits);
+        goto done;
+    }
+    if (load_calibration(calib, tokenizer, model_dir, nsamples, seqlen, (uint64_t)seed, &set,
+                         &err))
+        goto done;
+    if (progress)
+        fprintf(progress,
+                "moeq quantize: %s (%s, %d layers) -> %s\n  %s %d-bit group %d %s, experts: %s; "
+                "calibration %d x %d tokens from %s (%zu tokens available)\n",
+                model_dir, model.arch.name, model.cfg.num_layers, out_dir,
+                moeq_method_name(opt.method), g.bits, g.group_size, g.sym ? "sym" : "asym",
+                model.cfg.num_experts ? moeq_expert_calib_name(opt.expert_calib) : "none",
+                nsamples, seqlen, calib, set.stream_tokens);
+    if (moeq_gptq_writer_open(&writer, &model, &opt, out_dir, &err))
+        goto done;
+    ctx.start = ctx.last = now_seconds();
+    moeq_layer_sink sink = {on_layer, &ctx};
+    if (moeq_quantize_layers(&model, &set, &opt, &sink, &err))
+        goto done;
+    if (progress && ctx.tty)
+        fprintf(progress, "\n");
+    double total = now_seconds() - start;
+    cJSON *settings = cJSON_CreateObject();
+    cJSON_AddStringToObject(settings, "moeq_version", MOEQ_VERSION);
+    cJSON_AddStringToObject(settings, "model", model_dir);
+    cJSON_AddStringToObject(settings, "architecture", model.arch.name);
+    cJSON_AddStringToObject(settings, "method", moeq_method_name(opt.method));
+    cJSON_AddStringToObject(settings, "expert_calib", moeq_expert_calib_name(opt.expert_calib));
+    cJSON_AddNumberToObject(settings, "min_expert_tokens", min_expert_tokens);
+    cJSON_AddStringToObject(settings, "calib", calib);
+    cJSON_AddNumberToObject(settings, "nsamples", nsamples);
+    cJSON_AddNumberToObject(settings, "seqlen", seqlen);
+    cJSON_AddNumberToObject(settings, "seed", seed);
+    cJSON_AddNumberToObject(settings, "calib_stream_tokens", (double)set.stream_tokens);
+    cJSON_AddStringToObject(settings, "backend", "cpu");
+    cJSON_AddNumberToObject(settings, "total_seconds", total);
+    cJSON_AddNumberToObject(settings, "peak_host_bytes", peak_rss_mib() * 1048576.0);
+    cJSON_AddNumberToObject(settings, "peak_device_bytes", 0);
+    moeq_code rc = moeq_gptq_writer_finish(&writer, settings, &err);
+    cJSON_Delete(settings);
+    if (rc)
+        goto done;
+    if (writer.wrapped_zero_points && progress)
+        fprintf(progress,
+                "warning: %d zero points are 0, which the GPTQ v1 format stores as 2^bits - 1; "
+                "some loaders misread them: prefer --sym true\n",
+                writer.wrapped_zero_points);
+    if (!quiet)
+        print_summary(&ctx, total);
+    printf("wrote %s\n", out_dir);
+    status = 0;
+done:
+    if (status)
+        status = moeq_cli_report("quantize", 1, err.msg);
+    moeq_gptq_writer_close(&writer);
+    moeq_calib_set_free(&set);
+    free(ctx.layers);
+    moeq_model_close(&model);
+    return status;
+}

@@ -1,0 +1,494 @@
+/* quantize.c: the CPU layer loop (see quantize.h for the expert
+ * calibration modes). True-sequential order inside a layer: q/k/v (one
+ * shared Hessian), then o_proj from the attention output of the quantized
+ * q/k/v, then the MLP or experts from the normed output of the quantized
+ * attention block; gate/up before down, down's inputs computed with the
+ * quantized gate/up. The layer output uses every quantized weight and the
+ * real top-k routing, in every mode. */
+#include "pipeline/quantize.h"
+
+#include "backend/cpu/cpu_ops.h"
+#include "model/forward.h"
+#include "model/weights.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *moeq_expert_calib_name(moeq_expert_calib mode)
+{
+    switch (mode) {
+    case MOEQ_EXPERT_CALIB_ROUTED: return "routed";
+    case MOEQ_EXPERT_CALIB_ALL: return "all";
+    case MOEQ_EXPERT_CALIB_WEIGHTED: return "weighted";
+    }
+    return "?";
+}
+
+const char *moeq_method_name(moeq_method method)
+{
+    return method == MOEQ_METHOD_GPTQ ? "gptq" : "rtn";
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The state of one layer's quantization. */
+typedef struct layer_ctx {
+    const moeq_config *cfg;
+    const moeq_quantize_options *opt;
+    int layer;
+    moeq_layer_result *res;
+    int cap;
+} layer_ctx;
+
+static const char *role_label(moeq_tensor_role role, int expert, char *buf, size_t bytes)
+{
+    if (expert >= 0)
+        snprintf(buf, bytes, "expert %d %s", expert, moeq_tensor_role_key(role));
+    else
+        snprintf(buf, bytes, "%s", moeq_tensor_role_key(role));
+    return buf;
+}
+
+static moeq_code check_finite(const layer_ctx *c, const float *x, size_t n, const char *what,
+                              moeq_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return moeq_fail(err, MOEQ_ERR_NUMERIC,
+                             "layer %d: non-finite activation in %s (element %zu): the model "
+                             "or the calibration data produce NaN/Inf",
+                             c->layer, what, i);
+    return MOEQ_OK;
+}
+
+/* H = alpha * x^T diag(w) x (w NULL: unweighted), over rows tokens. */
+static moeq_code hessian(float *H, const float *x, int rows, int n, const float *w, float alpha,
+                         moeq_error *err)
+{
+    memset(H, 0, sizeof(float) * (size_t)n * n);
+    if (rows == 0)
+        return MOEQ_OK;
+    if (!w) {
+        cpu_hessian_accumulate(H, x, rows, n, alpha);
+        return MOEQ_OK;
+    }
+    return cpu_hessian_accumulate_weighted(H, x, w, rows, n, alpha, err);
+}
+
+static moeq_code prepare(const layer_ctx *c, const float *H, int cols, const char *what,
+                         moeq_gptq_prepared *prep, moeq_error *err)
+{
+    memset(prep, 0, sizeof *prep);
+    if (c->opt->method != MOEQ_METHOD_GPTQ)
+        return MOEQ_OK;
+    moeq_code rc = moeq_gptq_prepare(H, cols, &c->opt->gptq, prep, err);
+    if (rc)
+        return moeq_wrap(err, "layer %d, %s: ", c->layer, what);
+    return MOEQ_OK;
+}
+
+/* Quantizes w [rows, cols] (GPTQ against prep, or RTN), records it, and
+ * overwrites w with its dequantized value for the stages that follow. */
+static moeq_code quantize_weight(layer_ctx *c, const moeq_gptq_prepared *prep,
+                                 moeq_tensor_role role, int expert, float *w, int rows, int cols,
+                                 int64_t tokens, int fallback, moeq_error *err)
+{
+    if (c->res->n_linears == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 16;
+        moeq_quantized_linear *l = realloc(c->res->linears, sizeof *l * (size_t)cap);
+        if (!l)
+            return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory", c->layer);
+        c->res->linears = l;
+        c->cap = cap;
+    }
+    moeq_quantized_linear *ql = &c->res->linears[c->res->n_linears];
+    memset(ql, 0, sizeof *ql);
+    ql->role = role;
+    ql->expert = expert;
+    ql->tokens = tokens;
+    ql->fallback = fallback;
+    char what[96];
+    moeq_code rc;
+    if (c->opt->method == MOEQ_METHOD_GPTQ) {
+        ql->damp = prep->damp_used;
+        rc = moeq_gptq_sweep(prep, &c->opt->gptq, w, rows, &ql->q, &ql->loss, err);
+    } else {
+        rc = moeq_rtn_quantize(w, rows, cols, &c->opt->gptq, &ql->q, err);
+    }
+    if (rc)
+        return moeq_wrap(err, "layer %d, %s: ", c->layer, role_label(role, expert, what, sizeof what));
+    c->res->n_linears++;
+    moeq_quantized_dequantize(&ql->q, w);
+    return MOEQ_OK;
+}
+
+/* Quantizes one SwiGLU MLP (dense MLP, expert or shared expert) on the
+ * tokens x [rows, H], each weighted by token_w (NULL: all 1). prep_gu, when
+ * not NULL, is the gate/up factorisation shared with other experts;
+ * otherwise it is built from x. down_proj's Hessian comes from
+ * silu(gate(x)) * up(x) with the quantized gate/up, in token chunks. */
+static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
+                                 const moeq_tensor_role roles[3], int expert, const float *x,
+                                 int rows, const float *token_w, float alpha,
+                                 const moeq_gptq_prepared *prep_gu, int64_t tokens, int fallback,
+                                 moeq_layer_result *res, moeq_error *err)
+{
+    const int hidden = c->cfg->hidden_size, inter = mlp->intermediate;
+    const int chunk = c->opt->token_chunk;
+    double t0 = now_seconds();
+    moeq_gptq_prepared own_gu = {0}, prep_down = {0};
+    char what[96];
+    float *H = NULL, *g = NULL, *u = NULL;
+    moeq_code rc = MOEQ_OK;
+    int gptq = c->opt->method == MOEQ_METHOD_GPTQ;
+    if (gptq && !prep_gu) {
+        if (!(H = malloc(sizeof(float) * (size_t)hidden * hidden))) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory", c->layer);
+            goto done;
+        }
+        if ((rc = hessian(H, x, rows, hidden, token_w, alpha, err)))
+            goto done;
+        res->seconds_hessian += now_seconds() - t0;
+        t0 = now_seconds();
+        if ((rc = prepare(c, H, hidden, role_label(roles[0], expert, what, sizeof what), &own_gu,
+                          err)))
+            goto done;
+        prep_gu = &own_gu;
+        free(H);
+        H = NULL;
+    }
+    t0 = now_seconds();
+    if ((rc = quantize_weight(c, prep_gu, roles[0], expert, mlp->gate, inter, hidden, tokens,
+                              fallback, err)) ||
+        (rc = quantize_weight(c, prep_gu, roles[1], expert, mlp->up, inter, hidden, tokens,
+                              fallback, err)))
+        goto done;
+    res->seconds_solve += now_seconds() - t0;
+    if (gptq) {
+        t0 = now_seconds();
+        H = calloc((size_t)inter * inter, sizeof(float));
+        g = malloc(sizeof(float) * (size_t)chunk * inter);
+        u = malloc(sizeof(float) * (size_t)chunk * inter);
+        if (!H || !g || !u) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for down_proj inputs",
+                           c->layer);
+            goto done;
+        }
+        for (int r0 = 0; r0 < rows; r0 += chunk) {
+            int m = rows - r0 < chunk ? rows - r0 : chunk;
+            const float *xc = x + (size_t)r0 * hidden;
+            cpu_linear(xc, m, hidden, mlp->gate, mlp->gate_bias, inter, g);
+            cpu_linear(xc, m, hidden, mlp->up, mlp->up_bias, inter, u);
+            cpu_silu_mul(g, u, (size_t)m * inter, g);
+            if ((rc = check_finite(c, g, (size_t)m * inter,
+                                   role_label(roles[2], expert, what, sizeof what), err)))
+                goto done;
+            if (token_w)
+                rc = cpu_hessian_accumulate_weighted(H, g, token_w + r0, m, inter, alpha, err);
+            else
+                cpu_hessian_accumulate(H, g, m, inter, alpha);
+            if (rc)
+                goto done;
+        }
+        res->seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(c, H, inter, role_label(roles[2], expert, what, sizeof what),
+                          &prep_down, err)))
+            goto done;
+    }
+    t0 = now_seconds();
+    rc = quantize_weight(c, &prep_down, roles[2], expert, mlp->down, hidden, inter, tokens,
+                         fallback, err);
+    res->seconds_solve += now_seconds() - t0;
+done:
+    moeq_gptq_prepared_free(&own_gu);
+    moeq_gptq_prepared_free(&prep_down);
+    free(H);
+    free(g);
+    free(u);
+    return rc;
+}
+
+static const moeq_tensor_role DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
+                                                MOEQ_T_DOWN_PROJ};
+static const moeq_tensor_role EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                                                 MOEQ_T_EXPERT_DOWN_PROJ};
+static const moeq_tensor_role SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
+                                                 MOEQ_T_SHARED_DOWN_PROJ};
+
+/* q/k/v against one Hessian of the normed input, then o_proj against the
+ * attention output computed with the quantized q/k/v; x1 = x + attn(x). */
+static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
+                                    const moeq_rope_cache *rope, const float *x, int S, int T,
+                                    float *x1, moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int n = S * T, hidden = cfg->hidden_size;
+    const int qdim = cfg->num_heads * cfg->head_dim, kvdim = cfg->num_kv_heads * cfg->head_dim;
+    moeq_layer_result *res = c->res;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *o_in = malloc(sizeof(float) * (size_t)n * qdim);
+    float *H = malloc(sizeof(float) * (size_t)(qdim > hidden ? qdim : hidden) *
+                      (size_t)(qdim > hidden ? qdim : hidden));
+    moeq_gptq_prepared prep = {0};
+    moeq_code rc = MOEQ_OK;
+    if (!h || !o_in || !H) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the attention stage",
+                       c->layer);
+        goto done;
+    }
+    double t0 = now_seconds();
+    cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
+    if ((rc = check_finite(c, h, (size_t)n * hidden, "the input of q/k/v_proj", err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    if (c->opt->method == MOEQ_METHOD_GPTQ) {
+        t0 = now_seconds();
+        memset(H, 0, sizeof(float) * (size_t)hidden * hidden);
+        cpu_hessian_accumulate(H, h, n, hidden, 2.0f / (float)n);
+        res->seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(c, H, hidden, "q/k/v_proj", &prep, err)))
+            goto done;
+    }
+    t0 = now_seconds();
+    if ((rc = quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, qdim, hidden, n, 0, err)) ||
+        (rc = quantize_weight(c, &prep, MOEQ_T_K_PROJ, -1, lw->k, kvdim, hidden, n, 0, err)) ||
+        (rc = quantize_weight(c, &prep, MOEQ_T_V_PROJ, -1, lw->v, kvdim, hidden, n, 0, err)))
+        goto done;
+    res->seconds_solve += now_seconds() - t0;
+    moeq_gptq_prepared_free(&prep);
+
+    t0 = now_seconds();
+    moeq_layer_trace trace = {.o_in = o_in};
+    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err)) ||
+        (rc = check_finite(c, o_in, (size_t)n * qdim, "the input of o_proj", err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    if (c->opt->method == MOEQ_METHOD_GPTQ) {
+        t0 = now_seconds();
+        memset(H, 0, sizeof(float) * (size_t)qdim * qdim);
+        cpu_hessian_accumulate(H, o_in, n, qdim, 2.0f / (float)n);
+        res->seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(c, H, qdim, "o_proj", &prep, err)))
+            goto done;
+    }
+    t0 = now_seconds();
+    if ((rc = quantize_weight(c, &prep, MOEQ_T_O_PROJ, -1, lw->o, hidden, qdim, n, 0, err)))
+        goto done;
+    res->seconds_solve += now_seconds() - t0;
+    /* x1 = x + o_q(o_in): the attention output with every weight quantized. */
+    t0 = now_seconds();
+    cpu_linear(o_in, n, qdim, lw->o, lw->o_bias, hidden, h);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        x1[i] = x[i] + h[i];
+    res->seconds_forward += now_seconds() - t0;
+done:
+    moeq_gptq_prepared_free(&prep);
+    free(h);
+    free(o_in);
+    free(H);
+    return rc;
+}
+
+/* Experts of a MoE layer by the chosen calibration mode, plus the shared
+ * expert on all tokens. h [n, H] is the normed MLP input; prep_all the
+ * factorisation of its all-token Hessian. */
+static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const float *h, int n,
+                                  const moeq_gptq_prepared *prep_all, moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int hidden = cfg->hidden_size, E = cfg->num_experts, k = cfg->num_experts_per_tok;
+    const moeq_expert_calib mode = c->opt->expert_calib;
+    moeq_layer_result *res = c->res;
+    float *logits = malloc(sizeof(float) * (size_t)n * E);
+    float *probs = malloc(sizeof(float) * (size_t)n * E);
+    float *topw = malloc(sizeof(float) * (size_t)n * k);
+    int32_t *tope = malloc(sizeof(int32_t) * (size_t)n * k);
+    float *xe = mode == MOEQ_EXPERT_CALIB_ROUTED ? malloc(sizeof(float) * (size_t)n * hidden) : NULL;
+    float *pe = mode == MOEQ_EXPERT_CALIB_WEIGHTED ? malloc(sizeof(float) * (size_t)n) : NULL;
+    res->expert_tokens = calloc((size_t)E, sizeof(int64_t));
+    moeq_code rc = MOEQ_OK;
+    if (!logits || !probs || !topw || !tope || !res->expert_tokens ||
+        (mode == MOEQ_EXPERT_CALIB_ROUTED && !xe) || (mode == MOEQ_EXPERT_CALIB_WEIGHTED && !pe)) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for routing", c->layer);
+        goto done;
+    }
+    double t0 = now_seconds();
+    cpu_linear(h, n, hidden, lw->router, NULL, E, logits);
+    cpu_softmax_rows(logits, n, E, probs);
+    cpu_router_params rp = {.scoring = CPU_ROUTER_SOFTMAX, .top_k = k,
+                            .norm_topk_prob = cfg->norm_topk_prob};
+    if ((rc = cpu_router_topk(logits, n, E, &rp, topw, tope, err)))
+        goto done;
+    for (size_t i = 0; i < (size_t)n * k; i++)
+        res->expert_tokens[tope[i]]++;
+    res->seconds_capture += now_seconds() - t0;
+
+    for (int e = 0; e < E; e++) {
+        const float *x = h, *w = NULL;
+        int rows = n, fallback = 0;
+        float alpha = 2.0f / (float)n;
+        const moeq_gptq_prepared *shared_prep = prep_all;
+        if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
+            int m = 0;
+            for (int t = 0; t < n; t++)
+                for (int j = 0; j < k; j++)
+                    if (tope[(size_t)t * k + j] == e)
+                        memcpy(xe + (size_t)m++ * hidden, h + (size_t)t * hidden,
+                               sizeof(float) * (size_t)hidden);
+            if (m < c->opt->min_expert_tokens) {
+                fallback = 1;
+                if (c->opt->progress)
+                    fprintf(c->opt->progress,
+                            "warning: expert %d of layer %d saw %d calibration tokens (fewer "
+                            "than --min-expert-tokens %d): calibrating it on all tokens; use "
+                            "--expert-calib weighted or all to calibrate every expert fully\n",
+                            e, c->layer, m, c->opt->min_expert_tokens);
+            } else {
+                x = xe;
+                rows = m;
+                alpha = 2.0f / (float)m;
+                shared_prep = NULL;
+            }
+        } else if (mode == MOEQ_EXPERT_CALIB_WEIGHTED) {
+            for (int t = 0; t < n; t++)
+                pe[t] = probs[(size_t)t * E + e];
+            w = pe;
+            shared_prep = NULL;
+        }
+        rc = quantize_swiglu(c, &lw->experts[e], EXPERT_ROLES, e, x, rows, w, alpha,
+                             c->opt->method == MOEQ_METHOD_GPTQ ? shared_prep : NULL,
+                             mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? rows : n, fallback,
+                             res, err);
+        if (rc)
+            goto done;
+    }
+    if (lw->has_shared)
+        rc = quantize_swiglu(c, &lw->shared, SHARED_ROLES, -1, h, n, NULL, 2.0f / (float)n,
+                             prep_all, n, 0, res, err);
+done:
+    free(logits);
+    free(probs);
+    free(topw);
+    free(tope);
+    free(xe);
+    free(pe);
+    return rc;
+}
+
+/* The MLP half: dense SwiGLU or experts, on the normed output of the
+ * quantized attention block; out = x1 + mlp_q(x1) with real routing. */
+static moeq_code quantize_mlp(layer_ctx *c, moeq_layer_weights *lw, const float *x1, int n,
+                              float *out, moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int hidden = cfg->hidden_size;
+    moeq_layer_result *res = c->res;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *H = malloc(sizeof(float) * (size_t)hidden * hidden);
+    moeq_gptq_prepared prep = {0};
+    moeq_code rc = MOEQ_OK;
+    if (!h || !H) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the MLP stage", c->layer);
+        goto done;
+    }
+    double t0 = now_seconds();
+    cpu_rmsnorm(x1, lw->mlp_norm, n, hidden, cfg->rms_norm_eps, h);
+    if ((rc = check_finite(c, h, (size_t)n * hidden, "the input of the MLP", err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    /* The all-token gate/up Hessian: dense MLP, shared expert, bypass mode
+     * and the routed fallback all use it. */
+    if (c->opt->method == MOEQ_METHOD_GPTQ) {
+        t0 = now_seconds();
+        memset(H, 0, sizeof(float) * (size_t)hidden * hidden);
+        cpu_hessian_accumulate(H, h, n, hidden, 2.0f / (float)n);
+        res->seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(c, H, hidden, lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj",
+                          &prep, err)))
+            goto done;
+    }
+    if (lw->is_moe)
+        rc = quantize_experts(c, lw, h, n, &prep, err);
+    else
+        rc = quantize_swiglu(c, &lw->dense, DENSE_ROLES, -1, h, n, NULL, 2.0f / (float)n,
+                             c->opt->method == MOEQ_METHOD_GPTQ ? &prep : NULL, n, 0, res, err);
+    if (rc)
+        goto done;
+    t0 = now_seconds();
+    rc = moeq_mlp_block(cfg, lw, x1, n, out, NULL, err);
+    res->seconds_forward += now_seconds() - t0;
+done:
+    moeq_gptq_prepared_free(&prep);
+    free(h);
+    free(H);
+    return rc;
+}
+
+void moeq_layer_result_free(moeq_layer_result *r)
+{
+    for (int i = 0; i < r->n_linears; i++)
+        moeq_quantized_free(&r->linears[i].q);
+    free(r->linears);
+    free(r->expert_tokens);
+    memset(r, 0, sizeof *r);
+}
+
+moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *calib,
+                               const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                               moeq_error *err)
+{
+    const moeq_config *cfg = &model->cfg;
+    const int S = calib->nsamples, T = calib->seqlen, n = S * T;
+    const size_t nh = (size_t)n * cfg->hidden_size;
+    float *x = malloc(sizeof(float) * nh), *x1 = malloc(sizeof(float) * nh);
+    float *y = malloc(sizeof(float) * nh);
+    moeq_rope_cache rope = {0};
+    moeq_code rc = MOEQ_OK;
+    if (!x || !x1 || !y) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM,
+                       "out of memory for the activations of %d calibration tokens", n);
+        goto done;
+    }
+    if ((rc = moeq_model_embed(model, calib->tokens, (size_t)n, x, err)) ||
+        (rc = moeq_rope_cache_init(cfg, &rope, err)))
+        goto done;
+    for (int l = 0; l < cfg->num_layers; l++) {
+        moeq_layer_result res = {.layer = l};
+        layer_ctx c = {cfg, opt, l, &res, 0};
+        moeq_layer_weights lw;
+        double t0 = now_seconds();
+        if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
+            goto done;
+        if (opt->progress)
+            fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s\n", l + 1,
+                    cfg->num_layers, now_seconds() - t0,
+                    lw.is_moe ? "attention and experts" : "attention and MLP");
+        rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
+        if (!rc)
+            rc = quantize_mlp(&c, &lw, x1, n, y, err);
+        moeq_layer_weights_free(&lw);
+        if (!rc)
+            rc = check_finite(&c, y, nh, "the layer output", err);
+        if (!rc && sink)
+            rc = sink->write_layer(sink->ctx, &res, err);
+        moeq_layer_result_free(&res);
+        if (rc)
+            goto done;
+        float *t = x;
+        x = y;
+        y = t;
+    }
+done:
+    moeq_rope_cache_free(&rope);
+    free(x);
+    free(x1);
+    free(y);
+    return rc;
+}

@@ -1,0 +1,87 @@
+/* quantize.h: the layer loop (DESIGN.md, "The layer loop"). For each
+ * decoder layer: capture its inputs from the calibration windows, build the
+ * Hessians, quantize attention then MLP / experts (each stage seeing the
+ * already-quantized earlier ones), compute the layer's output with the
+ * quantized weights and the real top-k routing, hand the quantized weights
+ * to the writer, and move on. One layer's weights are in memory at a time. */
+#ifndef MOEQ_PIPELINE_QUANTIZE_H
+#define MOEQ_PIPELINE_QUANTIZE_H
+
+#include "calib/calib_set.h"
+#include "model/model.h"
+#include "quant/gptq.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum moeq_method {
+    MOEQ_METHOD_GPTQ,
+    MOEQ_METHOD_RTN, /* round to nearest on the same grid: the baseline */
+} moeq_method;
+
+/* How experts are calibrated (the router always decides the layer output).
+ *  routed:   expert e's Hessians come from the tokens routed to it, each
+ *            H = (2/n_e) sum x x^T; an expert with fewer than
+ *            min_expert_tokens tokens falls back to the all-token Hessians
+ *            (the textbook dead-column rule would zero an expert that saw no
+ *            token: its Hessian is all zeros).
+ *  all:      the router is bypassed for calibration: every expert sees every
+ *            token; gate/up of all experts share one Hessian per layer (the
+ *            same inputs), down_proj's is per expert from
+ *            silu(gate(x)) * up(x) over all tokens.
+ *  weighted: every expert sees every token, token t weighted by p_e(t), the
+ *            router's softmax probability of expert e over all experts:
+ *            H_e = (2/n) sum_t p_e(t) x_t x_t^T for gate/up and likewise for
+ *            down_proj's inputs. */
+typedef enum moeq_expert_calib {
+    MOEQ_EXPERT_CALIB_ROUTED,
+    MOEQ_EXPERT_CALIB_ALL,
+    MOEQ_EXPERT_CALIB_WEIGHTED,
+} moeq_expert_calib;
+
+const char *moeq_expert_calib_name(moeq_expert_calib mode);
+const char *moeq_method_name(moeq_method method);
+
+typedef struct moeq_quantize_options {
+    moeq_method method;
+    moeq_gptq_config gptq;
+    moeq_expert_calib expert_calib;
+    int min_expert_tokens;  /* routed mode: fewer tokens -> all-token fallback */
+    int token_chunk;        /* tokens per chunk of expert activations */
+    FILE *progress;         /* per-stage progress lines; NULL for none */
+} moeq_quantize_options;
+
+/* One quantized linear of a layer, named by role and expert. */
+typedef struct moeq_quantized_linear {
+    moeq_tensor_role role;
+    int expert; /* -1 unless an expert role */
+    moeq_quantized q;
+    double loss; /* GPTQ objective; 0 for RTN */
+    double damp; /* damping used; 0 for RTN */
+    int64_t tokens; /* calibration tokens (routed: routed tokens) */
+    int fallback;   /* routed mode: used the all-token Hessians */
+} moeq_quantized_linear;
+
+typedef struct moeq_layer_result {
+    int layer;
+    int n_linears;
+    moeq_quantized_linear *linears;
+    int64_t *expert_tokens; /* [num_experts] routed token counts; NULL for dense layers */
+    double seconds_capture, seconds_hessian, seconds_solve, seconds_forward;
+} moeq_layer_result;
+
+void moeq_layer_result_free(moeq_layer_result *r);
+
+/* Receives each finished layer (the output writer); it takes nothing over. */
+typedef struct moeq_layer_sink {
+    moeq_code (*write_layer)(void *ctx, const moeq_layer_result *result, moeq_error *err);
+    void *ctx;
+} moeq_layer_sink;
+
+/* Runs the loop over every layer of model with calibration windows calib.
+ * Per-layer timings and statistics go to sink with the weights. */
+moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *calib,
+                               const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                               moeq_error *err);
+
+#endif

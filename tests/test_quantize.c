@@ -1,0 +1,322 @@
+/* test_quantize.c: the layer loop end to end on the golden fixtures: the
+ * written checkpoint has the GPTQ tensors and configs loaders expect, reads
+ * back through moeq, stays close to the original (and closer than RTN),
+ * every expert-calibration mode runs, dense models go through the same
+ * loop, runs are byte-for-byte deterministic, and bad settings leave
+ * nothing behind. */
+#include "test.h"
+
+#include "common/fileio.h"
+#include "io/gptq_writer.h"
+#include "model/model.h"
+#include "pipeline/evaluate.h"
+#include "pipeline/quantize.h"
+
+#include <cjson/cJSON.h>
+
+static const char *fixture(const char *name)
+{
+    static char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, name);
+    return dir;
+}
+
+/* 16 windows of 32 tokens of a deterministic pseudo-random stream. */
+static moeq_calib_set calib_for(const moeq_model *m, uint64_t seed)
+{
+    enum { N = 64 * 32 };
+    static int32_t stream[N];
+    test_rng r = {seed};
+    for (int i = 0; i < N; i++)
+        stream[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m->cfg.vocab_size);
+    moeq_calib_set set;
+    moeq_error err = {0};
+    if (moeq_calib_set_sample(stream, N, 16, 32, 7, &set, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(2);
+    }
+    return set;
+}
+
+static moeq_quantize_options options(moeq_method method, moeq_expert_calib mode)
+{
+    moeq_quantize_options o = {.method = method, .gptq = moeq_gptq_default_config(),
+                               .expert_calib = mode, .min_expert_tokens = 1,
+                               .token_chunk = 100};
+    o.gptq.group_size = 16; /* divides every fixture's input dims */
+    return o;
+}
+
+/* Quantizes fixture `name` into out; returns the status. */
+static moeq_code run(const char *name, const moeq_quantize_options *opt, const char *out,
+                     moeq_error *err)
+{
+    moeq_model m;
+    moeq_code rc = moeq_model_open(fixture(name), NULL, &m, err);
+    if (rc)
+        return rc;
+    moeq_calib_set set = calib_for(&m, 99);
+    moeq_gptq_writer w;
+    rc = moeq_gptq_writer_open(&w, &m, opt, out, err);
+    if (!rc) {
+        moeq_layer_sink sink = {moeq_gptq_writer_write_layer, &w};
+        rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
+        if (!rc)
+            rc = moeq_gptq_writer_finish(&w, NULL, err);
+        moeq_gptq_writer_close(&w);
+    }
+    moeq_calib_set_free(&set);
+    moeq_model_close(&m);
+    if (rc)
+        fprintf(stderr, "  (%s: %s)\n", name, err->msg);
+    return rc;
+}
+
+/* KL of the quantized checkpoint at out against the fixture, on the
+ * fixture's own golden token windows (not the calibration tokens). */
+static double kl_against_original(const char *name, const char *out)
+{
+    moeq_model orig, q;
+    moeq_error err = {0};
+    moeq_eval_result r = {0};
+    if (moeq_model_open(fixture(name), NULL, &orig, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return INFINITY;
+    }
+    if (moeq_model_open(out, NULL, &q, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        moeq_model_close(&orig);
+        return INFINITY;
+    }
+    int32_t tokens[512];
+    test_rng g = {12345};
+    for (int i = 0; i < 512; i++)
+        tokens[i] = (int32_t)(test_rng_next(&g) % (uint64_t)orig.cfg.vocab_size);
+    if (moeq_evaluate(&q, &orig, tokens, 512, 32, 0, NULL, NULL, &r, &err))
+        fprintf(stderr, "  %s\n", err.msg);
+    moeq_model_close(&q);
+    moeq_model_close(&orig);
+    return r.kl;
+}
+
+static void test_output_has_gptq_tensors_configs_and_report(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_layout"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("qwen3_moe", &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* experts.7.down_proj of layer 2: [64 out, 32 in] -> 4-bit qweight [4, 64],
+     * 2 groups of 16 */
+    const st_tensor *qw = st_checkpoint_find(&c, "model.layers.2.mlp.experts.7.down_proj.qweight");
+    const st_tensor *qz = st_checkpoint_find(&c, "model.layers.2.mlp.experts.7.down_proj.qzeros");
+    const st_tensor *sc = st_checkpoint_find(&c, "model.layers.2.mlp.experts.7.down_proj.scales");
+    const st_tensor *gi = st_checkpoint_find(&c, "model.layers.2.mlp.experts.7.down_proj.g_idx");
+    CHECK(qw && qw->dtype == ST_I32 && qw->shape[0] == 4 && qw->shape[1] == 64);
+    CHECK(qz && qz->dtype == ST_I32 && qz->shape[0] == 2 && qz->shape[1] == 8);
+    CHECK(sc && sc->dtype == ST_F16 && sc->shape[0] == 2 && sc->shape[1] == 64);
+    CHECK(gi && gi->dtype == ST_I32 && gi->shape[0] == 32);
+    /* q_proj [128, 64]: qweight [8, 128], 4 groups of 16 */
+    qw = st_checkpoint_find(&c, "model.layers.0.self_attn.q_proj.qweight");
+    CHECK(qw && qw->shape[0] == 8 && qw->shape[1] == 128);
+    sc = st_checkpoint_find(&c, "model.layers.0.self_attn.q_proj.scales");
+    CHECK(sc && sc->shape[0] == 4);
+    /* Layer 1 is dense (mlp_only_layers): its MLP is quantized too. */
+    CHECK(st_checkpoint_find(&c, "model.layers.1.mlp.down_proj.qweight") != NULL);
+    /* No quantized weight keeps a .weight; router, norms, embeddings do. */
+    CHECK(st_checkpoint_find(&c, "model.layers.0.self_attn.q_proj.weight") == NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.0.mlp.experts.0.gate_proj.weight") == NULL);
+    const char *kept[] = {"model.layers.0.mlp.gate.weight", "model.layers.0.self_attn.q_norm.weight",
+                          "model.layers.2.post_attention_layernorm.weight",
+                          "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+    for (int i = 0; i < 6; i++) {
+        const st_tensor *t = st_checkpoint_find(&c, kept[i]);
+        CHECK(t && t->dtype == ST_BF16);
+    }
+    /* 3 layers x 4 attention + 2 MoE layers x 8 experts x 3 + 3 dense MLP
+     * linears */
+    int qweights = 0;
+    for (size_t i = 0; i < c.n_tensors; i++)
+        qweights += strstr(c.tensors[i]->name, ".qweight") != NULL;
+    CHECK_INT_EQ(qweights, 63);
+    st_checkpoint_close(&c);
+
+    char path[2200], *text;
+    snprintf(path, sizeof path, "%s/config.json", out);
+    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 20, &text, &err), MOEQ_OK);
+    cJSON *cfg = cJSON_Parse(text);
+    free(text);
+    cJSON *q = cJSON_GetObjectItem(cfg, "quantization_config");
+    CHECK(q != NULL);
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "quant_method")), "gptq");
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "checkpoint_format")), "gptq");
+    CHECK_INT_EQ(cJSON_GetObjectItem(q, "bits")->valueint, 4);
+    CHECK_INT_EQ(cJSON_GetObjectItem(q, "group_size")->valueint, 16);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(q, "sym")));
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItem(q, "desc_act")));
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(cfg, "model_type")), "qwen3_moe");
+    cJSON_Delete(cfg);
+    snprintf(path, sizeof path, "%s/quantize_config.json", out);
+    CHECK(moeq_file_exists(path));
+    snprintf(path, sizeof path, "%s/report.json", out);
+    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
+    cJSON *rep = cJSON_Parse(text);
+    free(text);
+    cJSON *layers = cJSON_GetObjectItem(rep, "layers");
+    CHECK_INT_EQ(cJSON_GetArraySize(layers), 3);
+    cJSON *l0 = cJSON_GetArrayItem(layers, 0);
+    cJSON *tokens = cJSON_GetObjectItem(l0, "expert_tokens");
+    CHECK_INT_EQ(cJSON_GetArraySize(tokens), 8);
+    double sum = 0;
+    for (int e = 0; e < 8; e++)
+        sum += cJSON_GetArrayItem(tokens, e)->valuedouble;
+    CHECK_NEAR(sum, 16 * 32 * 2, 0, 0); /* every token routed to top-2 */
+    CHECK(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 1), "expert_tokens") == NULL);
+    cJSON *mods = cJSON_GetObjectItem(l0, "modules");
+    CHECK_INT_EQ(cJSON_GetArraySize(mods), 4 + 8 * 3);
+    cJSON *m0 = cJSON_GetArrayItem(mods, 0);
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(m0, "name")),
+                 "model.layers.0.self_attn.q_proj.weight");
+    CHECK(cJSON_GetObjectItem(m0, "loss")->valuedouble > 0);
+    CHECK(cJSON_GetObjectItem(m0, "damp")->valuedouble >= 0.01);
+    cJSON_Delete(rep);
+}
+
+static void test_gptq_stays_closer_to_the_original_than_rtn(void)
+{
+    const char *dir = test_tmpdir("quant_vs_rtn");
+    char g[2048], r[2048];
+    snprintf(g, sizeof g, "%s/gptq", dir);
+    snprintf(r, sizeof r, "%s/rtn", dir);
+    moeq_error err = {0};
+    moeq_quantize_options og = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_quantize_options orr = options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL);
+    og.gptq.bits = orr.gptq.bits = 3;
+    /* 3-bit packing needs dimensions in multiples of 32: qwen3_moe has them. */
+    CHECK_INT_EQ(run("qwen3_moe", &og, g, &err), MOEQ_OK);
+    CHECK_INT_EQ(run("qwen3_moe", &orr, r, &err), MOEQ_OK);
+    double kg = kl_against_original("qwen3_moe", g), kr = kl_against_original("qwen3_moe", r);
+    printf("  qwen3_moe 3-bit g16: KL gptq %.5f, rtn %.5f\n", kg, kr);
+    CHECK(kg > 0 && kg < kr);
+}
+
+static void test_every_expert_mode_and_dense_model_round_trips(void)
+{
+    const char *dir = test_tmpdir("quant_modes");
+    moeq_expert_calib modes[] = {MOEQ_EXPERT_CALIB_ROUTED, MOEQ_EXPERT_CALIB_ALL,
+                                 MOEQ_EXPERT_CALIB_WEIGHTED};
+    const char *names[] = {"qwen3_moe", "mixtral", "qwen2_moe"};
+    for (int i = 0; i < 3; i++)
+        for (int m = 0; m < 3; m++) {
+            char out[2048];
+            snprintf(out, sizeof out, "%s/%s-%d", dir, names[i], m);
+            moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, modes[m]);
+            moeq_error err = {0};
+            CHECK_INT_EQ(run(names[i], &o, out, &err), MOEQ_OK);
+            double kl = kl_against_original(names[i], out);
+            if (!(kl > 0 && kl < 0.05)) {
+                fprintf(stderr, "  %s mode %d: KL %g\n", names[i], m, kl);
+                test_failures_in_current++;
+            }
+        }
+    const char *dense[] = {"llama", "qwen2", "qwen3"};
+    for (int i = 0; i < 3; i++) {
+        char out[2048];
+        snprintf(out, sizeof out, "%s/%s", dir, dense[i]);
+        moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+        moeq_error err = {0};
+        CHECK_INT_EQ(run(dense[i], &o, out, &err), MOEQ_OK);
+        double kl = kl_against_original(dense[i], out);
+        CHECK(kl > 0 && kl < 0.05);
+    }
+}
+
+static int same_file(const char *a, const char *b)
+{
+    char *x, *y;
+    size_t nx, ny;
+    moeq_error err = {0};
+    if (moeq_read_file(a, 1 << 26, &x, &nx, &err) || moeq_read_file(b, 1 << 26, &y, &ny, &err))
+        return 0;
+    int same = nx == ny && memcmp(x, y, nx) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_routed_with_every_expert_below_the_floor_equals_bypass(void)
+{
+    /* The fallback of routed mode is exactly the bypass calibration. */
+    const char *dir = test_tmpdir("quant_fallback");
+    char a[2048], b[2048];
+    snprintf(a, sizeof a, "%s/all", dir);
+    snprintf(b, sizeof b, "%s/routed", dir);
+    moeq_quantize_options oa = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_quantize_options orr = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED);
+    orr.min_expert_tokens = 1 << 30;
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("mixtral", &oa, a, &err), MOEQ_OK);
+    CHECK_INT_EQ(run("mixtral", &orr, b, &err), MOEQ_OK);
+    for (int s = 1; s <= 4; s++) {
+        char fa[2200], fb[2200];
+        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", a, s);
+        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", b, s);
+        CHECK(same_file(fa, fb));
+    }
+}
+
+static void test_same_inputs_give_byte_identical_output(void)
+{
+    const char *dir = test_tmpdir("quant_determinism");
+    char a[2048], b[2048];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED);
+    o.gptq.desc_act = 1;
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("qwen3_moe", &o, a, &err), MOEQ_OK);
+    CHECK_INT_EQ(run("qwen3_moe", &o, b, &err), MOEQ_OK);
+    const char *files[] = {"model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+                           "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
+                           "model.safetensors.index.json", "config.json"};
+    for (int i = 0; i < 6; i++) {
+        char fa[2200], fb[2200];
+        snprintf(fa, sizeof fa, "%s/%s", a, files[i]);
+        snprintf(fb, sizeof fb, "%s/%s", b, files[i]);
+        CHECK(same_file(fa, fb));
+    }
+}
+
+static void test_existing_output_is_refused_and_failures_leave_nothing(void)
+{
+    const char *dir = test_tmpdir("quant_refuse");
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    /* An existing output directory: refused before any work. */
+    CHECK_INT_EQ(run("llama", &o, dir, &err), MOEQ_ERR_INVALID_ARG);
+    CHECK_CONTAINS(err.msg, "already exists");
+    /* A group size that does not divide the inputs (64 / 48): the run fails
+     * and neither the output nor a partial directory remains. */
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", dir);
+    o.gptq.group_size = 48;
+    CHECK_INT_EQ(run("llama", &o, out, &err), MOEQ_ERR_INVALID_ARG);
+    CHECK_CONTAINS(err.msg, "--group-size 48");
+    CHECK_CONTAINS(err.msg, "layer 0");
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", dir);
+    CHECK(system(cmd) == 0);
+}
+
+int main(void)
+{
+    RUN(test_output_has_gptq_tensors_configs_and_report);
+    RUN(test_gptq_stays_closer_to_the_original_than_rtn);
+    RUN(test_every_expert_mode_and_dense_model_round_trips);
+    RUN(test_routed_with_every_expert_below_the_floor_equals_bypass);
+    RUN(test_same_inputs_give_byte_identical_output);
+    RUN(test_existing_output_is_refused_and_failures_leave_nothing);
+    return test_summary();
+}
