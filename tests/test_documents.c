@@ -50,6 +50,12 @@ static void test_jsonl_text_and_messages_with_lang_filter(void)
     CHECK_INT_EQ(d.count, 1);
     CHECK_STR_EQ(d.docs[0].text, "hallo");
     moeq_documents_free(&d);
+    CHECK_INT_EQ(moeq_documents_load(p, "fr,de", &d, &err), MOEQ_OK);
+    CHECK_INT_EQ(d.count, 2);
+    moeq_documents_free(&d);
+    CHECK_INT_EQ(moeq_documents_load(p, "d,e", &d, &err), MOEQ_OK); /* whole codes only */
+    CHECK_INT_EQ(d.count, 0);
+    moeq_documents_free(&d);
 }
 
 static void test_directory_reads_txt_and_jsonl_in_name_order(void)

@@ -175,6 +175,33 @@ static void test_symmetric_zero_is_the_midpoint(void)
     CHECK_NEAR(z.scale, 2.0 / 15.0, 1e-4, 0); /* an empty range becomes [-1, 1] */
 }
 
+static void test_asymmetric_zero_point_is_never_zero(void)
+{
+    /* All non-negative: the reference grid would put the zero at 0, which
+     * GPTQ v1 cannot store; moeq uses zero 1 and keeps xmax on the grid. */
+    float x[4] = {0.0f, 0.3f, 0.7f, 1.4f};
+    moeq_grid g = moeq_grid_fit(x, 4, 4, 0);
+    CHECK_INT_EQ(g.zero, 1);
+    CHECK_NEAR(g.scale, 1.4 / 14.0, 1e-4, 0);
+    CHECK_NEAR(moeq_grid_value(g, moeq_grid_code(g, 1.4f, 15)), 1.4, 1e-3, 0);
+    CHECK_NEAR(moeq_grid_value(g, moeq_grid_code(g, 0.0f, 15)), 0.0, 0, 0);
+    /* Slightly negative minimum (within half a step): also zero 1. */
+    float y[3] = {-0.01f, 0.5f, 1.5f};
+    g = moeq_grid_fit(y, 3, 4, 0);
+    CHECK_INT_EQ(g.zero, 1);
+    CHECK(moeq_grid_value(g, moeq_grid_code(g, 1.5f, 15)) >= 1.49f);
+    /* Fresh random groups never get zero 0, at any width. */
+    for (int bits = 2; bits <= 8; bits++) {
+        for (int trial = 0; trial < 200; trial++) {
+            float v[16];
+            float shift = test_rng_uniform(&rng);
+            for (int i = 0; i < 16; i++)
+                v[i] = test_rng_uniform(&rng) + shift;
+            CHECK(moeq_grid_fit(v, 16, bits, 0).zero >= 1);
+        }
+    }
+}
+
 static void test_act_order_g_idx_maps_columns_to_the_groups_they_used(void)
 {
     const int rows = 8, cols = 128;
@@ -350,6 +377,7 @@ int main(void)
     RUN(test_identity_hessian_makes_gptq_equal_rtn);
     RUN(test_codes_lie_on_the_grid_and_scales_are_fp16);
     RUN(test_symmetric_zero_is_the_midpoint);
+    RUN(test_asymmetric_zero_point_is_never_zero);
     RUN(test_act_order_g_idx_maps_columns_to_the_groups_they_used);
     RUN(test_dead_columns_are_zeroed);
     RUN(test_indefinite_hessian_raises_damping_then_fails_clearly);

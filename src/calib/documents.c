@@ -73,6 +73,20 @@ static moeq_code render_chat(const cJSON *messages, const char *path, size_t lin
     return MOEQ_OK;
 }
 
+/* Whether lang is one of the comma-separated codes in filter. */
+static int lang_matches(const char *filter, const char *lang)
+{
+    size_t n = strlen(lang);
+    for (const char *p = filter; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !strncmp(p, lang, n))
+            return 1;
+        p += len + (end != NULL);
+    }
+    return 0;
+}
+
 static moeq_code load_jsonl(const char *path, const char *lang_filter, moeq_documents *docs,
                             moeq_error *err)
 {
@@ -103,7 +117,7 @@ static moeq_code load_jsonl(const char *path, const char *lang_filter, moeq_docu
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
         const cJSON *messages = cJSON_GetObjectItemCaseSensitive(obj, "messages");
         const cJSON *lang = cJSON_GetObjectItemCaseSensitive(obj, "lang");
-        if (lang_filter && (!cJSON_IsString(lang) || strcmp(lang->valuestring, lang_filter))) {
+        if (lang_filter && (!cJSON_IsString(lang) || !lang_matches(lang_filter, lang->valuestring))) {
             cJSON_Delete(obj);
             continue;
         }

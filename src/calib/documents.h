@@ -23,7 +23,8 @@ typedef struct moeq_documents {
 } moeq_documents;
 
 /* Appends the documents of path (file or directory) to docs. When
- * lang_filter is not NULL, only JSONL documents whose "lang" equals it. */
+ * lang_filter is not NULL ("en" or a list "de,fr,it"), only JSONL documents
+ * whose "lang" is one of its codes. */
 moeq_code moeq_documents_load(const char *path, const char *lang_filter, moeq_documents *docs,
                               moeq_error *err);
 void moeq_documents_free(moeq_documents *docs);

@@ -42,7 +42,7 @@ int moeq_cmd_eval(int argc, char **argv)
         {"reference", ARG_STRING, &reference_dir, "DIR", "original checkpoint for KL and top-1 agreement"},
         {"seqlen", ARG_INT, &seqlen, "N", "window length in tokens (default 512)"},
         {"max-windows", ARG_INT, &max_windows, "N", "score at most N windows (default: all)"},
-        {"lang", ARG_STRING, &lang, "CODE", "only JSONL documents whose \"lang\" is CODE"},
+        {"lang", ARG_STRING, &lang, "CODES", "only JSONL documents whose \"lang\" is one of CODES (e.g. en or de,fr)"},
         {"tokenizer", ARG_STRING, &tokenizer_path, "FILE", "tokenizer.json (default MODEL_DIR/tokenizer.json)"},
         {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file to use instead of the built-in one"},
         {"logits-out", ARG_STRING, &logits_out, "FILE", "write logits: float32 LE, windows x seqlen x vocab"},

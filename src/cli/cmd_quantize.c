@@ -128,7 +128,7 @@ static void quantize_help(FILE *out, const arg_spec *specs)
     args_print_help(out, specs);
 }
 
-static moeq_code load_calibration(const char *calib, const char *tokenizer_path,
+static moeq_code load_calibration(const char *calib, const char *lang, const char *tokenizer_path,
                                   const char *model_dir, int nsamples, int seqlen,
                                   uint64_t seed, moeq_calib_set *set, moeq_error *err)
 {
@@ -140,10 +140,10 @@ static moeq_code load_calibration(const char *calib, const char *tokenizer_path,
     size_t n = 0;
     moeq_code rc = moeq_tokenizer_load(tokenizer_path ? tokenizer_path : default_tok, &tok, err);
     if (!rc)
-        rc = moeq_documents_load(calib, NULL, &docs, err);
+        rc = moeq_documents_load(calib, lang, &docs, err);
     if (!rc && docs.count == 0)
-        rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG, "calibration data %s holds no documents",
-                       calib);
+        rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG, "calibration data %s holds no documents%s%s",
+                       calib, lang ? " in languages " : "", lang ? lang : "");
     if (!rc)
         rc = moeq_tokenize_documents(tok, &docs, &ids, &n, err);
     if (!rc)
@@ -169,7 +169,7 @@ static int parse_choice(const char *value, const char *const *names, int count, 
 int moeq_cmd_quantize(int argc, char **argv)
 {
     const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
-               *tokenizer = NULL, *method = "gptq", *expert_calib = "all";
+               *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
     const arg_spec specs[] = {
@@ -185,6 +185,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
         {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\") or a directory (default: the bundled calib_data)"},
+        {"calib-lang", ARG_STRING, &calib_lang, "CODES", "only JSONL documents whose \"lang\" is one of these (e.g. en or de,fr)"},
         {"nsamples", ARG_INT, &nsamples, "N", "calibration windows (default 128)"},
         {"seqlen", ARG_INT, &seqlen, "N", "tokens per window (default 512)"},
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
@@ -263,7 +264,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                   model.cfg.quant_bits);
         goto done;
     }
-    if (load_calibration(calib, tokenizer, model_dir, nsamples, seqlen, (uint64_t)seed, &set,
+    if (load_calibration(calib, calib_lang, tokenizer, model_dir, nsamples, seqlen, (uint64_t)seed, &set,
                          &err))
         goto done;
     if (progress)
@@ -291,6 +292,8 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddStringToObject(settings, "expert_calib", moeq_expert_calib_name(opt.expert_calib));
     cJSON_AddNumberToObject(settings, "min_expert_tokens", min_expert_tokens);
     cJSON_AddStringToObject(settings, "calib", calib);
+    if (calib_lang)
+        cJSON_AddStringToObject(settings, "calib_lang", calib_lang);
     cJSON_AddNumberToObject(settings, "nsamples", nsamples);
     cJSON_AddNumberToObject(settings, "seqlen", seqlen);
     cJSON_AddNumberToObject(settings, "seed", seed);
@@ -303,11 +306,6 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_Delete(settings);
     if (rc)
         goto done;
-    if (writer.wrapped_zero_points && progress)
-        fprintf(progress,
-                "warning: %d zero points are 0, which the GPTQ v1 format stores as 2^bits - 1; "
-                "some loaders misread them: prefer --sym true\n",
-                writer.wrapped_zero_points);
     if (!quiet)
         print_summary(&ctx, total);
     printf("wrote %s\n", out_dir);

@@ -124,7 +124,6 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
         return moeq_wrap(err, "layer %d, %s%s: ", layer, base, "weight");
     char (*names)[600] = s->names[s->n_packed];
     s->n_packed++;
-    w->wrapped_zero_points += p->wrapped_zero_points;
     const char *suffix[4] = {"qweight", "qzeros", "scales", "g_idx"};
     int64_t shapes[4][2] = {
         {moeq_gptq_qweight_rows(p->bits, p->in_features), p->out_features},
@@ -367,7 +366,6 @@ moeq_code moeq_gptq_writer_finish(moeq_gptq_writer *w, const cJSON *settings, mo
         return rc;
     cJSON *report = settings ? cJSON_Duplicate(settings, 1) : cJSON_CreateObject();
     cJSON_AddItemToObject(report, "quantization_config", quantization_config(w));
-    cJSON_AddNumberToObject(report, "wrapped_zero_points", w->wrapped_zero_points);
     cJSON_AddItemToObject(report, "layers", cJSON_Duplicate(w->report_layers, 1));
     rc = write_json(w->tmp_dir, "report.json", report, err);
     cJSON_Delete(report);

@@ -26,7 +26,6 @@ typedef struct moeq_gptq_writer {
     cJSON *weight_map;
     cJSON *report_layers;
     int64_t total_bytes;
-    int wrapped_zero_points;
 } moeq_gptq_writer;
 
 /* Refuses an existing out_dir (nothing is written then) and creates the

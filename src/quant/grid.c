@@ -31,6 +31,17 @@ moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym)
     } else {
         float z = rintf(-xmin / g.scale);
         g.zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int32_t)z;
+        if (g.zero == 0) {
+            /* GPTQ v1 stores zero - 1, so a zero point of 0 wraps to
+             * 2^bits - 1, which GPTQModel's v1 loader (used by
+             * transformers) and vLLM misread (docs/formats.md). Use zero 1
+             * and stretch the scale so xmax stays on the grid; xmin lies
+             * within half a step of 0, inside [-scale, 0]. */
+            g.zero = 1;
+            g.scale = moeq_f16_to_f32(moeq_f32_to_f16(xmax / (float)(maxq - 1)));
+            if (g.scale == 0.0f)
+                g.scale = moeq_f16_to_f32(1);
+        }
     }
     return g;
 }

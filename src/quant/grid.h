@@ -6,6 +6,9 @@
  *   symmetric:  xmax = max(|xmin|, xmax), xmin = -xmax,
  *               scale = 2 xmax / maxq, zero = (maxq + 1) / 2
  *   (an all-zero range becomes [-1, 1])
+ * with one departure: an asymmetric zero point of 0 (a group with no
+ * negative value) becomes 1 with scale = xmax / (maxq - 1), because the
+ * GPTQ v1 format cannot store 0 faithfully (see grid.c).
  *   q = clamp(round(x / scale) + zero, 0, maxq), x^ = scale (q - zero)
  * The scale is rounded to fp16 before use, because checkpoints store it in
  * fp16: the values GPTQ feeds its error back from are then exactly the ones a
