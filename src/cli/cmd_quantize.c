@@ -132,6 +132,18 @@ static moeq_code load_calibration(const char *calib, const char *lang, const cha
                                   const char *model_dir, int nsamples, int seqlen,
                                   uint64_t seed, moeq_calib_set *set, moeq_error *err)
 {
+    size_t len = strlen(calib);
+    if (len > 4 && !strcmp(calib + len - 4, ".bin")) {
+        /* Pre-tokenized: little-endian int32 ids, as moeq eval --tokens. */
+        int32_t *ids;
+        size_t n;
+        moeq_code rc = moeq_read_token_file(calib, &ids, &n, err);
+        if (!rc) {
+            rc = moeq_calib_set_sample(ids, n, nsamples, seqlen, seed, set, err);
+            free(ids);
+        }
+        return rc ? moeq_wrap(err, "calibration tokens %s: ", calib) : MOEQ_OK;
+    }
     char default_tok[4096];
     snprintf(default_tok, sizeof default_tok, "%s/tokenizer.json", model_dir);
     moeq_tokenizer *tok = NULL;
@@ -184,7 +196,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
-        {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\") or a directory (default: the bundled calib_data)"},
+        {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\"), a directory of them, or *.bin token ids (int32 LE) (default: the bundled calib_data)"},
         {"calib-lang", ARG_STRING, &calib_lang, "CODES", "only JSONL documents whose \"lang\" is one of these (e.g. en or de,fr)"},
         {"nsamples", ARG_INT, &nsamples, "N", "calibration windows (default 128)"},
         {"seqlen", ARG_INT, &seqlen, "N", "tokens per window (default 512)"},
@@ -219,8 +231,12 @@ int moeq_cmd_quantize(int argc, char **argv)
     opt.expert_calib = (moeq_expert_calib)choice;
     if (g.static_groups && !g.desc_act)
         return moeq_cli_report("quantize", 2, "--static-groups only applies with --desc-act true");
-    if (min_expert_tokens < 0 || seed < 0)
-        return moeq_cli_report("quantize", 2, "--min-expert-tokens and --seed must not be negative");
+    if (min_expert_tokens < 1)
+        return moeq_cli_report("quantize", 2,
+                               "--min-expert-tokens must be at least 1: an expert calibrated on "
+                               "no token would have an all-zero Hessian and be zeroed");
+    if (seed < 0)
+        return moeq_cli_report("quantize", 2, "--seed must not be negative");
     if (moeq_gptq_check_config(&opt.gptq, opt.gptq.group_size > 0 ? opt.gptq.group_size : 1,
                                &err))
         return moeq_cli_report("quantize", 2, err.msg);

@@ -1,0 +1,60 @@
+// hessian.cu: the elementwise parts of the GPTQ Hessian update; the product
+// itself is a cuBLAS GEMM (src/backend/cuda/cuda_hessian.c).
+#include "kernels.h"
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+namespace {
+
+__global__ void scale_rows_kernel(const void *x, int is_bf16, const float *w, int rows, int n,
+                                  void *y)
+{
+    size_t total = (size_t)rows * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float s = w[i / (size_t)n];
+        if (is_bf16) {
+            float v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
+            ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(__fmul_rn(v, s));
+        } else {
+            ((float *)y)[i] = __fmul_rn(((const float *)x)[i], s);
+        }
+    }
+}
+
+__global__ void count_bad_weights_kernel(const float *w, int rows, int *bad)
+{
+    int found = 0;
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x)
+        found += !(w[r] >= 0.0f) || !isfinite(w[r]);
+    if (found)
+        atomicAdd(bad, found);
+}
+
+unsigned grid_for(size_t n)
+{
+    size_t blocks = (n + 255) / 256;
+    return (unsigned)(blocks < 8192 ? blocks : 8192);
+}
+
+} // namespace
+
+extern "C" cudaError_t moeq_k_scale_rows(const void *x, int is_bf16, const float *w, int rows,
+                                         int n, void *y, cudaStream_t stream)
+{
+    size_t total = (size_t)rows * n;
+    if (total == 0)
+        return cudaSuccess;
+    scale_rows_kernel<<<grid_for(total), 256, 0, stream>>>(x, is_bf16, w, rows, n, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_count_bad_weights(const float *w, int rows, int *bad,
+                                                cudaStream_t stream)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    count_bad_weights_kernel<<<grid_for((size_t)rows), 256, 0, stream>>>(w, rows, bad);
+    return cudaGetLastError();
+}

@@ -1,0 +1,165 @@
+/* cuda_ctx.c: the CUDA context, checked status codes, device memory with
+ * in-use and peak accounting, and copies on the context's stream. */
+#include "backend/cuda/cuda_ctx.h"
+
+#include <stdio.h>
+#include <string.h>
+
+moeq_code moeq_cuda_check(cudaError_t status, const char *call, const char *file, int line,
+                          moeq_error *err)
+{
+    if (status == cudaSuccess)
+        return MOEQ_OK;
+    moeq_code code = status == cudaErrorMemoryAllocation ? MOEQ_ERR_OOM
+                     : status == cudaErrorNoDevice || status == cudaErrorInsufficientDriver
+                         ? MOEQ_ERR_UNSUPPORTED
+                         : MOEQ_ERR_IO;
+    return moeq_fail(err, code, "%s failed: %s (%s) (%s:%d)", call, cudaGetErrorName(status),
+                     cudaGetErrorString(status), file, line);
+}
+
+moeq_code moeq_cublas_check(cublasStatus_t status, const char *call, const char *file, int line,
+                            moeq_error *err)
+{
+    if (status == CUBLAS_STATUS_SUCCESS)
+        return MOEQ_OK;
+    return moeq_fail(err, status == CUBLAS_STATUS_ALLOC_FAILED ? MOEQ_ERR_OOM : MOEQ_ERR_IO,
+                     "%s failed: %s (%s) (%s:%d)", call, cublasGetStatusName(status),
+                     cublasGetStatusString(status), file, line);
+}
+
+moeq_code moeq_cusolver_check(cusolverStatus_t status, const char *call, const char *file,
+                              int line, moeq_error *err)
+{
+    if (status == CUSOLVER_STATUS_SUCCESS)
+        return MOEQ_OK;
+    return moeq_fail(err, status == CUSOLVER_STATUS_ALLOC_FAILED ? MOEQ_ERR_OOM : MOEQ_ERR_IO,
+                     "%s failed: cusolverStatus %d (%s:%d)", call, (int)status, file, line);
+}
+
+moeq_code moeq_cuda_init(moeq_cuda_ctx *ctx, int device, moeq_error *err)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->device = device;
+    int count = 0;
+    moeq_code rc = MOEQ_CU(cudaGetDeviceCount(&count));
+    if (rc)
+        return rc;
+    if (device < 0 || device >= count)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED, "CUDA device %d does not exist (%d found)",
+                         device, count);
+    struct cudaDeviceProp prop;
+    if ((rc = MOEQ_CU(cudaSetDevice(device))) ||
+        (rc = MOEQ_CU(cudaGetDeviceProperties(&prop, device))))
+        return rc;
+    snprintf(ctx->device_name, sizeof ctx->device_name, "%s", prop.name);
+    ctx->sm_count = prop.multiProcessorCount;
+    ctx->smem_optin_bytes = prop.sharedMemPerBlockOptin;
+    if ((rc = MOEQ_CU(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) ||
+        (rc = MOEQ_CUBLAS(cublasCreate(&ctx->cublas))) ||
+        (rc = MOEQ_CUBLAS(cublasSetStream(ctx->cublas, ctx->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnCreate(&ctx->cusolver))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSetStream(ctx->cusolver, ctx->stream))) ||
+        (rc = moeq_cuda_alloc(ctx, &ctx->solver_info, sizeof(int), "cuSOLVER info", err))) {
+        moeq_cuda_free_ctx(ctx);
+        return rc;
+    }
+    /* fp32 GEMMs stay fp32: no TF32 (the CPU reference is the yardstick). */
+    rc = MOEQ_CUBLAS(cublasSetMathMode(ctx->cublas, CUBLAS_DEFAULT_MATH));
+    if (rc)
+        moeq_cuda_free_ctx(ctx);
+    return rc;
+}
+
+void moeq_cuda_free_ctx(moeq_cuda_ctx *ctx)
+{
+    if (ctx->stream)
+        cudaStreamSynchronize(ctx->stream);
+    moeq_cuda_free(ctx, &ctx->solver_workspace);
+    moeq_cuda_free(ctx, &ctx->solver_info);
+    if (ctx->cusolver)
+        cusolverDnDestroy(ctx->cusolver);
+    if (ctx->cublas)
+        cublasDestroy(ctx->cublas);
+    if (ctx->stream)
+        cudaStreamDestroy(ctx->stream);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+moeq_code moeq_cuda_alloc(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf, size_t bytes, const char *what,
+                          moeq_error *err)
+{
+    buf->ptr = NULL;
+    buf->bytes = 0;
+    if (bytes == 0)
+        return MOEQ_OK;
+    cudaError_t status = cudaMalloc(&buf->ptr, bytes);
+    if (status != cudaSuccess) {
+        buf->ptr = NULL;
+        (void)cudaGetLastError(); /* an allocation failure is not sticky: clear it */
+        return moeq_fail(err, MOEQ_ERR_OOM,
+                         "cudaMalloc of %zu bytes for %s failed: %s (%zu bytes already in use)",
+                         bytes, what, cudaGetErrorString(status), ctx->bytes_in_use);
+    }
+    buf->bytes = bytes;
+    ctx->bytes_in_use += bytes;
+    if (ctx->bytes_in_use > ctx->peak_bytes)
+        ctx->peak_bytes = ctx->bytes_in_use;
+    return MOEQ_OK;
+}
+
+void moeq_cuda_free(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf)
+{
+    if (buf->ptr) {
+        cudaFree(buf->ptr);
+        ctx->bytes_in_use -= buf->bytes;
+    }
+    buf->ptr = NULL;
+    buf->bytes = 0;
+}
+
+moeq_code moeq_cuda_upload(moeq_cuda_ctx *ctx, void *dst_dev, const void *src_host, size_t bytes,
+                           moeq_error *err)
+{
+    if (bytes == 0)
+        return MOEQ_OK;
+    return MOEQ_CU(cudaMemcpyAsync(dst_dev, src_host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+}
+
+moeq_code moeq_cuda_download(moeq_cuda_ctx *ctx, void *dst_host, const void *src_dev,
+                             size_t bytes, moeq_error *err)
+{
+    if (bytes == 0)
+        return MOEQ_OK;
+    return MOEQ_CU(cudaMemcpyAsync(dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+}
+
+moeq_code moeq_cuda_sync(moeq_cuda_ctx *ctx, moeq_error *err)
+{
+    return MOEQ_CU(cudaStreamSynchronize(ctx->stream));
+}
+
+moeq_code moeq_cuda_host_alloc(void **ptr, size_t bytes, const char *what, moeq_error *err)
+{
+    cudaError_t status = cudaMallocHost(ptr, bytes);
+    if (status != cudaSuccess) {
+        *ptr = NULL;
+        return moeq_fail(err, MOEQ_ERR_OOM, "cudaMallocHost of %zu bytes for %s failed: %s",
+                         bytes, what, cudaGetErrorString(status));
+    }
+    return MOEQ_OK;
+}
+
+void moeq_cuda_host_free(void *ptr)
+{
+    if (ptr)
+        cudaFreeHost(ptr);
+}
+
+moeq_code moeq_cuda_solver_workspace(moeq_cuda_ctx *ctx, size_t bytes, moeq_error *err)
+{
+    if (bytes <= ctx->solver_workspace.bytes)
+        return MOEQ_OK;
+    moeq_cuda_free(ctx, &ctx->solver_workspace);
+    return moeq_cuda_alloc(ctx, &ctx->solver_workspace, bytes, "cuSOLVER workspace", err);
+}
