@@ -43,7 +43,7 @@ static moeq_quantize_options options(moeq_method method, moeq_expert_calib mode)
 {
     moeq_quantize_options o = {.method = method, .gptq = moeq_gptq_default_config(),
                                .expert_calib = mode, .min_expert_tokens = 1,
-                               .token_chunk = 100};
+                               .true_sequential = 1, .token_chunk = 100};
     o.gptq.group_size = 16; /* divides every fixture's input dims */
     return o;
 }
@@ -234,6 +234,41 @@ static void test_every_expert_mode_and_dense_model_round_trips(void)
     }
 }
 
+static int same_file(const char *a, const char *b);
+
+static void test_true_sequential_off_calibrates_on_the_original_layer(void)
+{
+    const char *dir = test_tmpdir("quant_sequential");
+    char a[2048], b[2048], c[2048], d[2048];
+    snprintf(a, sizeof a, "%s/ts", dir);
+    snprintf(b, sizeof b, "%s/no-ts", dir);
+    snprintf(c, sizeof c, "%s/rtn-ts", dir);
+    snprintf(d, sizeof d, "%s/rtn-no-ts", dir);
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("qwen2_moe", &o, a, &err), MOEQ_OK);
+    o.true_sequential = 0;
+    CHECK_INT_EQ(run("qwen2_moe", &o, b, &err), MOEQ_OK);
+    /* Layer 0's q/k/v see the same inputs either way; o_proj does not. */
+    char fa[2200], fb[2200];
+    snprintf(fa, sizeof fa, "%s/model-00001-of-00004.safetensors", a);
+    snprintf(fb, sizeof fb, "%s/model-00001-of-00004.safetensors", b);
+    CHECK(!same_file(fa, fb));
+    double kl_ts = kl_against_original("qwen2_moe", a);
+    double kl_no = kl_against_original("qwen2_moe", b);
+    CHECK(kl_ts > 0 && kl_ts < 0.05 && kl_no > 0 && kl_no < 0.05);
+    /* RTN uses no activations: both orders give the same bytes. */
+    o = options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL);
+    CHECK_INT_EQ(run("qwen2_moe", &o, c, &err), MOEQ_OK);
+    o.true_sequential = 0;
+    CHECK_INT_EQ(run("qwen2_moe", &o, d, &err), MOEQ_OK);
+    for (int s = 1; s <= 4; s++) {
+        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", c, s);
+        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", d, s);
+        CHECK(same_file(fa, fb));
+    }
+}
+
 static int same_file(const char *a, const char *b)
 {
     char *x, *y;
@@ -392,6 +427,7 @@ int main(void)
     RUN(test_gptq_stays_closer_to_the_original_than_rtn);
     RUN(test_every_expert_mode_and_dense_model_round_trips);
     RUN(test_routed_with_every_expert_below_the_floor_equals_bypass);
+    RUN(test_true_sequential_off_calibrates_on_the_original_layer);
     RUN(test_same_inputs_give_byte_identical_output);
     RUN(test_existing_output_is_refused_and_failures_leave_nothing);
     RUN(test_nan_weights_and_activations_stop_the_run_naming_layer_and_module);

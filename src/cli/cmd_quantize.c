@@ -114,8 +114,8 @@ static void quantize_help(FILE *out, const arg_spec *specs)
             "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ\n"
             "checkpoint (quantization_config in config.json, quantize_config.json, report.json)\n"
             "that vLLM and transformers load. The output appears only when complete.\n"
-            "Always true-sequential: each linear is calibrated on inputs computed with the\n"
-            "already-quantized linears before it in the layer.\n"
+            "True-sequential by default: each linear is calibrated on inputs computed with\n"
+            "the already-quantized linears before it in the layer.\n"
             "\n"
             "expert calibration (--expert-calib):\n"
             "  routed    each expert on the tokens the router sends it; experts with fewer than\n"
@@ -184,6 +184,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
+    int true_sequential = 1;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
@@ -194,6 +195,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"desc-act", ARG_BOOL, &g.desc_act, "true|false", "act-order: columns by decreasing Hessian diagonal (default false)"},
         {"static-groups", ARG_BOOL, &g.static_groups, "true|false", "with act-order: fit groups before the sweep (default false)"},
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
+        {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
         {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\"), a directory of them, or *.bin token ids (int32 LE) (default: the bundled calib_data)"},
@@ -221,7 +223,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     static const char *const methods[] = {"gptq", "rtn"};
     static const char *const modes[] = {"routed", "all", "weighted"};
     moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
-                                 .token_chunk = 4096};
+                                 .true_sequential = true_sequential, .token_chunk = 4096};
     int choice;
     if (parse_choice(method, methods, 2, &choice))
         return moeq_cli_report("quantize", 2, "--method must be gptq or rtn");

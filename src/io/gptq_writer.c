@@ -263,7 +263,7 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
     cJSON_AddBoolToObject(q, "desc_act", g->desc_act);
     cJSON_AddBoolToObject(q, "sym", g->sym);
     cJSON_AddBoolToObject(q, "static_groups", g->static_groups);
-    cJSON_AddBoolToObject(q, "true_sequential", 1);
+    cJSON_AddBoolToObject(q, "true_sequential", w->opt->true_sequential);
     cJSON_AddNumberToObject(q, "damp_percent", g->damp_percent);
     cJSON_AddBoolToObject(q, "lm_head", 0);
     cJSON_AddStringToObject(q, "quant_method", "gptq");

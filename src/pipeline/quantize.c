@@ -45,6 +45,7 @@ typedef struct layer_ctx {
     int layer;
     moeq_layer_result *res;
     int cap;
+    float **targets; /* [cap]: the fp32 weight each result replaces */
 } layer_ctx;
 
 static const char *role_label(moeq_tensor_role role, int expert, char *buf, size_t bytes)
@@ -95,7 +96,8 @@ static moeq_code prepare(const layer_ctx *c, const float *H, int cols, const cha
 }
 
 /* Quantizes w [rows, cols] (GPTQ against prep, or RTN), records it, and
- * overwrites w with its dequantized value for the stages that follow. */
+ * (true-sequential) overwrites w with its dequantized value for the stages
+ * that follow. */
 static moeq_code quantize_weight(layer_ctx *c, const moeq_gptq_prepared *prep,
                                  moeq_tensor_role role, int expert, float *w, int rows, int cols,
                                  int64_t tokens, int fallback, moeq_error *err)
@@ -103,9 +105,12 @@ static moeq_code quantize_weight(layer_ctx *c, const moeq_gptq_prepared *prep,
     if (c->res->n_linears == c->cap) {
         int cap = c->cap ? 2 * c->cap : 16;
         moeq_quantized_linear *l = realloc(c->res->linears, sizeof *l * (size_t)cap);
-        if (!l)
+        if (l)
+            c->res->linears = l;
+        float **t = l ? realloc(c->targets, sizeof *t * (size_t)cap) : NULL;
+        if (!t)
             return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory", c->layer);
-        c->res->linears = l;
+        c->targets = t;
         c->cap = cap;
     }
     moeq_quantized_linear *ql = &c->res->linears[c->res->n_linears];
@@ -124,8 +129,12 @@ static moeq_code quantize_weight(layer_ctx *c, const moeq_gptq_prepared *prep,
     }
     if (rc)
         return moeq_wrap(err, "layer %d, %s: ", c->layer, role_label(role, expert, what, sizeof what));
-    c->res->n_linears++;
-    moeq_quantized_dequantize(&ql->q, w);
+    c->targets[c->res->n_linears++] = w;
+    /* True-sequential: later stages see this weight quantized. Otherwise
+     * the whole layer is calibrated on the original weights and the
+     * replacement waits for the end of the layer (apply_quantized). */
+    if (c->opt->true_sequential)
+        moeq_quantized_dequantize(&ql->q, w);
     return MOEQ_OK;
 }
 
@@ -382,10 +391,10 @@ done:
     return rc;
 }
 
-/* The MLP half: dense SwiGLU or experts, on the normed output of the
- * quantized attention block; out = x1 + mlp_q(x1) with real routing. */
+/* The MLP half: dense SwiGLU or experts, on the normed output x1 of the
+ * attention block. */
 static moeq_code quantize_mlp(layer_ctx *c, moeq_layer_weights *lw, const float *x1, int n,
-                              float *out, moeq_error *err)
+                              moeq_error *err)
 {
     const moeq_config *cfg = c->cfg;
     const int hidden = cfg->hidden_size;
@@ -419,11 +428,6 @@ static moeq_code quantize_mlp(layer_ctx *c, moeq_layer_weights *lw, const float 
     else
         rc = quantize_swiglu(c, &lw->dense, DENSE_ROLES, -1, h, n, NULL, 2.0f / (float)n,
                              c->opt->method == MOEQ_METHOD_GPTQ ? &prep : NULL, n, 0, res, err);
-    if (rc)
-        goto done;
-    t0 = now_seconds();
-    rc = moeq_mlp_block(cfg, lw, x1, n, out, NULL, err);
-    res->seconds_forward += now_seconds() - t0;
 done:
     moeq_gptq_prepared_free(&prep);
     free(h);
@@ -461,7 +465,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         goto done;
     for (int l = 0; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l};
-        layer_ctx c = {cfg, opt, l, &res, 0};
+        layer_ctx c = {cfg, opt, l, &res, 0, NULL};
         moeq_layer_weights lw;
         double t0 = now_seconds();
         if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
@@ -472,7 +476,22 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                     lw.is_moe ? "attention and experts" : "attention and MLP");
         rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
         if (!rc)
-            rc = quantize_mlp(&c, &lw, x1, n, y, err);
+            rc = quantize_mlp(&c, &lw, x1, n, err);
+        /* The output for the next layer: every weight quantized, real
+         * routing. True-sequential already has x1 from the quantized
+         * attention; otherwise the whole layer runs again. */
+        if (!rc) {
+            t0 = now_seconds();
+            if (opt->true_sequential) {
+                rc = moeq_mlp_block(cfg, &lw, x1, n, y, NULL, err);
+            } else {
+                for (int i = 0; i < res.n_linears; i++)
+                    moeq_quantized_dequantize(&res.linears[i].q, c.targets[i]);
+                rc = moeq_layer_forward(cfg, &lw, &rope, x, S, T, y, NULL, err);
+            }
+            res.seconds_forward += now_seconds() - t0;
+        }
+        free(c.targets);
         moeq_layer_weights_free(&lw);
         if (!rc)
             rc = check_finite(&c, y, nh, "the layer output", err);

@@ -1,7 +1,7 @@
 /* quantize.h: the layer loop (DESIGN.md, "The layer loop"). For each
  * decoder layer: capture its inputs from the calibration windows, build the
- * Hessians, quantize attention then MLP / experts (each stage seeing the
- * already-quantized earlier ones), compute the layer's output with the
+ * Hessians, quantize attention then MLP / experts (with true-sequential,
+ * each stage seeing the already-quantized earlier ones), compute the layer's output with the
  * quantized weights and the real top-k routing, hand the quantized weights
  * to the writer, and move on. One layer's weights are in memory at a time. */
 #ifndef MOEQ_PIPELINE_QUANTIZE_H
@@ -47,6 +47,9 @@ typedef struct moeq_quantize_options {
     moeq_gptq_config gptq;
     moeq_expert_calib expert_calib;
     int min_expert_tokens;  /* routed mode: fewer tokens -> all-token fallback */
+    int true_sequential;    /* each stage calibrated on the quantized earlier ones
+                             * (q/k/v -> o -> gate/up -> down); 0: every stage on
+                             * the original layer's activations */
     int token_chunk;        /* tokens per chunk of expert activations */
     FILE *progress;         /* per-stage progress lines; NULL for none */
 } moeq_quantize_options;

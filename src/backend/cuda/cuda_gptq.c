@@ -1,0 +1,361 @@
+/* cuda_gptq.c: host glue of GPTQ on the GPU (see cuda_gptq.h): the
+ * preparation through cuSOLVER and the sweep as block kernels alternating
+ * with cuBLAS lazy-update GEMMs, all queued on the context's stream.
+ *
+ * Layout: the factors are kept row-major as gptq.c keeps them. A row-major
+ * [n, n] buffer is the column-major transpose, so cuSOLVER's LOWER factor L
+ * (A = L L^T, column-major) reads row-major as U = L^T with A = U^T U: the
+ * upper factor gptq.c gets from LAPACKE's row-major 'U'. */
+#include "backend/cuda/cuda_gptq.h"
+
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Act-order sort key: decreasing diagonal, ties by column (gptq.c's order). */
+typedef struct {
+    float diag;
+    int32_t col;
+} diag_entry;
+
+static int by_decreasing_diag(const void *a, const void *b)
+{
+    const diag_entry *x = a, *y = b;
+    if (x->diag != y->diag)
+        return x->diag > y->diag ? -1 : 1;
+    return x->col - y->col;
+}
+
+/* Reads cuSOLVER's devInfo after the queued work finished. */
+static moeq_code solver_info(moeq_cuda_ctx *ctx, int *info, moeq_error *err)
+{
+    moeq_code rc = moeq_cuda_download(ctx, info, ctx->solver_info.ptr, sizeof(int), err);
+    return rc ? rc : moeq_cuda_sync(ctx, err);
+}
+
+/* hinv <- upper Cholesky factor of (work + lambda I)^-1 (row-major);
+ * *info != 0 when a factorisation found the matrix not positive definite. */
+static moeq_code factor_inverse(moeq_cuda_ctx *ctx, const float *work, int n, float lambda,
+                                float *hinv, int *info, moeq_error *err)
+{
+    const cublasFillMode_t lower = CUBLAS_FILL_MODE_LOWER;
+    float *ws = ctx->solver_workspace.ptr;
+    int lwork = (int)(ctx->solver_workspace.bytes / sizeof(float));
+    int *dev_info = ctx->solver_info.ptr;
+    moeq_code rc;
+    if ((rc = MOEQ_CU(moeq_k_copy_add_diag(work, n, lambda, hinv, ctx->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(ctx->cusolver, lower, n, hinv, n, ws, lwork,
+                                             dev_info))) ||
+        (rc = solver_info(ctx, info, err)) || *info)
+        return rc;
+    if ((rc = MOEQ_CUSOLVER(cusolverDnSpotri(ctx->cusolver, lower, n, hinv, n, ws, lwork,
+                                             dev_info))) ||
+        (rc = solver_info(ctx, info, err)) || *info)
+        return rc;
+    /* potri leaves the inverse in the column-major lower = row-major upper
+     * triangle; make it whole, then factor it again. */
+    if ((rc = MOEQ_CU(moeq_k_mirror_upper(hinv, n, ctx->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(ctx->cusolver, lower, n, hinv, n, ws, lwork,
+                                             dev_info))) ||
+        (rc = solver_info(ctx, info, err)) || *info)
+        return rc;
+    return MOEQ_CU(moeq_k_zero_lower(hinv, n, ctx->stream));
+}
+
+static moeq_code alloc_prepared(moeq_cuda_ctx *ctx, int cols, moeq_cuda_gptq_prepared *prep,
+                                moeq_error *err)
+{
+    memset(prep, 0, sizeof *prep);
+    prep->cols = cols;
+    prep->perm_host = malloc(sizeof(int32_t) * (size_t)cols);
+    prep->dead_host = calloc((size_t)cols, 1);
+    if (!prep->perm_host || !prep->dead_host)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d-column GPTQ preparation",
+                         cols);
+    moeq_code rc;
+    if ((rc = moeq_cuda_alloc(ctx, &prep->hinv, sizeof(float) * (size_t)cols * cols,
+                              "GPTQ inverse Hessian factor", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &prep->perm, sizeof(int32_t) * (size_t)cols,
+                              "GPTQ permutation", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &prep->dead, (size_t)cols, "GPTQ dead columns", err)))
+        return rc;
+    return MOEQ_OK;
+}
+
+moeq_code moeq_cuda_gptq_prepare(moeq_cuda_ctx *ctx, const float *H, int cols,
+                                 const moeq_gptq_config *cfg, moeq_cuda_gptq_prepared *prep,
+                                 moeq_error *err)
+{
+    memset(prep, 0, sizeof *prep);
+    moeq_code rc = moeq_gptq_check_config(cfg, cols, err);
+    if (rc)
+        return rc;
+    const size_t nn = (size_t)cols * cols;
+    moeq_cuda_buf count = {0}, diag = {0}, work = {0};
+    float *diag_host = malloc(sizeof(float) * (size_t)cols);
+    diag_entry *order = malloc(sizeof(diag_entry) * (size_t)cols);
+    int nonfinite = 0;
+    if (!diag_host || !order) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
+        goto done;
+    }
+    if ((rc = alloc_prepared(ctx, cols, prep, err)) ||
+        (rc = moeq_cuda_alloc(ctx, &count, sizeof(int), "non-finite count", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &diag, sizeof(float) * (size_t)cols, "Hessian diagonal",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &work, sizeof(float) * nn, "permuted Hessian", err)) ||
+        (rc = MOEQ_CU(cudaMemsetAsync(count.ptr, 0, sizeof(int), ctx->stream))) ||
+        (rc = MOEQ_CU(moeq_k_count_nonfinite(H, nn, count.ptr, ctx->stream))) ||
+        (rc = MOEQ_CU(moeq_k_diag(H, cols, diag.ptr, ctx->stream))) ||
+        (rc = moeq_cuda_download(ctx, &nonfinite, count.ptr, sizeof(int), err)) ||
+        (rc = moeq_cuda_download(ctx, diag_host, diag.ptr, sizeof(float) * (size_t)cols, err)) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        goto done;
+    if (nonfinite) {
+        rc = moeq_fail(err, MOEQ_ERR_NUMERIC, "Hessian %d x %d holds %d non-finite values", cols,
+                       cols, nonfinite);
+        goto done;
+    }
+    for (int c = 0; c < cols; c++) {
+        prep->dead_host[c] = diag_host[c] == 0.0f;
+        prep->dead_columns += prep->dead_host[c];
+        order[c] = (diag_entry){prep->dead_host[c] ? 1.0f : diag_host[c], c};
+    }
+    if (cfg->desc_act)
+        qsort(order, (size_t)cols, sizeof *order, by_decreasing_diag);
+    double mean_diag = 0; /* summed in processing order, as gptq.c does */
+    for (int i = 0; i < cols; i++) {
+        prep->perm_host[i] = order[i].col;
+        mean_diag += prep->dead_host[order[i].col] ? 1.0f : diag_host[order[i].col];
+    }
+    mean_diag /= cols;
+    int lwork_potrf = 0, lwork_potri = 0;
+    if ((rc = moeq_cuda_upload(ctx, prep->perm.ptr, prep->perm_host,
+                               sizeof(int32_t) * (size_t)cols, err)) ||
+        (rc = moeq_cuda_upload(ctx, prep->dead.ptr, prep->dead_host, (size_t)cols, err)) ||
+        (rc = MOEQ_CU(moeq_k_gptq_permute_hessian(H, cols, prep->perm.ptr, prep->dead.ptr,
+                                                  work.ptr, ctx->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf_bufferSize(ctx->cusolver, CUBLAS_FILL_MODE_LOWER,
+                                                        cols, prep->hinv.ptr, cols,
+                                                        &lwork_potrf))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotri_bufferSize(ctx->cusolver, CUBLAS_FILL_MODE_LOWER,
+                                                        cols, prep->hinv.ptr, cols,
+                                                        &lwork_potri))) ||
+        (rc = moeq_cuda_solver_workspace(
+             ctx, sizeof(float) * (size_t)(lwork_potrf > lwork_potri ? lwork_potrf : lwork_potri),
+             err)))
+        goto done;
+    for (double damp = cfg->damp_percent;; damp += cfg->damp_increment) {
+        if (damp > cfg->damp_max + 1e-12) {
+            rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
+                           "Hessian is not positive definite even with damping %.4g of its "
+                           "mean diagonal (%.4g)",
+                           cfg->damp_max, mean_diag);
+            goto done;
+        }
+        int info = 0;
+        if ((rc = factor_inverse(ctx, work.ptr, cols, (float)(damp * mean_diag), prep->hinv.ptr,
+                                 &info, err)))
+            goto done;
+        if (info == 0) {
+            prep->damp_used = damp;
+            break;
+        }
+    }
+    rc = moeq_cuda_sync(ctx, err);
+done:
+    moeq_cuda_free(ctx, &work);
+    moeq_cuda_free(ctx, &diag);
+    moeq_cuda_free(ctx, &count);
+    free(diag_host);
+    free(order);
+    if (rc)
+        moeq_cuda_gptq_prepared_free(ctx, prep);
+    return rc;
+}
+
+moeq_code moeq_cuda_gptq_prepared_upload(moeq_cuda_ctx *ctx, const moeq_gptq_prepared *host,
+                                         moeq_cuda_gptq_prepared *prep, moeq_error *err)
+{
+    const int cols = host->cols;
+    moeq_code rc = alloc_prepared(ctx, cols, prep, err);
+    if (!rc) {
+        memcpy(prep->perm_host, host->perm, sizeof(int32_t) * (size_t)cols);
+        memcpy(prep->dead_host, host->dead, (size_t)cols);
+        prep->dead_columns = host->dead_columns;
+        prep->damp_used = host->damp_used;
+        if (!(rc = moeq_cuda_upload(ctx, prep->hinv.ptr, host->hinv,
+                                    sizeof(float) * (size_t)cols * cols, err)) &&
+            !(rc = moeq_cuda_upload(ctx, prep->perm.ptr, host->perm,
+                                    sizeof(int32_t) * (size_t)cols, err)) &&
+            !(rc = moeq_cuda_upload(ctx, prep->dead.ptr, host->dead, (size_t)cols, err)))
+            rc = moeq_cuda_sync(ctx, err);
+    }
+    if (rc)
+        moeq_cuda_gptq_prepared_free(ctx, prep);
+    return rc;
+}
+
+void moeq_cuda_gptq_prepared_free(moeq_cuda_ctx *ctx, moeq_cuda_gptq_prepared *prep)
+{
+    moeq_cuda_free(ctx, &prep->hinv);
+    moeq_cuda_free(ctx, &prep->perm);
+    moeq_cuda_free(ctx, &prep->dead);
+    free(prep->perm_host);
+    free(prep->dead_host);
+    memset(prep, 0, sizeof *prep);
+}
+
+void moeq_cuda_quantized_free(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q)
+{
+    moeq_cuda_free(ctx, &q->codes);
+    moeq_cuda_free(ctx, &q->scales);
+    moeq_cuda_free(ctx, &q->zeros);
+    moeq_cuda_free(ctx, &q->g_idx);
+    memset(q, 0, sizeof *q);
+}
+
+static moeq_code alloc_quantized(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q, int rows, int cols,
+                                 const moeq_gptq_config *cfg, moeq_error *err)
+{
+    memset(q, 0, sizeof *q);
+    q->rows = rows;
+    q->cols = cols;
+    q->bits = cfg->bits;
+    q->group_size = cfg->group_size;
+    q->n_groups = cfg->group_size > 0 ? cols / cfg->group_size : 1;
+    size_t grid_entries = (size_t)q->n_groups * rows;
+    moeq_code rc;
+    if ((rc = moeq_cuda_alloc(ctx, &q->codes, (size_t)rows * cols, "GPTQ codes", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &q->scales, sizeof(float) * grid_entries, "GPTQ scales",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &q->zeros, sizeof(int32_t) * grid_entries, "GPTQ zeros",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &q->g_idx, sizeof(int32_t) * (size_t)cols, "GPTQ g_idx",
+                              err)))
+        moeq_cuda_quantized_free(ctx, q);
+    return rc;
+}
+
+moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *p,
+                               const moeq_gptq_config *cfg, const float *W, int rows,
+                               moeq_cuda_quantized *out, double *loss, moeq_error *err)
+{
+    const int cols = p->cols, B = cfg->block_size, gs = cfg->group_size;
+    memset(out, 0, sizeof *out);
+    moeq_code rc = moeq_gptq_check_config(cfg, cols, err);
+    if (rc)
+        return rc;
+    if (B > MOEQ_K_GPTQ_MAX_BLOCK)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "GPTQ block size %d: the CUDA sweep takes at most %d columns a block", B,
+                         MOEQ_K_GPTQ_MAX_BLOCK);
+    moeq_cuda_buf w = {0}, err_block = {0}, codes_perm = {0}, loss_rows = {0}, count = {0};
+    int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols);
+    double *loss_host = loss ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
+    int nonfinite = 0;
+    if (!g_idx || (loss && !loss_host)) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for GPTQ on %d x %d", rows, cols);
+        goto done;
+    }
+    if ((rc = alloc_quantized(ctx, out, rows, cols, cfg, err)) ||
+        (rc = moeq_cuda_alloc(ctx, &w, sizeof(float) * (size_t)rows * cols, "GPTQ weights",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &err_block, sizeof(float) * (size_t)rows * B,
+                              "GPTQ block errors", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &codes_perm, (size_t)rows * cols, "GPTQ permuted codes",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &loss_rows, sizeof(double) * (size_t)rows, "GPTQ row losses",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &count, sizeof(int), "non-finite count", err)))
+        goto done;
+    moeq_k_gptq_args a = {
+        .rows = rows,
+        .cols = cols,
+        .bits = cfg->bits,
+        .sym = cfg->sym,
+        .group_size = gs,
+        .static_groups = gs > 0 && cfg->static_groups,
+        .block_size = B,
+        .perm = p->perm.ptr,
+        .dead = p->dead.ptr,
+        .hinv = p->hinv.ptr,
+        .w = w.ptr,
+        .err_block = err_block.ptr,
+        .codes_perm = codes_perm.ptr,
+        .scales = out->scales.ptr,
+        .zeros = out->zeros.ptr,
+        .loss_rows = loss_rows.ptr,
+    };
+    if ((rc = MOEQ_CU(cudaMemsetAsync(count.ptr, 0, sizeof(int), ctx->stream))) ||
+        (rc = MOEQ_CU(cudaMemsetAsync(loss_rows.ptr, 0, loss_rows.bytes, ctx->stream))) ||
+        (rc = MOEQ_CU(moeq_k_gptq_gather(W, &a, count.ptr, ctx->stream))) ||
+        (rc = moeq_cuda_download(ctx, &nonfinite, count.ptr, sizeof(int), err)) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        goto done;
+    if (nonfinite) {
+        rc = moeq_fail(err, MOEQ_ERR_NUMERIC, "weight %d x %d holds %d non-finite values", rows,
+                       cols, nonfinite);
+        goto done;
+    }
+    if (a.static_groups && (rc = MOEQ_CU(moeq_k_gptq_fit_static(W, &a, ctx->stream))))
+        goto done;
+    const float minus_one = -1.0f, one = 1.0f;
+    for (int i1 = 0; i1 < cols; i1 += B) {
+        int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
+        if ((rc = MOEQ_CU(moeq_k_gptq_sweep_block(&a, i1, nb, ctx->stream))))
+            goto done;
+        /* W[:, i2:] -= E[:, :nb] U[i1:i2, i2:] (row-major), i.e. the
+         * column-major W^T[i2:, :] -= U[i1:i2, i2:]^T E^T. */
+        if (i2 < cols && rows > 0 &&
+            (rc = MOEQ_CUBLAS(cublasSgemm(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows,
+                                          nb, &minus_one, (const float *)p->hinv.ptr +
+                                                              (size_t)i1 * cols + i2,
+                                          cols, err_block.ptr, B, &one, (float *)w.ptr + i2,
+                                          cols))))
+            goto done;
+    }
+    for (int i = 0; i < cols; i++)
+        g_idx[p->perm_host[i]] =
+            gs <= 0 ? 0 : a.static_groups ? p->perm_host[i] / gs : i / gs;
+    if ((rc = MOEQ_CU(moeq_k_gptq_scatter_codes(&a, out->codes.ptr, ctx->stream))) ||
+        (rc = moeq_cuda_upload(ctx, out->g_idx.ptr, g_idx, sizeof(int32_t) * (size_t)cols, err)) ||
+        (loss && (rc = moeq_cuda_download(ctx, loss_host, loss_rows.ptr, loss_rows.bytes, err))) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        goto done;
+    if (loss) {
+        double total = 0;
+        for (int r = 0; r < rows; r++)
+            total += loss_host[r];
+        *loss = total;
+    }
+done:
+    moeq_cuda_free(ctx, &w);
+    moeq_cuda_free(ctx, &err_block);
+    moeq_cuda_free(ctx, &codes_perm);
+    moeq_cuda_free(ctx, &loss_rows);
+    moeq_cuda_free(ctx, &count);
+    free(g_idx);
+    free(loss_host);
+    if (rc)
+        moeq_cuda_quantized_free(ctx, out);
+    return rc;
+}
+
+moeq_code moeq_cuda_quantized_download(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
+                                       moeq_quantized *host, moeq_error *err)
+{
+    moeq_code rc =
+        moeq_quantized_alloc(host, q->rows, q->cols, q->bits, q->group_size, err);
+    if (rc)
+        return rc;
+    if ((rc = moeq_cuda_download(ctx, host->codes, q->codes.ptr, q->codes.bytes, err)) ||
+        (rc = moeq_cuda_download(ctx, host->scales, q->scales.ptr, q->scales.bytes, err)) ||
+        (rc = moeq_cuda_download(ctx, host->zeros, q->zeros.ptr, q->zeros.bytes, err)) ||
+        (rc = moeq_cuda_download(ctx, host->g_idx, q->g_idx.ptr, q->g_idx.bytes, err)) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        moeq_quantized_free(host);
+    return rc;
+}
