@@ -16,7 +16,6 @@ __global__ void count_nonfinite_kernel(const float *x, size_t n, int *count)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         found += !isfinite(x[i]);
-    found = __syncthreads_count(found != 0) ? found : 0;
     if (found)
         atomicAdd(count, found);
 }

@@ -58,6 +58,31 @@ static void test_jsonl_text_and_messages_with_lang_filter(void)
     moeq_documents_free(&d);
 }
 
+static void test_tool_use_transcripts_keep_tools_and_calls(void)
+{
+    const char *dir = test_tmpdir("docs_tools");
+    const char *p = write_tmp(
+        dir, "t.jsonl",
+        "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"clock\"}}],"
+        " \"messages\": [{\"role\": \"user\", \"content\": \"time?\"},"
+        " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"c1\","
+        " \"function\": {\"name\": \"clock\", \"arguments\": {\"tz\": \"UTC\"}}}]},"
+        " {\"role\": \"tool\", \"content\": \"{\\\"t\\\": 5}\"},"
+        " {\"role\": \"assistant\", \"content\": \"5 o'clock\"}]}\n");
+    moeq_documents d = {0};
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_documents_load(p, NULL, &d, &err), MOEQ_OK);
+    CHECK_INT_EQ(d.count, 1);
+    if (d.count == 1)
+        CHECK_STR_EQ(d.docs[0].text,
+                     "tools: [{\"type\":\"function\",\"function\":{\"name\":\"clock\"}}]\n"
+                     "user: time?\n"
+                     "assistant:\ncall: {\"name\":\"clock\",\"arguments\":{\"tz\":\"UTC\"}}\n"
+                     "tool: {\"t\": 5}\n"
+                     "assistant: 5 o'clock\n");
+    moeq_documents_free(&d);
+}
+
 static void test_directory_reads_txt_and_jsonl_in_name_order(void)
 {
     const char *dir = test_tmpdir("docs_dir");
@@ -92,6 +117,8 @@ static void test_malformed_jsonl_names_file_and_line(void)
     expect_jsonl_error("{\"text\": \"ok\"}\n{\"text\": \n", "bad.jsonl:2: not a JSON object");
     expect_jsonl_error("{\"title\": \"no text\"}\n", ":1: needs a string \"text\"");
     expect_jsonl_error("{\"messages\": [{\"role\": \"user\"}]}\n", ":1: each of \"messages\"");
+    expect_jsonl_error("{\"messages\": [{\"role\": \"user\", \"content\": 3}]}\n",
+                       ":1: each of \"messages\"");
 }
 
 static void test_missing_input_and_empty_directory_are_errors(void)
@@ -162,6 +189,7 @@ int main(void)
 {
     RUN(test_plain_text_file_is_one_document);
     RUN(test_jsonl_text_and_messages_with_lang_filter);
+    RUN(test_tool_use_transcripts_keep_tools_and_calls);
     RUN(test_directory_reads_txt_and_jsonl_in_name_order);
     RUN(test_malformed_jsonl_names_file_and_line);
     RUN(test_missing_input_and_empty_directory_are_errors);

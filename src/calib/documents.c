@@ -44,32 +44,84 @@ static moeq_code push(moeq_documents *docs, char *text, size_t bytes, char *lang
     return MOEQ_OK;
 }
 
-/* "role: content\n" for each message. */
-static moeq_code render_chat(const cJSON *messages, const char *path, size_t line, char **out,
-                             size_t *bytes, moeq_error *err)
+/* A growing text buffer for rendering transcripts. */
+typedef struct text_buf {
+    char *data;
+    size_t len, cap;
+} text_buf;
+
+static int buf_add(text_buf *b, const char *s)
 {
-    size_t total = 0;
+    size_t n = strlen(s);
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d)
+            return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n + 1);
+    b->len += n;
+    return 0;
+}
+
+/* Adds the compact JSON of item; -1 on failure. */
+static int buf_add_json(text_buf *b, const cJSON *item)
+{
+    char *j = cJSON_PrintUnformatted(item);
+    int rc = j ? buf_add(b, j) : -1;
+    cJSON_free(j);
+    return rc;
+}
+
+/* A chat transcript as plain text: "tools: [...]" when the record declares
+ * tools, then "role: content" per message, with each tool call as
+ * "call: {name, arguments}" on its own line. Calibration needs the words,
+ * the turn structure and the JSON of tool use, not one model's template. */
+static moeq_code render_chat(const cJSON *record, const cJSON *messages, const char *path,
+                             size_t line, char **out, size_t *bytes, moeq_error *err)
+{
+    text_buf b = {0};
+    int fail = 0;
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(record, "tools");
+    if (cJSON_IsArray(tools))
+        fail |= buf_add(&b, "tools: ") || buf_add_json(&b, tools) || buf_add(&b, "\n");
     const cJSON *m;
     cJSON_ArrayForEach(m, messages)
     {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsString(role) || !cJSON_IsString(content))
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        int has_calls = cJSON_IsArray(calls) && cJSON_GetArraySize(calls) > 0;
+        if (!cJSON_IsString(role) ||
+            !(cJSON_IsString(content) || (has_calls && (!content || cJSON_IsNull(content))))) {
+            free(b.data);
             return moeq_fail(err, MOEQ_ERR_FORMAT,
-                             "%s:%zu: each of \"messages\" needs string \"role\" and \"content\"",
+                             "%s:%zu: each of \"messages\" needs a string \"role\" and a string "
+                             "\"content\" (or \"tool_calls\")",
                              path, line);
-        total += strlen(role->valuestring) + strlen(content->valuestring) + 3;
+        }
+        fail |= buf_add(&b, role->valuestring) || buf_add(&b, ":");
+        if (cJSON_IsString(content))
+            fail |= buf_add(&b, " ") || buf_add(&b, content->valuestring);
+        const cJSON *call;
+        if (has_calls)
+            cJSON_ArrayForEach(call, calls)
+            {
+                const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
+                fail |= buf_add(&b, "\ncall: ") || buf_add_json(&b, fn ? fn : call);
+            }
+        fail |= buf_add(&b, "\n");
     }
-    char *buf = malloc(total + 1), *p = buf;
-    if (!buf)
+    if (fail || !b.data) {
+        free(b.data);
         return moeq_fail(err, MOEQ_ERR_OOM, "%s:%zu: out of memory", path, line);
-    cJSON_ArrayForEach(m, messages)
-    {
-        p += sprintf(p, "%s: %s\n", cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring,
-                     cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring);
     }
-    *out = buf;
-    *bytes = (size_t)(p - buf);
+    *out = b.data;
+    *bytes = b.len;
     return MOEQ_OK;
 }
 
@@ -129,7 +181,7 @@ static moeq_code load_jsonl(const char *path, const char *lang_filter, moeq_docu
             if (!body)
                 rc = moeq_fail(err, MOEQ_ERR_OOM, "%s:%zu: out of memory", path, line);
         } else if (cJSON_IsArray(messages)) {
-            rc = render_chat(messages, path, line, &body, &bytes, err);
+            rc = render_chat(obj, messages, path, line, &body, &bytes, err);
         } else {
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "%s:%zu: needs a string \"text\" field or a \"messages\" array", path,

@@ -1,1 +1,753 @@
-int main(void){return 0;}
+/* test_cuda_parity.c: every CUDA op against its CPU reference, on fresh
+ * random inputs, with stated tolerances; then timings at real model shapes.
+ * Needs a GPU: tests/gpu/run.sh runs it; it is not a ctest test.
+ *
+ * Tolerances: the Hessian GEMMs sum in another order than OpenBLAS, so they
+ * are held to a bound relative to the largest entry; GPTQ's in-block sweep
+ * is bit-exact by construction, so the first block's codes must be
+ * identical, and the fraction of identical codes overall is printed and held
+ * to a floor (a lazy-GEMM rounding difference can flip a code, and the
+ * error feedback then carries the difference along the rest of the row). */
+#include "../test.h"
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cuda/cuda_ctx.h"
+#include "backend/cuda/cuda_gptq.h"
+#include "backend/cuda/cuda_hessian.h"
+#include "backend/cuda/cuda_layer.h"
+#include "common/dtype.h"
+#include "quant/gptq.h"
+
+#include <time.h>
+
+static moeq_cuda_ctx ctx;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
+        exit(2);
+    }
+    return p;
+}
+
+/* Aborts the program on a CUDA failure: parity tests cannot go on without
+ * the device. */
+static void must(moeq_code rc, const moeq_error *err)
+{
+    if (rc) {
+        fprintf(stderr, "CUDA failure: %s\n", err->msg);
+        exit(2);
+    }
+}
+
+static moeq_cuda_buf to_device(const void *host, size_t bytes)
+{
+    moeq_error err = {0};
+    moeq_cuda_buf b;
+    must(moeq_cuda_alloc(&ctx, &b, bytes, "test input", &err), &err);
+    must(moeq_cuda_upload(&ctx, b.ptr, host, bytes, &err), &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    return b;
+}
+
+static void to_host(void *host, const moeq_cuda_buf *b)
+{
+    moeq_error err = {0};
+    must(moeq_cuda_download(&ctx, host, b->ptr, b->bytes, &err), &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+}
+
+static float *random_floats(test_rng *rng, size_t n, float scale)
+{
+    float *x = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * test_rng_uniform(rng);
+    return x;
+}
+
+/* x rounded to bf16 in place; bits[] gets the bf16 encodings. */
+static void round_to_bf16(float *x, size_t n, uint16_t *bits)
+{
+    for (size_t i = 0; i < n; i++) {
+        bits[i] = moeq_f32_to_bf16(x[i]);
+        x[i] = moeq_bf16_to_f32(bits[i]);
+    }
+}
+
+/* max |a - b| / max |b| */
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double diff = 0, ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        diff = d > diff ? d : diff;
+        ref = fabs(b[i]) > ref ? fabs(b[i]) : ref;
+    }
+    return ref > 0 ? diff / ref : diff;
+}
+
+static int is_symmetric(const float *H, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (H[(size_t)i * n + j] != H[(size_t)j * n + i])
+                return 0;
+    return 1;
+}
+
+/* A random symmetric starting H, so the "+=" is tested too. */
+static float *random_symmetric(test_rng *rng, int n)
+{
+    float *H = random_floats(rng, (size_t)n * n, 1.0f);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            H[(size_t)i * n + j] = H[(size_t)j * n + i];
+    return H;
+}
+
+/* ---- Hessian */
+
+/* H += alpha x^T [diag(w)] x on both backends from the same start; returns
+ * the max relative difference and checks exact symmetry of the GPU's H. */
+static double hessian_case(moeq_cuda_dtype dtype, int weighted, int rows, int n, uint64_t seed)
+{
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    float *x = random_floats(&rng, (size_t)rows * n, 1.0f);
+    uint16_t *xb = xmalloc(sizeof(uint16_t) * (size_t)rows * n);
+    if (dtype == MOEQ_CUDA_BF16)
+        round_to_bf16(x, (size_t)rows * n, xb);
+    float *w = xmalloc(sizeof(float) * (size_t)rows);
+    for (int r = 0; r < rows; r++)
+        w[r] = 0.5f * (test_rng_uniform(&rng) + 1.0f);
+    float *H_cpu = random_symmetric(&rng, n);
+    float *H_gpu = xmalloc(sizeof(float) * (size_t)n * n);
+    moeq_cuda_buf dH = to_device(H_cpu, sizeof(float) * (size_t)n * n);
+    moeq_cuda_buf dx = dtype == MOEQ_CUDA_BF16 ? to_device(xb, sizeof(uint16_t) * (size_t)rows * n)
+                                                : to_device(x, sizeof(float) * (size_t)rows * n);
+    moeq_cuda_buf dw = to_device(w, sizeof(float) * (size_t)rows);
+    float alpha = 2.0f / (float)rows;
+    if (weighted) {
+        CHECK_INT_EQ(cpu_hessian_accumulate_weighted(H_cpu, x, w, rows, n, alpha, &err), MOEQ_OK);
+        must(moeq_cuda_hessian_accumulate_weighted(&ctx, dH.ptr, dx.ptr, dtype, dw.ptr, rows, n,
+                                                   alpha, &err),
+             &err);
+    } else {
+        cpu_hessian_accumulate(H_cpu, x, rows, n, alpha);
+        must(moeq_cuda_hessian_accumulate(&ctx, dH.ptr, dx.ptr, dtype, rows, n, alpha, &err),
+             &err);
+    }
+    to_host(H_gpu, &dH);
+    CHECK(is_symmetric(H_gpu, n));
+    double rel = max_rel_diff(H_gpu, H_cpu, (size_t)n * n);
+    printf("     hessian %s%s %d x %d: max |gpu - cpu| / max |cpu| = %.3g\n",
+           dtype == MOEQ_CUDA_BF16 ? "bf16" : "fp32", weighted ? " weighted" : "", rows, n, rel);
+    moeq_cuda_free(&ctx, &dH);
+    moeq_cuda_free(&ctx, &dx);
+    moeq_cuda_free(&ctx, &dw);
+    free(x);
+    free(xb);
+    free(w);
+    free(H_cpu);
+    free(H_gpu);
+    return rel;
+}
+
+/* fp32 products, fp32 sums in another order: 1e-5 of the largest entry. */
+static void test_hessian_fp32_matches_cpu(void)
+{
+    CHECK(hessian_case(MOEQ_CUDA_F32, 0, 1000, 300, 11) <= 1e-5);
+}
+
+/* bf16 inputs multiply exactly into fp32: the same bound. */
+static void test_hessian_bf16_matches_cpu(void)
+{
+    CHECK(hessian_case(MOEQ_CUDA_BF16, 0, 1000, 300, 12) <= 1e-5);
+}
+
+static void test_hessian_weighted_fp32_matches_cpu(void)
+{
+    CHECK(hessian_case(MOEQ_CUDA_F32, 1, 1000, 300, 13) <= 1e-5);
+}
+
+/* w x is rounded once to bf16 (relative 2^-9 per element, unbiased): 1e-3. */
+static void test_hessian_weighted_bf16_matches_cpu(void)
+{
+    CHECK(hessian_case(MOEQ_CUDA_BF16, 1, 1000, 300, 14) <= 1e-3);
+}
+
+static void test_hessian_weighted_rejects_negative_weight_and_keeps_h(void)
+{
+    const int rows = 64, n = 32;
+    test_rng rng = {15};
+    moeq_error err = {0};
+    float *x = random_floats(&rng, (size_t)rows * n, 1.0f);
+    float w[64], H0[32 * 32], H1[32 * 32];
+    for (int r = 0; r < rows; r++)
+        w[r] = 1.0f;
+    w[17] = -0.5f;
+    for (int i = 0; i < n * n; i++)
+        H0[i] = 0.0f;
+    moeq_cuda_buf dH = to_device(H0, sizeof H0), dx = to_device(x, sizeof(float) * rows * n),
+                  dw = to_device(w, sizeof w);
+    CHECK_INT_EQ(moeq_cuda_hessian_accumulate_weighted(&ctx, dH.ptr, dx.ptr, MOEQ_CUDA_F32,
+                                                       dw.ptr, rows, n, 1.0f, &err),
+                 MOEQ_ERR_INVALID_ARG);
+    CHECK_CONTAINS(err.msg, "1 of 64 row weights");
+    to_host(H1, &dH);
+    CHECK(memcmp(H0, H1, sizeof H0) == 0);
+    moeq_cuda_free(&ctx, &dH);
+    moeq_cuda_free(&ctx, &dx);
+    moeq_cuda_free(&ctx, &dw);
+    free(x);
+}
+
+/* ---- GPTQ prepare */
+
+/* H = 2/rows x^T x of a random x [rows, n], with column `dead` of x zero. */
+static float *random_hessian(test_rng *rng, int rows, int n, int dead)
+{
+    float *x = random_floats(rng, (size_t)rows * n, 1.0f);
+    for (int r = 0; r < rows && dead >= 0; r++)
+        x[(size_t)r * n + dead] = 0.0f;
+    for (int c = 0; c < n; c++) /* uneven column scales give act-order work */
+        for (int r = 0; r < rows; r++)
+            x[(size_t)r * n + c] *= 0.25f + (float)((c * 37) % 101) / 50.0f;
+    float *H = xmalloc(sizeof(float) * (size_t)n * n);
+    memset(H, 0, sizeof(float) * (size_t)n * n);
+    cpu_hessian_accumulate(H, x, rows, n, 2.0f / (float)rows);
+    free(x);
+    return H;
+}
+
+/* The GPU preparation, copied to a host moeq_gptq_prepared. */
+static void download_prepared(const moeq_cuda_gptq_prepared *d, moeq_gptq_prepared *h)
+{
+    int n = d->cols;
+    h->cols = n;
+    h->perm = xmalloc(sizeof(int32_t) * (size_t)n);
+    h->dead = xmalloc((size_t)n);
+    h->hinv = xmalloc(sizeof(float) * (size_t)n * n);
+    memcpy(h->perm, d->perm_host, sizeof(int32_t) * (size_t)n);
+    memcpy(h->dead, d->dead_host, (size_t)n);
+    h->dead_columns = d->dead_columns;
+    h->damp_used = d->damp_used;
+    to_host(h->hinv, &d->hinv);
+}
+
+static void test_gptq_prepare_matches_cpu(void)
+{
+    const int n = 256;
+    test_rng rng = {21};
+    moeq_error err = {0};
+    float *H = random_hessian(&rng, 4 * n, n, 77);
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.desc_act = 1;
+    moeq_gptq_prepared cpu = {0}, gpu_h = {0};
+    moeq_cuda_gptq_prepared gpu = {0};
+    CHECK_INT_EQ(moeq_gptq_prepare(H, n, &cfg, &cpu, &err), MOEQ_OK);
+    moeq_cuda_buf dH = to_device(H, sizeof(float) * (size_t)n * n);
+    must(moeq_cuda_gptq_prepare(&ctx, dH.ptr, n, &cfg, &gpu, &err), &err);
+    download_prepared(&gpu, &gpu_h);
+    CHECK_INT_EQ(gpu.dead_columns, 1);
+    CHECK_INT_EQ(gpu_h.dead[77], 1);
+    CHECK(memcmp(cpu.perm, gpu_h.perm, sizeof(int32_t) * n) == 0);
+    CHECK(gpu.damp_used == cpu.damp_used);
+    double rel = max_rel_diff(gpu_h.hinv, cpu.hinv, (size_t)n * n);
+    int lower_zero = 1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            lower_zero &= gpu_h.hinv[(size_t)i * n + j] == 0.0f;
+    CHECK(lower_zero);
+    printf("     prepare %d: hinv max |gpu - cpu| / max |cpu| = %.3g\n", n, rel);
+    CHECK(rel <= 1e-4);
+    moeq_gptq_prepared_free(&cpu);
+    moeq_gptq_prepared_free(&gpu_h);
+    moeq_cuda_gptq_prepared_free(&ctx, &gpu);
+    moeq_cuda_free(&ctx, &dH);
+    free(H);
+}
+
+/* A pair of columns correlated past 1 makes H indefinite (eigenvalue
+ * -0.0137 of a mean diagonal of 1): damping 0.01 and 0.0125 fail, 0.015
+ * passes, on both backends. */
+static void test_gptq_prepare_raises_damping_as_cpu(void)
+{
+    const int n = 64;
+    float *H = xmalloc(sizeof(float) * n * n);
+    memset(H, 0, sizeof(float) * n * n);
+    for (int i = 0; i < n; i++)
+        H[i * n + i] = 1.0f;
+    H[3 * n + 9] = H[9 * n + 3] = 1.0137f;
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = 32;
+    moeq_gptq_prepared cpu = {0};
+    moeq_cuda_gptq_prepared gpu = {0};
+    CHECK_INT_EQ(moeq_gptq_prepare(H, n, &cfg, &cpu, &err), MOEQ_OK);
+    moeq_cuda_buf dH = to_device(H, sizeof(float) * n * n);
+    must(moeq_cuda_gptq_prepare(&ctx, dH.ptr, n, &cfg, &gpu, &err), &err);
+    CHECK_NEAR(cpu.damp_used, 0.015, 1e-12, 0);
+    CHECK(gpu.damp_used == cpu.damp_used);
+    moeq_gptq_prepared_free(&cpu);
+    moeq_cuda_gptq_prepared_free(&ctx, &gpu);
+    moeq_cuda_free(&ctx, &dH);
+    free(H);
+}
+
+static void test_gptq_prepare_rejects_nonfinite_hessian(void)
+{
+    const int n = 32;
+    float H[32 * 32] = {0};
+    for (int i = 0; i < n; i++)
+        H[i * n + i] = 1.0f;
+    H[5 * n + 6] = NAN;
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = 32;
+    moeq_cuda_gptq_prepared gpu = {0};
+    moeq_cuda_buf dH = to_device(H, sizeof H);
+    CHECK_INT_EQ(moeq_cuda_gptq_prepare(&ctx, dH.ptr, n, &cfg, &gpu, &err), MOEQ_ERR_NUMERIC);
+    CHECK_CONTAINS(err.msg, "1 non-finite");
+    CHECK(gpu.hinv.ptr == NULL);
+    moeq_cuda_free(&ctx, &dH);
+}
+
+/* ---- GPTQ sweep */
+
+typedef struct sweep_stats {
+    size_t codes, same_codes, grids, same_grids, first_block_diff;
+    double loss_cpu, loss_gpu;
+} sweep_stats;
+
+/* Compares a GPU result with the CPU's; first_block_diff counts codes of
+ * the first block_size processed columns that differ (must be none). */
+static void compare_quantized(const moeq_quantized *g, const moeq_quantized *c,
+                              const int32_t *perm, int block_size, int rows, sweep_stats *s)
+{
+    int cols = c->cols;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < cols; i++) {
+            size_t k = (size_t)r * cols + perm[i];
+            int same = g->codes[k] == c->codes[k];
+            s->codes++;
+            s->same_codes += same;
+            if (i < block_size && !same)
+                s->first_block_diff++;
+        }
+    for (int gi = 0; gi < c->n_groups; gi++)
+        for (int r = 0; r < rows; r++) {
+            size_t kg = (size_t)gi * g->rows + r, kc = (size_t)gi * c->rows + r;
+            s->grids++;
+            s->same_grids += g->scales[kg] == c->scales[kc] && g->zeros[kg] == c->zeros[kc];
+        }
+}
+
+/* Where a first block differs, says where: the first rows with a differing
+ * code, the processing position, and both grids of that column's group. */
+static void explain_first_difference(const moeq_quantized *g, const moeq_quantized *c,
+                                     const int32_t *perm, int rows)
+{
+    int shown = 0;
+    for (int r = 0; r < rows && shown < 4; r++)
+        for (int i = 0; i < c->cols; i++) {
+            size_t k = (size_t)r * c->cols + perm[i];
+            if (g->codes[k] == c->codes[k])
+                continue;
+            size_t gk = (size_t)c->g_idx[perm[i]] * rows + r;
+            printf("     row %d position %d (column %d, group %d): code gpu %d cpu %d, grid gpu "
+                   "%.9g/%d cpu %.9g/%d\n",
+                   r, i, perm[i], c->g_idx[perm[i]], g->codes[k], c->codes[k], g->scales[gk],
+                   g->zeros[gk], c->scales[gk], c->zeros[gk]);
+            shown++;
+            break;
+        }
+    size_t per_group[64] = {0};
+    for (int gi = 0; gi < c->n_groups && gi < 64; gi++)
+        for (int r = 0; r < rows; r++) {
+            size_t k = (size_t)gi * rows + r;
+            per_group[gi] += g->scales[k] != c->scales[k] || g->zeros[k] != c->zeros[k];
+        }
+    printf("     differing grids by group:");
+    for (int gi = 0; gi < c->n_groups && gi < 64; gi++)
+        printf(" %zu", per_group[gi]);
+    printf("\n");
+}
+
+/* Sweeps W on both backends against the CPU's preparation (uploaded, so
+ * only the sweeps differ) and compares. */
+static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, int cols,
+                              uint64_t seed)
+{
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    sweep_stats s = {0};
+    float *H = random_hessian(&rng, 2 * cols, cols, cols / 3);
+    float *W = random_floats(&rng, (size_t)rows * cols, 0.05f);
+    for (int k = 0; k < rows; k++) /* an outlier per row stretches some groups */
+        W[(size_t)k * cols + (k * 7) % cols] *= 8.0f;
+    moeq_gptq_prepared prep = {0};
+    moeq_quantized qc = {0}, qg = {0};
+    moeq_cuda_gptq_prepared dprep = {0};
+    moeq_cuda_quantized dq = {0};
+    CHECK_INT_EQ(moeq_gptq_prepare(H, cols, &cfg, &prep, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_gptq_sweep(&prep, &cfg, W, rows, &qc, &s.loss_cpu, &err), MOEQ_OK);
+    moeq_cuda_buf dW = to_device(W, sizeof(float) * (size_t)rows * cols);
+    must(moeq_cuda_gptq_prepared_upload(&ctx, &prep, &dprep, &err), &err);
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &s.loss_gpu, &err), &err);
+    must(moeq_cuda_quantized_download(&ctx, &dq, &qg, &err), &err);
+    compare_quantized(&qg, &qc, prep.perm, cfg.block_size, rows, &s);
+    CHECK(memcmp(qg.g_idx, qc.g_idx, sizeof(int32_t) * (size_t)cols) == 0);
+    printf("     sweep %-34s %5d x %4d: identical codes %.5f, grids %.5f, "
+           "first-block diffs %zu, loss gpu/cpu - 1 = %.2g\n",
+           name, rows, cols, (double)s.same_codes / (double)s.codes,
+           (double)s.same_grids / (double)s.grids, s.first_block_diff,
+           s.loss_gpu / s.loss_cpu - 1.0);
+    if (s.first_block_diff)
+        explain_first_difference(&qg, &qc, prep.perm, rows);
+    CHECK_INT_EQ(s.first_block_diff, 0);
+    CHECK((double)s.same_codes / (double)s.codes >= 0.98);
+    CHECK_NEAR(s.loss_gpu, s.loss_cpu, 0, 1e-2);
+    moeq_quantized_free(&qc);
+    moeq_quantized_free(&qg);
+    moeq_cuda_quantized_free(&ctx, &dq);
+    moeq_cuda_gptq_prepared_free(&ctx, &dprep);
+    moeq_gptq_prepared_free(&prep);
+    moeq_cuda_free(&ctx, &dW);
+    free(H);
+    free(W);
+    return s;
+}
+
+static void test_gptq_sweep_matches_cpu_4bit_g128_sym(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    sweep_case("4-bit g128 sym", cfg, 512, 640, 31);
+}
+
+static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.sym = 0;
+    cfg.desc_act = 1;
+    sweep_case("4-bit g128 asym act-order", cfg, 512, 640, 32);
+}
+
+static void test_gptq_sweep_matches_cpu_3bit_g32_static_groups(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.bits = 3;
+    cfg.group_size = 32;
+    cfg.sym = 0;
+    cfg.desc_act = 1;
+    cfg.static_groups = 1;
+    sweep_case("3-bit g32 asym act-order static", cfg, 300, 512, 33);
+}
+
+static void test_gptq_sweep_matches_cpu_8bit_per_row(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.bits = 8;
+    cfg.group_size = -1;
+    sweep_case("8-bit per-row sym", cfg, 256, 512, 34);
+}
+
+/* A group of 256 spans two blocks: its grid is fitted on the second block's
+ * columns as the first block's lazy update left them. */
+static void test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.bits = 2;
+    cfg.group_size = 256;
+    cfg.sym = 0;
+    cfg.desc_act = 1;
+    sweep_case("2-bit g256 asym act-order", cfg, 256, 768, 35);
+}
+
+/* Blocks of 96 leave a 32-column tail and start groups mid-block. */
+static void test_gptq_sweep_matches_cpu_block_96_g64(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = 64;
+    cfg.block_size = 96;
+    sweep_case("4-bit g64 block 96", cfg, 200, 512, 36);
+}
+
+static void test_gptq_sweep_rejects_blocks_over_128(void)
+{
+    moeq_error err = {0};
+    moeq_cuda_gptq_prepared p = {.cols = 256};
+    moeq_cuda_quantized q;
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.block_size = 256;
+    CHECK_INT_EQ(moeq_cuda_gptq_sweep(&ctx, &p, &cfg, NULL, 8, &q, NULL, &err),
+                 MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "at most 128");
+}
+
+/* GPU prepare + GPU sweep against CPU prepare + CPU sweep. */
+static void test_gptq_gpu_pipeline_matches_cpu(void)
+{
+    const int rows = 512, cols = 1024;
+    test_rng rng = {41};
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.desc_act = 1;
+    float *H = random_hessian(&rng, 2 * cols, cols, 5);
+    float *W = random_floats(&rng, (size_t)rows * cols, 0.05f);
+    moeq_gptq_prepared prep = {0};
+    moeq_quantized qc = {0}, qg = {0};
+    moeq_cuda_gptq_prepared dprep = {0};
+    moeq_cuda_quantized dq = {0};
+    double loss_cpu = 0, loss_gpu = 0;
+    CHECK_INT_EQ(moeq_gptq_prepare(H, cols, &cfg, &prep, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_gptq_sweep(&prep, &cfg, W, rows, &qc, &loss_cpu, &err), MOEQ_OK);
+    moeq_cuda_buf dH = to_device(H, sizeof(float) * (size_t)cols * cols);
+    moeq_cuda_buf dW = to_device(W, sizeof(float) * (size_t)rows * cols);
+    must(moeq_cuda_gptq_prepare(&ctx, dH.ptr, cols, &cfg, &dprep, &err), &err);
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss_gpu, &err), &err);
+    must(moeq_cuda_quantized_download(&ctx, &dq, &qg, &err), &err);
+    size_t same = 0, n = (size_t)rows * cols;
+    for (size_t k = 0; k < n; k++)
+        same += qg.codes[k] == qc.codes[k];
+    printf("     gpu prepare + sweep %d x %d: identical codes %.5f, loss gpu/cpu - 1 = %.2g\n",
+           rows, cols, (double)same / (double)n, loss_gpu / loss_cpu - 1.0);
+    CHECK((double)same / (double)n >= 0.95);
+    CHECK_NEAR(loss_gpu, loss_cpu, 0, 1e-2);
+    moeq_quantized_free(&qc);
+    moeq_quantized_free(&qg);
+    moeq_cuda_quantized_free(&ctx, &dq);
+    moeq_cuda_gptq_prepared_free(&ctx, &dprep);
+    moeq_gptq_prepared_free(&prep);
+    moeq_cuda_free(&ctx, &dH);
+    moeq_cuda_free(&ctx, &dW);
+    free(H);
+    free(W);
+}
+
+/* ---- layer ops */
+
+static void test_rmsnorm_matches_cpu(void)
+{
+    const int rows = 37, dim = 2050;
+    test_rng rng = {51};
+    moeq_error err = {0};
+    float *x = random_floats(&rng, (size_t)rows * dim, 3.0f);
+    float *w = random_floats(&rng, (size_t)dim, 1.0f);
+    float *y_cpu = xmalloc(sizeof(float) * (size_t)rows * dim);
+    float *y_gpu = xmalloc(sizeof(float) * (size_t)rows * dim);
+    cpu_rmsnorm(x, w, rows, dim, 1e-6f, y_cpu);
+    moeq_cuda_buf dx = to_device(x, sizeof(float) * (size_t)rows * dim),
+                  dw = to_device(w, sizeof(float) * (size_t)dim);
+    must(moeq_cuda_rmsnorm(&ctx, dx.ptr, dw.ptr, rows, dim, 1e-6f, dx.ptr, &err), &err);
+    to_host(y_gpu, &dx);
+    double rel = max_rel_diff(y_gpu, y_cpu, (size_t)rows * dim);
+    printf("     rmsnorm %d x %d (in place): max rel diff %.3g\n", rows, dim, rel);
+    CHECK(rel <= 1e-6);
+    moeq_cuda_free(&ctx, &dx);
+    moeq_cuda_free(&ctx, &dw);
+    free(x);
+    free(w);
+    free(y_cpu);
+    free(y_gpu);
+}
+
+/* CUDA's expf is within 2 ulp, then a division and a product round: 2e-6
+ * relative. */
+static void test_silu_mul_matches_cpu(void)
+{
+    const size_t n = 100003;
+    test_rng rng = {52};
+    moeq_error err = {0};
+    float *g = random_floats(&rng, n, 12.0f), *u = random_floats(&rng, n, 2.0f);
+    float *y_cpu = xmalloc(sizeof(float) * n), *y_gpu = xmalloc(sizeof(float) * n);
+    cpu_silu_mul(g, u, n, y_cpu);
+    moeq_cuda_buf dg = to_device(g, sizeof(float) * n), du = to_device(u, sizeof(float) * n);
+    must(moeq_cuda_silu_mul(&ctx, dg.ptr, du.ptr, n, dg.ptr, &err), &err);
+    to_host(y_gpu, &dg);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)y_gpu[i] - y_cpu[i]) / (fabs(y_cpu[i]) + 1e-30);
+        worst = d > worst ? d : worst;
+    }
+    printf("     silu_mul %zu: max rel diff %.3g\n", n, worst);
+    CHECK(worst <= 2e-6);
+    moeq_cuda_free(&ctx, &dg);
+    moeq_cuda_free(&ctx, &du);
+    free(g);
+    free(u);
+    free(y_cpu);
+    free(y_gpu);
+}
+
+/* ---- memory accounting */
+
+static void test_memory_accounting_tracks_in_use_and_peak(void)
+{
+    moeq_error err = {0};
+    size_t base = ctx.bytes_in_use;
+    moeq_cuda_buf a, b;
+    must(moeq_cuda_alloc(&ctx, &a, 1 << 20, "a", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &b, 3 << 20, "b", &err), &err);
+    CHECK_INT_EQ(ctx.bytes_in_use, base + (4 << 20));
+    CHECK(ctx.peak_bytes >= base + (4 << 20));
+    moeq_cuda_free(&ctx, &a);
+    moeq_cuda_free(&ctx, &b);
+    CHECK_INT_EQ(ctx.bytes_in_use, base);
+    CHECK(b.ptr == NULL && b.bytes == 0);
+    CHECK_INT_EQ(moeq_cuda_alloc(&ctx, &a, (size_t)1 << 50, "a petabyte", &err), MOEQ_ERR_OOM);
+    CHECK_CONTAINS(err.msg, "a petabyte");
+    CHECK_INT_EQ(ctx.bytes_in_use, base);
+}
+
+/* ---- timings at model shapes */
+
+/* Fills a device buffer of total bytes by repeating a host pattern. */
+static void fill_repeating(moeq_cuda_buf *b, const void *pattern, size_t pattern_bytes)
+{
+    moeq_error err = {0};
+    for (size_t off = 0; off < b->bytes; off += pattern_bytes) {
+        size_t nb = b->bytes - off < pattern_bytes ? b->bytes - off : pattern_bytes;
+        must(moeq_cuda_upload(&ctx, (char *)b->ptr + off, pattern, nb, &err), &err);
+    }
+    must(moeq_cuda_sync(&ctx, &err), &err);
+}
+
+/* Hessian of 262144 tokens x 2048 bf16 (one layer's calibration set of a
+ * 2048-wide model): counted as the full GEMM, 2 rows n^2 flops. */
+static void test_timing_hessian_bf16_262144x2048(void)
+{
+    const int rows = 262144, n = 2048, reps = 5;
+    test_rng rng = {61};
+    moeq_error err = {0};
+    size_t block = (size_t)2048 * n;
+    float *xf = random_floats(&rng, block, 1.0f);
+    uint16_t *xb = xmalloc(sizeof(uint16_t) * block);
+    round_to_bf16(xf, block, xb);
+    moeq_cuda_buf dx, dH;
+    must(moeq_cuda_alloc(&ctx, &dx, sizeof(uint16_t) * (size_t)rows * n, "tokens", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dH, sizeof(float) * (size_t)n * n, "H", &err), &err);
+    fill_repeating(&dx, xb, sizeof(uint16_t) * block);
+    must(moeq_cuda_check(cudaMemsetAsync(dH.ptr, 0, dH.bytes, ctx.stream), "cudaMemsetAsync",
+                         __FILE__, __LINE__, &err),
+         &err);
+    must(moeq_cuda_hessian_accumulate(&ctx, dH.ptr, dx.ptr, MOEQ_CUDA_BF16, rows, n, 1.0f, &err),
+         &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double t0 = now_seconds();
+    for (int k = 0; k < reps; k++)
+        must(moeq_cuda_hessian_accumulate(&ctx, dH.ptr, dx.ptr, MOEQ_CUDA_BF16, rows, n, 1.0f,
+                                          &err),
+             &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double s = (now_seconds() - t0) / reps;
+    printf("     TIMING hessian bf16 %d x %d: %.3f ms, %.1f TFLOP/s (2 rows n^2 flops)\n", rows, n,
+           s * 1e3, 2.0 * rows * (double)n * n / s / 1e12);
+    moeq_cuda_free(&ctx, &dx);
+    moeq_cuda_free(&ctx, &dH);
+    free(xf);
+    free(xb);
+}
+
+/* GPTQ of one expert group: 128 experts' gate_proj [768, 2048] sharing one
+ * Hessian (router bypassed), 4-bit g128 act-order; prepare, then the sweep
+ * of 98304 rows; the first expert's rows checked against the CPU sweep on
+ * the same (GPU) preparation. */
+static void test_timing_gptq_2048x768x128_experts(void)
+{
+    const int cols = 2048, expert_rows = 768, experts = 128, rows = expert_rows * experts;
+    test_rng rng = {62};
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.desc_act = 1;
+    float *H = random_hessian(&rng, 4096, cols, -1);
+    float *W = random_floats(&rng, (size_t)expert_rows * cols, 0.05f);
+    moeq_cuda_buf dH = to_device(H, sizeof(float) * (size_t)cols * cols), dW;
+    must(moeq_cuda_alloc(&ctx, &dW, sizeof(float) * (size_t)rows * cols, "expert weights", &err),
+         &err);
+    fill_repeating(&dW, W, sizeof(float) * (size_t)expert_rows * cols);
+    moeq_cuda_gptq_prepared dprep = {0};
+    moeq_cuda_quantized dq = {0};
+    size_t peak_before = ctx.peak_bytes;
+    double t0 = now_seconds();
+    must(moeq_cuda_gptq_prepare(&ctx, dH.ptr, cols, &cfg, &dprep, &err), &err);
+    double t_prep = now_seconds() - t0;
+    t0 = now_seconds();
+    double loss = 0;
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss, &err), &err);
+    double t_sweep = now_seconds() - t0;
+    printf("     TIMING gptq prepare %d: %.2f ms; sweep %d rows x %d cols (%d experts x %d): "
+           "%.2f ms (%.1f Mweights/s); device peak %.2f GiB (was %.2f)\n",
+           cols, t_prep * 1e3, rows, cols, experts, expert_rows, t_sweep * 1e3,
+           (double)rows * cols / t_sweep / 1e6, (double)ctx.peak_bytes / (1 << 30),
+           (double)peak_before / (1 << 30));
+    moeq_gptq_prepared hprep = {0};
+    moeq_quantized qc = {0}, qg = {0};
+    download_prepared(&dprep, &hprep);
+    double loss_cpu = 0;
+    CHECK_INT_EQ(moeq_gptq_sweep(&hprep, &cfg, W, expert_rows, &qc, &loss_cpu, &err), MOEQ_OK);
+    must(moeq_cuda_quantized_download(&ctx, &dq, &qg, &err), &err);
+    sweep_stats s = {0};
+    compare_quantized(&qg, &qc, hprep.perm, cfg.block_size, expert_rows, &s);
+    size_t same_last = 0; /* the last expert's rows hold the same weights */
+    for (size_t k = 0; k < (size_t)expert_rows * cols; k++)
+        same_last += qg.codes[(size_t)(rows - expert_rows) * cols + k] == qc.codes[k];
+    printf("     expert 0 vs CPU: identical codes %.5f, grids %.5f, first-block diffs %zu; "
+           "expert 127 vs CPU: identical codes %.5f\n",
+           (double)s.same_codes / (double)s.codes, (double)s.same_grids / (double)s.grids,
+           s.first_block_diff, (double)same_last / (double)s.codes);
+    CHECK_INT_EQ(s.first_block_diff, 0);
+    CHECK((double)s.same_codes / (double)s.codes >= 0.98);
+    moeq_quantized_free(&qc);
+    moeq_quantized_free(&qg);
+    moeq_gptq_prepared_free(&hprep);
+    moeq_cuda_quantized_free(&ctx, &dq);
+    moeq_cuda_gptq_prepared_free(&ctx, &dprep);
+    moeq_cuda_free(&ctx, &dH);
+    moeq_cuda_free(&ctx, &dW);
+    free(H);
+    free(W);
+}
+
+int main(void)
+{
+    moeq_error err = {0};
+    if (moeq_cuda_init(&ctx, 0, &err)) {
+        fprintf(stderr, "no CUDA device: %s\n", err.msg);
+        return 2;
+    }
+    printf("device: %s, %d SMs\n", ctx.device_name, ctx.sm_count);
+    RUN(test_hessian_fp32_matches_cpu);
+    RUN(test_hessian_bf16_matches_cpu);
+    RUN(test_hessian_weighted_fp32_matches_cpu);
+    RUN(test_hessian_weighted_bf16_matches_cpu);
+    RUN(test_hessian_weighted_rejects_negative_weight_and_keeps_h);
+    RUN(test_gptq_prepare_matches_cpu);
+    RUN(test_gptq_prepare_raises_damping_as_cpu);
+    RUN(test_gptq_prepare_rejects_nonfinite_hessian);
+    RUN(test_gptq_sweep_matches_cpu_4bit_g128_sym);
+    RUN(test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order);
+    RUN(test_gptq_sweep_matches_cpu_3bit_g32_static_groups);
+    RUN(test_gptq_sweep_matches_cpu_8bit_per_row);
+    RUN(test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks);
+    RUN(test_gptq_sweep_matches_cpu_block_96_g64);
+    RUN(test_gptq_sweep_rejects_blocks_over_128);
+    RUN(test_gptq_gpu_pipeline_matches_cpu);
+    RUN(test_rmsnorm_matches_cpu);
+    RUN(test_silu_mul_matches_cpu);
+    RUN(test_memory_accounting_tracks_in_use_and_peak);
+    RUN(test_timing_hessian_bf16_262144x2048);
+    RUN(test_timing_gptq_2048x768x128_experts);
+    printf("device bytes in use at exit %zu, peak %zu\n", ctx.bytes_in_use, ctx.peak_bytes);
+    moeq_cuda_free_ctx(&ctx);
+    return test_summary();
+}

@@ -1,0 +1,276 @@
+// gptq_sweep.cu: the GPTQ column sweep (Frantar et al. 2022, Algorithm 1)
+// for all rows at once, reproducing src/quant/gptq.c bit for bit inside a
+// block: one warp per weight row, the block's columns spread over the lanes
+// (column c of the block lives in lane c % 32, slot c / 32), and the block of
+// U = chol(H^-1)^T staged in shared memory, since every row reads it.
+//
+// Exactness: every product and difference of the error feedback uses the
+// _rn intrinsics, so nvcc cannot contract them into FMAs that the CPU
+// reference does not use; divisions are IEEE (_rn) as on the CPU. Group
+// grids are fitted from global memory, which holds each block as it was
+// before the block's sweep (in-block updates stay in registers): exactly the
+// block-start copy gptq.c fits dynamic groups on.
+#include "kernels.h"
+
+#include <cuda_fp16.h>
+#include <math.h>
+
+namespace {
+
+constexpr int kSlots = MOEQ_K_GPTQ_MAX_BLOCK / 32;
+constexpr int kSweepWarps = 16;
+constexpr unsigned kFull = 0xffffffffu;
+
+struct grid_t {
+    float scale;
+    int32_t zero;
+};
+
+// moeq_grid_fit of src/quant/grid.c given the slice's min and max (each
+// started at 0, so the range always contains 0). Keep the two in step: the
+// parity test fails on any difference.
+__device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym)
+{
+    const int32_t maxq = (1 << bits) - 1;
+    if (sym) {
+        xmax = fabsf(xmin) > xmax ? fabsf(xmin) : xmax;
+        if (xmin < 0.0f)
+            xmin = -xmax;
+    }
+    if (xmin == 0.0f && xmax == 0.0f) {
+        xmin = -1.0f;
+        xmax = 1.0f;
+    }
+    grid_t g;
+    g.scale = __half2float(__float2half_rn(__fdiv_rn(__fsub_rn(xmax, xmin), (float)maxq)));
+    if (g.scale == 0.0f) // below fp16's smallest subnormal
+        g.scale = __half2float(__ushort_as_half((unsigned short)1));
+    if (sym) {
+        g.zero = (maxq + 1) / 2;
+    } else {
+        float z = rintf(__fdiv_rn(-xmin, g.scale));
+        g.zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int32_t)z;
+        if (g.zero == 0) { // GPTQ v1 cannot store zero 0: grid.c's zero 1, stretched scale
+            g.zero = 1;
+            g.scale = __half2float(__float2half_rn(__fdiv_rn(xmax, (float)(maxq - 1))));
+            if (g.scale == 0.0f)
+                g.scale = __half2float(__ushort_as_half((unsigned short)1));
+        }
+    }
+    return g;
+}
+
+// The grid of x[0..n) (stride 1), reduced over the warp. Min and max are
+// exact, so the order of the reduction cannot change them.
+__device__ grid_t warp_fit(const float *x, int n, int bits, int sym, int lane)
+{
+    float xmin = 0.0f, xmax = 0.0f;
+    for (int i = lane; i < n; i += 32) {
+        float v = x[i];
+        xmin = v < xmin ? v : xmin;
+        xmax = v > xmax ? v : xmax;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        float omin = __shfl_xor_sync(kFull, xmin, off);
+        float omax = __shfl_xor_sync(kFull, xmax, off);
+        xmin = omin < xmin ? omin : xmin;
+        xmax = omax > xmax ? omax : xmax;
+    }
+    return grid_from_range(xmin, xmax, bits, sym);
+}
+
+__device__ int32_t grid_code(grid_t g, float x, int32_t maxq)
+{
+    float r = __fadd_rn(rintf(__fdiv_rn(x, g.scale)), (float)g.zero);
+    return r < 0.0f ? 0 : r > (float)maxq ? maxq : (int32_t)r;
+}
+
+__device__ int group_of(const moeq_k_gptq_args &a, int i)
+{
+    if (a.group_size <= 0)
+        return 0;
+    return a.static_groups ? a.perm[i] / a.group_size : i / a.group_size;
+}
+
+__global__ void gather_kernel(const float *W, moeq_k_gptq_args a, int *nonfinite)
+{
+    size_t total = (size_t)a.rows * a.cols;
+    int found = 0;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / (size_t)a.cols;
+        int i = (int)(k - r * (size_t)a.cols);
+        int col = a.perm[i];
+        float v = W[r * a.cols + col];
+        found += !isfinite(v);
+        a.w[k] = a.dead[col] ? 0.0f : v;
+    }
+    if (found)
+        atomicAdd(nonfinite, found);
+}
+
+// One warp per (group, row): the static grids on the natural column order.
+__global__ void fit_static_kernel(const float *W, moeq_k_gptq_args a)
+{
+    int lane = threadIdx.x & 31;
+    long long task = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int n_groups = a.cols / a.group_size;
+    if (task >= (long long)n_groups * a.rows)
+        return;
+    int g = (int)(task / a.rows), r = (int)(task % a.rows);
+    const float *x = W + (size_t)r * a.cols + (size_t)g * a.group_size;
+    float xmin = 0.0f, xmax = 0.0f;
+    for (int c = lane; c < a.group_size; c += 32) {
+        float v = a.dead[g * a.group_size + c] ? 0.0f : x[c];
+        xmin = v < xmin ? v : xmin;
+        xmax = v > xmax ? v : xmax;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        float omin = __shfl_xor_sync(kFull, xmin, off);
+        float omax = __shfl_xor_sync(kFull, xmax, off);
+        xmin = omin < xmin ? omin : xmin;
+        xmax = omax > xmax ? omax : xmax;
+    }
+    grid_t gr = grid_from_range(xmin, xmax, a.bits, a.sym);
+    if (lane == 0) {
+        a.scales[(size_t)g * a.rows + r] = gr.scale;
+        a.zeros[(size_t)g * a.rows + r] = gr.zero;
+    }
+}
+
+__global__ void __launch_bounds__(kSweepWarps * 32)
+    sweep_block_kernel(moeq_k_gptq_args a, int i1, int nb)
+{
+    extern __shared__ float u_s[]; // U[i1 + c][i1 + j] at u_s[c * nb + j]
+    for (int k = threadIdx.x; k < nb * nb; k += blockDim.x) {
+        int c = k / nb, j = k - c * nb;
+        u_s[k] = a.hinv[(size_t)(i1 + c) * a.cols + i1 + j];
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * kSweepWarps + threadIdx.x / 32;
+    if (r >= a.rows)
+        return; // whole warps leave together
+    const int32_t maxq = (1 << a.bits) - 1;
+    const int gs = a.group_size;
+    float *wr = a.w + (size_t)r * a.cols;
+    float v[kSlots];
+#pragma unroll
+    for (int s = 0; s < kSlots; s++) {
+        int j = s * 32 + lane;
+        v[s] = j < nb ? wr[i1 + j] : 0.0f;
+    }
+    int g_cur = -1;
+    grid_t gr = {1.0f, 0};
+    double loss = 0.0;
+#pragma unroll
+    for (int s = 0; s < kSlots; s++) {
+        for (int k = 0; k < 32; k++) {
+            const int c = s * 32 + k;
+            if (c >= nb)
+                break;
+            const int i = i1 + c;
+            const float wi = __shfl_sync(kFull, v[s], k);
+            const int g = group_of(a, i);
+            const bool fit = gs > 0 ? !a.static_groups && i % gs == 0 : i == 0;
+            if (fit) {
+                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, a.bits, a.sym, lane);
+                if (lane == 0) {
+                    a.scales[(size_t)g * a.rows + r] = gr.scale;
+                    a.zeros[(size_t)g * a.rows + r] = gr.zero;
+                }
+                g_cur = g;
+            } else if (g != g_cur) {
+                gr.scale = a.scales[(size_t)g * a.rows + r];
+                gr.zero = a.zeros[(size_t)g * a.rows + r];
+                g_cur = g;
+            }
+            const float d = u_s[c * nb + c];
+            const int32_t q = grid_code(gr, wi, maxq);
+            const float value = __fmul_rn(gr.scale, (float)(q - gr.zero));
+            const float e = __fdiv_rn(__fsub_rn(wi, value), d);
+            loss += 0.5 * (double)e * e;
+            if (lane == k) {
+                a.codes_perm[(size_t)r * a.cols + i] = (uint8_t)q;
+                a.err_block[(size_t)r * a.block_size + c] = e;
+            }
+            const float *u = u_s + c * nb;
+#pragma unroll
+            for (int t = s; t < kSlots; t++) {
+                int j = t * 32 + lane;
+                if (j > c && j < nb)
+                    v[t] = __fsub_rn(v[t], __fmul_rn(e, u[j]));
+            }
+        }
+    }
+    if (lane == 0)
+        a.loss_rows[r] += loss;
+}
+
+__global__ void scatter_codes_kernel(moeq_k_gptq_args a, uint8_t *codes)
+{
+    size_t total = (size_t)a.rows * a.cols;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / (size_t)a.cols;
+        int i = (int)(k - r * (size_t)a.cols);
+        codes[r * a.cols + a.perm[i]] = a.codes_perm[k];
+    }
+}
+
+unsigned grid_for(size_t n)
+{
+    size_t blocks = (n + 255) / 256;
+    return (unsigned)(blocks < 16384 ? blocks : 16384);
+}
+
+} // namespace
+
+extern "C" cudaError_t moeq_k_gptq_gather(const float *W, const moeq_k_gptq_args *a,
+                                          int *nonfinite, cudaStream_t stream)
+{
+    size_t total = (size_t)a->rows * a->cols;
+    if (total == 0)
+        return cudaSuccess;
+    gather_kernel<<<grid_for(total), 256, 0, stream>>>(W, *a, nonfinite);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_gptq_fit_static(const float *W, const moeq_k_gptq_args *a,
+                                              cudaStream_t stream)
+{
+    if (a->group_size <= 0 || a->rows <= 0)
+        return cudaSuccess;
+    long long tasks = (long long)(a->cols / a->group_size) * a->rows;
+    const int warps = 8;
+    fit_static_kernel<<<(unsigned)((tasks + warps - 1) / warps), warps * 32, 0, stream>>>(
+        W, *a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_gptq_sweep_block(const moeq_k_gptq_args *a, int i1, int nb,
+                                               cudaStream_t stream)
+{
+    if (nb <= 0 || nb > MOEQ_K_GPTQ_MAX_BLOCK || nb > a->block_size)
+        return cudaErrorInvalidValue;
+    if (a->rows <= 0)
+        return cudaSuccess;
+    size_t smem = sizeof(float) * (size_t)nb * nb;
+    cudaError_t e = cudaFuncSetAttribute(sweep_block_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    unsigned blocks = (unsigned)((a->rows + kSweepWarps - 1) / kSweepWarps);
+    sweep_block_kernel<<<blocks, kSweepWarps * 32, smem, stream>>>(*a, i1, nb);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_gptq_scatter_codes(const moeq_k_gptq_args *a, uint8_t *codes,
+                                                 cudaStream_t stream)
+{
+    size_t total = (size_t)a->rows * a->cols;
+    if (total == 0)
+        return cudaSuccess;
+    scatter_codes_kernel<<<grid_for(total), 256, 0, stream>>>(*a, codes);
+    return cudaGetLastError();
+}
