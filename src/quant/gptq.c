@@ -77,6 +77,26 @@ static int by_decreasing_diag(const void *a, const void *b)
     return x->col - y->col;
 }
 
+int moeq_gptq_column_order(const float *diag, int cols, int desc_act, unsigned char *dead,
+                           int32_t *perm)
+{
+    diag_entry *order = malloc(sizeof(diag_entry) * (size_t)(cols > 0 ? cols : 1));
+    if (!order)
+        return -1;
+    int n_dead = 0;
+    for (int c = 0; c < cols; c++) {
+        dead[c] = diag[c] == 0.0f;
+        n_dead += dead[c];
+        order[c] = (diag_entry){dead[c] ? 1.0f : diag[c], c};
+    }
+    if (desc_act)
+        qsort(order, (size_t)cols, sizeof *order, by_decreasing_diag);
+    for (int i = 0; i < cols; i++)
+        perm[i] = order[i].col;
+    free(order);
+    return n_dead;
+}
+
 /* hinv <- upper Cholesky factor of (Hp + lambda I)^-1, where Hp is the
  * permuted H in work; returns 0 on success, the LAPACK info otherwise. */
 static int factor_inverse(const float *work, int n, double lambda, float *hinv)
@@ -121,22 +141,19 @@ moeq_code moeq_gptq_prepare(const float *H, int cols, const moeq_gptq_config *cf
     prep->dead = calloc((size_t)cols, 1);
     prep->hinv = malloc(sizeof(float) * nn);
     float *work = malloc(sizeof(float) * nn);
-    diag_entry *order = malloc(sizeof(diag_entry) * (size_t)cols);
-    if (!prep->perm || !prep->dead || !prep->hinv || !work || !order) {
+    float *diag = calloc((size_t)cols, sizeof(float));
+    if (!prep->perm || !prep->dead || !prep->hinv || !work || !diag) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
+        goto done;
+    }
+    for (int c = 0; c < cols; c++)
+        diag[c] = H[(size_t)c * cols + c];
+    prep->dead_columns = moeq_gptq_column_order(diag, cols, cfg->desc_act, prep->dead, prep->perm);
+    if (prep->dead_columns < 0) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
         goto done;
     }
     double mean_diag = 0;
-    for (int c = 0; c < cols; c++) {
-        float d = H[(size_t)c * cols + c];
-        prep->dead[c] = d == 0.0f;
-        prep->dead_columns += prep->dead[c];
-        order[c] = (diag_entry){prep->dead[c] ? 1.0f : d, c};
-    }
-    if (cfg->desc_act)
-        qsort(order, (size_t)cols, sizeof *order, by_decreasing_diag);
-    for (int i = 0; i < cols; i++)
-        prep->perm[i] = order[i].col;
     for (int i = 0; i < cols; i++) {
         int ci = prep->perm[i];
         for (int j = 0; j < cols; j++) {
@@ -164,7 +181,7 @@ moeq_code moeq_gptq_prepare(const float *H, int cols, const moeq_gptq_config *cf
     }
 done:
     free(work);
-    free(order);
+    free(diag);
     if (rc)
         moeq_gptq_prepared_free(prep);
     return rc;

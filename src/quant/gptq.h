@@ -44,6 +44,14 @@ typedef struct moeq_gptq_prepared {
     double damp_used;   /* the damp_percent that succeeded */
 } moeq_gptq_prepared;
 
+/* Marks dead columns (zero diagonal) in dead[cols] and fills perm[cols] with
+ * the processing order: decreasing diagonal with ties by column when
+ * desc_act (dead columns count as diagonal 1), else natural order. Returns
+ * the number of dead columns, or -1 when out of memory. Shared by the CPU
+ * and CUDA preparations so that both pick the same order. */
+int moeq_gptq_column_order(const float *diag, int cols, int desc_act, unsigned char *dead,
+                           int32_t *perm);
+
 /* H is [cols, cols], symmetric, and is not modified. NaN/Inf in H, or an H
  * that stays not positive definite up to damp_max, is MOEQ_ERR_NUMERIC. */
 moeq_code moeq_gptq_prepare(const float *H, int cols, const moeq_gptq_config *cfg,

@@ -14,20 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Act-order sort key: decreasing diagonal, ties by column (gptq.c's order). */
-typedef struct {
-    float diag;
-    int32_t col;
-} diag_entry;
-
-static int by_decreasing_diag(const void *a, const void *b)
-{
-    const diag_entry *x = a, *y = b;
-    if (x->diag != y->diag)
-        return x->diag > y->diag ? -1 : 1;
-    return x->col - y->col;
-}
-
 /* Reads cuSOLVER's devInfo after the queued work finished. */
 static moeq_code solver_info(moeq_cuda_ctx *ctx, int *info, moeq_error *err)
 {
@@ -95,9 +81,8 @@ moeq_code moeq_cuda_gptq_prepare(moeq_cuda_ctx *ctx, const float *H, int cols,
     const size_t nn = (size_t)cols * cols;
     moeq_cuda_buf count = {0}, diag = {0}, work = {0};
     float *diag_host = malloc(sizeof(float) * (size_t)cols);
-    diag_entry *order = malloc(sizeof(diag_entry) * (size_t)cols);
     int nonfinite = 0;
-    if (!diag_host || !order) {
+    if (!diag_host) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
         goto done;
     }
@@ -118,18 +103,15 @@ moeq_code moeq_cuda_gptq_prepare(moeq_cuda_ctx *ctx, const float *H, int cols,
                        cols, nonfinite);
         goto done;
     }
-    for (int c = 0; c < cols; c++) {
-        prep->dead_host[c] = diag_host[c] == 0.0f;
-        prep->dead_columns += prep->dead_host[c];
-        order[c] = (diag_entry){prep->dead_host[c] ? 1.0f : diag_host[c], c};
+    prep->dead_columns = moeq_gptq_column_order(diag_host, cols, cfg->desc_act,
+                                                prep->dead_host, prep->perm_host);
+    if (prep->dead_columns < 0) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
+        goto done;
     }
-    if (cfg->desc_act)
-        qsort(order, (size_t)cols, sizeof *order, by_decreasing_diag);
     double mean_diag = 0; /* summed in processing order, as gptq.c does */
-    for (int i = 0; i < cols; i++) {
-        prep->perm_host[i] = order[i].col;
-        mean_diag += prep->dead_host[order[i].col] ? 1.0f : diag_host[order[i].col];
-    }
+    for (int i = 0; i < cols; i++)
+        mean_diag += prep->dead_host[prep->perm_host[i]] ? 1.0f : diag_host[prep->perm_host[i]];
     mean_diag /= cols;
     int lwork_potrf = 0, lwork_potri = 0;
     if ((rc = moeq_cuda_upload(ctx, prep->perm.ptr, prep->perm_host,
@@ -170,7 +152,6 @@ done:
     moeq_cuda_free(ctx, &diag);
     moeq_cuda_free(ctx, &count);
     free(diag_host);
-    free(order);
     if (rc)
         moeq_cuda_gptq_prepared_free(ctx, prep);
     return rc;
