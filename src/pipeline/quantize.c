@@ -224,6 +224,26 @@ done:
     return rc;
 }
 
+/* h = rmsnorm(x) over n tokens (checked finite), and for GPTQ its
+ * all-token Hessian (2/n) h^T h in H, factorised into prep for module. */
+static moeq_code normed_input(layer_ctx *c, const float *x, const float *norm, int n, float *h,
+                              float *H, const char *input, const char *module,
+                              moeq_gptq_prepared *prep, moeq_error *err)
+{
+    const int hidden = c->cfg->hidden_size;
+    double t0 = now_seconds();
+    cpu_rmsnorm(x, norm, n, hidden, c->cfg->rms_norm_eps, h);
+    moeq_code rc = check_finite(c, h, (size_t)n * hidden, input, err);
+    c->res->seconds_capture += now_seconds() - t0;
+    if (rc || c->opt->method != MOEQ_METHOD_GPTQ)
+        return rc;
+    t0 = now_seconds();
+    if ((rc = hessian(H, h, n, hidden, NULL, 2.0f / (float)n, err)))
+        return rc;
+    c->res->seconds_hessian += now_seconds() - t0;
+    return prepare(c, H, hidden, module, prep, err);
+}
+
 static const moeq_tensor_role DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
                                                 MOEQ_T_DOWN_PROJ};
 static const moeq_tensor_role EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
@@ -252,20 +272,10 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
                        c->layer);
         goto done;
     }
-    double t0 = now_seconds();
-    cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
-    if ((rc = check_finite(c, h, (size_t)n * hidden, "the input of q/k/v_proj", err)))
+    if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of q/k/v_proj",
+                           "q/k/v_proj", &prep, err)))
         goto done;
-    res->seconds_capture += now_seconds() - t0;
-    if (c->opt->method == MOEQ_METHOD_GPTQ) {
-        t0 = now_seconds();
-        memset(H, 0, sizeof(float) * (size_t)hidden * hidden);
-        cpu_hessian_accumulate(H, h, n, hidden, 2.0f / (float)n);
-        res->seconds_hessian += now_seconds() - t0;
-        if ((rc = prepare(c, H, hidden, "q/k/v_proj", &prep, err)))
-            goto done;
-    }
-    t0 = now_seconds();
+    double t0 = now_seconds();
     if ((rc = quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, qdim, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_K_PROJ, -1, lw->k, kvdim, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_V_PROJ, -1, lw->v, kvdim, hidden, n, 0, err)))
@@ -281,8 +291,8 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
     res->seconds_capture += now_seconds() - t0;
     if (c->opt->method == MOEQ_METHOD_GPTQ) {
         t0 = now_seconds();
-        memset(H, 0, sizeof(float) * (size_t)qdim * qdim);
-        cpu_hessian_accumulate(H, o_in, n, qdim, 2.0f / (float)n);
+        if ((rc = hessian(H, o_in, n, qdim, NULL, 2.0f / (float)n, err)))
+            goto done;
         res->seconds_hessian += now_seconds() - t0;
         if ((rc = prepare(c, H, qdim, "o_proj", &prep, err)))
             goto done;
@@ -407,22 +417,12 @@ static moeq_code quantize_mlp(layer_ctx *c, moeq_layer_weights *lw, const float 
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the MLP stage", c->layer);
         goto done;
     }
-    double t0 = now_seconds();
-    cpu_rmsnorm(x1, lw->mlp_norm, n, hidden, cfg->rms_norm_eps, h);
-    if ((rc = check_finite(c, h, (size_t)n * hidden, "the input of the MLP", err)))
-        goto done;
-    res->seconds_capture += now_seconds() - t0;
     /* The all-token gate/up Hessian: dense MLP, shared expert, bypass mode
      * and the routed fallback all use it. */
-    if (c->opt->method == MOEQ_METHOD_GPTQ) {
-        t0 = now_seconds();
-        memset(H, 0, sizeof(float) * (size_t)hidden * hidden);
-        cpu_hessian_accumulate(H, h, n, hidden, 2.0f / (float)n);
-        res->seconds_hessian += now_seconds() - t0;
-        if ((rc = prepare(c, H, hidden, lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj",
-                          &prep, err)))
-            goto done;
-    }
+    if ((rc = normed_input(c, x1, lw->mlp_norm, n, h, H, "the input of the MLP",
+                           lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj", &prep,
+                           err)))
+        goto done;
     if (lw->is_moe)
         rc = quantize_experts(c, lw, h, n, &prep, err);
     else
