@@ -60,29 +60,81 @@ __device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym)
     return g;
 }
 
-// The grid of x[0..n) (stride 1), reduced over the warp. Min and max are
-// exact, so the order of the reduction cannot change them.
-__device__ grid_t warp_fit(const float *x, int n, int bits, int sym, int lane)
+__device__ int32_t grid_code(grid_t g, float x, int32_t maxq)
 {
-    float xmin = 0.0f, xmax = 0.0f;
-    for (int i = lane; i < n; i += 32) {
-        float v = x[i];
-        xmin = v < xmin ? v : xmin;
-        xmax = v > xmax ? v : xmax;
-    }
+    float r = __fadd_rn(rintf(__fdiv_rn(x, g.scale)), (float)g.zero);
+    return r < 0.0f ? 0 : r > (float)maxq ? maxq : (int32_t)r;
+}
+
+__device__ float warp_sum(float x)
+{
+    for (int off = 16; off > 0; off >>= 1)
+        x += __shfl_xor_sync(kFull, x, off);
+    return x;
+}
+
+// The range of the lane's values reduced over the warp, made symmetric when
+// sym (grid_range of grid.c). Min and max are exact, so the order of the
+// reduction cannot change them.
+__device__ void warp_range(float xmin, float xmax, int sym, float *lo, float *hi)
+{
     for (int off = 16; off > 0; off >>= 1) {
         float omin = __shfl_xor_sync(kFull, xmin, off);
         float omax = __shfl_xor_sync(kFull, xmax, off);
         xmin = omin < xmin ? omin : xmin;
         xmax = omax > xmax ? omax : xmax;
     }
-    return grid_from_range(xmin, xmax, bits, sym);
+    if (sym) {
+        xmax = fabsf(xmin) > xmax ? fabsf(xmin) : xmax;
+        if (xmin < 0.0f)
+            xmin = -xmax;
+    }
+    *lo = xmin;
+    *hi = xmax;
 }
 
-__device__ int32_t grid_code(grid_t g, float x, int32_t maxq)
+// sum |x^ - x|^norm of the warp's values x[lane + 32 k] (k < n / 32 + 1).
+// The warp reduction sums in another order than grid.c's loop, so a
+// candidate within float rounding of the best may win on one side only.
+__device__ float warp_clip_error(grid_t g, const float *x, int n, const uint8_t *dead,
+                                 int bits, float norm, int lane)
 {
-    float r = __fadd_rn(rintf(__fdiv_rn(x, g.scale)), (float)g.zero);
-    return r < 0.0f ? 0 : r > (float)maxq ? maxq : (int32_t)r;
+    const int32_t maxq = (1 << bits) - 1;
+    float sum = 0.0f;
+    for (int i = lane; i < n; i += 32) {
+        float v = dead && dead[i] ? 0.0f : x[i];
+        float d = fabsf(__fsub_rn(__fmul_rn(g.scale, (float)(grid_code(g, v, maxq) - g.zero)), v));
+        sum += norm == 2.0f ? d * d : powf(d, norm);
+    }
+    return warp_sum(sum);
+}
+
+// The grid of x[0..n) (stride 1; dead[i] marks values read as 0), with the
+// clipping search when norm > 0: moeq_grid_fit_mse of grid.c.
+__device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits, int sym,
+                           float norm, int lane)
+{
+    float xmin = 0.0f, xmax = 0.0f;
+    for (int i = lane; i < n; i += 32) {
+        float v = dead && dead[i] ? 0.0f : x[i];
+        xmin = v < xmin ? v : xmin;
+        xmax = v > xmax ? v : xmax;
+    }
+    warp_range(xmin, xmax, sym, &xmin, &xmax);
+    grid_t best = grid_from_range(xmin, xmax, bits, sym);
+    if (norm <= 0.0f)
+        return best;
+    float best_err = warp_clip_error(best, x, n, dead, bits, norm, lane);
+    for (int i = 1; i < MOEQ_K_GRID_MSE_STEPS; i++) {
+        float p = 1.0f - (float)i / (float)MOEQ_K_GRID_MSE_GRID;
+        grid_t g = grid_from_range(p * xmin, p * xmax, bits, sym);
+        float e = warp_clip_error(g, x, n, dead, bits, norm, lane);
+        if (e < best_err) { // the same value in every lane after warp_sum
+            best_err = e;
+            best = g;
+        }
+    }
+    return best;
 }
 
 __device__ int group_of(const moeq_k_gptq_args &a, int i)
@@ -119,19 +171,8 @@ __global__ void fit_static_kernel(const float *W, moeq_k_gptq_args a)
         return;
     int g = (int)(task / a.rows), r = (int)(task % a.rows);
     const float *x = W + (size_t)r * a.cols + (size_t)g * a.group_size;
-    float xmin = 0.0f, xmax = 0.0f;
-    for (int c = lane; c < a.group_size; c += 32) {
-        float v = a.dead[g * a.group_size + c] ? 0.0f : x[c];
-        xmin = v < xmin ? v : xmin;
-        xmax = v > xmax ? v : xmax;
-    }
-    for (int off = 16; off > 0; off >>= 1) {
-        float omin = __shfl_xor_sync(kFull, xmin, off);
-        float omax = __shfl_xor_sync(kFull, xmax, off);
-        xmin = omin < xmin ? omin : xmin;
-        xmax = omax > xmax ? omax : xmax;
-    }
-    grid_t gr = grid_from_range(xmin, xmax, a.bits, a.sym);
+    grid_t gr = warp_fit(x, a.group_size, a.dead + (size_t)g * a.group_size, a.bits, a.sym,
+                         a.mse, lane);
     if (lane == 0) {
         a.scales[(size_t)g * a.rows + r] = gr.scale;
         a.zeros[(size_t)g * a.rows + r] = gr.zero;
@@ -174,7 +215,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
             const int g = group_of(a, i);
             const bool fit = gs > 0 ? !a.static_groups && i % gs == 0 : i == 0;
             if (fit) {
-                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, a.bits, a.sym, lane);
+                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, nullptr, a.bits, a.sym, a.mse, lane);
                 if (lane == 0) {
                     a.scales[(size_t)g * a.rows + r] = gr.scale;
                     a.zeros[(size_t)g * a.rows + r] = gr.zero;

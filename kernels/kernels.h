@@ -52,6 +52,7 @@ typedef struct moeq_k_gptq_args {
     int bits, sym;
     int group_size;     /* -1: one group per row */
     int static_groups;  /* groups of perm[i] / group_size, fitted before the sweep */
+    float mse;          /* > 0: grids by the clipping search of src/quant/grid.h */
     int block_size;     /* lazy-update block, at most MOEQ_K_GPTQ_MAX_BLOCK */
     const int32_t *perm;/* [cols] processing order -> original column */
     const uint8_t *dead;/* [cols] */
@@ -65,6 +66,9 @@ typedef struct moeq_k_gptq_args {
 } moeq_k_gptq_args;
 
 enum { MOEQ_K_GPTQ_MAX_BLOCK = 128 };
+/* The clipping search's candidates, as MOEQ_GRID_MSE_GRID/STEPS of
+ * src/quant/grid.h (cuda_gptq.c checks that they agree). */
+enum { MOEQ_K_GRID_MSE_GRID = 100, MOEQ_K_GRID_MSE_STEPS = 80 };
 
 /* w[r][i] = W[r][perm[i]], 0 for dead columns; *nonfinite += NaN/Inf seen. */
 cudaError_t moeq_k_gptq_gather(const float *W, const moeq_k_gptq_args *a, int *nonfinite,
@@ -89,6 +93,49 @@ cudaError_t moeq_k_rmsnorm(const float *x, const float *w, int rows, int dim, fl
 /* As cpu_silu_mul: out = gate / (1 + exp(-gate)) * up. */
 cudaError_t moeq_k_silu_mul(const float *gate, const float *up, size_t n, float *out,
                             cudaStream_t stream);
+
+
+/* ---- pipeline.cu: the GPU layer loop's kernels besides GEMMs. bf16 values
+ * travel as their uint16_t bits. */
+
+/* y = bf16(x), round to nearest even. */
+cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cudaStream_t stream);
+/* moeq_k_rmsnorm with the output rounded once to bf16. */
+cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim, float eps,
+                                uint16_t *y, cudaStream_t stream);
+/* cpu_rope_apply in place on x[tokens, heads, head_dim], token t at position
+ * t % seq_len (windows of seq_len tokens each start at 0). */
+cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotary_dim,
+                        int seq_len, const float *inv_freq, float attention_factor,
+                        int interleaved, cudaStream_t stream);
+/* rows score rows of [T, T] blocks (row r is query r % T): p = softmax over
+ * keys j <= r % T, 0 beyond, in bf16. */
+cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows, uint16_t *p,
+                                       cudaStream_t stream);
+/* Softmax top-k routing of logits[n, E] as cpu_router_topk (softmax
+ * scoring, ties to the lower expert): topw/tope [n, k]; probs_t [E, n] (the
+ * probabilities expert by expert) unless NULL. */
+cudaError_t moeq_k_router_topk(const float *logits, int n, int E, int k, int norm_topk,
+                               float *probs_t, float *topw, int32_t *tope, cudaStream_t stream);
+/* y[i, :] = x[idx[i], :] for i < m (bf16 rows of dim). */
+cudaError_t moeq_k_gather_rows_bf16(const uint16_t *x, int dim, const int32_t *idx, int m,
+                                    uint16_t *y, cudaStream_t stream);
+/* out[idx[i], :] += w[i] * y[i, :] (w NULL: 1). idx must not repeat. */
+cudaError_t moeq_k_scatter_add_rows(const float *y, int dim, const int32_t *idx, const float *w,
+                                    int m, float *out, cudaStream_t stream);
+/* out += sigmoid(gate_logit[r]) * y row by row (gate_logit NULL: out += y). */
+cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit, int m, int dim, float *out,
+                             cudaStream_t stream);
+/* a[m, inter] = bf16(silu(g) * u) for gate_up[m, 2 inter] = [g | u]. */
+cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, uint16_t *a,
+                               cudaStream_t stream);
+/* y[r, c] += bias[c]. */
+cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
+                            cudaStream_t stream);
+/* w[r, c] = bf16(scales[g, r] * (codes[r, c] - zeros[g, r])), g = g_idx[c]. */
+cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *scales, const int32_t *zeros,
+                                const int32_t *g_idx, int rows, int cols, uint16_t *w,
+                                cudaStream_t stream);
 
 #ifdef __cplusplus
 }

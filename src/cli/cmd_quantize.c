@@ -178,13 +178,70 @@ static int parse_choice(const char *value, const char *const *names, int count, 
     return -1;
 }
 
+/* "24GiB", "512MiB", "1.5G", "2000000000": bytes, binary units (K/M/G/T,
+ * with or without "iB"). */
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v > 0))
+        return -1;
+    double unit = 1;
+    if (*end) {
+        const char *units = "KMGT";
+        const char *u = strchr(units, *end);
+        if (!u)
+            return -1;
+        for (const char *k = units; k <= u; k++)
+            unit *= 1024;
+        end++;
+        if (!strcmp(end, "iB") || !strcmp(end, "B"))
+            end += strlen(end);
+        if (*end)
+            return -1;
+    }
+    *out = (size_t)(v * unit);
+    return 0;
+}
+
+/* --device: "auto" (the first GPU if there is one), "cpu", "cuda" or
+ * "cuda:N". Sets *cuda and *index. */
+static int parse_device(const char *s, int *cuda, int *index)
+{
+    *index = 0;
+    if (!strcmp(s, "cpu")) {
+        *cuda = 0;
+        return 0;
+    }
+    if (!strcmp(s, "auto")) {
+#ifdef MOEQ_HAVE_CUDA
+        *cuda = moeq_cuda_device_count() > 0;
+#else
+        *cuda = 0;
+#endif
+        return 0;
+    }
+    if (strncmp(s, "cuda", 4))
+        return -1;
+    *cuda = 1;
+    if (!s[4])
+        return 0;
+    char *end;
+    long v = s[4] == ':' ? strtol(s + 5, &end, 10) : -1;
+    if (v < 0 || v > 1024 || *end || end == s + 5)
+        return -1;
+    *index = (int)v;
+    return 0;
+}
+
 int moeq_cmd_quantize(int argc, char **argv)
 {
     const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
                *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
-    int true_sequential = 1;
+    int true_sequential = 1, expert_batch = 0;
+    const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
@@ -194,6 +251,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"sym", ARG_BOOL, &g.sym, "true|false", "symmetric grid (default true)"},
         {"desc-act", ARG_BOOL, &g.desc_act, "true|false", "act-order: columns by decreasing Hessian diagonal (default false)"},
         {"static-groups", ARG_BOOL, &g.static_groups, "true|false", "with act-order: fit groups before the sweep (default false)"},
+        {"mse", ARG_DOUBLE, &g.mse, "NORM", "clip each grid to the range minimising sum |error|^NORM, 0 = min/max grids (default 2.4, as GPTQ's reference quantizer with mse)"},
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
@@ -203,6 +261,9 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"nsamples", ARG_INT, &nsamples, "N", "calibration windows (default 128)"},
         {"seqlen", ARG_INT, &seqlen, "N", "tokens per window (default 512)"},
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
+        {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
+        {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold, e.g. 24GiB (default: no limit)"},
+        {"expert-batch", ARG_INT, &expert_batch, "N", "CUDA: experts quantized per group (default: as many as the budget allows)"},
         {"tokenizer", ARG_STRING, &tokenizer, "FILE", "tokenizer.json (default MODEL/tokenizer.json)"},
         {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file instead of the built-in one"},
         {"quiet", ARG_FLAG, &quiet, NULL, "no progress output"},
@@ -237,6 +298,24 @@ int moeq_cmd_quantize(int argc, char **argv)
         return moeq_cli_report("quantize", 2,
                                "--min-expert-tokens must be at least 1: an expert calibrated on "
                                "no token would have an all-zero Hessian and be zeroed");
+    int use_cuda = 0;
+    if (parse_device(device, &use_cuda, &opt.device))
+        return moeq_cli_report("quantize", 2, "--device must be auto, cpu, cuda or cuda:N");
+#ifndef MOEQ_HAVE_CUDA
+    if (use_cuda)
+        return moeq_cli_report("quantize", 2,
+                               "--device cuda: this moeq was built without the CUDA backend "
+                               "(no CUDA compiler was found at build time)");
+#endif
+    if (vram_budget && parse_size(vram_budget, &opt.vram_budget))
+        return moeq_cli_report("quantize", 2,
+                               "--vram-budget must be a size such as 24GiB, 512MiB or a byte count");
+    if (expert_batch < 0)
+        return moeq_cli_report("quantize", 2, "--expert-batch must be positive (0: automatic)");
+    opt.expert_batch = expert_batch;
+    if (use_cuda && !true_sequential)
+        return moeq_cli_report("quantize", 2,
+                               "--true-sequential false runs on the CPU only: add --device cpu");
     if (seed < 0)
         return moeq_cli_report("quantize", 2, "--seed must not be negative");
     if (moeq_gptq_check_config(&opt.gptq, opt.gptq.group_size > 0 ? opt.gptq.group_size : 1,
@@ -288,16 +367,23 @@ int moeq_cmd_quantize(int argc, char **argv)
     if (progress)
         fprintf(progress,
                 "moeq quantize: %s (%s, %d layers) -> %s\n  %s %d-bit group %d %s, experts: %s; "
-                "calibration %d x %d tokens from %s (%zu tokens available)\n",
+                "calibration %d x %d tokens from %s (%zu tokens available); backend %s\n",
                 model_dir, model.arch.name, model.cfg.num_layers, out_dir,
                 moeq_method_name(opt.method), g.bits, g.group_size, g.sym ? "sym" : "asym",
                 model.cfg.num_experts ? moeq_expert_calib_name(opt.expert_calib) : "none",
-                nsamples, seqlen, calib, set.stream_tokens);
+                nsamples, seqlen, calib, set.stream_tokens, use_cuda ? "cuda" : "cpu");
     if (moeq_gptq_writer_open(&writer, &model, &opt, out_dir, &err))
         goto done;
     ctx.start = ctx.last = now_seconds();
     moeq_layer_sink sink = {on_layer, &ctx};
-    if (moeq_quantize_layers(&model, &set, &opt, &sink, &err))
+    size_t peak_device = 0;
+#ifdef MOEQ_HAVE_CUDA
+    if (use_cuda) {
+        if (moeq_quantize_layers_cuda(&model, &set, &opt, &sink, &peak_device, &err))
+            goto done;
+    } else
+#endif
+        if (moeq_quantize_layers(&model, &set, &opt, &sink, &err))
         goto done;
     if (progress && ctx.tty)
         fprintf(progress, "\n");
@@ -316,10 +402,14 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddNumberToObject(settings, "seqlen", seqlen);
     cJSON_AddNumberToObject(settings, "seed", seed);
     cJSON_AddNumberToObject(settings, "calib_stream_tokens", (double)set.stream_tokens);
-    cJSON_AddStringToObject(settings, "backend", "cpu");
+    cJSON_AddStringToObject(settings, "backend", use_cuda ? "cuda" : "cpu");
+    if (use_cuda)
+        cJSON_AddNumberToObject(settings, "device", opt.device);
+    if (opt.vram_budget)
+        cJSON_AddNumberToObject(settings, "vram_budget_bytes", (double)opt.vram_budget);
     cJSON_AddNumberToObject(settings, "total_seconds", total);
     cJSON_AddNumberToObject(settings, "peak_host_bytes", peak_rss_mib() * 1048576.0);
-    cJSON_AddNumberToObject(settings, "peak_device_bytes", 0);
+    cJSON_AddNumberToObject(settings, "peak_device_bytes", (double)peak_device);
     moeq_code rc = moeq_gptq_writer_finish(&writer, settings, &err);
     cJSON_Delete(settings);
     if (rc)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static char *dup_string(const char *s)
 {
@@ -193,15 +194,25 @@ static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *sha
     return MOEQ_OK;
 }
 
-static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r)
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r,
+                           double seconds_write)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "layer", r->layer);
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
+    cJSON_AddNumberToObject(sec, "load", r->seconds_load);
     cJSON_AddNumberToObject(sec, "capture", r->seconds_capture);
     cJSON_AddNumberToObject(sec, "hessian", r->seconds_hessian);
     cJSON_AddNumberToObject(sec, "solve", r->seconds_solve);
     cJSON_AddNumberToObject(sec, "forward", r->seconds_forward);
+    cJSON_AddNumberToObject(sec, "write", seconds_write); /* packing and the shard file */
     if (r->expert_tokens) {
         cJSON *tok = cJSON_AddArrayToObject(o, "expert_tokens");
         for (int e = 0; e < w->src->cfg.num_experts; e++)
@@ -228,6 +239,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
                                        moeq_error *err)
 {
     moeq_gptq_writer *w = writer;
+    const double t0 = now_seconds();
     char file[64], path[4200];
     shard_name(w, r->layer, file, sizeof file);
     snprintf(path, sizeof path, "%s/%s", w->tmp_dir, file);
@@ -245,7 +257,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     if (!rc)
         rc = st_writer_write(&s.st, path, err);
     if (!rc)
-        cJSON_AddItemToArray(w->report_layers, layer_report(w, r));
+        cJSON_AddItemToArray(w->report_layers, layer_report(w, r, now_seconds() - t0));
     for (int i = 0; i < s.n_packed; i++)
         moeq_packed_gptq_free(&s.packed[i]);
     free(s.packed);
@@ -265,6 +277,7 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
     cJSON_AddBoolToObject(q, "static_groups", g->static_groups);
     cJSON_AddBoolToObject(q, "true_sequential", w->opt->true_sequential);
     cJSON_AddNumberToObject(q, "damp_percent", g->damp_percent);
+    cJSON_AddNumberToObject(q, "mse", g->mse);
     cJSON_AddBoolToObject(q, "lm_head", 0);
     cJSON_AddStringToObject(q, "quant_method", "gptq");
     cJSON_AddStringToObject(q, "checkpoint_format", "gptq");

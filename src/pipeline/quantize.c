@@ -470,6 +470,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         double t0 = now_seconds();
         if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
             goto done;
+        res.seconds_load = now_seconds() - t0;
         if (opt->progress)
             fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s\n", l + 1,
                     cfg->num_layers, now_seconds() - t0,

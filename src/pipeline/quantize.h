@@ -51,6 +51,9 @@ typedef struct moeq_quantize_options {
                              * (q/k/v -> o -> gate/up -> down); 0: every stage on
                              * the original layer's activations */
     int token_chunk;        /* tokens per chunk of expert activations */
+    int device;             /* CUDA device for moeq_quantize_layers_cuda */
+    int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
+    size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */
     FILE *progress;         /* per-stage progress lines; NULL for none */
 } moeq_quantize_options;
 
@@ -70,6 +73,7 @@ typedef struct moeq_layer_result {
     int n_linears;
     moeq_quantized_linear *linears;
     int64_t *expert_tokens; /* [num_experts] routed token counts; NULL for dense layers */
+    double seconds_load; /* reading and decoding the layer's weights */
     double seconds_capture, seconds_hessian, seconds_solve, seconds_forward;
 } moeq_layer_result;
 
@@ -86,5 +90,15 @@ typedef struct moeq_layer_sink {
 moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *calib,
                                const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                moeq_error *err);
+
+/* The same loop on CUDA device opt->device (src/pipeline/quantize_cuda.c;
+ * built only with the CUDA backend). True-sequential only. peak_device_bytes
+ * (optional) receives the most device memory the run held. */
+moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
+                                    const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                                    size_t *peak_device_bytes, moeq_error *err);
+
+/* Number of CUDA devices (0 without a driver or a device). CUDA builds only. */
+int moeq_cuda_device_count(void);
 
 #endif

@@ -28,6 +28,7 @@ moeq_gptq_config moeq_gptq_default_config(void)
         .sym = 1,
         .desc_act = 0,
         .static_groups = 0,
+        .mse = 2.4,
         .damp_percent = 0.01,
         .damp_increment = 0.0025,
         .damp_max = 1.0,
@@ -56,6 +57,9 @@ moeq_code moeq_gptq_check_config(const moeq_gptq_config *c, int cols, moeq_error
                          "damping increment %g must be positive and the maximum %g at least "
                          "--damp-percent",
                          c->damp_increment, c->damp_max);
+    if (!(c->mse == 0.0 || (c->mse >= 1.0 && c->mse <= 8.0)))
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "--mse %g must be 0 (off) or a norm in [1, 8] (e.g. 2.4)", c->mse);
     if (c->block_size <= 0)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "block size %d must be positive",
                          c->block_size);
@@ -285,7 +289,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
                     int col = g * gs + c;
                     slice[c] = p->dead[col] ? 0.0f : W[(size_t)r * cols + col];
                 }
-                moeq_grid gr = moeq_grid_fit(slice, gs, cfg->bits, cfg->sym);
+                moeq_grid gr = moeq_grid_fit_mse(slice, gs, cfg->bits, cfg->sym, (float)cfg->mse);
                 out->scales[(size_t)g * rows + r] = gr.scale;
                 out->zeros[(size_t)g * rows + r] = gr.zero;
             }
@@ -300,7 +304,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
             float *wr = w + (size_t)r * cols;
             moeq_grid gr = {0, 0};
             if (gs <= 0 && i1 == 0) {
-                gr = moeq_grid_fit(wr, cols, cfg->bits, cfg->sym);
+                gr = moeq_grid_fit_mse(wr, cols, cfg->bits, cfg->sym, (float)cfg->mse);
                 out->scales[r] = gr.scale;
                 out->zeros[r] = gr.zero;
             }
@@ -315,7 +319,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
                     for (int c = 0; c < gs; c++)
                         block_start[c] = i + c < i2 ? w_block0[(size_t)r * B + (i - i1) + c]
                                                     : wr[i + c];
-                    gr = moeq_grid_fit(block_start, gs, cfg->bits, cfg->sym);
+                    gr = moeq_grid_fit_mse(block_start, gs, cfg->bits, cfg->sym, (float)cfg->mse);
                     out->scales[(size_t)g * rows + r] = gr.scale;
                     out->zeros[(size_t)g * rows + r] = gr.zero;
                 } else {
@@ -369,7 +373,7 @@ moeq_code moeq_rtn_quantize(const float *W, int rows, int cols, const moeq_gptq_
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < out->n_groups; g++) {
             const float *x = W + (size_t)r * cols + (size_t)g * gs;
-            moeq_grid gr = moeq_grid_fit(x, gs, cfg->bits, cfg->sym);
+            moeq_grid gr = moeq_grid_fit_mse(x, gs, cfg->bits, cfg->sym, (float)cfg->mse);
             out->scales[(size_t)g * rows + r] = gr.scale;
             out->zeros[(size_t)g * rows + r] = gr.zero;
             for (int c = 0; c < gs; c++)

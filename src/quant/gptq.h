@@ -21,13 +21,17 @@ typedef struct moeq_gptq_config {
     int desc_act;           /* act-order: columns by decreasing Hessian diagonal */
     int static_groups;      /* with desc_act: groups fitted on the original
                              * weights in natural column order, before the sweep */
+    double mse;             /* > 0: clipping search with this norm (grid.h), 0: min/max grids */
     double damp_percent;    /* damping, a fraction of the mean diagonal */
     double damp_increment;  /* added to damp_percent while Cholesky fails */
     double damp_max;        /* give up (MOEQ_ERR_NUMERIC) past this fraction */
     int block_size;         /* columns per lazy-update block (128) */
 } moeq_gptq_config;
 
-/* 4 bits, group 128, symmetric, act-order off, block 128; damping 0.01 of
+/* 4 bits, group 128, symmetric, act-order off, block 128, clipping search
+ * with norm 2.4 (bench/RESULTS.md: on the demo model it lowers GPTQ's
+ * perplexity increase from 75% to 60% of RTN's at 4 bits, 71% to 44% at 3);
+ * damping 0.01 of
  * the mean diagonal (the GPTQ paper's and AutoGPTQ's default), raised by
  * 0.0025 (GPTQModel's auto-increment step) while Cholesky fails, up to 1. */
 moeq_gptq_config moeq_gptq_default_config(void);

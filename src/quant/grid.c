@@ -5,19 +5,11 @@
 
 #include <math.h>
 
-moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym)
+/* The grid of the range [xmin, xmax] (xmin <= 0 <= xmax, already made
+ * symmetric when sym). */
+static moeq_grid grid_from_range(float xmin, float xmax, int bits, int sym)
 {
     const int32_t maxq = (1 << bits) - 1;
-    float xmin = 0.0f, xmax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        xmin = x[i] < xmin ? x[i] : xmin;
-        xmax = x[i] > xmax ? x[i] : xmax;
-    }
-    if (sym) {
-        xmax = fabsf(xmin) > xmax ? fabsf(xmin) : xmax;
-        if (xmin < 0.0f)
-            xmin = -xmax;
-    }
     if (xmin == 0.0f && xmax == 0.0f) {
         xmin = -1.0f;
         xmax = 1.0f;
@@ -44,4 +36,59 @@ moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym)
         }
     }
     return g;
+}
+
+/* min(0, min x) and max(0, max x), made symmetric when sym. */
+static void grid_range(const float *x, int n, int sym, float *lo, float *hi)
+{
+    float xmin = 0.0f, xmax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        xmin = x[i] < xmin ? x[i] : xmin;
+        xmax = x[i] > xmax ? x[i] : xmax;
+    }
+    if (sym) {
+        xmax = fabsf(xmin) > xmax ? fabsf(xmin) : xmax;
+        if (xmin < 0.0f)
+            xmin = -xmax;
+    }
+    *lo = xmin;
+    *hi = xmax;
+}
+
+moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym)
+{
+    float xmin, xmax;
+    grid_range(x, n, sym, &xmin, &xmax);
+    return grid_from_range(xmin, xmax, bits, sym);
+}
+
+float moeq_grid_clip_error(moeq_grid g, const float *x, int n, int bits, float norm)
+{
+    const int32_t maxq = (1 << bits) - 1;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float d = fabsf(moeq_grid_value(g, moeq_grid_code(g, x[i], maxq)) - x[i]);
+        sum += norm == 2.0f ? d * d : powf(d, norm);
+    }
+    return sum;
+}
+
+moeq_grid moeq_grid_fit_mse(const float *x, int n, int bits, int sym, float norm)
+{
+    float xmin, xmax;
+    grid_range(x, n, sym, &xmin, &xmax);
+    moeq_grid best = grid_from_range(xmin, xmax, bits, sym);
+    if (norm <= 0.0f)
+        return best;
+    float best_err = moeq_grid_clip_error(best, x, n, bits, norm);
+    for (int i = 1; i < MOEQ_GRID_MSE_STEPS; i++) {
+        float p = 1.0f - (float)i / (float)MOEQ_GRID_MSE_GRID;
+        moeq_grid g = grid_from_range(p * xmin, p * xmax, bits, sym);
+        float e = moeq_grid_clip_error(g, x, n, bits, norm);
+        if (e < best_err) {
+            best_err = e;
+            best = g;
+        }
+    }
+    return best;
 }

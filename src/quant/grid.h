@@ -12,7 +12,14 @@
  *   q = clamp(round(x / scale) + zero, 0, maxq), x^ = scale (q - zero)
  * The scale is rounded to fp16 before use, because checkpoints store it in
  * fp16: the values GPTQ feeds its error back from are then exactly the ones a
- * loader reconstructs. */
+ * loader reconstructs.
+ *
+ * Clipping search (moeq_grid_fit_mse, GPTQ's reference quantizer with
+ * mse=True, GPTQModel's `mse` option): the range is shrunk to p [xmin, xmax]
+ * for p = 1, 0.99, ..., 0.21 (grid 100, max shrink 0.8) and the p with the
+ * smallest sum |x^ - x|^norm (the reference uses norm 2.4) wins; p = 1 is the
+ * plain grid, so the search never does worse in that norm. Ties keep the
+ * larger range. */
 #ifndef MOEQ_QUANT_GRID_H
 #define MOEQ_QUANT_GRID_H
 
@@ -26,6 +33,15 @@ typedef struct moeq_grid {
 
 /* Fits the grid to x[0..n) (one row's slice of a group). */
 moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym);
+
+#define MOEQ_GRID_MSE_GRID 100
+#define MOEQ_GRID_MSE_STEPS 80 /* max shrink 0.8 of grid 100 */
+
+/* The clipping search above; norm <= 0 is moeq_grid_fit. */
+moeq_grid moeq_grid_fit_mse(const float *x, int n, int bits, int sym, float norm);
+
+/* sum |x^ - x|^norm over x[0..n) on grid g (summed in order, in float). */
+float moeq_grid_clip_error(moeq_grid g, const float *x, int n, int bits, float norm);
 
 static inline int32_t moeq_grid_code(moeq_grid g, float x, int32_t maxq)
 {

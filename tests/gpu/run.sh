@@ -1,33 +1,17 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the one script a GPU machine runs. Builds moeq with the
-# CUDA backend for Hopper (sm_90, Release), runs the CPU test suite (ctest)
-# and the CPU-vs-CUDA parity test with its timings, and writes the logs to
-# $OUT when it is set (else build/gpu/logs). Exits non-zero on any failure.
-#
-# A machine without the cJSON, PCRE2 or utf8proc headers gets them from the
-# Debian packages in .deps/ (apt-get download on a machine that has apt
-# access), unpacked under /tmp/moeq-deps: they only need to unpack, and
-# their shared libraries load on any newer glibc.
+# CUDA backend for Hopper (sm_90, Release), runs the CPU test suite (ctest),
+# the CPU-vs-CUDA op parity test with its timings, the CPU-vs-CUDA pipeline
+# test, and the demo model quantized on both backends and evaluated; writes
+# the logs to $OUT when it is set (else build/gpu/logs). Exits non-zero on
+# any failure. Dependencies: tests/gpu/env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=build/gpu
 LOGS=${OUT:-$BUILD/logs}
 mkdir -p "$LOGS"
 
-have_headers() {
-    printf '#include <cjson/cJSON.h>\n#include <pcre2.h>\n#include <utf8proc.h>\n' |
-        cc -DPCRE2_CODE_UNIT_WIDTH=8 ${CPATH:+-I"$CPATH"} -E -x c - >/dev/null 2>&1
-}
-
-if ! have_headers; then
-    P=/tmp/moeq-deps
-    mkdir -p "$P"
-    for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
-    LIB=$P/usr/lib/x86_64-linux-gnu
-    export CPATH=$P/usr/include LIBRARY_PATH=$LIB LD_LIBRARY_PATH=$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export CMAKE_PREFIX_PATH=$P/usr CMAKE_LIBRARY_PATH=$LIB CMAKE_INCLUDE_PATH=$P/usr/include
-    have_headers || { echo "run.sh: headers still missing after unpacking .deps" >&2; exit 1; }
-fi
+. tests/gpu/env.sh
 
 status=0
 {
@@ -36,14 +20,25 @@ status=0
     nvcc --version | tail -1
 } 2>&1 | tee "$LOGS/env.log"
 
-GEN=()
-command -v ninja >/dev/null && GEN=(-G Ninja)
-cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DMOEQ_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 2>&1 | tee "$LOGS/configure.log"
-cmake --build "$BUILD" -j "$(nproc)" 2>&1 | tee "$LOGS/build.log"
+build_moeq_cuda "$LOGS/build.log" || { tail -30 "$LOGS/build.log"; exit 1; }
 
 (cd "$BUILD" && ctest --output-on-failure -j 8) 2>&1 | tee "$LOGS/ctest.log" || status=1
 "$BUILD/test_cuda_parity" 2>&1 | tee "$LOGS/parity.log" || status=1
+"$BUILD/test_cuda_pipeline" 2>&1 | tee "$LOGS/pipeline.log" || status=1
+
+# The main job on both backends: the demo model with the bundled calibration
+# set, then each output evaluated against the original (CPU eval).
+for dev in cuda cpu; do
+    q=$BUILD/demo-$dev
+    rm -rf "$q"
+    { "$BUILD/moeq" quantize --model demo/qwen3-moe-demo --out "$q" \
+          --device "$dev" 2>&1 | grep -v "^layer" &&
+      "$BUILD/moeq" eval "$q" --reference demo/qwen3-moe-demo --text demo/eval-sample.jsonl \
+          --quiet && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
+print('report:', s['backend'], s['total_seconds'], s['peak_device_bytes'], s['peak_host_bytes'])" "$q/report.json"
+    } > "$LOGS/demo-$dev.log" 2>&1 || status=1
+    tail -n 12 "$LOGS/demo-$dev.log"
+done
 
 if [ "$status" -ne 0 ]; then
     echo "run.sh: FAILED (logs in $LOGS)"

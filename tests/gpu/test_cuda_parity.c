@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_hessian.h"
 #include "backend/cuda/cuda_layer.h"
 #include "common/dtype.h"
+#include "kernels.h"
 #include "quant/gptq.h"
 
 #include <time.h>
@@ -403,7 +404,7 @@ static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, 
     CHECK_INT_EQ(moeq_gptq_sweep(&prep, &cfg, W, rows, &qc, &s.loss_cpu, &err), MOEQ_OK);
     moeq_cuda_buf dW = to_device(W, sizeof(float) * (size_t)rows * cols);
     must(moeq_cuda_gptq_prepared_upload(&ctx, &prep, &dprep, &err), &err);
-    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &s.loss_gpu, &err), &err);
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &s.loss_gpu, NULL, &err), &err);
     must(moeq_cuda_quantized_download(&ctx, &dq, &qg, &err), &err);
     compare_quantized(&qg, &qc, prep.perm, cfg.block_size, rows, &s);
     CHECK(memcmp(qg.g_idx, qc.g_idx, sizeof(int32_t) * (size_t)cols) == 0);
@@ -414,7 +415,10 @@ static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, 
            s.loss_gpu / s.loss_cpu - 1.0);
     if (s.first_block_diff)
         explain_first_difference(&qg, &qc, prep.perm, rows);
-    CHECK_INT_EQ(s.first_block_diff, 0);
+    /* With the clipping search the warp sums each candidate's error in
+     * another order than grid.c, so a candidate within rounding of the best
+     * may win on one side only: a few first-block grids may differ. */
+    CHECK(s.first_block_diff <= (cfg.mse > 0 ? (size_t)rows * cfg.block_size / 1000 : 0));
     CHECK((double)s.same_codes / (double)s.codes >= 0.98);
     CHECK_NEAR(s.loss_gpu, s.loss_cpu, 0, 1e-2);
     moeq_quantized_free(&qc);
@@ -431,12 +435,14 @@ static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, 
 static void test_gptq_sweep_matches_cpu_4bit_g128_sym(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     sweep_case("4-bit g128 sym", cfg, 512, 640, 31);
 }
 
 static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     cfg.sym = 0;
     cfg.desc_act = 1;
     sweep_case("4-bit g128 asym act-order", cfg, 512, 640, 32);
@@ -445,6 +451,7 @@ static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order(void)
 static void test_gptq_sweep_matches_cpu_3bit_g32_static_groups(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     cfg.bits = 3;
     cfg.group_size = 32;
     cfg.sym = 0;
@@ -456,6 +463,7 @@ static void test_gptq_sweep_matches_cpu_3bit_g32_static_groups(void)
 static void test_gptq_sweep_matches_cpu_8bit_per_row(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     cfg.bits = 8;
     cfg.group_size = -1;
     sweep_case("8-bit per-row sym", cfg, 256, 512, 34);
@@ -466,6 +474,7 @@ static void test_gptq_sweep_matches_cpu_8bit_per_row(void)
 static void test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     cfg.bits = 2;
     cfg.group_size = 256;
     cfg.sym = 0;
@@ -477,9 +486,36 @@ static void test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks(void)
 static void test_gptq_sweep_matches_cpu_block_96_g64(void)
 {
     moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
     cfg.group_size = 64;
     cfg.block_size = 96;
     sweep_case("4-bit g64 block 96", cfg, 200, 512, 36);
+}
+
+static void test_gptq_sweep_matches_cpu_4bit_g128_sym_clipping_search(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 2.4;
+    sweep_case("4-bit g128 sym mse 2.4", cfg, 512, 640, 37);
+}
+
+static void test_gptq_sweep_matches_cpu_3bit_asym_static_clipping_search(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.bits = 3;
+    cfg.sym = 0;
+    cfg.desc_act = 1;
+    cfg.static_groups = 1;
+    cfg.mse = 2.4;
+    sweep_case("3-bit g128 asym act-order static mse 2.4", cfg, 300, 512, 38);
+}
+
+static void test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = -1;
+    cfg.mse = 2.0;
+    sweep_case("4-bit per-row mse 2", cfg, 256, 512, 39);
 }
 
 static void test_gptq_sweep_rejects_blocks_over_128(void)
@@ -489,7 +525,7 @@ static void test_gptq_sweep_rejects_blocks_over_128(void)
     moeq_cuda_quantized q;
     moeq_gptq_config cfg = moeq_gptq_default_config();
     cfg.block_size = 256;
-    CHECK_INT_EQ(moeq_cuda_gptq_sweep(&ctx, &p, &cfg, NULL, 8, &q, NULL, &err),
+    CHECK_INT_EQ(moeq_cuda_gptq_sweep(&ctx, &p, &cfg, NULL, 8, &q, NULL, NULL, &err),
                  MOEQ_ERR_UNSUPPORTED);
     CHECK_CONTAINS(err.msg, "at most 128");
 }
@@ -514,7 +550,7 @@ static void test_gptq_gpu_pipeline_matches_cpu(void)
     moeq_cuda_buf dH = to_device(H, sizeof(float) * (size_t)cols * cols);
     moeq_cuda_buf dW = to_device(W, sizeof(float) * (size_t)rows * cols);
     must(moeq_cuda_gptq_prepare(&ctx, dH.ptr, cols, &cfg, &dprep, &err), &err);
-    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss_gpu, &err), &err);
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss_gpu, NULL, &err), &err);
     must(moeq_cuda_quantized_download(&ctx, &dq, &qg, &err), &err);
     size_t same = 0, n = (size_t)rows * cols;
     for (size_t k = 0; k < n; k++)
@@ -587,6 +623,230 @@ static void test_silu_mul_matches_cpu(void)
     free(u);
     free(y_cpu);
     free(y_gpu);
+}
+
+
+/* RoPE: the same products and sums; CUDA's cosf/sinf are within 2 ulp of
+ * glibc's, so 1e-5 of the largest value over positions up to 4095. */
+static void test_rope_matches_cpu(void)
+{
+    const int T = 4096, heads = 3, D = 64, rot = 48;
+    test_rng rng = {61};
+    moeq_error err = {0};
+    float *x = random_floats(&rng, (size_t)T * heads * D, 2.0f);
+    float *y_gpu = xmalloc(sizeof(float) * (size_t)T * heads * D);
+    float inv_freq[24];
+    int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+    for (int i = 0; i < rot / 2; i++)
+        inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)rot);
+    for (int t = 0; t < T; t++)
+        pos[t] = t % 1024; /* four windows of 1024 */
+    moeq_cuda_buf dx = to_device(x, sizeof(float) * (size_t)T * heads * D);
+    moeq_cuda_buf df = to_device(inv_freq, sizeof inv_freq);
+    for (int interleaved = 0; interleaved <= 1; interleaved++) {
+        float *y_cpu = xmalloc(sizeof(float) * (size_t)T * heads * D);
+        memcpy(y_cpu, x, sizeof(float) * (size_t)T * heads * D);
+        cpu_rope_apply(y_cpu, T, heads, D, rot, pos, inv_freq, 1.25f, interleaved);
+        must(moeq_cuda_upload(&ctx, dx.ptr, x, dx.bytes, &err), &err);
+        must(moeq_cuda_check(moeq_k_rope(dx.ptr, T, heads, D, rot, 1024, df.ptr, 1.25f,
+                                         interleaved, ctx.stream),
+                             "moeq_k_rope", __FILE__, __LINE__, &err),
+             &err);
+        to_host(y_gpu, &dx);
+        double rel = max_rel_diff(y_gpu, y_cpu, (size_t)T * heads * D);
+        printf("     rope %s %d x %d x %d (rotary %d): max rel diff %.3g\n",
+               interleaved ? "interleaved" : "half", T, heads, D, rot, rel);
+        CHECK(rel <= 1e-5);
+        /* The dims past rotary_dim are untouched. */
+        CHECK(y_gpu[D - 1] == x[D - 1]);
+        free(y_cpu);
+    }
+    moeq_cuda_free(&ctx, &dx);
+    moeq_cuda_free(&ctx, &df);
+    free(x);
+    free(y_gpu);
+    free(pos);
+}
+
+/* Attention with bf16 inputs against the fp32 CPU attention on the same
+ * (bf16-rounded) q, k, v: the probabilities and the output are rounded to
+ * bf16 once each, so 1e-2 of the largest output value. */
+static void test_attention_matches_cpu(void)
+{
+    const int T = 300, Hq = 8, Hkv = 2, D = 64;
+    const size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
+    test_rng rng = {62};
+    moeq_error err = {0};
+    float *q = random_floats(&rng, nq, 2.0f), *k = random_floats(&rng, nk, 2.0f);
+    float *v = random_floats(&rng, nk, 1.0f);
+    uint16_t *qb = xmalloc(2 * nq), *kb = xmalloc(2 * nk), *vb = xmalloc(2 * nk);
+    uint16_t *ob = xmalloc(2 * nq);
+    round_to_bf16(q, nq, qb);
+    round_to_bf16(k, nk, kb);
+    round_to_bf16(v, nk, vb);
+    float *o_cpu = xmalloc(sizeof(float) * nq), *o_gpu = xmalloc(sizeof(float) * nq);
+    const float scale = 0.125f;
+    CHECK_INT_EQ(cpu_attention_causal(q, k, v, T, Hq, Hkv, D, D, scale, 0, NULL, o_cpu, &err),
+                 MOEQ_OK);
+    moeq_cuda_buf dq = to_device(qb, 2 * nq), dk = to_device(kb, 2 * nk),
+                  dv = to_device(vb, 2 * nk), dout, dsc, dp;
+    must(moeq_cuda_alloc(&ctx, &dout, 2 * nq, "out", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dsc, sizeof(float) * (size_t)Hq * T * T, "scores", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dp, 2 * (size_t)Hq * T * T, "probs", &err), &err);
+    must(moeq_cuda_attention_causal_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, Hq, Hkv, D, scale,
+                                         dsc.ptr, dp.ptr, dout.ptr, &err),
+         &err);
+    to_host(ob, &dout);
+    for (size_t i = 0; i < nq; i++)
+        o_gpu[i] = moeq_bf16_to_f32(ob[i]);
+    double rel = max_rel_diff(o_gpu, o_cpu, nq);
+    printf("     attention bf16 T %d, %d/%d heads of %d: max rel diff %.3g\n", T, Hq, Hkv, D, rel);
+    CHECK(rel <= 1e-2);
+    /* The first token sees only itself: its output is its own v, exactly
+     * up to the bf16 rounding of p = 1 (exact) and of the output. */
+    for (int h = 0; h < Hq; h++)
+        CHECK(o_gpu[(size_t)h * D] == v[(size_t)(h / (Hq / Hkv)) * D]);
+    moeq_cuda_buf *bufs[] = {&dq, &dk, &dv, &dout, &dsc, &dp};
+    for (int i = 0; i < 6; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    free(q);
+    free(k);
+    free(v);
+    free(qb);
+    free(kb);
+    free(vb);
+    free(ob);
+    free(o_cpu);
+    free(o_gpu);
+}
+
+/* Softmax top-k routing: the same experts for every token (the logits are
+ * well separated, so expf's last-ulp differences cannot reorder them) and
+ * weights within 1e-6; probabilities by expert as well. */
+static void test_router_topk_matches_cpu(void)
+{
+    const int n = 5000, E = 128, k = 8;
+    test_rng rng = {63};
+    moeq_error err = {0};
+    float *logits = random_floats(&rng, (size_t)n * E, 4.0f);
+    float *w_cpu = xmalloc(sizeof(float) * n * k), *w_gpu = xmalloc(sizeof(float) * n * k);
+    int32_t *e_cpu = xmalloc(sizeof(int32_t) * n * k), *e_gpu = xmalloc(sizeof(int32_t) * n * k);
+    float *probs_t = xmalloc(sizeof(float) * (size_t)n * E), *probs = xmalloc(sizeof(float) * (size_t)n * E);
+    cpu_router_params rp = {.scoring = CPU_ROUTER_SOFTMAX, .top_k = k, .norm_topk_prob = 1};
+    CHECK_INT_EQ(cpu_router_topk(logits, n, E, &rp, w_cpu, e_cpu, &err), MOEQ_OK);
+    cpu_softmax_rows(logits, n, E, probs);
+    moeq_cuda_buf dl = to_device(logits, sizeof(float) * (size_t)n * E), dw, de, dp;
+    must(moeq_cuda_alloc(&ctx, &dw, sizeof(float) * n * k, "w", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &de, sizeof(int32_t) * n * k, "e", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dp, sizeof(float) * (size_t)n * E, "p", &err), &err);
+    must(moeq_cuda_check(moeq_k_router_topk(dl.ptr, n, E, k, 1, dp.ptr, dw.ptr, de.ptr,
+                                            ctx.stream),
+                         "moeq_k_router_topk", __FILE__, __LINE__, &err),
+         &err);
+    to_host(w_gpu, &dw);
+    to_host(e_gpu, &de);
+    to_host(probs_t, &dp);
+    size_t same = 0;
+    double worst = 0, worst_p = 0;
+    for (size_t i = 0; i < (size_t)n * k; i++) {
+        same += e_gpu[i] == e_cpu[i];
+        double d = fabs((double)w_gpu[i] - w_cpu[i]);
+        worst = d > worst ? d : worst;
+    }
+    for (int t = 0; t < n; t++)
+        for (int e = 0; e < E; e++) {
+            double d = fabs((double)probs_t[(size_t)e * n + t] - probs[(size_t)t * E + e]);
+            worst_p = d > worst_p ? d : worst_p;
+        }
+    printf("     router top-%d of %d, %d tokens: same experts %zu / %zu, max |dw| %.3g, "
+           "max |dp| %.3g\n",
+           k, E, n, same, (size_t)n * k, worst, worst_p);
+    CHECK_INT_EQ(same, (size_t)n * k);
+    CHECK(worst <= 1e-6);
+    CHECK(worst_p <= 1e-6);
+    moeq_cuda_free(&ctx, &dl);
+    moeq_cuda_free(&ctx, &dw);
+    moeq_cuda_free(&ctx, &de);
+    moeq_cuda_free(&ctx, &dp);
+    free(logits);
+    free(w_cpu);
+    free(w_gpu);
+    free(e_cpu);
+    free(e_gpu);
+    free(probs_t);
+    free(probs);
+}
+
+/* Dequantization to bf16: bf16(scale * (code - zero)) exactly, for act-order
+ * g_idx; and a gather then weighted scatter-add of rows equals the host
+ * loop (one product and one sum per element, both rounded once). */
+static void test_dequant_gather_scatter_exact(void)
+{
+    const int rows = 96, cols = 256, gs = 64;
+    test_rng rng = {64};
+    moeq_error err = {0};
+    moeq_quantized q = {0};
+    CHECK_INT_EQ(moeq_quantized_alloc(&q, rows, cols, 4, gs, &err), MOEQ_OK);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        q.codes[i] = (uint8_t)(test_rng_next(&rng) & 15);
+    for (int i = 0; i < q.n_groups * rows; i++) {
+        q.scales[i] = moeq_f16_to_f32(moeq_f32_to_f16(0.01f * (1.5f + test_rng_uniform(&rng))));
+        q.zeros[i] = (int32_t)(test_rng_next(&rng) % 15) + 1;
+    }
+    for (int c = 0; c < cols; c++)
+        q.g_idx[c] = (c * 7) % q.n_groups;
+    float *w = xmalloc(sizeof(float) * (size_t)rows * cols);
+    moeq_quantized_dequantize(&q, w);
+    moeq_cuda_buf dc = to_device(q.codes, (size_t)rows * cols),
+                  ds = to_device(q.scales, sizeof(float) * (size_t)q.n_groups * rows),
+                  dz = to_device(q.zeros, sizeof(int32_t) * (size_t)q.n_groups * rows),
+                  dg = to_device(q.g_idx, sizeof(int32_t) * (size_t)cols), dw;
+    must(moeq_cuda_alloc(&ctx, &dw, 2 * (size_t)rows * cols, "w", &err), &err);
+    must(moeq_cuda_check(moeq_k_dequant_bf16(dc.ptr, ds.ptr, dz.ptr, dg.ptr, rows, cols, dw.ptr,
+                                             ctx.stream),
+                         "moeq_k_dequant_bf16", __FILE__, __LINE__, &err),
+         &err);
+    uint16_t *wb = xmalloc(2 * (size_t)rows * cols);
+    to_host(wb, &dw);
+    size_t same = 0;
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        same += wb[i] == moeq_f32_to_bf16(w[i]);
+    CHECK_INT_EQ(same, (size_t)rows * cols);
+    /* gather rows 5, 0, 77 of the bf16 matrix; scatter-add them weighted. */
+    int32_t idx[3] = {5, 0, 77};
+    float wts[3] = {0.5f, -2.0f, 0.25f};
+    moeq_cuda_buf di = to_device(idx, sizeof idx), dwt = to_device(wts, sizeof wts), dy, dacc;
+    must(moeq_cuda_alloc(&ctx, &dy, 2 * 3 * (size_t)cols, "y", &err), &err);
+    must(moeq_cuda_check(moeq_k_gather_rows_bf16(dw.ptr, cols, di.ptr, 3, dy.ptr, ctx.stream),
+                         "gather", __FILE__, __LINE__, &err),
+         &err);
+    uint16_t yb[3 * 256];
+    to_host(yb, &dy);
+    CHECK(memcmp(yb, wb + (size_t)5 * cols, 2 * (size_t)cols) == 0);
+    CHECK(memcmp(yb + 2 * cols, wb + (size_t)77 * cols, 2 * (size_t)cols) == 0);
+    float yf[3 * 256], acc[100 * 256];
+    for (int i = 0; i < 3 * cols; i++)
+        yf[i] = moeq_bf16_to_f32(yb[i]);
+    for (int i = 0; i < 100 * cols; i++)
+        acc[i] = 0.125f * (float)(i % 9);
+    moeq_cuda_buf dyf = to_device(yf, sizeof yf);
+    dacc = to_device(acc, sizeof acc);
+    must(moeq_cuda_check(moeq_k_scatter_add_rows(dyf.ptr, cols, di.ptr, dwt.ptr, 3, dacc.ptr,
+                                                 ctx.stream),
+                         "scatter", __FILE__, __LINE__, &err),
+         &err);
+    float got[100 * 256];
+    to_host(got, &dacc);
+    for (int i = 0; i < 3; i++)
+        for (int c = 0; c < cols; c++)
+            acc[(size_t)idx[i] * cols + c] += wts[i] * yf[(size_t)i * cols + c];
+    CHECK(memcmp(got, acc, sizeof acc) == 0);
+    moeq_cuda_buf *bufs[] = {&dc, &ds, &dz, &dg, &dw, &di, &dwt, &dy, &dyf, &dacc};
+    for (int i = 0; i < 10; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    moeq_quantized_free(&q);
+    free(w);
+    free(wb);
 }
 
 /* ---- memory accounting */
@@ -683,7 +943,7 @@ static void test_timing_gptq_2048x768x128_experts(void)
     double t_prep = now_seconds() - t0;
     t0 = now_seconds();
     double loss = 0;
-    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss, &err), &err);
+    must(moeq_cuda_gptq_sweep(&ctx, &dprep, &cfg, dW.ptr, rows, &dq, &loss, NULL, &err), &err);
     double t_sweep = now_seconds() - t0;
     printf("     TIMING gptq prepare %d: %.2f ms; sweep %d rows x %d cols (%d experts x %d): "
            "%.2f ms (%.1f Mweights/s); device peak %.2f GiB (was %.2f)\n",
@@ -705,7 +965,10 @@ static void test_timing_gptq_2048x768x128_experts(void)
            "expert 127 vs CPU: identical codes %.5f\n",
            (double)s.same_codes / (double)s.codes, (double)s.same_grids / (double)s.grids,
            s.first_block_diff, (double)same_last / (double)s.codes);
-    CHECK_INT_EQ(s.first_block_diff, 0);
+    /* With the clipping search the warp sums each candidate's error in
+     * another order than grid.c, so a candidate within rounding of the best
+     * may win on one side only: a few first-block grids may differ. */
+    CHECK(s.first_block_diff <= (cfg.mse > 0 ? (size_t)rows * cfg.block_size / 1000 : 0));
     CHECK((double)s.same_codes / (double)s.codes >= 0.98);
     moeq_quantized_free(&qc);
     moeq_quantized_free(&qg);
@@ -740,10 +1003,17 @@ int main(void)
     RUN(test_gptq_sweep_matches_cpu_8bit_per_row);
     RUN(test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks);
     RUN(test_gptq_sweep_matches_cpu_block_96_g64);
+    RUN(test_gptq_sweep_matches_cpu_4bit_g128_sym_clipping_search);
+    RUN(test_gptq_sweep_matches_cpu_3bit_asym_static_clipping_search);
+    RUN(test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2);
     RUN(test_gptq_sweep_rejects_blocks_over_128);
     RUN(test_gptq_gpu_pipeline_matches_cpu);
     RUN(test_rmsnorm_matches_cpu);
     RUN(test_silu_mul_matches_cpu);
+    RUN(test_rope_matches_cpu);
+    RUN(test_attention_matches_cpu);
+    RUN(test_router_topk_matches_cpu);
+    RUN(test_dequant_gather_scatter_exact);
     RUN(test_memory_accounting_tracks_in_use_and_peak);
     RUN(test_timing_hessian_bf16_262144x2048);
     RUN(test_timing_gptq_2048x768x128_experts);

@@ -9,10 +9,15 @@
 #include "backend/cuda/cuda_gptq.h"
 
 #include "kernels.h"
+#include "quant/grid.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+_Static_assert(MOEQ_K_GRID_MSE_GRID == MOEQ_GRID_MSE_GRID &&
+                   MOEQ_K_GRID_MSE_STEPS == MOEQ_GRID_MSE_STEPS,
+               "the CUDA clipping search must try the candidates grid.h names");
 
 /* Reads cuSOLVER's devInfo after the queued work finished. */
 static moeq_code solver_info(moeq_cuda_ctx *ctx, int *info, moeq_error *err)
@@ -222,7 +227,8 @@ static moeq_code alloc_quantized(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q, int
 
 moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *p,
                                const moeq_gptq_config *cfg, const float *W, int rows,
-                               moeq_cuda_quantized *out, double *loss, moeq_error *err)
+                               moeq_cuda_quantized *out, double *loss, double *row_loss,
+                               moeq_error *err)
 {
     const int cols = p->cols, B = cfg->block_size, gs = cfg->group_size;
     memset(out, 0, sizeof *out);
@@ -235,9 +241,11 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
                          MOEQ_K_GPTQ_MAX_BLOCK);
     moeq_cuda_buf w = {0}, err_block = {0}, codes_perm = {0}, loss_rows = {0}, count = {0};
     int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols);
-    double *loss_host = loss ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
+    const int want_loss = loss || row_loss;
+    double *loss_host =
+        want_loss ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
     int nonfinite = 0;
-    if (!g_idx || (loss && !loss_host)) {
+    if (!g_idx || (want_loss && !loss_host)) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for GPTQ on %d x %d", rows, cols);
         goto done;
     }
@@ -259,6 +267,7 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
         .sym = cfg->sym,
         .group_size = gs,
         .static_groups = gs > 0 && cfg->static_groups,
+        .mse = (float)cfg->mse,
         .block_size = B,
         .perm = p->perm.ptr,
         .dead = p->dead.ptr,
@@ -303,7 +312,8 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
             gs <= 0 ? 0 : a.static_groups ? p->perm_host[i] / gs : i / gs;
     if ((rc = MOEQ_CU(moeq_k_gptq_scatter_codes(&a, out->codes.ptr, ctx->stream))) ||
         (rc = moeq_cuda_upload(ctx, out->g_idx.ptr, g_idx, sizeof(int32_t) * (size_t)cols, err)) ||
-        (loss && (rc = moeq_cuda_download(ctx, loss_host, loss_rows.ptr, loss_rows.bytes, err))) ||
+        (want_loss &&
+         (rc = moeq_cuda_download(ctx, loss_host, loss_rows.ptr, loss_rows.bytes, err))) ||
         (rc = moeq_cuda_sync(ctx, err)))
         goto done;
     if (loss) {
@@ -312,6 +322,8 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
             total += loss_host[r];
         *loss = total;
     }
+    if (row_loss)
+        memcpy(row_loss, loss_host, sizeof(double) * (size_t)rows);
 done:
     moeq_cuda_free(ctx, &w);
     moeq_cuda_free(ctx, &err_block);

@@ -50,11 +50,13 @@ typedef struct moeq_cuda_quantized {
 } moeq_cuda_quantized;
 
 /* Quantizes W [rows, cols] fp32 on the device against prep; loss (optional)
- * receives GPTQ's objective as moeq_gptq_sweep defines it. block_size must
+ * receives GPTQ's objective as moeq_gptq_sweep defines it, row_loss
+ * (optional, [rows]) each row's share of it. block_size must
  * be at most MOEQ_K_GPTQ_MAX_BLOCK (128) (MOEQ_ERR_UNSUPPORTED). */
 moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *prep,
                                const moeq_gptq_config *cfg, const float *W, int rows,
-                               moeq_cuda_quantized *out, double *loss, moeq_error *err);
+                               moeq_cuda_quantized *out, double *loss, double *row_loss,
+                               moeq_error *err);
 void moeq_cuda_quantized_free(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q);
 /* Allocates host (moeq_quantized_alloc) and copies q into it. */
 moeq_code moeq_cuda_quantized_download(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,

@@ -14,3 +14,37 @@ moeq_code moeq_cuda_silu_mul(moeq_cuda_ctx *ctx, const float *gate, const float 
 {
     return MOEQ_CU(moeq_k_silu_mul(gate, up, n, out, ctx->stream));
 }
+
+moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
+                                          const void *v, int T, int Hq, int Hkv, int D,
+                                          float scale, float *scores, void *probs, void *out,
+                                          moeq_error *err)
+{
+    if (T <= 0 || Hq <= 0 || Hkv <= 0 || D <= 0 || Hq % Hkv)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "attention: bad shape T=%d Hq=%d Hkv=%d D=%d (Hq a multiple of Hkv)", T,
+                         Hq, Hkv, D);
+    const int group = Hq / Hkv, qdim = Hq * D, kvdim = Hkv * D;
+    const long long TT = (long long)T * T;
+    const float zero = 0.0f, one = 1.0f;
+    moeq_code rc = MOEQ_OK;
+    /* Query head h = j * group + r reads kv head j: for each r, one batch
+     * over j. Row-major scores of head h, [query, key], are the
+     * column-major k q^T. */
+    for (int r = 0; r < group && !rc; r++)
+        rc = MOEQ_CUBLAS(cublasGemmStridedBatchedEx(
+            ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, &scale, k, CUDA_R_16BF, kvdim, D,
+            (const uint16_t *)q + (size_t)r * D, CUDA_R_16BF, qdim, (long long)group * D, &zero,
+            scores + (size_t)r * TT, CUDA_R_32F, T, group * TT, Hkv, CUBLAS_COMPUTE_32F,
+            CUBLAS_GEMM_DEFAULT));
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_causal_softmax_bf16(scores, T, (long long)Hq * T, probs, ctx->stream));
+    /* Row-major O_h [T, D] = P_h V_j is the column-major V_j^T P_h^T. */
+    for (int r = 0; r < group && !rc; r++)
+        rc = MOEQ_CUBLAS(cublasGemmStridedBatchedEx(
+            ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, &one, v, CUDA_R_16BF, kvdim, D,
+            (const uint16_t *)probs + (size_t)r * TT, CUDA_R_16BF, T, group * TT, &zero,
+            (uint16_t *)out + (size_t)r * D, CUDA_R_16BF, qdim, (long long)group * D, Hkv,
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return rc;
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Turns one `moeq quantize` report.json into a benchmark record:
+per-layer seconds by stage, the GEMM FLOPs of the layer (counted from the
+shapes, see flops() below), the achieved fraction of the measured bf16
+cuBLAS peak, and the run's peak device memory.
+
+    summarize.py REPORT CONFIG --shape S --mode M --budget B --peak FLOPS
+                 --gpu NAME --out FILE.json
+"""
+import argparse
+import datetime
+import json
+
+
+def flops(cfg, mode, n, seqlen, expert_tokens):
+    """bf16 tensor-core GEMM FLOPs of one MoE layer as moeq computes it.
+
+    Hessians are full GEMMs (2 n d^2: both triangles); attention scores and
+    P v are full T x T squares (the causal half is computed too); GPTQ's fp32
+    lazy updates (about rows * cols^2) are counted apart in gptq_fp32."""
+    H, D = cfg["hidden_size"], cfg["head_dim"]
+    hq, hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    E, I, k = cfg["num_experts"], cfg["moe_intermediate_size"], cfg["num_experts_per_tok"]
+    Is = cfg.get("shared_expert_intermediate_size", 0)
+    qd, kvd = hq * D, hkv * D
+    S = n // seqlen
+    f = 2 * n * H * H                      # q/k/v Hessian
+    f += 2 * n * H * (qd + 2 * kvd)        # q/k/v
+    f += 2 * 2 * S * hq * seqlen * seqlen * D  # q k^T and P v
+    f += 2 * n * qd * qd                   # o_proj Hessian
+    f += 2 * n * qd * H                    # o_proj
+    f += 2 * n * H * H                     # MLP input Hessian (shared gate/up)
+    f += 2 * n * H * E                     # router
+    if mode == "routed":
+        m = sum(expert_tokens)             # = n k
+        f += 2 * m * H * H                 # per-expert gate/up Hessians
+        f += 2 * m * H * 2 * I + 2 * m * I * I  # down inputs and Hessians
+    else:
+        if mode == "weighted":
+            f += E * 2 * n * H * H         # per-expert weighted gate/up Hessians
+        f += E * (2 * n * H * 2 * I + 2 * n * I * I)  # every expert on every token
+    f += n * k * (2 * H * 2 * I + 2 * I * H)  # the routed forward
+    if Is:
+        f += 2 * n * H * 2 * Is + 2 * n * Is * Is + n * (2 * H * 2 * Is + 2 * Is * H) + 2 * n * H
+    gptq = (qd + 2 * kvd) * H * H + H * qd * qd + E * (2 * I * H * H + H * I * I)
+    if Is:
+        gptq += 2 * Is * H * H + H * Is * Is
+    return f, gptq
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("report")
+    ap.add_argument("config")
+    for a in ("--shape", "--mode", "--budget", "--gpu", "--out"):
+        ap.add_argument(a, required=True)
+    ap.add_argument("--peak", type=float, required=True)
+    a = ap.parse_args()
+    rep = json.load(open(a.report))
+    cfg = json.load(open(a.config))
+    n = rep["nsamples"] * rep["seqlen"]
+    layers = []
+    for L in rep["layers"]:
+        s = L["seconds"]
+        total = sum(s.values())
+        compute = s["capture"] + s["hessian"] + s["solve"] + s["forward"]
+        f, g = flops(cfg, a.mode, n, rep["seqlen"], L.get("expert_tokens", []))
+        layers.append({"layer": L["layer"], "seconds": s, "total_seconds": total,
+                       "gemm_flops": f, "gptq_fp32_flops": g,
+                       "fraction_of_bf16_peak_compute": f / compute / a.peak if compute else 0,
+                       "fraction_of_bf16_peak_total": f / total / a.peak if total else 0})
+    steady = layers[1:] or layers
+    rec = {"shape": a.shape, "mode": a.mode, "budget": a.budget, "tokens": n,
+           "nsamples": rep["nsamples"], "seqlen": rep["seqlen"], "gpu": a.gpu,
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "backend": rep["backend"], "bf16_peak_flops": a.peak,
+           "peak_device_bytes": rep["peak_device_bytes"], "peak_host_bytes": rep["peak_host_bytes"],
+           "total_seconds": rep["total_seconds"],
+           "steady_state_seconds_per_layer": sum(l["total_seconds"] for l in steady) / len(steady),
+           "layers": layers}
+    json.dump(rec, open(a.out, "w"), indent=1)
+    print(f"{a.shape} {a.mode} budget {a.budget}: {n} tokens, peak device "
+          f"{rec['peak_device_bytes'] / 2**30:.2f} GiB, steady state "
+          f"{rec['steady_state_seconds_per_layer']:.2f} s/layer")
+    for l in layers:
+        s = l["seconds"]
+        print(f"  layer {l['layer']}: {l['total_seconds']:.2f} s = load {s['load']:.2f} + capture "
+              f"{s['capture']:.2f} + hessian {s['hessian']:.2f} + solve {s['solve']:.2f} + forward "
+              f"{s['forward']:.2f} + write {s['write']:.2f}; {l['gemm_flops'] / 1e12:.1f} TFLOP "
+              f"bf16 GEMM = {100 * l['fraction_of_bf16_peak_compute']:.1f}% of peak over the "
+              f"compute stages, {100 * l['fraction_of_bf16_peak_total']:.1f}% over the layer")
+
+
+if __name__ == "__main__":
+    main()

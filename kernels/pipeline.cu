@@ -1,0 +1,306 @@
+// pipeline.cu: the kernels of the GPU layer loop (src/pipeline/quantize_cuda.c)
+// besides the GEMMs: bf16 conversion, RMSNorm to bf16, RoPE, the causal
+// softmax of attention scores, softmax top-k routing, row gathers and the
+// scatter-add of expert outputs, SwiGLU on a stacked gate/up product, and
+// the dequantization of GPTQ codes. bf16 is passed as uint16_t bits.
+#include "kernels.h"
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kThreads = 256;
+
+unsigned blocks_for(size_t n)
+{
+    size_t b = (n + kThreads - 1) / kThreads;
+    return (unsigned)(b < 65535 ? (b ? b : 1) : 65535);
+}
+
+__device__ uint16_t to_bf16(float x)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+__global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = to_bf16(x[i]);
+}
+
+// One block per row, as rmsnorm_kernel of layer.cu, with a bf16 output.
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_bf16_kernel(const float *x, const float *w, int dim, float eps, uint16_t *y)
+{
+    __shared__ double partial[kThreads / 32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    uint16_t *yr = y + (size_t)blockIdx.x * dim;
+    double sum_sq = 0.0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        sum_sq += (double)xr[i] * xr[i];
+    for (int off = 16; off > 0; off >>= 1)
+        sum_sq += __shfl_xor_sync(kFull, sum_sq, off);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x / 32] = sum_sq;
+    __syncthreads();
+    double total = 0.0;
+    for (int k = 0; k < kThreads / 32; k++)
+        total += partial[k];
+    float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(total / dim), eps)));
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        yr[i] = to_bf16(__fmul_rn(w[i], __fmul_rn(xr[i], inv_rms)));
+}
+
+// One thread per (token, pair); cpu_rope_apply's products and sums.
+__global__ void rope_kernel(float *x, int tokens, int heads, int head_dim, int rotary_dim,
+                            int seq_len, const float *inv_freq, float factor, int interleaved)
+{
+    const int half = rotary_dim / 2;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)tokens * half;
+         k += (size_t)gridDim.x * blockDim.x) {
+        int t = (int)(k / half), i = (int)(k % half);
+        float angle = __fmul_rn((float)(t % seq_len), inv_freq[i]);
+        float c = __fmul_rn(cosf(angle), factor), s = __fmul_rn(sinf(angle), factor);
+        float *xt = x + (size_t)t * heads * head_dim;
+        for (int h = 0; h < heads; h++) {
+            float *a = xt + (size_t)h * head_dim + (interleaved ? 2 * i : i);
+            float *b = a + (interleaved ? 1 : half);
+            float x0 = *a, x1 = *b;
+            *a = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+            *b = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+        }
+    }
+}
+
+// One warp per score row: row i of a [T, T] block sees keys j <= i.
+__global__ void causal_softmax_kernel(const float *s, int T, long long rows, uint16_t *p)
+{
+    long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows)
+        return;
+    const int lane = threadIdx.x & 31, i = (int)(r % T);
+    const float *sr = s + (size_t)r * T;
+    uint16_t *pr = p + (size_t)r * T;
+    float mx = -INFINITY;
+    for (int j = lane; j <= i; j += 32)
+        mx = fmaxf(mx, sr[j]);
+    for (int off = 16; off > 0; off >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
+    float sum = 0.0f;
+    for (int j = lane; j <= i; j += 32)
+        sum += expf(sr[j] - mx);
+    for (int off = 16; off > 0; off >>= 1)
+        sum += __shfl_xor_sync(kFull, sum, off);
+    const float inv = 1.0f / sum;
+    for (int j = lane; j < T; j += 32)
+        pr[j] = to_bf16(j <= i ? expf(sr[j] - mx) * inv : 0.0f);
+}
+
+// One thread per token: cpu_softmax_rows then cpu_router_topk (softmax
+// scoring), the same sums in the same order.
+__global__ void router_topk_kernel(const float *logits, int n, int E, int k, int norm_topk,
+                                   float *probs_t, float *topw, int32_t *tope)
+{
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x) {
+        const float *lt = logits + (size_t)t * E;
+        float mx = lt[0];
+        for (int e = 1; e < E; e++)
+            mx = lt[e] > mx ? lt[e] : mx;
+        float sum = 0.0f;
+        for (int e = 0; e < E; e++)
+            sum += expf(lt[e] - mx);
+        float wsum = 0.0f;
+        int32_t *et = tope + (size_t)t * k;
+        float *wt = topw + (size_t)t * k;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            float bv = 0.0f;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int q = 0; q < j; q++)
+                    taken |= et[q] == e;
+                float v = expf(lt[e] - mx) / sum; // by probability, as the CPU
+                if (!taken && (best < 0 || v > bv)) {
+                    best = e;
+                    bv = v;
+                }
+            }
+            et[j] = best;
+            wt[j] = bv;
+            wsum += wt[j];
+        }
+        if (norm_topk)
+            for (int j = 0; j < k; j++)
+                wt[j] /= wsum;
+        if (probs_t)
+            for (int e = 0; e < E; e++)
+                probs_t[(size_t)e * n + t] = expf(lt[e] - mx) / sum;
+    }
+}
+
+__global__ void gather_rows_kernel(const uint16_t *x, int dim, const int32_t *idx, int m,
+                                   uint16_t *y)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t i = k / dim, c = k % dim;
+        y[k] = x[(size_t)idx[i] * dim + c];
+    }
+}
+
+__global__ void scatter_add_rows_kernel(const float *y, int dim, const int32_t *idx,
+                                        const float *w, int m, float *out)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t i = k / dim, c = k % dim;
+        float *o = out + (size_t)idx[i] * dim + c;
+        *o = __fadd_rn(*o, w ? __fmul_rn(w[i], y[k]) : y[k]);
+    }
+}
+
+__global__ void gated_add_kernel(const float *y, const float *gate_logit, int m, int dim,
+                                 float *out)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
+         k += (size_t)gridDim.x * blockDim.x) {
+        float g = gate_logit ? 1.0f / (1.0f + expf(-gate_logit[k / dim])) : 1.0f;
+        out[k] = __fadd_rn(out[k], gate_logit ? __fmul_rn(g, y[k]) : y[k]);
+    }
+}
+
+__global__ void swiglu_kernel(const float *gu, int m, int inter, uint16_t *a)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * inter;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / inter, c = k % inter;
+        float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
+        a[k] = to_bf16(__fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u));
+    }
+}
+
+__global__ void add_bias_kernel(float *y, int rows, int cols, const float *bias)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * cols;
+         k += (size_t)gridDim.x * blockDim.x)
+        y[k] = __fadd_rn(y[k], bias[k % cols]);
+}
+
+__global__ void dequant_kernel(const uint8_t *codes, const float *scales, const int32_t *zeros,
+                               const int32_t *g_idx, int rows, int cols, uint16_t *w)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * cols;
+         k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / cols, c = k % cols;
+        size_t g = (size_t)g_idx[c] * rows + r;
+        w[k] = to_bf16(__fmul_rn(scales[g], (float)((int32_t)codes[k] - zeros[g])));
+    }
+}
+
+} // namespace
+
+extern "C" cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cudaStream_t stream)
+{
+    if (n)
+        to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim,
+                                           float eps, uint16_t *y, cudaStream_t stream)
+{
+    if (rows > 0 && dim > 0)
+        rmsnorm_bf16_kernel<<<(unsigned)rows, kThreads, 0, stream>>>(x, w, dim, eps, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotary_dim,
+                                   int seq_len, const float *inv_freq, float attention_factor,
+                                   int interleaved, cudaStream_t stream)
+{
+    size_t n = (size_t)tokens * (rotary_dim / 2);
+    if (n)
+        rope_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, tokens, heads, head_dim,
+                                                              rotary_dim, seq_len, inv_freq,
+                                                              attention_factor, interleaved);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows,
+                                                  uint16_t *p, cudaStream_t stream)
+{
+    if (rows > 0) {
+        long long blocks = (rows + 7) / 8;
+        causal_softmax_kernel<<<(unsigned)blocks, 256, 0, stream>>>(scores, T, rows, p);
+    }
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_router_topk(const float *logits, int n, int E, int k,
+                                          int norm_topk, float *probs_t, float *topw,
+                                          int32_t *tope, cudaStream_t stream)
+{
+    if (n > 0)
+        router_topk_kernel<<<blocks_for((size_t)n), kThreads, 0, stream>>>(
+            logits, n, E, k, norm_topk, probs_t, topw, tope);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_gather_rows_bf16(const uint16_t *x, int dim, const int32_t *idx,
+                                               int m, uint16_t *y, cudaStream_t stream)
+{
+    if (m > 0)
+        gather_rows_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(x, dim, idx, m,
+                                                                                 y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_scatter_add_rows(const float *y, int dim, const int32_t *idx,
+                                               const float *w, int m, float *out,
+                                               cudaStream_t stream)
+{
+    if (m > 0)
+        scatter_add_rows_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(
+            y, dim, idx, w, m, out);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit, int m, int dim,
+                                        float *out, cudaStream_t stream)
+{
+    if (m > 0)
+        gated_add_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(y, gate_logit, m,
+                                                                               dim, out);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, uint16_t *a,
+                                          cudaStream_t stream)
+{
+    if (m > 0)
+        swiglu_kernel<<<blocks_for((size_t)m * inter), kThreads, 0, stream>>>(gate_up, m, inter,
+                                                                              a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
+                                       cudaStream_t stream)
+{
+    if (rows > 0 && cols > 0)
+        add_bias_kernel<<<blocks_for((size_t)rows * cols), kThreads, 0, stream>>>(y, rows, cols,
+                                                                                  bias);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *scales,
+                                           const int32_t *zeros, const int32_t *g_idx, int rows,
+                                           int cols, uint16_t *w, cudaStream_t stream)
+{
+    if (rows > 0 && cols > 0)
+        dequant_kernel<<<blocks_for((size_t)rows * cols), kThreads, 0, stream>>>(
+            codes, scales, zeros, g_idx, rows, cols, w);
+    return cudaGetLastError();
+}

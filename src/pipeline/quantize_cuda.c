@@ -1,0 +1,1059 @@
+/* quantize_cuda.c: the layer loop of quantize.c on the CUDA backend, with
+ * the same stages, order and expert calibration modes (true-sequential
+ * only). Weights are read and decoded on the host one layer at a time;
+ * everything else runs on the device:
+ *
+ *   x   [n, H] fp32  the residual stream: the layer input, then (reused as
+ *                    the MLP block accumulator) the layer output
+ *   x1  [n, H] fp32  after the attention block, quantized weights
+ *   h   [n, H] bf16  the normed input of q/k/v, then of the MLP
+ *   o   [n, Hq D] bf16  the input of o_proj
+ *
+ * Precision (DESIGN.md): normed activations and the weights of the forward
+ * GEMMs are bf16 with fp32 accumulation (cuBLAS, tensor cores); residuals,
+ * norms, softmax, routing and Hessians are fp32; GPTQ runs on the fp32
+ * source weights. Attention is one sequence at a time: q k^T over all heads
+ * of the sequence as batched GEMMs, a causal softmax kernel, then P v.
+ *
+ * Experts go in groups (opt->expert_batch, or as many as the budget
+ * allows): with the router bypassed, the gate/up rows of a whole group are
+ * one GPTQ sweep against the layer's shared Hessian; down_proj Hessians come
+ * from silu(gate(h)) * up(h) per expert over token chunks; each group's
+ * experts then run on their routed tokens and their outputs are added, in
+ * expert order, into the block accumulator (no atomics: a token appears at
+ * most once per expert, so the sums are deterministic). */
+#include "pipeline/quantize.h"
+
+#include "backend/cuda/cuda_ctx.h"
+#include "backend/cuda/cuda_gptq.h"
+#include "backend/cuda/cuda_hessian.h"
+#include "backend/cuda/cuda_layer.h"
+#include "kernels.h"
+#include "model/forward.h"
+#include "model/weights.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The run: device context, sizes and the activations that live across
+ * layers. */
+typedef struct gpu_run {
+    moeq_cuda_ctx cu;
+    const moeq_config *cfg;
+    const moeq_quantize_options *opt;
+    int S, T, n;     /* windows, tokens per window, tokens */
+    int chunk;       /* tokens per chunk of transient expert products */
+    int qdim, kvdim;
+    moeq_cuda_buf x, x1, h, o;
+    moeq_cuda_buf inv_freq;
+    float attention_factor;
+    int rotary_dim;
+} gpu_run;
+
+/* One layer's results and the timing of its stages. */
+typedef struct gpu_layer {
+    gpu_run *g;
+    moeq_layer_result *res;
+    int cap;
+    double t_stage;
+} gpu_layer;
+
+/* A piece of a stacked sweep: rows of one linear, all with the same cols. */
+typedef struct piece {
+    moeq_tensor_role role;
+    int expert;
+    const float *w; /* host fp32 [rows, cols] */
+    int rows;
+} piece;
+
+static moeq_code sync_time(gpu_layer *L, double *bucket, moeq_error *err)
+{
+    moeq_code rc = moeq_cuda_sync(&L->g->cu, err);
+    double t = now_seconds();
+    *bucket += t - L->t_stage;
+    L->t_stage = t;
+    return rc;
+}
+
+/* C[m, n] (ldc) = alpha A[m, k] (lda) B[n, k]^T (ldb) + beta C: row-major bf16
+ * A and B, fp32 accumulation, C in fp32 or bf16. */
+static moeq_code gemm_nt(gpu_run *g, const void *A, int lda, const void *B, int ldb, void *C,
+                         int ldc, int c_bf16, int m, int n, int k, float alpha, float beta,
+                         moeq_error *err)
+{
+    if (m <= 0 || n <= 0)
+        return MOEQ_OK;
+    return MOEQ_CUBLAS(cublasGemmEx(g->cu.cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, B,
+                                    CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+                                    c_bf16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+}
+
+/* Host fp32 -> device fp32 (what names the buffer). */
+static moeq_code upload_f32(gpu_run *g, const float *host, size_t count, const char *what,
+                            moeq_cuda_buf *buf, moeq_error *err)
+{
+    memset(buf, 0, sizeof *buf);
+    if (!host)
+        return MOEQ_OK;
+    moeq_code rc = moeq_cuda_alloc(&g->cu, buf, sizeof(float) * count, what, err);
+    if (!rc)
+        rc = moeq_cuda_upload(&g->cu, buf->ptr, host, sizeof(float) * count, err);
+    return rc;
+}
+
+/* Host fp32 -> device bf16 (an unquantized weight: router, shared gate);
+ * NULL stays NULL. */
+static moeq_code upload_bf16(gpu_run *g, const float *host, size_t count, const char *what,
+                             moeq_cuda_buf *buf, moeq_error *err)
+{
+    moeq_cuda_buf f = {0};
+    memset(buf, 0, sizeof *buf);
+    if (!host)
+        return MOEQ_OK;
+    moeq_code rc = upload_f32(g, host, count, what, &f, err);
+    if (!rc)
+        rc = moeq_cuda_alloc(&g->cu, buf, 2 * count, what, err);
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, count, buf->ptr, g->cu.stream));
+    if (!rc)
+        rc = moeq_cuda_sync(&g->cu, err);
+    moeq_cuda_free(&g->cu, &f);
+    return rc;
+}
+
+static moeq_quantized_linear *new_linear(gpu_layer *L, moeq_error *err)
+{
+    moeq_layer_result *res = L->res;
+    if (res->n_linears == L->cap) {
+        int cap = L->cap ? 2 * L->cap : 64;
+        moeq_quantized_linear *l = realloc(res->linears, sizeof *l * (size_t)cap);
+        if (!l) {
+            moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory", res->layer);
+            return NULL;
+        }
+        res->linears = l;
+        L->cap = cap;
+    }
+    moeq_quantized_linear *ql = &res->linears[res->n_linears++];
+    memset(ql, 0, sizeof *ql);
+    return ql;
+}
+
+static const char *piece_label(const piece *p, char *buf, size_t bytes)
+{
+    if (p->expert >= 0)
+        snprintf(buf, bytes, "expert %d %s", p->expert, moeq_tensor_role_key(p->role));
+    else
+        snprintf(buf, bytes, "%s", moeq_tensor_role_key(p->role));
+    return buf;
+}
+
+/* Copies rows [r0, r0 + rows) of q into a fresh out (same groups). */
+static moeq_code split_rows(const moeq_quantized *q, int r0, int rows, moeq_quantized *out,
+                            moeq_error *err)
+{
+    moeq_code rc = moeq_quantized_alloc(out, rows, q->cols, q->bits, q->group_size, err);
+    if (rc)
+        return rc;
+    memcpy(out->codes, q->codes + (size_t)r0 * q->cols, (size_t)rows * q->cols);
+    for (int gi = 0; gi < q->n_groups; gi++) {
+        memcpy(out->scales + (size_t)gi * rows, q->scales + (size_t)gi * q->rows + r0,
+               sizeof(float) * (size_t)rows);
+        memcpy(out->zeros + (size_t)gi * rows, q->zeros + (size_t)gi * q->rows + r0,
+               sizeof(int32_t) * (size_t)rows);
+    }
+    memcpy(out->g_idx, q->g_idx, sizeof(int32_t) * (size_t)q->cols);
+    return MOEQ_OK;
+}
+
+/* Quantizes the pieces stacked row-wise, [sum rows, cols], against prep
+ * (GPTQ; NULL: RTN on the host), records one result per piece, and leaves
+ * the dequantized stack in bf16 in *wq (device) for the forward. */
+static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *prep,
+                                const piece *pieces, int n_pieces, int cols, int64_t tokens,
+                                int fallback, moeq_cuda_buf *wq, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    int rows = 0;
+    for (int i = 0; i < n_pieces; i++)
+        rows += pieces[i].rows;
+    const size_t count = (size_t)rows * cols;
+    moeq_cuda_buf W = {0};
+    moeq_cuda_quantized dq = {0};
+    moeq_quantized host = {0};
+    double *row_loss = prep ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
+    char what[96];
+    memset(wq, 0, sizeof *wq);
+    moeq_code rc = prep && !row_loss ? moeq_fail(err, MOEQ_ERR_OOM, "out of memory")
+                                     : moeq_cuda_alloc(&g->cu, wq, 2 * count,
+                                                       "dequantized weights", err);
+    if (rc)
+        goto done;
+    if (prep) {
+        if ((rc = moeq_cuda_alloc(&g->cu, &W, sizeof(float) * count, "weights for GPTQ", err)))
+            goto done;
+        size_t off = 0;
+        for (int i = 0; i < n_pieces; i++) {
+            size_t c = (size_t)pieces[i].rows * cols;
+            if ((rc = moeq_cuda_upload(&g->cu, (float *)W.ptr + off, pieces[i].w,
+                                       sizeof(float) * c, err)))
+                goto done;
+            off += c;
+        }
+        if ((rc = moeq_cuda_gptq_sweep(&g->cu, prep, &g->opt->gptq, W.ptr, rows, &dq, NULL,
+                                       row_loss, err)) ||
+            (rc = MOEQ_CU(moeq_k_dequant_bf16(dq.codes.ptr, dq.scales.ptr, dq.zeros.ptr,
+                                              dq.g_idx.ptr, rows, cols, wq->ptr,
+                                              g->cu.stream))) ||
+            (rc = moeq_cuda_quantized_download(&g->cu, &dq, &host, err))) {
+            moeq_wrap(err, "layer %d, %s%s: ", L->res->layer,
+                      piece_label(&pieces[0], what, sizeof what),
+                      n_pieces > 1 ? " and the weights stacked with it" : "");
+            goto done;
+        }
+    }
+    int r0 = 0;
+    for (int i = 0; i < n_pieces; i++) {
+        moeq_quantized_linear *ql = new_linear(L, err);
+        if (!ql) {
+            rc = MOEQ_ERR_OOM;
+            goto done;
+        }
+        ql->role = pieces[i].role;
+        ql->expert = pieces[i].expert;
+        ql->tokens = tokens;
+        ql->fallback = fallback;
+        if (prep) {
+            ql->damp = prep->damp_used;
+            ql->loss = 0; /* the sweep's objective is a sum over rows */
+            for (int r = r0; r < r0 + pieces[i].rows; r++)
+                ql->loss += row_loss[r];
+            rc = split_rows(&host, r0, pieces[i].rows, &ql->q, err);
+        } else {
+            rc = moeq_rtn_quantize(pieces[i].w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err);
+            if (!rc) {
+                float *deq = malloc(sizeof(float) * (size_t)pieces[i].rows * cols);
+                moeq_cuda_buf f = {0};
+                if (!deq)
+                    rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+                if (!rc) {
+                    moeq_quantized_dequantize(&ql->q, deq);
+                    rc = upload_f32(g, deq, (size_t)pieces[i].rows * cols, "RTN weights", &f,
+                                    err);
+                }
+                if (!rc)
+                    rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, (size_t)pieces[i].rows * cols,
+                                                (uint16_t *)wq->ptr + (size_t)r0 * cols,
+                                                g->cu.stream));
+                if (!rc)
+                    rc = moeq_cuda_sync(&g->cu, err);
+                moeq_cuda_free(&g->cu, &f);
+                free(deq);
+            }
+        }
+        if (rc) {
+            moeq_wrap(err, "layer %d, %s: ", L->res->layer,
+                      piece_label(&pieces[i], what, sizeof what));
+            goto done;
+        }
+        r0 += pieces[i].rows;
+    }
+done:
+    free(row_loss);
+    moeq_cuda_free(&g->cu, &W);
+    moeq_cuda_quantized_free(&g->cu, &dq);
+    moeq_quantized_free(&host);
+    if (rc)
+        moeq_cuda_free(&g->cu, wq);
+    return rc;
+}
+
+/* H = alpha x^T diag(w) x over rows of bf16 x [rows, cols] (w NULL: plain),
+ * then prepared for module. H is allocated here and freed. */
+static moeq_code hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, const float *w,
+                                 float alpha, const char *module, moeq_cuda_gptq_prepared *prep,
+                                 moeq_error *err)
+{
+    gpu_run *g = L->g;
+    moeq_cuda_buf H = {0};
+    memset(prep, 0, sizeof *prep);
+    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)cols * cols, "Hessian", err);
+    if (!rc)
+        rc = MOEQ_CU(cudaMemsetAsync(H.ptr, 0, H.bytes, g->cu.stream));
+    if (!rc)
+        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, x, MOEQ_CUDA_BF16, w, rows,
+                                                       cols, alpha, err)
+               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, x, MOEQ_CUDA_BF16, rows, cols,
+                                              alpha, err);
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_hessian, err);
+    if (!rc)
+        rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, cols, &g->opt->gptq, prep, err);
+    moeq_cuda_free(&g->cu, &H);
+    if (rc)
+        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
+    return MOEQ_OK;
+}
+
+static int gptq(const gpu_layer *L)
+{
+    return L->g->opt->method == MOEQ_METHOD_GPTQ;
+}
+
+/* ---- attention */
+
+static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_config *cfg = g->cfg;
+    const int H = cfg->hidden_size, T = g->T, n = g->n, hq = cfg->num_heads,
+              hkv = cfg->num_kv_heads, D = cfg->head_dim, qdim = g->qdim, kvdim = g->kvdim;
+    moeq_cuda_gptq_prepared prep = {0};
+    moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}};
+    moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
+    moeq_code rc;
+    if ((rc = upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
+        (rc = upload_f32(g, lw->q_norm, (size_t)D, "q_norm", &qn, err)) ||
+        (rc = upload_f32(g, lw->k_norm, (size_t)D, "k_norm", &kn, err)) ||
+        (rc = upload_f32(g, lw->q_bias, (size_t)qdim, "q bias", &bias[0], err)) ||
+        (rc = upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
+        (rc = upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
+        (rc = upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
+        (rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->x.ptr, norm.ptr, n, H, cfg->rms_norm_eps, g->h.ptr,
+                                          g->cu.stream))) ||
+        (rc = sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n, "q/k/v_proj",
+                                         &prep, err)))
+        goto done;
+    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim},
+                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim},
+                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim}};
+    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, qkv, 3, H, n, 0, &wqkv, err)) ||
+        (rc = sync_time(L, &L->res->seconds_solve, err)))
+        goto done;
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+
+    /* One window at a time: q/k/v, norms, RoPE, scores, softmax, P v. */
+    const size_t TT = (size_t)T * T;
+    if ((rc = moeq_cuda_alloc(&g->cu, &qf, sizeof(float) * (size_t)T * qdim, "q", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &kf, sizeof(float) * (size_t)T * kvdim, "k", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &vf, sizeof(float) * (size_t)T * kvdim, "v", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &qb, 2 * (size_t)T * qdim, "q bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &kb, 2 * (size_t)T * kvdim, "k bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &vb, 2 * (size_t)T * kvdim, "v bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &sc, sizeof(float) * TT * hq, "attention scores", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &pb, 2 * TT * hq, "attention probabilities", err)))
+        goto done;
+    const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)qdim * H, *wv = wk + (size_t)kvdim * H;
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int s = 0; s < g->S; s++) {
+        const uint16_t *hs = (const uint16_t *)g->h.ptr + (size_t)s * T * H;
+        if ((rc = gemm_nt(g, hs, H, wq, H, qf.ptr, qdim, 0, T, qdim, H, 1.0f, 0.0f, err)) ||
+            (rc = gemm_nt(g, hs, H, wk, H, kf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)) ||
+            (rc = gemm_nt(g, hs, H, wv, H, vf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)))
+            goto done;
+        float *bufs[3] = {qf.ptr, kf.ptr, vf.ptr};
+        int widths[3] = {qdim, kvdim, kvdim};
+        for (int i = 0; i < 3; i++)
+            if (bias[i].ptr &&
+                (rc = MOEQ_CU(moeq_k_add_bias(bufs[i], T, widths[i], bias[i].ptr, g->cu.stream))))
+                goto done;
+        if (qn.ptr &&
+            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, T * hq, D, cfg->rms_norm_eps, qf.ptr,
+                                          g->cu.stream))) ||
+             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, T * hkv, D, cfg->rms_norm_eps, kf.ptr,
+                                          g->cu.stream)))))
+            goto done;
+        if ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                      g->attention_factor, 0, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_rope(kf.ptr, T, hkv, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                      g->attention_factor, 0, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(qf.ptr, (size_t)T * qdim, qb.ptr, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(kf.ptr, (size_t)T * kvdim, kb.ptr, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(vf.ptr, (size_t)T * kvdim, vb.ptr, g->cu.stream))))
+            goto done;
+        uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
+        if ((rc = moeq_cuda_attention_causal_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, hq, hkv, D,
+                                                  scale, sc.ptr, pb.ptr, os, err)))
+            goto done;
+    }
+    if ((rc = sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    moeq_cuda_free(&g->cu, &sc);
+    moeq_cuda_free(&g->cu, &pb);
+    if (gptq(L) &&
+        (rc = hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n, "o_proj", &prep, err)))
+        goto done;
+    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H};
+    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, &o_piece, 1, qdim, n, 0, &wo, err)) ||
+        (rc = sync_time(L, &L->res->seconds_solve, err)))
+        goto done;
+    /* x1 = x + o_q(o): the attention output with every weight quantized. */
+    if ((rc = MOEQ_CU(cudaMemcpyAsync(g->x1.ptr, g->x.ptr, g->x.bytes, cudaMemcpyDeviceToDevice,
+                                      g->cu.stream))) ||
+        (rc = gemm_nt(g, g->o.ptr, qdim, wo.ptr, qdim, g->x1.ptr, H, 0, n, H, qdim, 1.0f, 1.0f,
+                      err)) ||
+        (bias[3].ptr &&
+         (rc = MOEQ_CU(moeq_k_add_bias(g->x1.ptr, n, H, bias[3].ptr, g->cu.stream)))) ||
+        (rc = sync_time(L, &L->res->seconds_forward, err)))
+        goto done;
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
+                            &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        moeq_cuda_free(&g->cu, all[i]);
+    return rc;
+}
+
+/* ---- MLP and experts */
+
+/* The tokens of one expert: indices into the layer's tokens and the router
+ * weights, on the host (built from the downloaded top-k) and the device. */
+typedef struct routing {
+    int E, k;
+    int32_t *count;   /* [E] */
+    int64_t *offset;  /* [E + 1] into idx / wts */
+    int32_t *idx;     /* [n k] token ids, expert by expert, increasing */
+    float *wts;       /* [n k] */
+    moeq_cuda_buf d_idx, d_wts, probs_t, logits, topw, tope;
+} routing;
+
+static void routing_free(gpu_run *g, routing *r)
+{
+    free(r->count);
+    free(r->offset);
+    free(r->idx);
+    free(r->wts);
+    moeq_cuda_buf *b[] = {&r->d_idx, &r->d_wts, &r->probs_t, &r->logits, &r->topw, &r->tope};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++)
+        moeq_cuda_free(&g->cu, b[i]);
+    memset(r, 0, sizeof *r);
+}
+
+static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_config *cfg = g->cfg;
+    const int n = g->n, H = cfg->hidden_size, E = cfg->num_experts, k = cfg->num_experts_per_tok;
+    memset(r, 0, sizeof *r);
+    r->E = E;
+    r->k = k;
+    moeq_cuda_buf wr = {0};
+    int32_t *tope = malloc(sizeof(int32_t) * (size_t)n * k);
+    float *topw = malloc(sizeof(float) * (size_t)n * k);
+    r->count = calloc((size_t)E, sizeof(int32_t));
+    r->offset = calloc((size_t)E + 1, sizeof(int64_t));
+    r->idx = malloc(sizeof(int32_t) * (size_t)n * k);
+    r->wts = malloc(sizeof(float) * (size_t)n * k);
+    moeq_code rc = MOEQ_OK;
+    if (!tope || !topw || !r->count || !r->offset || !r->idx || !r->wts) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for routing", L->res->layer);
+        goto done;
+    }
+    int weighted = g->opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED;
+    if ((rc = upload_bf16(g, lw->router, (size_t)E * H, "router", &wr, err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &r->logits, sizeof(float) * (size_t)n * E, "router logits",
+                              err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &r->topw, sizeof(float) * (size_t)n * k, "top-k weights",
+                              err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &r->tope, sizeof(int32_t) * (size_t)n * k,
+                              "top-k experts", err)) ||
+        (weighted && (rc = moeq_cuda_alloc(&g->cu, &r->probs_t, sizeof(float) * (size_t)n * E,
+                                           "router probabilities", err))) ||
+        (rc = gemm_nt(g, g->h.ptr, H, wr.ptr, H, r->logits.ptr, E, 0, n, E, H, 1.0f, 0.0f,
+                      err)) ||
+        (rc = MOEQ_CU(moeq_k_router_topk(r->logits.ptr, n, E, k, cfg->norm_topk_prob,
+                                         r->probs_t.ptr, r->topw.ptr, r->tope.ptr,
+                                         g->cu.stream))) ||
+        (rc = moeq_cuda_download(&g->cu, tope, r->tope.ptr, r->tope.bytes, err)) ||
+        (rc = moeq_cuda_download(&g->cu, topw, r->topw.ptr, r->topw.bytes, err)) ||
+        (rc = moeq_cuda_sync(&g->cu, err)))
+        goto done;
+    for (size_t i = 0; i < (size_t)n * k; i++) {
+        if (tope[i] < 0 || tope[i] >= E) {
+            rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
+                           "layer %d: the router picked no valid expert for token %zu: its "
+                           "logits hold NaN/Inf",
+                           L->res->layer, i / (size_t)k);
+            goto done;
+        }
+        r->count[tope[i]]++;
+    }
+    for (int e = 0; e < E; e++)
+        r->offset[e + 1] = r->offset[e] + r->count[e];
+    int64_t *fill = malloc(sizeof(int64_t) * (size_t)E);
+    if (!fill) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+        goto done;
+    }
+    memcpy(fill, r->offset, sizeof(int64_t) * (size_t)E);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            int e = tope[(size_t)t * k + j];
+            r->idx[fill[e]] = t;
+            r->wts[fill[e]++] = topw[(size_t)t * k + j];
+        }
+    free(fill);
+    if ((rc = moeq_cuda_alloc(&g->cu, &r->d_idx, sizeof(int32_t) * (size_t)n * k, "expert tokens",
+                              err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &r->d_wts, sizeof(float) * (size_t)n * k,
+                              "expert token weights", err)) ||
+        (rc = moeq_cuda_upload(&g->cu, r->d_idx.ptr, r->idx, r->d_idx.bytes, err)) ||
+        (rc = moeq_cuda_upload(&g->cu, r->d_wts.ptr, r->wts, r->d_wts.bytes, err)))
+        goto done;
+    L->res->expert_tokens = calloc((size_t)E, sizeof(int64_t));
+    if (!L->res->expert_tokens) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+        goto done;
+    }
+    for (int e = 0; e < E; e++)
+        L->res->expert_tokens[e] = r->count[e];
+    /* The top-k buffers are on the host now; the logits are not needed. */
+    moeq_cuda_free(&g->cu, &r->logits);
+    moeq_cuda_free(&g->cu, &r->topw);
+    moeq_cuda_free(&g->cu, &r->tope);
+done:
+    moeq_cuda_free(&g->cu, &wr);
+    free(tope);
+    free(topw);
+    if (rc)
+        routing_free(g, r);
+    return rc;
+}
+
+/* Scratch of the expert products, sized for g->chunk tokens. */
+typedef struct mlp_scratch {
+    moeq_cuda_buf xs;  /* [chunk, H] bf16 gathered inputs */
+    moeq_cuda_buf gu;  /* [chunk, 2 I] fp32 */
+    moeq_cuda_buf a;   /* [chunk, I] bf16 */
+    moeq_cuda_buf y;   /* [chunk, H] fp32 */
+    moeq_cuda_buf gl;  /* [chunk] fp32 shared-expert gate logits */
+    moeq_cuda_buf w;   /* [chunk] fp32 token weights (weighted mode) */
+} mlp_scratch;
+
+static void scratch_free(gpu_run *g, mlp_scratch *s)
+{
+    moeq_cuda_buf *b[] = {&s->xs, &s->gu, &s->a, &s->y, &s->gl, &s->w};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++)
+        moeq_cuda_free(&g->cu, b[i]);
+}
+
+static moeq_code scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error *err)
+{
+    const size_t c = (size_t)g->chunk, H = (size_t)g->cfg->hidden_size;
+    memset(s, 0, sizeof *s);
+    moeq_code rc;
+    if ((rc = moeq_cuda_alloc(&g->cu, &s->xs, 2 * c * H, "expert inputs", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &s->gu, sizeof(float) * c * 2 * (size_t)inter,
+                              "gate/up products", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &s->a, 2 * c * (size_t)inter, "down_proj inputs", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &s->y, sizeof(float) * c * H, "expert outputs", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &s->gl, sizeof(float) * c, "shared expert gate", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &s->w, sizeof(float) * c, "token weights", err)))
+        scratch_free(g, s);
+    return rc;
+}
+
+/* The tokens an expert's products run over: all tokens (idx NULL) or the
+ * listed ones; chunk c of them in bf16 at *rows_out. */
+static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, int c0, int m,
+                            const uint16_t **rows_out, moeq_error *err)
+{
+    const int H = g->cfg->hidden_size;
+    if (!idx) {
+        *rows_out = (const uint16_t *)g->h.ptr + (size_t)c0 * H;
+        return MOEQ_OK;
+    }
+    *rows_out = s->xs.ptr;
+    return MOEQ_CU(moeq_k_gather_rows_bf16(g->h.ptr, H, idx + c0, m, s->xs.ptr, g->cu.stream));
+}
+
+/* a = bf16(silu(x Wg^T) * (x Wu^T)) for chunk rows x, wgu [2I, H] bf16. */
+static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
+                              const uint16_t *wgu, moeq_error *err)
+{
+    const int H = g->cfg->hidden_size;
+    moeq_code rc = gemm_nt(g, x, H, wgu, H, s->gu.ptr, 2 * inter, 0, m, 2 * inter, H, 1.0f, 0.0f,
+                           err);
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_swiglu_bf16(s->gu.ptr, m, inter, s->a.ptr, g->cu.stream));
+    return rc;
+}
+
+/* The down_proj Hessian of one MLP over its calibration tokens: idx/count
+ * (NULL: all n tokens), each token weighted by w (device [n], NULL: 1). */
+static moeq_code down_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu, int inter,
+                              const int32_t *d_idx, int count, const float *w, float alpha,
+                              const char *module, moeq_cuda_gptq_prepared *prep,
+                              moeq_error *err)
+{
+    gpu_run *g = L->g;
+    moeq_cuda_buf H = {0};
+    memset(prep, 0, sizeof *prep);
+    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)inter * inter,
+                                   "down_proj Hessian", err);
+    if (!rc)
+        rc = MOEQ_CU(cudaMemsetAsync(H.ptr, 0, H.bytes, g->cu.stream));
+    for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
+        int m = count - c0 < g->chunk ? count - c0 : g->chunk;
+        const uint16_t *x;
+        if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
+            (rc = swiglu_chunk(g, s, x, m, inter, wgu, err)))
+            break;
+        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, s->a.ptr, MOEQ_CUDA_BF16,
+                                                       w + c0, m, inter, alpha, err)
+               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, s->a.ptr, MOEQ_CUDA_BF16, m, inter,
+                                              alpha, err);
+    }
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_hessian, err);
+    if (!rc)
+        rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, inter, &g->opt->gptq, prep, err);
+    moeq_cuda_free(&g->cu, &H);
+    if (rc)
+        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
+    return MOEQ_OK;
+}
+
+/* acc[tokens] += weight * down(silu(gate(h)) * up(h)) over the listed
+ * tokens (d_idx NULL: all tokens, gate_logit: sigmoid-gated shared expert). */
+static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
+                             const uint16_t *wd, int inter, const int32_t *d_idx,
+                             const float *d_wts, int count, const uint16_t *shared_gate,
+                             moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const int H = g->cfg->hidden_size;
+    moeq_code rc = MOEQ_OK;
+    for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
+        int m = count - c0 < g->chunk ? count - c0 : g->chunk;
+        const uint16_t *x;
+        if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
+            (rc = swiglu_chunk(g, s, x, m, inter, wgu, err)) ||
+            (rc = gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f, 0.0f,
+                          err)))
+            break;
+        float *acc = g->x.ptr;
+        if (d_idx) {
+            rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0, d_wts + c0, m, acc,
+                                                 g->cu.stream));
+        } else {
+            if (shared_gate &&
+                (rc = gemm_nt(g, x, H, shared_gate, H, s->gl.ptr, 1, 0, m, 1, H, 1.0f, 0.0f, err)))
+                break;
+            rc = MOEQ_CU(moeq_k_gated_add(s->y.ptr, shared_gate ? s->gl.ptr : NULL, m, H,
+                                          acc + (size_t)c0 * H, g->cu.stream));
+        }
+    }
+    return rc;
+}
+
+static const moeq_tensor_role DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
+                                                MOEQ_T_DOWN_PROJ};
+static const moeq_tensor_role EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                                                 MOEQ_T_EXPERT_DOWN_PROJ};
+static const moeq_tensor_role SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
+                                                 MOEQ_T_SHARED_DOWN_PROJ};
+
+/* A SwiGLU MLP on all tokens (dense MLP or shared expert): gate/up against
+ * prep_all, down from its inputs, then its output added into the block
+ * accumulator. */
+static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
+                               const moeq_tensor_role roles[3],
+                               const moeq_cuda_gptq_prepared *prep_all, const float *gate_host,
+                               moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const int H = g->cfg->hidden_size, inter = mlp->intermediate, n = g->n;
+    mlp_scratch s = {0};
+    moeq_cuda_buf wgu = {0}, wd = {0}, gate = {0};
+    moeq_cuda_gptq_prepared prep = {0};
+    moeq_code rc;
+    if (mlp->gate_bias || mlp->up_bias || mlp->down_bias)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "layer %d: MLP biases are not supported by the CUDA pipeline yet "
+                         "(use --device cpu)",
+                         L->res->layer);
+    const piece gu[2] = {{roles[0], -1, mlp->gate, inter}, {roles[1], -1, mlp->up, inter}};
+    const piece down = {roles[2], -1, mlp->down, H};
+    if ((rc = scratch_alloc(g, inter, &s, err)) ||
+        (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, gu, 2, H, n, 0, &wgu, err)) ||
+        (rc = sync_time(L, &L->res->seconds_solve, err)) ||
+        (gptq(L) && (rc = down_hessian(L, &s, wgu.ptr, inter, NULL, n, NULL, 2.0f / (float)n,
+                                       moeq_tensor_role_key(roles[2]), &prep, err))) ||
+        (rc = quantize_stack(L, gptq(L) ? &prep : NULL, &down, 1, inter, n, 0, &wd, err)) ||
+        (rc = sync_time(L, &L->res->seconds_solve, err)) ||
+        (rc = upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
+        (rc = mlp_forward(L, &s, wgu.ptr, wd.ptr, inter, NULL, NULL, n, gate.ptr, err)) ||
+        (rc = sync_time(L, &L->res->seconds_forward, err)))
+        goto done;
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_free(&g->cu, &wgu);
+    moeq_cuda_free(&g->cu, &wd);
+    moeq_cuda_free(&g->cu, &gate);
+    scratch_free(g, &s);
+    return rc;
+}
+
+/* Device bytes one expert of a group holds while its group is processed. */
+static size_t expert_bytes(const gpu_run *g, int inter)
+{
+    size_t H = (size_t)g->cfg->hidden_size, I = (size_t)inter;
+    /* gate/up: fp32 stack, the sweep's fp32 copy, permuted and final codes,
+     * bf16 dequantized; down: bf16 dequantized; grids are small. */
+    return 2 * I * H * (4 + 4 + 1 + 1 + 2) + H * I * 2 + 2 * I * H / 8;
+}
+
+static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
+                               const moeq_cuda_gptq_prepared *prep_all, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_config *cfg = g->cfg;
+    const moeq_expert_calib mode = g->opt->expert_calib;
+    const int H = cfg->hidden_size, E = cfg->num_experts, n = g->n;
+    const int inter = cfg->moe_intermediate_size;
+    routing r = {0};
+    mlp_scratch s = {0};
+    moeq_cuda_buf wgu = {0}, *wd = NULL;
+    moeq_cuda_gptq_prepared prep = {0};
+    moeq_code rc;
+    if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)) ||
+        (rc = scratch_alloc(g, inter, &s, err)))
+        goto done;
+    for (int e = 0; e < E; e++)
+        if (lw->experts[e].gate_bias || lw->experts[e].up_bias || lw->experts[e].down_bias) {
+            rc = moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                           "layer %d: expert biases are not supported by the CUDA pipeline yet "
+                           "(use --device cpu)",
+                           L->res->layer);
+            goto done;
+        }
+    /* Expert groups: as many as the budget left allows (at least one). */
+    int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
+    if (g->opt->expert_batch <= 0 && g->opt->vram_budget > 0) {
+        size_t used = g->cu.bytes_in_use, budget = g->opt->vram_budget;
+        size_t per = expert_bytes(g, inter);
+        size_t fit = budget > used ? (budget - used) / per : 0;
+        G = fit < 1 ? 1 : fit < (size_t)E ? (int)fit : E;
+    }
+    G = G > E ? E : G;
+    if (!(wd = calloc((size_t)G, sizeof *wd))) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+        goto done;
+    }
+    piece *pieces = malloc(sizeof(piece) * 2 * (size_t)G);
+    if (!pieces) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+        goto done;
+    }
+    char what[96];
+    for (int e0 = 0; e0 < E; e0 += G) {
+        int ng = E - e0 < G ? E - e0 : G;
+        /* gate/up: one sweep for the whole group against the shared
+         * Hessian (all; GPTQ), or per expert against its own. */
+        int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L);
+        if (shared) {
+            for (int i = 0; i < ng; i++) {
+                const moeq_mlp_weights *m = &lw->experts[e0 + i];
+                pieces[2 * i] = (piece){EXPERT_ROLES[0], e0 + i, m->gate, inter};
+                pieces[2 * i + 1] = (piece){EXPERT_ROLES[1], e0 + i, m->up, inter};
+            }
+            if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, pieces, 2 * ng, H, n, 0, &wgu,
+                                     err)) ||
+                (rc = sync_time(L, &L->res->seconds_solve, err)))
+                break;
+        } else if ((rc = moeq_cuda_alloc(&g->cu, &wgu, 2 * (size_t)ng * 2 * inter * H,
+                                         "dequantized gate/up", err))) {
+            break;
+        }
+        for (int i = 0; i < ng && !rc; i++) {
+            const int e = e0 + i;
+            const moeq_mlp_weights *m = &lw->experts[e];
+            const int32_t *d_idx = (const int32_t *)r.d_idx.ptr + r.offset[e];
+            const int count = r.count[e];
+            /* The calibration tokens of this expert. */
+            const int32_t *cal_idx = NULL;
+            int cal_count = n, fallback = 0;
+            const float *cal_w = NULL;
+            float alpha = 2.0f / (float)n;
+            if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
+                if (count < g->opt->min_expert_tokens) {
+                    fallback = 1;
+                    if (g->opt->progress)
+                        fprintf(g->opt->progress,
+                                "warning: expert %d of layer %d saw %d calibration tokens (fewer "
+                                "than --min-expert-tokens %d): calibrating it on all tokens; use "
+                                "--expert-calib weighted or all to calibrate every expert fully\n",
+                                e, L->res->layer, count, g->opt->min_expert_tokens);
+                } else {
+                    cal_idx = d_idx;
+                    cal_count = count;
+                    alpha = 2.0f / (float)count;
+                }
+            } else if (mode == MOEQ_EXPERT_CALIB_WEIGHTED) {
+                cal_w = (const float *)r.probs_t.ptr + (size_t)e * n;
+            }
+            uint16_t *wgu_e = (uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H;
+            if (!shared) {
+                moeq_cuda_buf own = {0};
+                const moeq_cuda_gptq_prepared *p = prep_all;
+                snprintf(what, sizeof what, "expert %d gate/up_proj", e);
+                if (!fallback) {
+                    /* Routed: gather the expert's tokens chunk by chunk
+                     * into one Hessian; weighted: all tokens by p_e. */
+                    moeq_cuda_buf Hb = {0};
+                    if ((rc = moeq_cuda_alloc(&g->cu, &Hb, sizeof(float) * (size_t)H * H,
+                                              "expert Hessian", err)) ||
+                        (rc = MOEQ_CU(cudaMemsetAsync(Hb.ptr, 0, Hb.bytes, g->cu.stream)))) {
+                        moeq_cuda_free(&g->cu, &Hb);
+                        break;
+                    }
+                    for (int c0 = 0; !rc && c0 < cal_count; c0 += g->chunk) {
+                        int mm = cal_count - c0 < g->chunk ? cal_count - c0 : g->chunk;
+                        const uint16_t *x;
+                        if (!(rc = chunk_rows(g, &s, cal_idx, c0, mm, &x, err)))
+                            rc = cal_w ? moeq_cuda_hessian_accumulate_weighted(
+                                             &g->cu, Hb.ptr, x, MOEQ_CUDA_BF16, cal_w + c0, mm,
+                                             H, alpha, err)
+                                       : moeq_cuda_hessian_accumulate(&g->cu, Hb.ptr, x,
+                                                                      MOEQ_CUDA_BF16, mm, H,
+                                                                      alpha, err);
+                    }
+                    if (!rc)
+                        rc = sync_time(L, &L->res->seconds_hessian, err);
+                    if (!rc)
+                        rc = moeq_cuda_gptq_prepare(&g->cu, Hb.ptr, H, &g->opt->gptq, &prep, err);
+                    moeq_cuda_free(&g->cu, &Hb);
+                    if (rc) {
+                        moeq_wrap(err, "layer %d, %s: ", L->res->layer, what);
+                        break;
+                    }
+                    p = &prep;
+                }
+                const piece gu[2] = {{EXPERT_ROLES[0], e, m->gate, inter},
+                                     {EXPERT_ROLES[1], e, m->up, inter}};
+                if (!(rc = quantize_stack(L, p, gu, 2, H,
+                                          mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count
+                                                                                        : n,
+                                          fallback, &own, err)))
+                    rc = MOEQ_CU(cudaMemcpyAsync(wgu_e, own.ptr, own.bytes,
+                                                 cudaMemcpyDeviceToDevice, g->cu.stream));
+                moeq_cuda_free(&g->cu, &own);
+                moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+                if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
+                    break;
+            }
+            snprintf(what, sizeof what, "expert %d down_proj", e);
+            if (gptq(L) && (rc = down_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
+                                              alpha, what, &prep, err)))
+                break;
+            const piece down = {EXPERT_ROLES[2], e, m->down, H};
+            rc = quantize_stack(L, gptq(L) ? &prep : NULL, &down, 1, inter,
+                                mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count : n,
+                                fallback, &wd[i], err);
+            moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+            if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
+                break;
+        }
+        /* The layer output: each expert of the group on its routed tokens,
+         * added in expert order. */
+        for (int i = 0; i < ng && !rc; i++) {
+            const int e = e0 + i;
+            rc = mlp_forward(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
+                             wd[i].ptr, inter, (const int32_t *)r.d_idx.ptr + r.offset[e],
+                             (const float *)r.d_wts.ptr + r.offset[e], r.count[e], NULL, err);
+        }
+        if (!rc)
+            rc = sync_time(L, &L->res->seconds_forward, err);
+        moeq_cuda_free(&g->cu, &wgu);
+        for (int i = 0; i < ng; i++)
+            moeq_cuda_free(&g->cu, &wd[i]);
+        if (rc)
+            break;
+    }
+    free(pieces);
+    if (!rc && lw->has_shared)
+        rc = all_token_mlp(L, &lw->shared, SHARED_ROLES, prep_all, lw->shared_gate, err);
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_free(&g->cu, &wgu);
+    if (wd)
+        for (int i = 0; i < G; i++)
+            moeq_cuda_free(&g->cu, &wd[i]);
+    free(wd);
+    scratch_free(g, &s);
+    routing_free(g, &r);
+    return rc;
+}
+
+static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_config *cfg = g->cfg;
+    const int H = cfg->hidden_size, n = g->n;
+    moeq_cuda_buf norm = {0};
+    moeq_cuda_gptq_prepared prep = {0};
+    moeq_code rc;
+    /* x is free now (x1 holds the residual): it becomes the block
+     * accumulator, then the output x1 + block. */
+    if ((rc = upload_f32(g, lw->mlp_norm, (size_t)H, "MLP norm", &norm, err)) ||
+        (rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->x1.ptr, norm.ptr, n, H, cfg->rms_norm_eps, g->h.ptr,
+                                          g->cu.stream))) ||
+        (rc = MOEQ_CU(cudaMemsetAsync(g->x.ptr, 0, g->x.bytes, g->cu.stream))) ||
+        (rc = sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                                         lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj",
+                                         &prep, err)))
+        goto done;
+    if (lw->is_moe)
+        rc = experts_stage(L, lw, &prep, err);
+    else
+        rc = all_token_mlp(L, &lw->dense, DENSE_ROLES, &prep, NULL, err);
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_gated_add(g->x1.ptr, NULL, n, H, g->x.ptr, g->cu.stream));
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_free(&g->cu, &norm);
+    return rc;
+}
+
+static moeq_code check_output(gpu_layer *L, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    moeq_cuda_buf count = {0};
+    int bad = 0;
+    moeq_code rc = moeq_cuda_alloc(&g->cu, &count, sizeof(int), "non-finite count", err);
+    if (!rc)
+        rc = MOEQ_CU(cudaMemsetAsync(count.ptr, 0, sizeof(int), g->cu.stream));
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_count_nonfinite(g->x.ptr, g->x.bytes / sizeof(float), count.ptr,
+                                            g->cu.stream));
+    if (!rc)
+        rc = moeq_cuda_download(&g->cu, &bad, count.ptr, sizeof(int), err);
+    if (!rc)
+        rc = moeq_cuda_sync(&g->cu, err);
+    moeq_cuda_free(&g->cu, &count);
+    if (!rc && bad)
+        rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
+                       "layer %d: %d non-finite values in the layer output: the model or the "
+                       "calibration data produce NaN/Inf",
+                       L->res->layer, bad);
+    return rc;
+}
+
+int moeq_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no driver or no device: clear the sticky error */
+        return 0;
+    }
+    return n;
+}
+
+moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
+                                    const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                                    size_t *peak_device_bytes, moeq_error *err)
+{
+    const moeq_config *cfg = &model->cfg;
+    gpu_run g = {.cfg = cfg, .opt = opt, .S = calib->nsamples, .T = calib->seqlen};
+    g.n = g.S * g.T;
+    g.qdim = cfg->num_heads * cfg->head_dim;
+    g.kvdim = cfg->num_kv_heads * cfg->head_dim;
+    g.chunk = opt->token_chunk > 0 ? opt->token_chunk : 8192;
+    moeq_rope_cache rope = {0};
+    float *x = NULL;
+    moeq_code rc;
+    if (!opt->true_sequential)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "the CUDA pipeline calibrates true-sequentially only: drop "
+                         "--true-sequential false or use --device cpu");
+    if (cfg->sliding_window > 0)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "sliding-window attention is not in the CUDA pipeline yet: use "
+                         "--device cpu");
+    if ((rc = moeq_cuda_init(&g.cu, opt->device, err)))
+        return rc;
+    const size_t nh = (size_t)g.n * cfg->hidden_size;
+    if ((rc = moeq_rope_cache_init(cfg, &rope, err)))
+        goto done;
+    g.rotary_dim = rope.rotary_dim;
+    g.attention_factor = rope.attention_factor;
+    /* The activations that live across layers must fit the budget. */
+    size_t persistent = nh * (4 + 4 + 2) + (size_t)g.n * g.qdim * 2;
+    if (opt->vram_budget > 0 && persistent > opt->vram_budget) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM,
+                       "--vram-budget %.2f GiB is below the %.2f GiB that the activations of "
+                       "%d calibration tokens need on the device (hidden %d, attention width "
+                       "%d): lower --nsamples or --seqlen, or raise the budget",
+                       opt->vram_budget / 1073741824.0, persistent / 1073741824.0, g.n,
+                       cfg->hidden_size, g.qdim);
+        goto done;
+    }
+    if (!(x = malloc(sizeof(float) * nh))) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM,
+                       "out of memory for the activations of %d calibration tokens", g.n);
+        goto done;
+    }
+    if ((rc = moeq_model_embed(model, calib->tokens, (size_t)g.n, x, err)) ||
+        (rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
+        (rc = moeq_cuda_alloc(&g.cu, &g.x1, sizeof(float) * nh, "hidden states", err)) ||
+        (rc = moeq_cuda_alloc(&g.cu, &g.h, 2 * nh, "normed hidden states", err)) ||
+        (rc = moeq_cuda_alloc(&g.cu, &g.o, 2 * (size_t)g.n * g.qdim, "attention outputs",
+                              err)) ||
+        (rc = upload_f32(&g, rope.inv_freq, (size_t)(rope.rotary_dim / 2), "RoPE frequencies",
+                         &g.inv_freq, err)))
+        goto done;
+    free(x);
+    x = NULL;
+    for (int l = 0; l < cfg->num_layers; l++) {
+        moeq_layer_result res = {.layer = l};
+        gpu_layer L = {.g = &g, .res = &res};
+        moeq_layer_weights lw;
+        double t0 = now_seconds();
+        if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
+            goto done;
+        res.seconds_load = now_seconds() - t0;
+        if (opt->progress)
+            fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s on %s\n", l + 1,
+                    cfg->num_layers, now_seconds() - t0,
+                    lw.is_moe ? "attention and experts" : "attention and MLP",
+                    g.cu.device_name);
+        L.t_stage = now_seconds();
+        rc = attention_stage(&L, &lw, err);
+        if (!rc)
+            rc = mlp_stage(&L, &lw, err);
+        if (!rc)
+            rc = check_output(&L, err);
+        moeq_layer_weights_free(&lw);
+        if (!rc && sink)
+            rc = sink->write_layer(sink->ctx, &res, err);
+        moeq_layer_result_free(&res);
+        if (rc)
+            goto done;
+    }
+done:
+    if (peak_device_bytes)
+        *peak_device_bytes = g.cu.peak_bytes;
+    free(x);
+    moeq_rope_cache_free(&rope);
+    moeq_cuda_buf *bufs[] = {&g.x, &g.x1, &g.h, &g.o, &g.inv_freq};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moeq_cuda_free(&g.cu, bufs[i]);
+    moeq_cuda_free_ctx(&g.cu);
+    return rc;
+}
