@@ -150,6 +150,12 @@ static void test_quantize_bad_settings_are_clear_errors_and_write_nothing(void)
         {"--sym maybe", 2, "--sym: \"maybe\" is not true or false"},
         {"--calib EMPTY", 1, "holds no documents"},
         {"--calib SMALL", 1, "fewer than --nsamples 128"},
+        {"--device tpu", 2, "--device must be auto, cpu, cuda or cuda:N"},
+        {"--device cuda:9", 2, "--device cuda:9: "},
+        {"--vram-budget lots", 2, "--vram-budget must be a size such as 24GiB"},
+        {"--vram-budget 24XB", 2, "--vram-budget must be a size such as 24GiB"},
+        {"--expert-batch -2", 2, "--expert-batch must be positive"},
+        {"--device cpu --mse 0.5", 2, "--mse 0.5 must be 0 (off) or a norm in [1, 8]"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char extra[4200];

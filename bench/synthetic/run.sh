@@ -6,8 +6,9 @@
 #     bench/synthetic/run.sh [SHAPE...]      (default: qwen3-30b-a3b)
 #     env: MODES="all weighted routed" LAYERS=3 NSAMPLES=128 SEQLEN=2048
 #          BUDGET=      (e.g. 24GiB: passed as --vram-budget)
+#          MEMORY=overlapped  (or wait: --wait-for-layer)
 #          WORK=/tmp/moeq-bench (checkpoints, outputs; several GiB)
-# Writes bench/results/<shape>-<mode>[-<budget>].json (see summarize.py) and
+# Writes bench/results/<shape>-<mode>-<memory>[-<budget>].json (summarize.py) and
 # a table on stdout; logs to $OUT (or build/gpu/bench-logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +20,7 @@ LAYERS=${LAYERS:-3}
 NSAMPLES=${NSAMPLES:-128}
 SEQLEN=${SEQLEN:-2048}
 BUDGET=${BUDGET:-}
+MEMORY=${MEMORY:-overlapped}
 SHAPES=("$@")
 [ ${#SHAPES[@]} -eq 0 ] && SHAPES=(qwen3-30b-a3b)
 mkdir -p "$LOGS" "$WORK" bench/results
@@ -59,8 +61,9 @@ for shape in "${SHAPES[@]}"; do
         out=$WORK/out-$shape-$mode
         rm -rf "$out"
         extra=()
-        tag=$shape-$mode
-        [ -n "$BUDGET" ] && { extra=(--vram-budget "$BUDGET"); tag=$tag-$BUDGET; }
+        tag=$shape-$mode-$MEMORY
+        [ "$MEMORY" = wait ] && extra+=(--wait-for-layer)
+        [ -n "$BUDGET" ] && { extra+=(--vram-budget "$BUDGET"); tag=$tag-$BUDGET; }
         "$BUILD/moeq" quantize --model "$ckpt" --out "$out" --device cuda \
             --calib "$ckpt/tokens.bin" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
             --expert-calib "$mode" "${extra[@]}" > "$LOGS/quantize-$tag.log" 2>&1 ||

@@ -80,10 +80,12 @@ static moeq_code on_layer(void *ctx, const moeq_layer_result *r, moeq_error *err
         double elapsed = t - c->start;
         double eta = elapsed / (r->layer + 1) * (c->n_layers - r->layer - 1);
         fprintf(c->progress,
-                "%slayer %d/%d  %.2f s (capture %.2f, hessian %.2f, solve %.2f, forward %.2f, "
-                "write %.2f)  elapsed %.1f s  eta %.1f s  peak rss %.0f MiB%s",
+                "%slayer %d/%d  %.2f s (load %.2f, capture %.2f, hessian %.2f, prepare %.2f, "
+                "solve %.2f, forward %.2f, write %.2f)  elapsed %.1f s  eta %.1f s  peak rss "
+                "%.0f MiB%s",
                 c->tty ? "\r\033[K" : "", r->layer + 1, c->n_layers, s->seconds,
-                r->seconds_capture, r->seconds_hessian, r->seconds_solve, r->seconds_forward,
+                r->seconds_load, r->seconds_capture, r->seconds_hessian, r->seconds_prepare,
+                r->seconds_solve, r->seconds_forward,
                 t - t0, elapsed, eta, peak_rss_mib(), c->tty ? "" : "\n");
         fflush(c->progress);
     }
@@ -240,7 +242,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
-    int true_sequential = 1, expert_batch = 0;
+    int true_sequential = 1, expert_batch = 0, wait_for_layer = 0;
     const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
@@ -263,6 +265,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
         {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
         {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold, e.g. 24GiB (default: no limit)"},
+        {"wait-for-layer", ARG_FLAG, &wait_for_layer, NULL, "CUDA: read, quantize and write one layer after the other (lowest memory); default: read the next layer and write the previous one beside the GPU work"},
         {"expert-batch", ARG_INT, &expert_batch, "N", "CUDA: experts quantized per group (default: as many as the budget allows)"},
         {"tokenizer", ARG_STRING, &tokenizer, "FILE", "tokenizer.json (default MODEL/tokenizer.json)"},
         {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file instead of the built-in one"},
@@ -301,18 +304,34 @@ int moeq_cmd_quantize(int argc, char **argv)
     int use_cuda = 0;
     if (parse_device(device, &use_cuda, &opt.device))
         return moeq_cli_report("quantize", 2, "--device must be auto, cpu, cuda or cuda:N");
-#ifndef MOEQ_HAVE_CUDA
-    if (use_cuda)
-        return moeq_cli_report("quantize", 2,
-                               "--device cuda: this moeq was built without the CUDA backend "
-                               "(no CUDA compiler was found at build time)");
+    if (use_cuda) {
+        char msg[512];
+#ifdef MOEQ_HAVE_CUDA
+        int count = moeq_cuda_device_count();
+        if (opt.device >= count) {
+            if (count)
+                snprintf(msg, sizeof msg, "--device %s: no such CUDA device (%d found)", device,
+                         count);
+            else
+                snprintf(msg, sizeof msg,
+                         "--device %s: no CUDA device is available (use --device cpu)", device);
+            return moeq_cli_report("quantize", 2, msg);
+        }
+#else
+        snprintf(msg, sizeof msg,
+                 "--device %s: this moeq was built without the CUDA backend (no CUDA compiler "
+                 "was found at build time)",
+                 device);
+        return moeq_cli_report("quantize", 2, msg);
 #endif
+    }
     if (vram_budget && parse_size(vram_budget, &opt.vram_budget))
         return moeq_cli_report("quantize", 2,
                                "--vram-budget must be a size such as 24GiB, 512MiB or a byte count");
     if (expert_batch < 0)
         return moeq_cli_report("quantize", 2, "--expert-batch must be positive (0: automatic)");
     opt.expert_batch = expert_batch;
+    opt.wait_for_layer = wait_for_layer || !use_cuda;
     if (use_cuda && !true_sequential)
         return moeq_cli_report("quantize", 2,
                                "--true-sequential false runs on the CPU only: add --device cpu");
@@ -407,6 +426,8 @@ int moeq_cmd_quantize(int argc, char **argv)
         cJSON_AddNumberToObject(settings, "device", opt.device);
     if (opt.vram_budget)
         cJSON_AddNumberToObject(settings, "vram_budget_bytes", (double)opt.vram_budget);
+    cJSON_AddStringToObject(settings, "memory_mode",
+                            opt.wait_for_layer ? "wait-for-layer" : "overlapped");
     cJSON_AddNumberToObject(settings, "total_seconds", total);
     cJSON_AddNumberToObject(settings, "peak_host_bytes", peak_rss_mib() * 1048576.0);
     cJSON_AddNumberToObject(settings, "peak_device_bytes", (double)peak_device);

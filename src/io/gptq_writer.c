@@ -207,9 +207,11 @@ static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "layer", r->layer);
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
+    cJSON_AddNumberToObject(sec, "wall", r->seconds_wall); /* the critical path before writing */
     cJSON_AddNumberToObject(sec, "load", r->seconds_load);
     cJSON_AddNumberToObject(sec, "capture", r->seconds_capture);
     cJSON_AddNumberToObject(sec, "hessian", r->seconds_hessian);
+    cJSON_AddNumberToObject(sec, "prepare", r->seconds_prepare);
     cJSON_AddNumberToObject(sec, "solve", r->seconds_solve);
     cJSON_AddNumberToObject(sec, "forward", r->seconds_forward);
     cJSON_AddNumberToObject(sec, "write", seconds_write); /* packing and the shard file */

@@ -89,7 +89,9 @@ static moeq_code prepare(const layer_ctx *c, const float *H, int cols, const cha
     memset(prep, 0, sizeof *prep);
     if (c->opt->method != MOEQ_METHOD_GPTQ)
         return MOEQ_OK;
+    double t0 = now_seconds();
     moeq_code rc = moeq_gptq_prepare(H, cols, &c->opt->gptq, prep, err);
+    c->res->seconds_prepare += now_seconds() - t0;
     if (rc)
         return moeq_wrap(err, "layer %d, %s: ", c->layer, what);
     return MOEQ_OK;
@@ -467,7 +469,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         moeq_layer_result res = {.layer = l};
         layer_ctx c = {cfg, opt, l, &res, 0, NULL};
         moeq_layer_weights lw;
-        double t0 = now_seconds();
+        double t0 = now_seconds(), t_layer = t0;
         if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
             goto done;
         res.seconds_load = now_seconds() - t0;
@@ -496,6 +498,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         moeq_layer_weights_free(&lw);
         if (!rc)
             rc = check_finite(&c, y, nh, "the layer output", err);
+        res.seconds_wall = now_seconds() - t_layer;
         if (!rc && sink)
             rc = sink->write_layer(sink->ctx, &res, err);
         moeq_layer_result_free(&res);

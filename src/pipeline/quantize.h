@@ -54,6 +54,10 @@ typedef struct moeq_quantize_options {
     int device;             /* CUDA device for moeq_quantize_layers_cuda */
     int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
     size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */
+    int wait_for_layer;     /* CUDA: load, quantize, write one layer after the other;
+                             * 0: read layer L+1's weights and write layer L-1 on
+                             * helper threads while layer L runs on the GPU (the
+                             * CPU loop always waits) */
     FILE *progress;         /* per-stage progress lines; NULL for none */
 } moeq_quantize_options;
 
@@ -74,7 +78,11 @@ typedef struct moeq_layer_result {
     moeq_quantized_linear *linears;
     int64_t *expert_tokens; /* [num_experts] routed token counts; NULL for dense layers */
     double seconds_load; /* reading and decoding the layer's weights */
+    double seconds_wall; /* the layer's time on the critical path before the
+                          * writer gets it: loading unless overlapped, the
+                          * stages, and (overlapped) waiting for the writer */
     double seconds_capture, seconds_hessian, seconds_solve, seconds_forward;
+    double seconds_prepare; /* damping, Cholesky, inverse (part of GPTQ's solve) */
 } moeq_layer_result;
 
 void moeq_layer_result_free(moeq_layer_result *r);

@@ -33,6 +33,7 @@
 #include "model/weights.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -299,6 +300,8 @@ static moeq_code hessian_prepare(gpu_layer *L, const void *x, int rows, int cols
         rc = sync_time(L, &L->res->seconds_hessian, err);
     if (!rc)
         rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, cols, &g->opt->gptq, prep, err);
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_prepare, err);
     moeq_cuda_free(&g->cu, &H);
     if (rc)
         return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
@@ -621,6 +624,8 @@ static moeq_code down_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
         rc = sync_time(L, &L->res->seconds_hessian, err);
     if (!rc)
         rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, inter, &g->opt->gptq, prep, err);
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_prepare, err);
     moeq_cuda_free(&g->cu, &H);
     if (rc)
         return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
@@ -744,8 +749,11 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     /* Expert groups: as many as the budget left allows (at least one). */
     int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
     if (g->opt->expert_batch <= 0 && g->opt->vram_budget > 0) {
-        size_t used = g->cu.bytes_in_use, budget = g->opt->vram_budget;
-        size_t per = expert_bytes(g, inter);
+        /* What the group loop allocates besides the experts (scratch, the
+         * down_proj Hessians and factors, cuSOLVER's workspace) stays
+         * within a reserve of 1/16 of the budget plus 64 MiB. */
+        size_t used = g->cu.bytes_in_use + g->opt->vram_budget / 16 + ((size_t)64 << 20);
+        size_t budget = g->opt->vram_budget, per = expert_bytes(g, inter);
         size_t fit = budget > used ? (budget - used) / per : 0;
         G = fit < 1 ? 1 : fit < (size_t)E ? (int)fit : E;
     }
@@ -836,6 +844,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                         rc = sync_time(L, &L->res->seconds_hessian, err);
                     if (!rc)
                         rc = moeq_cuda_gptq_prepare(&g->cu, Hb.ptr, H, &g->opt->gptq, &prep, err);
+                    if (!rc)
+                        rc = sync_time(L, &L->res->seconds_prepare, err);
                     moeq_cuda_free(&g->cu, &Hb);
                     if (rc) {
                         moeq_wrap(err, "layer %d, %s: ", L->res->layer, what);
@@ -955,6 +965,107 @@ static moeq_code check_output(gpu_layer *L, moeq_error *err)
     return rc;
 }
 
+/* ---- overlapped memory mode: helper threads */
+
+/* Reads one layer's weights on a helper thread. */
+typedef struct loader {
+    pthread_t thread;
+    int running;
+    const moeq_model *model;
+    int layer;
+    moeq_layer_weights lw;
+    double seconds;
+    moeq_code rc;
+    moeq_error err;
+} loader;
+
+static void *loader_main(void *arg)
+{
+    loader *ld = arg;
+    double t0 = now_seconds();
+    ld->rc = moeq_layer_weights_load(ld->model, ld->layer, &ld->lw, &ld->err);
+    ld->seconds = now_seconds() - t0;
+    return NULL;
+}
+
+static moeq_code loader_start(loader *ld, const moeq_model *model, int layer, moeq_error *err)
+{
+    ld->model = model;
+    ld->layer = layer;
+    ld->rc = MOEQ_OK;
+    int e = pthread_create(&ld->thread, NULL, loader_main, ld);
+    if (e)
+        return moeq_fail(err, MOEQ_ERR_OOM, "cannot start the weight reader thread: %s",
+                         strerror(e));
+    ld->running = 1;
+    return MOEQ_OK;
+}
+
+/* Waits for the reader; on success *lw holds its layer's weights. */
+static moeq_code loader_finish(loader *ld, moeq_layer_weights *lw, double *seconds,
+                               moeq_error *err)
+{
+    if (!ld->running)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "no weight reader is running");
+    pthread_join(ld->thread, NULL);
+    ld->running = 0;
+    if (ld->rc) {
+        *err = ld->err;
+        return ld->rc;
+    }
+    *lw = ld->lw;
+    *seconds = ld->seconds;
+    return MOEQ_OK;
+}
+
+/* Packs and writes one finished layer on a helper thread. */
+typedef struct writer {
+    pthread_t thread;
+    int running;
+    const moeq_layer_sink *sink;
+    moeq_layer_result res;
+    moeq_code rc;
+    moeq_error err;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    w->rc = w->sink->write_layer(w->sink->ctx, &w->res, &w->err);
+    moeq_layer_result_free(&w->res);
+    return NULL;
+}
+
+/* Hands *res to the writer thread (res is zeroed: the writer frees it). */
+static moeq_code writer_start(writer *w, const moeq_layer_sink *sink, moeq_layer_result *res,
+                              moeq_error *err)
+{
+    w->sink = sink;
+    w->res = *res;
+    memset(res, 0, sizeof *res);
+    w->rc = MOEQ_OK;
+    int e = pthread_create(&w->thread, NULL, writer_main, w);
+    if (e) { /* write it here instead */
+        moeq_code rc = sink->write_layer(sink->ctx, &w->res, err);
+        moeq_layer_result_free(&w->res);
+        return rc;
+    }
+    w->running = 1;
+    return MOEQ_OK;
+}
+
+/* Waits for the writer (if one runs) and returns its result. */
+static moeq_code writer_finish(writer *w, moeq_error *err)
+{
+    if (!w->running)
+        return MOEQ_OK;
+    pthread_join(w->thread, NULL);
+    w->running = 0;
+    if (w->rc)
+        *err = w->err;
+    return w->rc;
+}
+
 int moeq_cuda_device_count(void)
 {
     int n = 0;
@@ -977,6 +1088,8 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     g.chunk = opt->token_chunk > 0 ? opt->token_chunk : 8192;
     moeq_rope_cache rope = {0};
     float *x = NULL;
+    loader ld = {0};
+    writer wr = {0};
     moeq_code rc;
     if (!opt->true_sequential)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
@@ -988,6 +1101,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                          "--device cpu");
     if ((rc = moeq_cuda_init(&g.cu, opt->device, err)))
         return rc;
+    g.cu.budget_bytes = opt->vram_budget;
     const size_t nh = (size_t)g.n * cfg->hidden_size;
     if ((rc = moeq_rope_cache_init(cfg, &rope, err)))
         goto done;
@@ -1020,17 +1134,30 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         goto done;
     free(x);
     x = NULL;
+    const int overlap = !opt->wait_for_layer;
+    if (overlap && (rc = loader_start(&ld, model, 0, err)))
+        goto done;
     for (int l = 0; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l};
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
-        double t0 = now_seconds();
-        if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
-            goto done;
-        res.seconds_load = now_seconds() - t0;
+        double t_layer = now_seconds();
+        if (overlap) {
+            if ((rc = loader_finish(&ld, &lw, &res.seconds_load, err)))
+                goto done;
+            if (l + 1 < cfg->num_layers && (rc = loader_start(&ld, model, l + 1, err))) {
+                moeq_layer_weights_free(&lw);
+                goto done;
+            }
+        } else {
+            if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
+                goto done;
+            res.seconds_load = now_seconds() - t_layer;
+        }
         if (opt->progress)
-            fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s on %s\n", l + 1,
-                    cfg->num_layers, now_seconds() - t0,
+            fprintf(opt->progress, "layer %d/%d: weights read in %.2f s%s, quantizing %s on %s\n",
+                    l + 1, cfg->num_layers, res.seconds_load,
+                    overlap ? " (beside the previous layer)" : "",
                     lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = now_seconds();
@@ -1040,13 +1167,33 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         if (!rc)
             rc = check_output(&L, err);
         moeq_layer_weights_free(&lw);
-        if (!rc && sink)
-            rc = sink->write_layer(sink->ctx, &res, err);
+        if (!rc && sink) {
+            if (overlap) {
+                /* The previous layer's writer must be done first: one layer
+                 * is packed and written at a time. */
+                if (!(rc = writer_finish(&wr, err))) {
+                    res.seconds_wall = now_seconds() - t_layer;
+                    rc = writer_start(&wr, sink, &res, err); /* takes res */
+                }
+            } else {
+                res.seconds_wall = now_seconds() - t_layer;
+                rc = sink->write_layer(sink->ctx, &res, err);
+            }
+        }
         moeq_layer_result_free(&res);
         if (rc)
             goto done;
     }
+    rc = writer_finish(&wr, err);
 done:
+    if (rc) { /* stop the helpers; their own errors are secondary now */
+        moeq_error ignored = {0};
+        writer_finish(&wr, &ignored);
+        moeq_layer_weights lw;
+        double unused;
+        if (ld.running && loader_finish(&ld, &lw, &unused, &ignored) == MOEQ_OK)
+            moeq_layer_weights_free(&lw);
+    }
     if (peak_device_bytes)
         *peak_device_bytes = g.cu.peak_bytes;
     free(x);

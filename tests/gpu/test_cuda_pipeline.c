@@ -13,7 +13,8 @@
  *    printed and held to a floor, and the GPTQ losses must agree within 5%;
  *  - routed token counts: the same total, and the per-expert counts within
  *    a few percent (bf16 activations move near-ties between experts);
- *  - on the GPU, running twice changes nothing (identical bytes), and so
+ *  - on the GPU, running twice (once per memory mode) changes nothing
+ *    (identical bytes), and so
  *    does grouping experts (--expert-batch) where each expert is swept alone
  *    (routed, weighted); with the router bypassed a group's gate/up rows are
  *    one sweep whose lazy-update GEMM cuBLAS may tile differently for
@@ -259,13 +260,16 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
                                      .token_chunk = 300};
         collected a, b, c;
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_OK);
+        opt.wait_for_layer = 1; /* the other memory mode: the same bytes */
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &b, NULL, &err), MOEQ_OK);
+        opt.wait_for_layer = 0;
         opt.expert_batch = 3;
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &c, NULL, &err), MOEQ_OK);
         int rerun = same_bytes(&a, &b), grouped = same_bytes(&a, &c);
         comparison s = compare(&c, &a);
         double same = (double)s.same_codes / (double)s.codes;
-        printf("     %s: rerun identical %d, groups of 3 identical %d (codes %.6f)\n",
+        printf("     %s: rerun with --wait-for-layer identical %d, groups of 3 identical %d "
+               "(codes %.6f)\n",
                moeq_expert_calib_name((moeq_expert_calib)mode), rerun, grouped, same);
         CHECK(rerun);
         CHECK_INT_EQ(s.missing, 0);
@@ -277,6 +281,41 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
         collected_free(&b);
         collected_free(&c);
     }
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
+/* A budget that forces expert groups is held: the peak stays below it and
+ * the result matches the unlimited run (nearly all codes, as grouping in
+ * bypass mode). */
+static void test_budget_is_held(void)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 8, 256, 74, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 4096};
+    collected a, b;
+    size_t peak_free = 0, peak_budget = 0;
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
+    opt.vram_budget = (size_t)24 << 20;
+    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    comparison s = compare(&b, &a);
+    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    printf("     peak without a budget %.2f MiB, with 24 MiB %.2f MiB; identical codes %.6f\n",
+           peak_free / 1048576.0, peak_budget / 1048576.0, same);
+    CHECK(peak_budget <= opt.vram_budget);
+    CHECK(peak_budget < peak_free);
+    CHECK_INT_EQ(s.missing, 0);
+    CHECK(same >= 0.99);
+    collected_free(&a);
+    collected_free(&b);
     moeq_calib_set_free(&cs);
     moeq_model_close(&m);
 }
@@ -313,6 +352,7 @@ int main(void)
     RUN(test_demo_model_all_modes);
     RUN(test_golden_architectures);
     RUN(test_expert_groups_and_reruns_are_bit_identical);
+    RUN(test_budget_is_held);
     RUN(test_budget_too_small_is_refused);
     return test_summary();
 }

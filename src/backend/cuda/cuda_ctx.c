@@ -93,6 +93,12 @@ moeq_code moeq_cuda_alloc(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf, size_t bytes, 
     buf->bytes = 0;
     if (bytes == 0)
         return MOEQ_OK;
+    if (ctx->budget_bytes && ctx->bytes_in_use + bytes > ctx->budget_bytes)
+        return moeq_fail(err, MOEQ_ERR_OOM,
+                         "%zu bytes for %s would exceed the device memory budget of %.2f GiB "
+                         "(%zu bytes in use): raise --vram-budget, or lower --expert-batch or "
+                         "--nsamples",
+                         bytes, what, ctx->budget_bytes / 1073741824.0, ctx->bytes_in_use);
     cudaError_t status = cudaMalloc(&buf->ptr, bytes);
     if (status != cudaSuccess) {
         buf->ptr = NULL;

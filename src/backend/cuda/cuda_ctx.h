@@ -38,6 +38,8 @@ typedef struct moeq_cuda_ctx {
     moeq_cuda_buf solver_info;             /* one device int: cuSOLVER's devInfo */
     size_t bytes_in_use;       /* device bytes allocated through this context */
     size_t peak_bytes;         /* the most bytes_in_use has been */
+    size_t budget_bytes;       /* 0, or the most bytes_in_use may reach: an
+                                * allocation past it fails as out of memory */
 } moeq_cuda_ctx;
 
 moeq_code moeq_cuda_check(cudaError_t status, const char *call, const char *file, int line,
