@@ -137,11 +137,27 @@ __device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits,
     return best;
 }
 
-__device__ int group_of(const moeq_k_gptq_args &a, int i)
+// The segment of row r: the Hessian (hinv, perm, dead) its rows share.
+__device__ int segment_of(const moeq_k_gptq_args &a, long long r)
+{
+    return a.seg_rows > 0 ? (int)(r / a.seg_rows) : 0;
+}
+
+__device__ const int32_t *perm_of(const moeq_k_gptq_args &a, int seg)
+{
+    return a.perm + (size_t)seg * a.cols;
+}
+
+__device__ const uint8_t *dead_of(const moeq_k_gptq_args &a, int seg)
+{
+    return a.dead + (size_t)seg * a.cols;
+}
+
+__device__ int group_of(const moeq_k_gptq_args &a, const int32_t *perm, int i)
 {
     if (a.group_size <= 0)
         return 0;
-    return a.static_groups ? a.perm[i] / a.group_size : i / a.group_size;
+    return a.static_groups ? perm[i] / a.group_size : i / a.group_size;
 }
 
 __global__ void gather_kernel(const float *W, moeq_k_gptq_args a, int *nonfinite)
@@ -151,11 +167,11 @@ __global__ void gather_kernel(const float *W, moeq_k_gptq_args a, int *nonfinite
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
          k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / (size_t)a.cols;
-        int i = (int)(k - r * (size_t)a.cols);
-        int col = a.perm[i];
+        int i = (int)(k - r * (size_t)a.cols), seg = segment_of(a, (long long)r);
+        int col = perm_of(a, seg)[i];
         float v = W[r * a.cols + col];
         found += !isfinite(v);
-        a.w[k] = a.dead[col] ? 0.0f : v;
+        a.w[k] = dead_of(a, seg)[col] ? 0.0f : v;
     }
     if (found)
         atomicAdd(nonfinite, found);
@@ -171,7 +187,8 @@ __global__ void fit_static_kernel(const float *W, moeq_k_gptq_args a)
         return;
     int g = (int)(task / a.rows), r = (int)(task % a.rows);
     const float *x = W + (size_t)r * a.cols + (size_t)g * a.group_size;
-    grid_t gr = warp_fit(x, a.group_size, a.dead + (size_t)g * a.group_size, a.bits, a.sym,
+    grid_t gr = warp_fit(x, a.group_size, dead_of(a, segment_of(a, r)) + (size_t)g * a.group_size,
+                         a.bits, a.sym,
                          a.mse, lane);
     if (lane == 0) {
         a.scales[(size_t)g * a.rows + r] = gr.scale;
@@ -183,9 +200,14 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
     sweep_block_kernel(moeq_k_gptq_args a, int i1, int nb)
 {
     extern __shared__ float u_s[]; // U[i1 + c][i1 + j] at u_s[c * nb + j]
+    // Every row of the block is in one segment (seg_rows is a multiple of
+    // kSweepWarps).
+    const int seg = segment_of(a, (long long)blockIdx.x * kSweepWarps);
+    const float *hinv = a.hinv + (size_t)seg * a.cols * a.cols;
+    const int32_t *perm = perm_of(a, seg);
     for (int k = threadIdx.x; k < nb * nb; k += blockDim.x) {
         int c = k / nb, j = k - c * nb;
-        u_s[k] = a.hinv[(size_t)(i1 + c) * a.cols + i1 + j];
+        u_s[k] = hinv[(size_t)(i1 + c) * a.cols + i1 + j];
     }
     __syncthreads();
     const int lane = threadIdx.x & 31;
@@ -212,7 +234,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
                 break;
             const int i = i1 + c;
             const float wi = __shfl_sync(kFull, v[s], k);
-            const int g = group_of(a, i);
+            const int g = group_of(a, perm, i);
             const bool fit = gs > 0 ? !a.static_groups && i % gs == 0 : i == 0;
             if (fit) {
                 gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, nullptr, a.bits, a.sym, a.mse, lane);
@@ -255,7 +277,7 @@ __global__ void scatter_codes_kernel(moeq_k_gptq_args a, uint8_t *codes)
          k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / (size_t)a.cols;
         int i = (int)(k - r * (size_t)a.cols);
-        codes[r * a.cols + a.perm[i]] = a.codes_perm[k];
+        codes[r * a.cols + perm_of(a, segment_of(a, (long long)r))[i]] = a.codes_perm[k];
     }
 }
 

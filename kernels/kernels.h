@@ -54,9 +54,11 @@ typedef struct moeq_k_gptq_args {
     int static_groups;  /* groups of perm[i] / group_size, fitted before the sweep */
     float mse;          /* > 0: grids by the clipping search of src/quant/grid.h */
     int block_size;     /* lazy-update block, at most MOEQ_K_GPTQ_MAX_BLOCK */
-    const int32_t *perm;/* [cols] processing order -> original column */
-    const uint8_t *dead;/* [cols] */
-    const float *hinv;  /* [cols, cols] upper Cholesky factor of H^-1, permuted */
+    const int32_t *perm;/* [segments, cols] processing order -> original column */
+    const uint8_t *dead;/* [segments, cols] */
+    const float *hinv;  /* [segments, cols, cols] upper Cholesky factor of H^-1, permuted */
+    int seg_rows;       /* rows per segment (one Hessian each), a multiple of 16; 0: one
+                         * segment of all rows */
     float *w;           /* [rows, cols] weights in processing order, updated */
     float *err_block;   /* [rows, block_size] scaled errors of the current block */
     uint8_t *codes_perm;/* [rows, cols] codes in processing order */
@@ -65,7 +67,7 @@ typedef struct moeq_k_gptq_args {
     double *loss_rows;  /* [rows] running GPTQ loss of each row */
 } moeq_k_gptq_args;
 
-enum { MOEQ_K_GPTQ_MAX_BLOCK = 128 };
+enum { MOEQ_K_GPTQ_MAX_BLOCK = 128, MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE = 16 };
 /* The clipping search's candidates, as MOEQ_GRID_MSE_GRID/STEPS of
  * src/quant/grid.h (cuda_gptq.c checks that they agree). */
 enum { MOEQ_K_GRID_MSE_GRID = 100, MOEQ_K_GRID_MSE_STEPS = 80 };
@@ -132,10 +134,12 @@ cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, uint16_t 
 /* y[r, c] += bias[c]. */
 cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
                             cudaStream_t stream);
-/* w[r, c] = bf16(scales[g, r] * (codes[r, c] - zeros[g, r])), g = g_idx[c]. */
+/* w[r, c] = bf16(scales[g, r] * (codes[r, c] - zeros[g, r])),
+ * g = g_idx[r / seg_rows][c] (g_idx [rows / seg_rows, cols]; seg_rows 0:
+ * one g_idx for all rows). */
 cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *scales, const int32_t *zeros,
-                                const int32_t *g_idx, int rows, int cols, uint16_t *w,
-                                cudaStream_t stream);
+                                const int32_t *g_idx, int seg_rows, int rows, int cols,
+                                uint16_t *w, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -190,12 +190,13 @@ __global__ void add_bias_kernel(float *y, int rows, int cols, const float *bias)
 }
 
 __global__ void dequant_kernel(const uint8_t *codes, const float *scales, const int32_t *zeros,
-                               const int32_t *g_idx, int rows, int cols, uint16_t *w)
+                               const int32_t *g_idx, int seg_rows, int rows, int cols,
+                               uint16_t *w)
 {
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * cols;
          k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / cols, c = k % cols;
-        size_t g = (size_t)g_idx[c] * rows + r;
+        size_t g = (size_t)g_idx[(r / seg_rows) * cols + c] * rows + r;
         w[k] = to_bf16(__fmul_rn(scales[g], (float)((int32_t)codes[k] - zeros[g])));
     }
 }
@@ -296,11 +297,12 @@ extern "C" cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float
 }
 
 extern "C" cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *scales,
-                                           const int32_t *zeros, const int32_t *g_idx, int rows,
-                                           int cols, uint16_t *w, cudaStream_t stream)
+                                           const int32_t *zeros, const int32_t *g_idx,
+                                           int seg_rows, int rows, int cols, uint16_t *w,
+                                           cudaStream_t stream)
 {
     if (rows > 0 && cols > 0)
         dequant_kernel<<<blocks_for((size_t)rows * cols), kThreads, 0, stream>>>(
-            codes, scales, zeros, g_idx, rows, cols, w);
+            codes, scales, zeros, g_idx, seg_rows > 0 ? seg_rows : rows, rows, cols, w);
     return cudaGetLastError();
 }

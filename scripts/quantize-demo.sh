@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j"$(nproc)" >/dev/null
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    echo "moeq: a GPU is present, but the CUDA backend is not built yet: running on the CPU"
+# --device auto (the default) runs on the first GPU when this build has the
+# CUDA backend (CMake found nvcc) and a GPU is present, else on the CPU.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 &&
+    ! build/release/moeq --version | grep -q cuda; then
+    echo "moeq: a GPU is present, but no CUDA compiler was found at build time: running on the CPU"
 fi
 rm -rf out/demo-gptq
 mkdir -p out

@@ -25,6 +25,11 @@ static void test_version_and_help_exit_zero(void)
 {
     CHECK_INT_EQ(run("--version", out, sizeof out), 0);
     CHECK_CONTAINS(out, "moeq 0.");
+#ifdef MOEQ_HAVE_CUDA
+    CHECK_CONTAINS(out, "(backends: cpu, cuda)");
+#else
+    CHECK_CONTAINS(out, "(backends: cpu)");
+#endif
     CHECK_INT_EQ(run("--help", out, sizeof out), 0);
     CHECK_CONTAINS(out, "inspect");
     CHECK_CONTAINS(out, "eval");

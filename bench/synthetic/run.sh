@@ -9,11 +9,12 @@
 #          MEMORY=overlapped  (or wait: --wait-for-layer)
 #          WORK=/tmp/moeq-bench (checkpoints, outputs; several GiB)
 # Writes bench/results/<shape>-<mode>-<memory>[-<budget>].json (summarize.py) and
-# a table on stdout; logs to $OUT (or build/gpu/bench-logs).
+# a table on stdout; logs to build/gpu/bench-logs; with $OUT set, both go
+# into $OUT/bench.tgz as well (one file comes back from a remote machine).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=build/gpu
-LOGS=${OUT:-$BUILD/bench-logs}
+LOGS=$BUILD/bench-logs
 WORK=${WORK:-/tmp/moeq-bench}
 MODES=${MODES:-all weighted routed}
 LAYERS=${LAYERS:-3}
@@ -71,7 +72,9 @@ for shape in "${SHAPES[@]}"; do
         python3 bench/synthetic/summarize.py "$out/report.json" "$ckpt/config.json" \
             --shape "$shape" --mode "$mode" --budget "${BUDGET:-none}" --peak "$peak" \
             --gpu "$gpu" --out "bench/results/$tag.json"
-        cp "bench/results/$tag.json" "$LOGS/"
         rm -rf "$out"
     done
 done
+if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/bench.tgz" bench/results/*.json "$LOGS"
+fi

@@ -332,6 +332,8 @@ int moeq_cmd_quantize(int argc, char **argv)
         return moeq_cli_report("quantize", 2, "--expert-batch must be positive (0: automatic)");
     opt.expert_batch = expert_batch;
     opt.wait_for_layer = wait_for_layer || !use_cuda;
+    if (use_cuda)
+        opt.token_chunk = 0; /* the CUDA loop sizes its chunks itself */
     if (use_cuda && !true_sequential)
         return moeq_cli_report("quantize", 2,
                                "--true-sequential false runs on the CPU only: add --device cpu");
@@ -368,8 +370,14 @@ int moeq_cmd_quantize(int argc, char **argv)
     }
     /* Every linear's dimensions must suit the group size and the packing
      * before any work starts. */
+    /* intermediate_size only matters when some layer is dense (MoE configs
+     * often carry one for layers the model does not have). */
+    int any_dense = model.cfg.num_experts == 0;
+    for (int l = 0; l < model.cfg.num_layers && !any_dense; l++)
+        any_dense = !model.cfg.layer_is_moe[l];
     int dims[6] = {model.cfg.hidden_size, model.cfg.num_heads * model.cfg.head_dim,
-                   model.cfg.num_kv_heads * model.cfg.head_dim, model.cfg.intermediate_size,
+                   model.cfg.num_kv_heads * model.cfg.head_dim,
+                   any_dense ? model.cfg.intermediate_size : 0,
                    model.cfg.moe_intermediate_size, model.cfg.shared_expert_intermediate_size};
     for (int i = 0; i < 6; i++)
         if (dims[i] > 0 && ((i != 2 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||

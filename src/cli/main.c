@@ -42,7 +42,11 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "eval"))
         return moeq_cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "--version")) {
-        printf("moeq %s\n", MOEQ_VERSION);
+#ifdef MOEQ_HAVE_CUDA
+        printf("moeq %s (backends: cpu, cuda)\n", MOEQ_VERSION);
+#else
+        printf("moeq %s (backends: cpu)\n", MOEQ_VERSION);
+#endif
         return 0;
     }
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {

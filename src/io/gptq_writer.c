@@ -3,6 +3,7 @@
 #include "io/gptq_writer.h"
 
 #include "common/fileio.h"
+#include "common/parallel.h"
 #include "quant/pack_gptq.h"
 
 #include <dirent.h>
@@ -105,6 +106,25 @@ static moeq_code add_copy(moeq_gptq_writer *w, shard *s, const char *shard_file,
 
 /* The packed GPTQ tensors of one linear, named after its weight's template
  * with "weight" replaced by qweight, qzeros, scales and g_idx. */
+typedef struct pack_job {
+    const moeq_layer_result *r;
+    moeq_packed_gptq *packed; /* [n_linears] */
+} pack_job;
+
+static moeq_code pack_one(void *ctx, int i, moeq_error *err)
+{
+    const pack_job *j = ctx;
+    const moeq_quantized_linear *ql = &j->r->linears[i];
+    moeq_code rc = moeq_pack_gptq(&ql->q, &j->packed[i], err);
+    if (rc && ql->expert >= 0)
+        moeq_wrap(err, "expert %d %s: ", ql->expert, moeq_tensor_role_key(ql->role));
+    else if (rc)
+        moeq_wrap(err, "%s: ", moeq_tensor_role_key(ql->role));
+    return rc;
+}
+
+/* Adds the next packed linear (s->packed[s->n_packed], packed from ql) to
+ * the shard under its checkpoint names. */
 static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_file,
                                const moeq_quantized_linear *ql, int layer, moeq_error *err)
 {
@@ -119,12 +139,10 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
                          "GPTQ tensors",
                          w->src->arch.name, moeq_tensor_role_key(ql->role), base);
     base[len - 6] = '\0';
-    moeq_packed_gptq *p = &s->packed[s->n_packed];
-    moeq_code rc = moeq_pack_gptq(&ql->q, p, err);
-    if (rc)
-        return moeq_wrap(err, "layer %d, %s%s: ", layer, base, "weight");
+    const moeq_packed_gptq *p = &s->packed[s->n_packed];
     char (*names)[600] = s->names[s->n_packed];
     s->n_packed++;
+    moeq_code rc;
     const char *suffix[4] = {"qweight", "qzeros", "scales", "g_idx"};
     int64_t shapes[4][2] = {
         {moeq_gptq_qweight_rows(p->bits, p->in_features), p->out_features},
@@ -252,6 +270,11 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     moeq_code rc = MOEQ_OK;
     if (!s.packed || !s.names)
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory packing", r->layer);
+    /* Pack every linear first, in parallel (each packs into its own slot),
+     * then add them to the shard in order. */
+    pack_job job = {r, s.packed};
+    if (!rc && (rc = moeq_parallel_for(r->n_linears, 0, pack_one, &job, err)))
+        moeq_wrap(err, "layer %d: ", r->layer);
     for (int i = 0; i < r->n_linears && !rc; i++)
         rc = add_quantized(w, &s, file, &r->linears[i], r->layer, err);
     if (!rc)
@@ -260,7 +283,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
         rc = st_writer_write(&s.st, path, err);
     if (!rc)
         cJSON_AddItemToArray(w->report_layers, layer_report(w, r, now_seconds() - t0));
-    for (int i = 0; i < s.n_packed; i++)
+    for (int i = 0; s.packed && i < r->n_linears; i++)
         moeq_packed_gptq_free(&s.packed[i]);
     free(s.packed);
     free(s.names);

@@ -3,6 +3,7 @@
 #include "model/weights.h"
 
 #include "common/dtype.h"
+#include "common/parallel.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,19 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
     return MOEQ_OK;
 }
 
+typedef struct expert_load {
+    const moeq_model *m;
+    int layer;
+    moeq_layer_weights *lw;
+} expert_load;
+
+static moeq_code load_expert(void *ctx, int e, moeq_error *err)
+{
+    const expert_load *x = ctx;
+    return load_mlp(x->m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ, MOEQ_T_EXPERT_DOWN_PROJ,
+                    x->layer, e, x->m->cfg.moe_intermediate_size, &x->lw->experts[e], err);
+}
+
 static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, moeq_error *err)
 {
     const moeq_config *c = &m->cfg;
@@ -76,11 +90,10 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
         return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %d experts", l,
                          c->num_experts);
     lw->n_experts = c->num_experts;
-    for (int e = 0; e < c->num_experts; e++)
-        if ((rc = load_mlp(m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
-                           MOEQ_T_EXPERT_DOWN_PROJ, l, e, c->moe_intermediate_size,
-                           &lw->experts[e], err)))
-            return rc;
+    /* Experts decode in parallel: each is its own tensors and buffers. */
+    expert_load x = {m, l, lw};
+    if ((rc = moeq_parallel_for(c->num_experts, 0, load_expert, &x, err)))
+        return rc;
     if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size) {
         lw->has_shared = 1;
         if ((rc = load_mlp(m, MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,

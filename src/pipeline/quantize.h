@@ -50,7 +50,8 @@ typedef struct moeq_quantize_options {
     int true_sequential;    /* each stage calibrated on the quantized earlier ones
                              * (q/k/v -> o -> gate/up -> down); 0: every stage on
                              * the original layer's activations */
-    int token_chunk;        /* tokens per chunk of expert activations */
+    int token_chunk;        /* tokens per chunk of expert activations (CUDA: 0 =
+                             * automatic, else at most this many) */
     int device;             /* CUDA device for moeq_quantize_layers_cuda */
     int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
     size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */

@@ -74,6 +74,8 @@ typedef struct piece {
     int expert;
     const float *w; /* host fp32 [rows, cols] */
     int rows;
+    int64_t tokens; /* calibration tokens, for the report */
+    int fallback;   /* routed mode: calibrated on all tokens */
 } piece;
 
 static moeq_code sync_time(gpu_layer *L, double *bucket, moeq_error *err)
@@ -159,31 +161,17 @@ static const char *piece_label(const piece *p, char *buf, size_t bytes)
     return buf;
 }
 
-/* Copies rows [r0, r0 + rows) of q into a fresh out (same groups). */
-static moeq_code split_rows(const moeq_quantized *q, int r0, int rows, moeq_quantized *out,
-                            moeq_error *err)
-{
-    moeq_code rc = moeq_quantized_alloc(out, rows, q->cols, q->bits, q->group_size, err);
-    if (rc)
-        return rc;
-    memcpy(out->codes, q->codes + (size_t)r0 * q->cols, (size_t)rows * q->cols);
-    for (int gi = 0; gi < q->n_groups; gi++) {
-        memcpy(out->scales + (size_t)gi * rows, q->scales + (size_t)gi * q->rows + r0,
-               sizeof(float) * (size_t)rows);
-        memcpy(out->zeros + (size_t)gi * rows, q->zeros + (size_t)gi * q->rows + r0,
-               sizeof(int32_t) * (size_t)rows);
-    }
-    memcpy(out->g_idx, q->g_idx, sizeof(int32_t) * (size_t)q->cols);
-    return MOEQ_OK;
-}
-
 /* Quantizes the pieces stacked row-wise, [sum rows, cols], against prep
- * (GPTQ; NULL: RTN on the host), records one result per piece, and leaves
- * the dequantized stack in bf16 in *wq (device) for the forward. */
+ * (GPTQ; NULL: RTN on the host), or piece i against seg_preps[i] when
+ * seg_preps is given (pieces of equal rows: one segmented sweep), records
+ * one result per piece, and leaves the dequantized stack in bf16 in *wq
+ * (device) for the forward. */
 static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *prep,
-                                const piece *pieces, int n_pieces, int cols, int64_t tokens,
-                                int fallback, moeq_cuda_buf *wq, moeq_error *err)
+                                const moeq_cuda_gptq_prepared *const *seg_preps,
+                                const piece *pieces, int n_pieces, int cols, moeq_cuda_buf *wq,
+                                moeq_error *err)
 {
+    const int gptq_on = prep || seg_preps;
     gpu_run *g = L->g;
     int rows = 0;
     for (int i = 0; i < n_pieces; i++)
@@ -191,16 +179,15 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
     const size_t count = (size_t)rows * cols;
     moeq_cuda_buf W = {0};
     moeq_cuda_quantized dq = {0};
-    moeq_quantized host = {0};
-    double *row_loss = prep ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
+    double *row_loss = gptq_on ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
     char what[96];
     memset(wq, 0, sizeof *wq);
-    moeq_code rc = prep && !row_loss ? moeq_fail(err, MOEQ_ERR_OOM, "out of memory")
+    moeq_code rc = gptq_on && !row_loss ? moeq_fail(err, MOEQ_ERR_OOM, "out of memory")
                                      : moeq_cuda_alloc(&g->cu, wq, 2 * count,
                                                        "dequantized weights", err);
     if (rc)
         goto done;
-    if (prep) {
+    if (gptq_on) {
         if ((rc = moeq_cuda_alloc(&g->cu, &W, sizeof(float) * count, "weights for GPTQ", err)))
             goto done;
         size_t off = 0;
@@ -211,12 +198,14 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
                 goto done;
             off += c;
         }
-        if ((rc = moeq_cuda_gptq_sweep(&g->cu, prep, &g->opt->gptq, W.ptr, rows, &dq, NULL,
-                                       row_loss, err)) ||
+        if ((seg_preps ? (rc = moeq_cuda_gptq_sweep_segments(&g->cu, seg_preps, n_pieces,
+                                                             &g->opt->gptq, W.ptr,
+                                                             pieces[0].rows, &dq, row_loss, err))
+                       : (rc = moeq_cuda_gptq_sweep(&g->cu, prep, &g->opt->gptq, W.ptr, rows,
+                                                    &dq, NULL, row_loss, err))) ||
             (rc = MOEQ_CU(moeq_k_dequant_bf16(dq.codes.ptr, dq.scales.ptr, dq.zeros.ptr,
-                                              dq.g_idx.ptr, rows, cols, wq->ptr,
-                                              g->cu.stream))) ||
-            (rc = moeq_cuda_quantized_download(&g->cu, &dq, &host, err))) {
+                                              dq.g_idx.ptr, dq.seg_rows, rows, cols, wq->ptr,
+                                              g->cu.stream)))) {
             moeq_wrap(err, "layer %d, %s%s: ", L->res->layer,
                       piece_label(&pieces[0], what, sizeof what),
                       n_pieces > 1 ? " and the weights stacked with it" : "");
@@ -232,14 +221,14 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
         }
         ql->role = pieces[i].role;
         ql->expert = pieces[i].expert;
-        ql->tokens = tokens;
-        ql->fallback = fallback;
-        if (prep) {
-            ql->damp = prep->damp_used;
+        ql->tokens = pieces[i].tokens;
+        ql->fallback = pieces[i].fallback;
+        if (gptq_on) {
+            ql->damp = seg_preps ? seg_preps[i]->damp_used : prep->damp_used;
             ql->loss = 0; /* the sweep's objective is a sum over rows */
             for (int r = r0; r < r0 + pieces[i].rows; r++)
                 ql->loss += row_loss[r];
-            rc = split_rows(&host, r0, pieces[i].rows, &ql->q, err);
+            rc = moeq_cuda_quantized_download_rows(&g->cu, &dq, r0, pieces[i].rows, &ql->q, err);
         } else {
             rc = moeq_rtn_quantize(pieces[i].w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err);
             if (!rc) {
@@ -273,7 +262,6 @@ done:
     free(row_loss);
     moeq_cuda_free(&g->cu, &W);
     moeq_cuda_quantized_free(&g->cu, &dq);
-    moeq_quantized_free(&host);
     if (rc)
         moeq_cuda_free(&g->cu, wq);
     return rc;
@@ -339,10 +327,10 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n, "q/k/v_proj",
                                          &prep, err)))
         goto done;
-    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim},
-                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim},
-                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim}};
-    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, qkv, 3, H, n, 0, &wqkv, err)) ||
+    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0},
+                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0},
+                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0}};
+    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
@@ -398,8 +386,8 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     if (gptq(L) &&
         (rc = hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n, "o_proj", &prep, err)))
         goto done;
-    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H};
-    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, &o_piece, 1, qdim, n, 0, &wo, err)) ||
+    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0};
+    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     /* x1 = x + o_q(o): the attention output with every weight quantized. */
@@ -691,14 +679,15 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
                          "layer %d: MLP biases are not supported by the CUDA pipeline yet "
                          "(use --device cpu)",
                          L->res->layer);
-    const piece gu[2] = {{roles[0], -1, mlp->gate, inter}, {roles[1], -1, mlp->up, inter}};
-    const piece down = {roles[2], -1, mlp->down, H};
+    const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0},
+                         {roles[1], -1, mlp->up, inter, n, 0}};
+    const piece down = {roles[2], -1, mlp->down, H, n, 0};
     if ((rc = scratch_alloc(g, inter, &s, err)) ||
-        (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, gu, 2, H, n, 0, &wgu, err)) ||
+        (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
         (gptq(L) && (rc = down_hessian(L, &s, wgu.ptr, inter, NULL, n, NULL, 2.0f / (float)n,
                                        moeq_tensor_role_key(roles[2]), &prep, err))) ||
-        (rc = quantize_stack(L, gptq(L) ? &prep : NULL, &down, 1, inter, n, 0, &wd, err)) ||
+        (rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
         (rc = upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
         (rc = mlp_forward(L, &s, wgu.ptr, wd.ptr, inter, NULL, NULL, n, gate.ptr, err)) ||
@@ -717,9 +706,10 @@ done:
 static size_t expert_bytes(const gpu_run *g, int inter)
 {
     size_t H = (size_t)g->cfg->hidden_size, I = (size_t)inter;
-    /* gate/up: fp32 stack, the sweep's fp32 copy, permuted and final codes,
-     * bf16 dequantized; down: bf16 dequantized; grids are small. */
-    return 2 * I * H * (4 + 4 + 1 + 1 + 2) + H * I * 2 + 2 * I * H / 8;
+    /* gate/up and down: the fp32 stack, the sweep's fp32 copy, permuted
+     * and final codes, bf16 dequantized; down's Hessian factor twice (its
+     * own and the segmented sweep's copy); grids are small. */
+    return 3 * I * H * (4 + 4 + 1 + 1 + 2) + 2 * I * I * 4 + 3 * I * H / 8;
 }
 
 static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
@@ -732,8 +722,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     const int inter = cfg->moe_intermediate_size;
     routing r = {0};
     mlp_scratch s = {0};
-    moeq_cuda_buf wgu = {0}, *wd = NULL;
-    moeq_cuda_gptq_prepared prep = {0};
+    moeq_cuda_buf wgu = {0}, wd = {0};
     moeq_code rc;
     if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)) ||
         (rc = scratch_alloc(g, inter, &s, err)))
@@ -758,14 +747,12 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
         G = fit < 1 ? 1 : fit < (size_t)E ? (int)fit : E;
     }
     G = G > E ? E : G;
-    if (!(wd = calloc((size_t)G, sizeof *wd))) {
-        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
-        goto done;
-    }
     piece *pieces = malloc(sizeof(piece) * 2 * (size_t)G);
-    if (!pieces) {
+    moeq_cuda_gptq_prepared *preps = calloc((size_t)G, sizeof *preps);
+    const moeq_cuda_gptq_prepared **prep_ptrs = malloc(sizeof *prep_ptrs * (size_t)G);
+    if (!pieces || !preps || !prep_ptrs) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
-        goto done;
+        goto group_done;
     }
     char what[96];
     for (int e0 = 0; e0 < E; e0 += G) {
@@ -776,10 +763,10 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
         if (shared) {
             for (int i = 0; i < ng; i++) {
                 const moeq_mlp_weights *m = &lw->experts[e0 + i];
-                pieces[2 * i] = (piece){EXPERT_ROLES[0], e0 + i, m->gate, inter};
-                pieces[2 * i + 1] = (piece){EXPERT_ROLES[1], e0 + i, m->up, inter};
+                pieces[2 * i] = (piece){EXPERT_ROLES[0], e0 + i, m->gate, inter, n, 0};
+                pieces[2 * i + 1] = (piece){EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0};
             }
-            if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, pieces, 2 * ng, H, n, 0, &wgu,
+            if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H, &wgu,
                                      err)) ||
                 (rc = sync_time(L, &L->res->seconds_solve, err)))
                 break;
@@ -787,6 +774,9 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                                          "dequantized gate/up", err))) {
             break;
         }
+        /* Per expert: its own gate/up (routed, weighted), then its
+         * down_proj Hessian, prepared; the down_proj weights of the group
+         * are then swept together. */
         for (int i = 0; i < ng && !rc; i++) {
             const int e = e0 + i;
             const moeq_mlp_weights *m = &lw->experts[e];
@@ -814,9 +804,12 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
             } else if (mode == MOEQ_EXPERT_CALIB_WEIGHTED) {
                 cal_w = (const float *)r.probs_t.ptr + (size_t)e * n;
             }
+            const int64_t tokens = mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count : n;
+            pieces[i] = (piece){EXPERT_ROLES[2], e, m->down, H, tokens, fallback};
             uint16_t *wgu_e = (uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H;
             if (!shared) {
                 moeq_cuda_buf own = {0};
+                moeq_cuda_gptq_prepared own_prep = {0};
                 const moeq_cuda_gptq_prepared *p = prep_all;
                 snprintf(what, sizeof what, "expert %d gate/up_proj", e);
                 if (!fallback) {
@@ -843,7 +836,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                     if (!rc)
                         rc = sync_time(L, &L->res->seconds_hessian, err);
                     if (!rc)
-                        rc = moeq_cuda_gptq_prepare(&g->cu, Hb.ptr, H, &g->opt->gptq, &prep, err);
+                        rc = moeq_cuda_gptq_prepare(&g->cu, Hb.ptr, H, &g->opt->gptq, &own_prep,
+                                                    err);
                     if (!rc)
                         rc = sync_time(L, &L->res->seconds_prepare, err);
                     moeq_cuda_free(&g->cu, &Hb);
@@ -851,59 +845,74 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                         moeq_wrap(err, "layer %d, %s: ", L->res->layer, what);
                         break;
                     }
-                    p = &prep;
+                    p = &own_prep;
                 }
-                const piece gu[2] = {{EXPERT_ROLES[0], e, m->gate, inter},
-                                     {EXPERT_ROLES[1], e, m->up, inter}};
-                if (!(rc = quantize_stack(L, p, gu, 2, H,
-                                          mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count
-                                                                                        : n,
-                                          fallback, &own, err)))
+                const piece gu[2] = {{EXPERT_ROLES[0], e, m->gate, inter, tokens, fallback},
+                                     {EXPERT_ROLES[1], e, m->up, inter, tokens, fallback}};
+                if (!(rc = quantize_stack(L, p, NULL, gu, 2, H, &own, err)))
                     rc = MOEQ_CU(cudaMemcpyAsync(wgu_e, own.ptr, own.bytes,
                                                  cudaMemcpyDeviceToDevice, g->cu.stream));
                 moeq_cuda_free(&g->cu, &own);
-                moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+                moeq_cuda_gptq_prepared_free(&g->cu, &own_prep);
                 if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
                     break;
             }
             snprintf(what, sizeof what, "expert %d down_proj", e);
             if (gptq(L) && (rc = down_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
-                                              alpha, what, &prep, err)))
+                                              alpha, what, &preps[i], err)))
                 break;
-            const piece down = {EXPERT_ROLES[2], e, m->down, H};
-            rc = quantize_stack(L, gptq(L) ? &prep : NULL, &down, 1, inter,
-                                mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count : n,
-                                fallback, &wd[i], err);
-            moeq_cuda_gptq_prepared_free(&g->cu, &prep);
-            if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
-                break;
+            prep_ptrs[i] = &preps[i];
         }
+        /* The group's down_proj weights: one segmented sweep when the rows
+         * allow it, else expert by expert (same results). */
+        if (!rc && gptq(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
+            rc = quantize_stack(L, NULL, prep_ptrs, pieces, ng, inter, &wd, err);
+        } else if (!rc) {
+            rc = moeq_cuda_alloc(&g->cu, &wd, 2 * (size_t)ng * H * inter, "dequantized down_proj",
+                                 err);
+            for (int i = 0; i < ng && !rc; i++) {
+                moeq_cuda_buf one = {0};
+                rc = quantize_stack(L, gptq(L) ? &preps[i] : NULL, NULL, &pieces[i], 1, inter,
+                                    &one, err);
+                if (!rc)
+                    rc = MOEQ_CU(cudaMemcpyAsync((uint16_t *)wd.ptr + (size_t)i * H * inter,
+                                                 one.ptr, one.bytes, cudaMemcpyDeviceToDevice,
+                                                 g->cu.stream));
+                moeq_cuda_free(&g->cu, &one);
+            }
+        }
+        for (int i = 0; i < ng; i++)
+            moeq_cuda_gptq_prepared_free(&g->cu, &preps[i]);
+        if (!rc)
+            rc = sync_time(L, &L->res->seconds_solve, err);
         /* The layer output: each expert of the group on its routed tokens,
          * added in expert order. */
         for (int i = 0; i < ng && !rc; i++) {
             const int e = e0 + i;
             rc = mlp_forward(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
-                             wd[i].ptr, inter, (const int32_t *)r.d_idx.ptr + r.offset[e],
+                             (const uint16_t *)wd.ptr + (size_t)i * H * inter, inter,
+                             (const int32_t *)r.d_idx.ptr + r.offset[e],
                              (const float *)r.d_wts.ptr + r.offset[e], r.count[e], NULL, err);
         }
         if (!rc)
             rc = sync_time(L, &L->res->seconds_forward, err);
         moeq_cuda_free(&g->cu, &wgu);
-        for (int i = 0; i < ng; i++)
-            moeq_cuda_free(&g->cu, &wd[i]);
+        moeq_cuda_free(&g->cu, &wd);
         if (rc)
             break;
     }
+group_done:
+    if (preps)
+        for (int i = 0; i < G; i++)
+            moeq_cuda_gptq_prepared_free(&g->cu, &preps[i]);
+    free(preps);
+    free(prep_ptrs);
     free(pieces);
     if (!rc && lw->has_shared)
         rc = all_token_mlp(L, &lw->shared, SHARED_ROLES, prep_all, lw->shared_gate, err);
 done:
-    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_free(&g->cu, &wgu);
-    if (wd)
-        for (int i = 0; i < G; i++)
-            moeq_cuda_free(&g->cu, &wd[i]);
-    free(wd);
+    moeq_cuda_free(&g->cu, &wd);
     scratch_free(g, &s);
     routing_free(g, &r);
     return rc;
@@ -967,10 +976,48 @@ static moeq_code check_output(gpu_layer *L, moeq_error *err)
 
 /* ---- overlapped memory mode: helper threads */
 
-/* Reads one layer's weights on a helper thread. */
+/* Pins (page-locks) or unpins the large host arrays of a layer so that
+ * their uploads run at full speed and asynchronously. Pinning is an
+ * optimisation: an array that cannot be pinned is uploaded from pageable
+ * memory, so failures are ignored (and the sticky-free error cleared). */
+static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int pin)
+{
+    const size_t H = (size_t)cfg->hidden_size, qd = (size_t)cfg->num_heads * cfg->head_dim,
+                 kvd = (size_t)cfg->num_kv_heads * cfg->head_dim;
+    float *attn[4] = {lw->q, lw->k, lw->v, lw->o};
+    const size_t attn_n[4] = {qd * H, kvd * H, kvd * H, H * qd};
+    for (int i = 0; i < 4; i++)
+        if (attn[i]) {
+            if (pin)
+                (void)cudaHostRegister(attn[i], sizeof(float) * attn_n[i],
+                                       cudaHostRegisterDefault);
+            else
+                (void)cudaHostUnregister(attn[i]);
+        }
+    const moeq_mlp_weights *mlps = lw->is_moe ? lw->experts : &lw->dense;
+    int n_mlps = lw->is_moe ? lw->n_experts : 1;
+    for (int m = 0; m <= n_mlps; m++) {
+        const moeq_mlp_weights *w = m < n_mlps ? &mlps[m] : lw->has_shared ? &lw->shared : NULL;
+        if (!w)
+            break;
+        float *ps[3] = {w->gate, w->up, w->down};
+        for (int i = 0; i < 3; i++)
+            if (ps[i]) {
+                size_t bytes = sizeof(float) * H * (size_t)w->intermediate;
+                if (pin)
+                    (void)cudaHostRegister(ps[i], bytes, cudaHostRegisterDefault);
+                else
+                    (void)cudaHostUnregister(ps[i]);
+            }
+    }
+    (void)cudaGetLastError();
+}
+
+/* Reads one layer's weights on a helper thread, and pins them. */
 typedef struct loader {
     pthread_t thread;
     int running;
+    int device;
     const moeq_model *model;
     int layer;
     moeq_layer_weights lw;
@@ -984,13 +1031,18 @@ static void *loader_main(void *arg)
     loader *ld = arg;
     double t0 = now_seconds();
     ld->rc = moeq_layer_weights_load(ld->model, ld->layer, &ld->lw, &ld->err);
+    if (!ld->rc && cudaSetDevice(ld->device) == cudaSuccess)
+        layer_pin(&ld->model->cfg, &ld->lw, 1);
+    (void)cudaGetLastError();
     ld->seconds = now_seconds() - t0;
     return NULL;
 }
 
-static moeq_code loader_start(loader *ld, const moeq_model *model, int layer, moeq_error *err)
+static moeq_code loader_start(loader *ld, const moeq_model *model, int device, int layer,
+                              moeq_error *err)
 {
     ld->model = model;
+    ld->device = device;
     ld->layer = layer;
     ld->rc = MOEQ_OK;
     int e = pthread_create(&ld->thread, NULL, loader_main, ld);
@@ -1018,37 +1070,49 @@ static moeq_code loader_finish(loader *ld, moeq_layer_weights *lw, double *secon
     return MOEQ_OK;
 }
 
-/* Packs and writes one finished layer on a helper thread. */
+/* Packs and writes one finished layer on a helper thread, then unpins and
+ * frees that layer's source weights (unpinning gigabytes takes a while). */
 typedef struct writer {
     pthread_t thread;
     int running;
     const moeq_layer_sink *sink;
+    const moeq_config *cfg;
     moeq_layer_result res;
+    moeq_layer_weights lw;
     moeq_code rc;
     moeq_error err;
 } writer;
 
+static void writer_work(writer *w, moeq_error *err)
+{
+    w->rc = w->sink ? w->sink->write_layer(w->sink->ctx, &w->res, err) : MOEQ_OK;
+    moeq_layer_result_free(&w->res);
+    layer_pin(w->cfg, &w->lw, 0);
+    moeq_layer_weights_free(&w->lw);
+}
+
 static void *writer_main(void *arg)
 {
     writer *w = arg;
-    w->rc = w->sink->write_layer(w->sink->ctx, &w->res, &w->err);
-    moeq_layer_result_free(&w->res);
+    writer_work(w, &w->err);
     return NULL;
 }
 
-/* Hands *res to the writer thread (res is zeroed: the writer frees it). */
-static moeq_code writer_start(writer *w, const moeq_layer_sink *sink, moeq_layer_result *res,
-                              moeq_error *err)
+/* Hands *res and *lw to the writer thread (both are zeroed: the writer
+ * frees them). */
+static moeq_code writer_start(writer *w, const moeq_layer_sink *sink, const moeq_config *cfg,
+                              moeq_layer_result *res, moeq_layer_weights *lw, moeq_error *err)
 {
     w->sink = sink;
+    w->cfg = cfg;
     w->res = *res;
+    w->lw = *lw;
     memset(res, 0, sizeof *res);
+    memset(lw, 0, sizeof *lw);
     w->rc = MOEQ_OK;
-    int e = pthread_create(&w->thread, NULL, writer_main, w);
-    if (e) { /* write it here instead */
-        moeq_code rc = sink->write_layer(sink->ctx, &w->res, err);
-        moeq_layer_result_free(&w->res);
-        return rc;
+    if (pthread_create(&w->thread, NULL, writer_main, w)) { /* do it here instead */
+        writer_work(w, err);
+        return w->rc;
     }
     w->running = 1;
     return MOEQ_OK;
@@ -1085,7 +1149,20 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     g.n = g.S * g.T;
     g.qdim = cfg->num_heads * cfg->head_dim;
     g.kvdim = cfg->num_kv_heads * cfg->head_dim;
-    g.chunk = opt->token_chunk > 0 ? opt->token_chunk : 8192;
+    /* Expert products run over chunks of 32768 tokens (GEMMs large enough
+     * for the tensor cores), fewer under a small budget: the chunk's scratch
+     * is about (6 H + 12 I) bytes a token. */
+    g.chunk = 32768;
+    if (opt->vram_budget) {
+        size_t per_token = 6 * (size_t)cfg->hidden_size +
+                           12 * (size_t)(cfg->moe_intermediate_size > cfg->intermediate_size
+                                             ? cfg->moe_intermediate_size
+                                             : cfg->intermediate_size);
+        size_t fit = opt->vram_budget / 32 / per_token;
+        g.chunk = fit < 1024 ? 1024 : fit < (size_t)g.chunk ? (int)fit : g.chunk;
+    }
+    if (opt->token_chunk > 0 && opt->token_chunk < g.chunk)
+        g.chunk = opt->token_chunk;
     moeq_rope_cache rope = {0};
     float *x = NULL;
     loader ld = {0};
@@ -1135,7 +1212,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     free(x);
     x = NULL;
     const int overlap = !opt->wait_for_layer;
-    if (overlap && (rc = loader_start(&ld, model, 0, err)))
+    if (overlap && (rc = loader_start(&ld, model, g.cu.device, 0, err)))
         goto done;
     for (int l = 0; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l};
@@ -1145,7 +1222,9 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         if (overlap) {
             if ((rc = loader_finish(&ld, &lw, &res.seconds_load, err)))
                 goto done;
-            if (l + 1 < cfg->num_layers && (rc = loader_start(&ld, model, l + 1, err))) {
+            if (l + 1 < cfg->num_layers &&
+                (rc = loader_start(&ld, model, g.cu.device, l + 1, err))) {
+                layer_pin(cfg, &lw, 0);
                 moeq_layer_weights_free(&lw);
                 goto done;
             }
@@ -1166,20 +1245,20 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             rc = mlp_stage(&L, &lw, err);
         if (!rc)
             rc = check_output(&L, err);
-        moeq_layer_weights_free(&lw);
-        if (!rc && sink) {
-            if (overlap) {
-                /* The previous layer's writer must be done first: one layer
-                 * is packed and written at a time. */
-                if (!(rc = writer_finish(&wr, err))) {
-                    res.seconds_wall = now_seconds() - t_layer;
-                    rc = writer_start(&wr, sink, &res, err); /* takes res */
-                }
-            } else {
+        if (!rc && overlap) {
+            /* The previous layer's writer must be done first: one layer is
+             * packed and written at a time. */
+            if (!(rc = writer_finish(&wr, err))) {
                 res.seconds_wall = now_seconds() - t_layer;
-                rc = sink->write_layer(sink->ctx, &res, err);
+                rc = writer_start(&wr, sink, cfg, &res, &lw, err); /* takes res and lw */
             }
+        } else if (!rc && sink) {
+            res.seconds_wall = now_seconds() - t_layer;
+            rc = sink->write_layer(sink->ctx, &res, err);
         }
+        if (overlap)
+            layer_pin(cfg, &lw, 0); /* lw is empty unless writer_start did not run */
+        moeq_layer_weights_free(&lw);
         moeq_layer_result_free(&res);
         if (rc)
             goto done;
@@ -1191,8 +1270,10 @@ done:
         writer_finish(&wr, &ignored);
         moeq_layer_weights lw;
         double unused;
-        if (ld.running && loader_finish(&ld, &lw, &unused, &ignored) == MOEQ_OK)
+        if (ld.running && loader_finish(&ld, &lw, &unused, &ignored) == MOEQ_OK) {
+            layer_pin(cfg, &lw, 0);
             moeq_layer_weights_free(&lw);
+        }
     }
     if (peak_device_bytes)
         *peak_device_bytes = g.cu.peak_bytes;

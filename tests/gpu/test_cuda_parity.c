@@ -518,6 +518,71 @@ static void test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2(void)
     sweep_case("4-bit per-row mse 2", cfg, 256, 512, 39);
 }
 
+/* Three weights with three Hessians (act-order: three permutations) in one
+ * segmented sweep, each against its own CPU sweep: first blocks identical,
+ * nearly all codes, each segment's g_idx. */
+static void test_gptq_segmented_sweep_matches_separate_cpu_sweeps(void)
+{
+    const int seg = 3, rows = 64, cols = 384;
+    test_rng rng = {42};
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.desc_act = 1;
+    cfg.sym = 0;
+    float *W = random_floats(&rng, (size_t)seg * rows * cols, 0.05f);
+    moeq_gptq_prepared prep[3];
+    moeq_cuda_gptq_prepared dprep[3];
+    const moeq_cuda_gptq_prepared *ptrs[3];
+    for (int s = 0; s < seg; s++) {
+        float *H = random_hessian(&rng, 2 * cols, cols, 7 + s);
+        CHECK_INT_EQ(moeq_gptq_prepare(H, cols, &cfg, &prep[s], &err), MOEQ_OK);
+        must(moeq_cuda_gptq_prepared_upload(&ctx, &prep[s], &dprep[s], &err), &err);
+        ptrs[s] = &dprep[s];
+        free(H);
+    }
+    moeq_cuda_buf dW = to_device(W, sizeof(float) * (size_t)seg * rows * cols);
+    moeq_cuda_quantized dq = {0};
+    double row_loss[3 * 64];
+    must(moeq_cuda_gptq_sweep_segments(&ctx, ptrs, seg, &cfg, dW.ptr, rows, &dq, row_loss, &err),
+         &err);
+    size_t same = 0, total = 0;
+    for (int s = 0; s < seg; s++) {
+        moeq_quantized qc = {0}, qg = {0};
+        double loss_cpu = 0, loss_gpu = 0;
+        CHECK_INT_EQ(moeq_gptq_sweep(&prep[s], &cfg, W + (size_t)s * rows * cols, rows, &qc,
+                                     &loss_cpu, &err),
+                     MOEQ_OK);
+        must(moeq_cuda_quantized_download_rows(&ctx, &dq, s * rows, rows, &qg, &err), &err);
+        CHECK(memcmp(qg.g_idx, qc.g_idx, sizeof(int32_t) * (size_t)cols) == 0);
+        for (size_t k = 0; k < (size_t)rows * cols; k++)
+            same += qg.codes[k] == qc.codes[k];
+        total += (size_t)rows * cols;
+        for (int r = 0; r < rows; r++) {
+            loss_gpu += row_loss[s * rows + r];
+            for (int i = 0; i < cfg.block_size; i++) { /* the first block, exactly */
+                size_t k = (size_t)r * cols + prep[s].perm[i];
+                CHECK(qg.codes[k] == qc.codes[k]);
+            }
+        }
+        CHECK_NEAR(loss_gpu, loss_cpu, 0, 1e-2);
+        moeq_quantized_free(&qc);
+        moeq_quantized_free(&qg);
+    }
+    printf("     segmented sweep %d x (%d x %d), act-order: identical codes %.5f\n", seg, rows,
+           cols, (double)same / (double)total);
+    CHECK((double)same / (double)total >= 0.98);
+    /* A whole download of a segmented result is refused. */
+    moeq_quantized whole = {0};
+    CHECK_INT_EQ(moeq_cuda_quantized_download(&ctx, &dq, &whole, &err), MOEQ_ERR_INVALID_ARG);
+    moeq_cuda_quantized_free(&ctx, &dq);
+    for (int s = 0; s < seg; s++) {
+        moeq_cuda_gptq_prepared_free(&ctx, &dprep[s]);
+        moeq_gptq_prepared_free(&prep[s]);
+    }
+    moeq_cuda_free(&ctx, &dW);
+    free(W);
+}
+
 static void test_gptq_sweep_rejects_blocks_over_128(void)
 {
     moeq_error err = {0};
@@ -802,7 +867,7 @@ static void test_dequant_gather_scatter_exact(void)
                   dz = to_device(q.zeros, sizeof(int32_t) * (size_t)q.n_groups * rows),
                   dg = to_device(q.g_idx, sizeof(int32_t) * (size_t)cols), dw;
     must(moeq_cuda_alloc(&ctx, &dw, 2 * (size_t)rows * cols, "w", &err), &err);
-    must(moeq_cuda_check(moeq_k_dequant_bf16(dc.ptr, ds.ptr, dz.ptr, dg.ptr, rows, cols, dw.ptr,
+    must(moeq_cuda_check(moeq_k_dequant_bf16(dc.ptr, ds.ptr, dz.ptr, dg.ptr, 0, rows, cols, dw.ptr,
                                              ctx.stream),
                          "moeq_k_dequant_bf16", __FILE__, __LINE__, &err),
          &err);
@@ -1006,6 +1071,7 @@ int main(void)
     RUN(test_gptq_sweep_matches_cpu_4bit_g128_sym_clipping_search);
     RUN(test_gptq_sweep_matches_cpu_3bit_asym_static_clipping_search);
     RUN(test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2);
+    RUN(test_gptq_segmented_sweep_matches_separate_cpu_sweeps);
     RUN(test_gptq_sweep_rejects_blocks_over_128);
     RUN(test_gptq_gpu_pipeline_matches_cpu);
     RUN(test_rmsnorm_matches_cpu);

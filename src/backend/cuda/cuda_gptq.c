@@ -204,9 +204,11 @@ void moeq_cuda_quantized_free(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q)
 }
 
 static moeq_code alloc_quantized(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q, int rows, int cols,
-                                 const moeq_gptq_config *cfg, moeq_error *err)
+                                 int segments, const moeq_gptq_config *cfg, moeq_error *err)
 {
     memset(q, 0, sizeof *q);
+    q->segments = segments;
+    q->seg_rows = rows / segments;
     q->rows = rows;
     q->cols = cols;
     q->bits = cfg->bits;
@@ -219,18 +221,23 @@ static moeq_code alloc_quantized(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q, int
                               err)) ||
         (rc = moeq_cuda_alloc(ctx, &q->zeros, sizeof(int32_t) * grid_entries, "GPTQ zeros",
                               err)) ||
-        (rc = moeq_cuda_alloc(ctx, &q->g_idx, sizeof(int32_t) * (size_t)cols, "GPTQ g_idx",
+        (rc = moeq_cuda_alloc(ctx, &q->g_idx, sizeof(int32_t) * (size_t)cols * segments,
+                              "GPTQ g_idx",
                               err)))
         moeq_cuda_quantized_free(ctx, q);
     return rc;
 }
 
-moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *p,
-                               const moeq_gptq_config *cfg, const float *W, int rows,
-                               moeq_cuda_quantized *out, double *loss, double *row_loss,
-                               moeq_error *err)
+/* The sweep over n_seg segments of seg_rows rows (n_seg == 1: seg_rows is
+ * rows), segment s against hinv + s cols^2, perm + s cols, dead + s cols on
+ * the device, and perm_host[s] on the host. */
+static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int32_t *perm,
+                                const uint8_t *dead, const int32_t *const *perm_host, int n_seg,
+                                int seg_rows, int cols, const moeq_gptq_config *cfg,
+                                const float *W, moeq_cuda_quantized *out, double *loss,
+                                double *row_loss, moeq_error *err)
 {
-    const int cols = p->cols, B = cfg->block_size, gs = cfg->group_size;
+    const int rows = n_seg * seg_rows, B = cfg->block_size, gs = cfg->group_size;
     memset(out, 0, sizeof *out);
     moeq_code rc = moeq_gptq_check_config(cfg, cols, err);
     if (rc)
@@ -240,7 +247,7 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
                          "GPTQ block size %d: the CUDA sweep takes at most %d columns a block", B,
                          MOEQ_K_GPTQ_MAX_BLOCK);
     moeq_cuda_buf w = {0}, err_block = {0}, codes_perm = {0}, loss_rows = {0}, count = {0};
-    int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols);
+    int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols * n_seg);
     const int want_loss = loss || row_loss;
     double *loss_host =
         want_loss ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
@@ -249,7 +256,7 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for GPTQ on %d x %d", rows, cols);
         goto done;
     }
-    if ((rc = alloc_quantized(ctx, out, rows, cols, cfg, err)) ||
+    if ((rc = alloc_quantized(ctx, out, rows, cols, n_seg, cfg, err)) ||
         (rc = moeq_cuda_alloc(ctx, &w, sizeof(float) * (size_t)rows * cols, "GPTQ weights",
                               err)) ||
         (rc = moeq_cuda_alloc(ctx, &err_block, sizeof(float) * (size_t)rows * B,
@@ -269,9 +276,10 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
         .static_groups = gs > 0 && cfg->static_groups,
         .mse = (float)cfg->mse,
         .block_size = B,
-        .perm = p->perm.ptr,
-        .dead = p->dead.ptr,
-        .hinv = p->hinv.ptr,
+        .perm = perm,
+        .dead = dead,
+        .hinv = hinv,
+        .seg_rows = n_seg > 1 ? seg_rows : 0,
         .w = w.ptr,
         .err_block = err_block.ptr,
         .codes_perm = codes_perm.ptr,
@@ -300,18 +308,19 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
         /* W[:, i2:] -= E[:, :nb] U[i1:i2, i2:] (row-major), i.e. the
          * column-major W^T[i2:, :] -= U[i1:i2, i2:]^T E^T. */
         if (i2 < cols && rows > 0 &&
-            (rc = MOEQ_CUBLAS(cublasSgemm(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows,
-                                          nb, &minus_one, (const float *)p->hinv.ptr +
-                                                              (size_t)i1 * cols + i2,
-                                          cols, err_block.ptr, B, &one, (float *)w.ptr + i2,
-                                          cols))))
+            (rc = MOEQ_CUBLAS(cublasSgemmStridedBatched(
+                 ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, seg_rows, nb, &minus_one,
+                 hinv + (size_t)i1 * cols + i2, cols, (long long)cols * cols, err_block.ptr, B,
+                 (long long)seg_rows * B, &one, (float *)w.ptr + i2, cols,
+                 (long long)seg_rows * cols, n_seg))))
             goto done;
     }
-    for (int i = 0; i < cols; i++)
-        g_idx[p->perm_host[i]] =
-            gs <= 0 ? 0 : a.static_groups ? p->perm_host[i] / gs : i / gs;
+    for (int sgm = 0; sgm < n_seg; sgm++)
+        for (int i = 0; i < cols; i++)
+            g_idx[(size_t)sgm * cols + perm_host[sgm][i]] =
+                gs <= 0 ? 0 : a.static_groups ? perm_host[sgm][i] / gs : i / gs;
     if ((rc = MOEQ_CU(moeq_k_gptq_scatter_codes(&a, out->codes.ptr, ctx->stream))) ||
-        (rc = moeq_cuda_upload(ctx, out->g_idx.ptr, g_idx, sizeof(int32_t) * (size_t)cols, err)) ||
+        (rc = moeq_cuda_upload(ctx, out->g_idx.ptr, g_idx, out->g_idx.bytes, err)) ||
         (want_loss &&
          (rc = moeq_cuda_download(ctx, loss_host, loss_rows.ptr, loss_rows.bytes, err))) ||
         (rc = moeq_cuda_sync(ctx, err)))
@@ -337,9 +346,106 @@ done:
     return rc;
 }
 
+moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *p,
+                               const moeq_gptq_config *cfg, const float *W, int rows,
+                               moeq_cuda_quantized *out, double *loss, double *row_loss,
+                               moeq_error *err)
+{
+    const int32_t *perm_host = p->perm_host;
+    return sweep_segments(ctx, p->hinv.ptr, p->perm.ptr, p->dead.ptr, &perm_host, 1, rows,
+                          p->cols, cfg, W, out, loss, row_loss, err);
+}
+
+moeq_code moeq_cuda_gptq_sweep_segments(moeq_cuda_ctx *ctx,
+                                        const moeq_cuda_gptq_prepared *const *preps, int n_seg,
+                                        const moeq_gptq_config *cfg, const float *W,
+                                        int seg_rows, moeq_cuda_quantized *out,
+                                        double *row_loss, moeq_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (n_seg < 1 || seg_rows % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "segmented GPTQ sweep: %d segments of %d rows (a multiple of %d)", n_seg,
+                         seg_rows, MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE);
+    const int cols = preps[0]->cols;
+    for (int s = 1; s < n_seg; s++)
+        if (preps[s]->cols != cols)
+            return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                             "segmented GPTQ sweep: Hessians of %d and %d columns", cols,
+                             preps[s]->cols);
+    /* The segments' factors side by side, as the kernels index them. */
+    moeq_cuda_buf hinv = {0}, perm = {0}, dead = {0};
+    const int32_t **perm_host = malloc(sizeof *perm_host * (size_t)n_seg);
+    const size_t nn = (size_t)cols * cols;
+    moeq_code rc = perm_host ? MOEQ_OK : moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+    if (!rc &&
+        ((rc = moeq_cuda_alloc(ctx, &hinv, sizeof(float) * nn * n_seg, "GPTQ factors", err)) ||
+         (rc = moeq_cuda_alloc(ctx, &perm, sizeof(int32_t) * (size_t)cols * n_seg,
+                               "GPTQ permutations", err)) ||
+         (rc = moeq_cuda_alloc(ctx, &dead, (size_t)cols * n_seg, "GPTQ dead columns", err))))
+        goto done;
+    for (int s = 0; !rc && s < n_seg; s++) {
+        perm_host[s] = preps[s]->perm_host;
+        if ((rc = MOEQ_CU(cudaMemcpyAsync((float *)hinv.ptr + nn * s, preps[s]->hinv.ptr,
+                                          sizeof(float) * nn, cudaMemcpyDeviceToDevice,
+                                          ctx->stream))) ||
+            (rc = MOEQ_CU(cudaMemcpyAsync((int32_t *)perm.ptr + (size_t)cols * s,
+                                          preps[s]->perm.ptr, sizeof(int32_t) * (size_t)cols,
+                                          cudaMemcpyDeviceToDevice, ctx->stream))))
+            break;
+        rc = MOEQ_CU(cudaMemcpyAsync((uint8_t *)dead.ptr + (size_t)cols * s, preps[s]->dead.ptr,
+                                     (size_t)cols, cudaMemcpyDeviceToDevice, ctx->stream));
+    }
+    if (!rc)
+        rc = sweep_segments(ctx, hinv.ptr, perm.ptr, dead.ptr, perm_host, n_seg, seg_rows, cols,
+                            cfg, W, out, NULL, row_loss, err);
+done:
+    moeq_cuda_free(ctx, &hinv);
+    moeq_cuda_free(ctx, &perm);
+    moeq_cuda_free(ctx, &dead);
+    free(perm_host);
+    return rc;
+}
+
+moeq_code moeq_cuda_quantized_download_rows(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
+                                            int r0, int rows, moeq_quantized *host,
+                                            moeq_error *err)
+{
+    if (r0 < 0 || rows < 0 || r0 + rows > q->rows)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "rows [%d, %d) of a %d-row weight", r0,
+                         r0 + rows, q->rows);
+    moeq_code rc = moeq_quantized_alloc(host, rows, q->cols, q->bits, q->group_size, err);
+    if (rc)
+        return rc;
+    /* codes rows are contiguous; grids are [n_groups, rows]: one strided
+     * copy each. */
+    if ((rc = moeq_cuda_download(ctx, host->codes, (const uint8_t *)q->codes.ptr +
+                                                       (size_t)r0 * q->cols,
+                                 (size_t)rows * q->cols, err)) ||
+        (rc = MOEQ_CU(cudaMemcpy2DAsync(host->scales, sizeof(float) * (size_t)rows,
+                                        (const float *)q->scales.ptr + r0,
+                                        sizeof(float) * (size_t)q->rows,
+                                        sizeof(float) * (size_t)rows, (size_t)q->n_groups,
+                                        cudaMemcpyDeviceToHost, ctx->stream))) ||
+        (rc = MOEQ_CU(cudaMemcpy2DAsync(host->zeros, sizeof(int32_t) * (size_t)rows,
+                                        (const int32_t *)q->zeros.ptr + r0,
+                                        sizeof(int32_t) * (size_t)q->rows,
+                                        sizeof(int32_t) * (size_t)rows, (size_t)q->n_groups,
+                                        cudaMemcpyDeviceToHost, ctx->stream))) ||
+        (rc = moeq_cuda_download(ctx, host->g_idx,
+                                 (const int32_t *)q->g_idx.ptr + (size_t)q->cols * (r0 / q->seg_rows),
+                                 sizeof(int32_t) * (size_t)q->cols, err)) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        moeq_quantized_free(host);
+    return rc;
+}
+
 moeq_code moeq_cuda_quantized_download(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
                                        moeq_quantized *host, moeq_error *err)
 {
+    if (q->segments > 1)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "a segmented GPTQ result is downloaded segment by segment");
     moeq_code rc =
         moeq_quantized_alloc(host, q->rows, q->cols, q->bits, q->group_size, err);
     if (rc)

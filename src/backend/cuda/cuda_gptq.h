@@ -46,7 +46,8 @@ typedef struct moeq_cuda_quantized {
     moeq_cuda_buf codes;  /* [rows, cols] uint8, original column order */
     moeq_cuda_buf scales; /* [n_groups, rows] fp32, fp16-representable */
     moeq_cuda_buf zeros;  /* [n_groups, rows] int32 */
-    moeq_cuda_buf g_idx;  /* [cols] int32 */
+    moeq_cuda_buf g_idx;  /* [segments, cols] int32: the g_idx of each segment's rows */
+    int segments, seg_rows; /* 1 and rows, unless from moeq_cuda_gptq_sweep_segments */
 } moeq_cuda_quantized;
 
 /* Quantizes W [rows, cols] fp32 on the device against prep; loss (optional)
@@ -58,8 +59,26 @@ moeq_code moeq_cuda_gptq_sweep(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared
                                moeq_cuda_quantized *out, double *loss, double *row_loss,
                                moeq_error *err);
 void moeq_cuda_quantized_free(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q);
+
+/* Quantizes n_seg weights of seg_rows x cols each, stacked in W, segment s
+ * against preps[s] (all of cols columns), in one sweep: a block's kernel
+ * launch and lazy-update GEMM (strided-batched) cover every segment. The
+ * router-bypassed down_proj weights of an expert group go through here.
+ * Results equal n_seg separate sweeps up to the GEMM's summation order.
+ * seg_rows must be a multiple of 16. */
+moeq_code moeq_cuda_gptq_sweep_segments(moeq_cuda_ctx *ctx,
+                                        const moeq_cuda_gptq_prepared *const *preps, int n_seg,
+                                        const moeq_gptq_config *cfg, const float *W,
+                                        int seg_rows, moeq_cuda_quantized *out,
+                                        double *row_loss, moeq_error *err);
 /* Allocates host (moeq_quantized_alloc) and copies q into it. */
 moeq_code moeq_cuda_quantized_download(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
                                        moeq_quantized *host, moeq_error *err);
+
+/* The same for rows [r0, r0 + rows) only (one piece of a stacked sweep,
+ * inside one segment). */
+moeq_code moeq_cuda_quantized_download_rows(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
+                                            int r0, int rows, moeq_quantized *host,
+                                            moeq_error *err);
 
 #endif
