@@ -3,7 +3,7 @@
 # Used by the README's commands and by CI; safe to run again.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libcjson-dev liblapacke-dev libopenblas-dev
-          libpcre2-dev libutf8proc-dev xz-utils)
+          libpcre2-dev libutf8proc-dev xz-utils clang libclang-rt-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -274,6 +274,11 @@ static void test_bad_architecture_files_are_errors_naming_the_field(void)
     expect_arch_error("{\"name\": \"x\", \"model_types\": [\"x\"], \"components\":"
                       " {\"router\": \"softmax_topk\", \"moe_layers\": \"all\"}, " DENSE_TENSORS "}",
                       "tensors.router");
+    /* Found by fuzz_config (tests/fuzz/regressions/config): a role given
+     * twice leaked the first template; now it is an error. */
+    expect_arch_error("{\"name\": \"x\", \"model_types\": [\"x\"], \"components\": {},"
+                      " \"tensors\": {\"embed\": \"e\", \"embed\": \"f\"}}",
+                      "tensors.embed is given twice");
 }
 
 int main(void)

@@ -191,6 +191,10 @@ static moeq_code parse_tensors(const cJSON *tensors, const char *source, moeq_ar
             return moeq_fail(err, MOEQ_ERR_FORMAT,
                              "architecture file %s: tensors.%s must be a string", source,
                              t->string);
+        if (arch->tensors[role])
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "architecture file %s: tensors.%s is given twice", source,
+                             t->string);
         const char *tpl = t->valuestring;
         int has_l = strstr(tpl, "{L}") != NULL, has_e = strstr(tpl, "{E}") != NULL;
         if (has_l == role_is_global(role) || has_e != role_is_expert(role))
