@@ -58,9 +58,9 @@ static moeq_code run(const char *name, const moeq_quantize_options *opt, const c
         return rc;
     moeq_calib_set set = calib_for(&m, 99);
     moeq_gptq_writer w;
-    rc = moeq_gptq_writer_open(&w, &m, opt, out, err);
+    rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err);
     if (!rc) {
-        moeq_layer_sink sink = {moeq_gptq_writer_write_layer, &w};
+        moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done, &w};
         rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
         if (!rc)
             rc = moeq_gptq_writer_finish(&w, NULL, err);
@@ -395,8 +395,8 @@ static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_modul
     moeq_calib_set set = calib_for(&m, 5);
     snprintf(out, sizeof out, "%s/out-weight", dir);
     moeq_gptq_writer w;
-    CHECK_INT_EQ(moeq_gptq_writer_open(&w, &m, &o, out, &err), MOEQ_OK);
-    moeq_layer_sink sink = {moeq_gptq_writer_write_layer, &w};
+    CHECK_INT_EQ(moeq_gptq_writer_open(&w, &m, &o, out, NULL, 0, 0, &err), MOEQ_OK);
+    moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done, &w};
     CHECK_INT_EQ(moeq_quantize_layers(&m, &set, &o, &sink, &err), MOEQ_ERR_NUMERIC);
     CHECK_CONTAINS(err.msg, "layer 1, k_proj");
     CHECK_CONTAINS(err.msg, "non-finite");
@@ -410,7 +410,7 @@ static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_modul
     CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
     set = calib_for(&m, 5);
     snprintf(out, sizeof out, "%s/out-norm", dir);
-    CHECK_INT_EQ(moeq_gptq_writer_open(&w, &m, &o, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_gptq_writer_open(&w, &m, &o, out, NULL, 0, 0, &err), MOEQ_OK);
     sink.ctx = &w;
     CHECK_INT_EQ(moeq_quantize_layers(&m, &set, &o, &sink, &err), MOEQ_ERR_NUMERIC);
     CHECK_CONTAINS(err.msg, "layer 2: non-finite activation in the input of the MLP");

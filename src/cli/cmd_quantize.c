@@ -7,6 +7,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "io/gptq_writer.h"
+#include "common/fileio.h"
+#include "common/hash.h"
 #include "pipeline/quantize.h"
 #include "quant/pack_gptq.h"
 
@@ -170,6 +172,59 @@ static moeq_code load_calibration(const char *calib, const char *lang, const cha
     return rc;
 }
 
+/* What a resumed run must share with the interrupted one: the settings that
+ * change the output, the backend (the CPU and CUDA results differ), the
+ * model (config.json and every shard's size and header) and the
+ * calibration tokens. */
+static cJSON *run_fingerprint(const moeq_model *m, const moeq_calib_set *set,
+                              const moeq_quantize_options *opt, int use_cuda, moeq_error *err)
+{
+    char path[4200], hex[32], *text = NULL;
+    size_t n = 0;
+    snprintf(path, sizeof path, "%s/config.json", m->dir);
+    if (moeq_read_file(path, (size_t)1 << 26, &text, &n, err))
+        return NULL;
+    uint64_t h = moeq_fnv1a64(text, n, MOEQ_FNV1A64_INIT);
+    free(text);
+    for (size_t i = 0; i < m->ckpt.n_files; i++) {
+        const st_file *f = &m->ckpt.files[i];
+        const char *base = strrchr(f->path, '/');
+        base = base ? base + 1 : f->path;
+        h = moeq_fnv1a64(base, strlen(base), h);
+        h = moeq_fnv1a64(&f->map_bytes, sizeof f->map_bytes, h);
+        h = moeq_fnv1a64(f->map, 8 + f->header_bytes, h);
+    }
+    const moeq_gptq_config *g = &opt->gptq;
+    cJSON *fp = cJSON_CreateObject();
+    cJSON_AddStringToObject(fp, "moeq_version", MOEQ_VERSION);
+    cJSON_AddStringToObject(fp, "backend", use_cuda ? "cuda" : "cpu");
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    cJSON_AddStringToObject(fp, "model", hex);
+    h = moeq_fnv1a64(set->tokens, sizeof(int32_t) * (size_t)set->nsamples * set->seqlen,
+                     MOEQ_FNV1A64_INIT);
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    cJSON_AddStringToObject(fp, "calibration tokens", hex);
+    cJSON_AddStringToObject(fp, "method", moeq_method_name(opt->method));
+    cJSON_AddNumberToObject(fp, "bits", g->bits);
+    cJSON_AddNumberToObject(fp, "group size", g->group_size);
+    cJSON_AddBoolToObject(fp, "sym", g->sym);
+    cJSON_AddBoolToObject(fp, "desc_act", g->desc_act);
+    cJSON_AddBoolToObject(fp, "static_groups", g->static_groups);
+    cJSON_AddNumberToObject(fp, "mse", g->mse);
+    cJSON_AddNumberToObject(fp, "damp_percent", g->damp_percent);
+    cJSON_AddBoolToObject(fp, "true_sequential", opt->true_sequential);
+    cJSON_AddStringToObject(fp, "expert calibration", moeq_expert_calib_name(opt->expert_calib));
+    cJSON_AddNumberToObject(fp, "min_expert_tokens", opt->min_expert_tokens);
+    return fp;
+}
+
+static moeq_code on_layer_done(void *ctx, int layer, const float *hidden, size_t count,
+                               moeq_error *err)
+{
+    run_ctx *c = ctx;
+    return moeq_gptq_writer_layer_done(c->writer, layer, hidden, count, err);
+}
+
 static int parse_choice(const char *value, const char *const *names, int count, int *out)
 {
     for (int i = 0; i < count; i++)
@@ -242,7 +297,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
-    int true_sequential = 1, expert_batch = 0, wait_for_layer = 0;
+    int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0;
     const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
@@ -265,6 +320,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
         {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
         {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold, e.g. 24GiB (default: no limit)"},
+        {"resume", ARG_FLAG, &resume, NULL, "continue an interrupted run of the same --out from its last completed layer (same model, data and settings)"},
         {"wait-for-layer", ARG_FLAG, &wait_for_layer, NULL, "CUDA: read, quantize and write one layer after the other (lowest memory); default: read the next layer and write the previous one beside the GPU work"},
         {"expert-batch", ARG_INT, &expert_batch, "N", "CUDA: experts quantized per group (default: as many as the budget allows)"},
         {"tokenizer", ARG_STRING, &tokenizer, "FILE", "tokenizer.json (default MODEL/tokenizer.json)"},
@@ -399,10 +455,24 @@ int moeq_cmd_quantize(int argc, char **argv)
                 moeq_method_name(opt.method), g.bits, g.group_size, g.sym ? "sym" : "asym",
                 model.cfg.num_experts ? moeq_expert_calib_name(opt.expert_calib) : "none",
                 nsamples, seqlen, calib, set.stream_tokens, use_cuda ? "cuda" : "cpu");
-    if (moeq_gptq_writer_open(&writer, &model, &opt, out_dir, &err))
+    cJSON *fingerprint = run_fingerprint(&model, &set, &opt, use_cuda, &err);
+    if (!fingerprint)
         goto done;
+    moeq_code opened = moeq_gptq_writer_open(&writer, &model, &opt, out_dir, fingerprint, resume,
+                                             (size_t)nsamples * seqlen * model.cfg.hidden_size,
+                                             &err);
+    cJSON_Delete(fingerprint);
+    if (opened)
+        goto done;
+    if (resume) {
+        opt.start_layer = writer.resume_layer;
+        opt.start_hidden = writer.resume_hidden;
+        if (progress)
+            fprintf(progress, "resuming after layer %d/%d of the interrupted run\n",
+                    writer.resume_layer, model.cfg.num_layers);
+    }
     ctx.start = ctx.last = now_seconds();
-    moeq_layer_sink sink = {on_layer, &ctx};
+    moeq_layer_sink sink = {on_layer, on_layer_done, &ctx};
     size_t peak_device = 0;
 #ifdef MOEQ_HAVE_CUDA
     if (use_cuda) {

@@ -99,3 +99,21 @@ void moeq_remove_tree(const char *path)
 {
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t bytes,
+                                 moeq_error *err)
+{
+    size_t n = strlen(path) + 5;
+    char *tmp = malloc(n);
+    if (!tmp)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+    snprintf(tmp, n, "%s.tmp", path);
+    moeq_code rc = moeq_write_file(tmp, data, bytes, err);
+    if (!rc && rename(tmp, path) != 0)
+        rc = moeq_fail(err, MOEQ_ERR_IO, "cannot rename %s to %s: %s", tmp, path,
+                       strerror(errno));
+    if (rc)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}

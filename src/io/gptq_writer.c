@@ -2,7 +2,9 @@
  * layout in docs/formats.md). */
 #include "io/gptq_writer.h"
 
+#include "common/failpoint.h"
 #include "common/fileio.h"
+#include "common/hash.h"
 #include "common/parallel.h"
 #include "quant/pack_gptq.h"
 
@@ -13,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static char *dup_string(const char *s)
 {
@@ -28,8 +31,106 @@ static void shard_name(const moeq_gptq_writer *w, int index, char *buf, size_t b
     snprintf(buf, bytes, "model-%05d-of-%05d.safetensors", index + 1, w->n_shards);
 }
 
+static void hidden_name(const moeq_gptq_writer *w, int layer, char *buf, size_t bytes)
+{
+    snprintf(buf, bytes, "%s/hidden-%05d.bin", w->tmp_dir, layer);
+}
+
+/* Names the first top-level key whose value differs between two
+ * fingerprints (JSON objects), for the refusal message. */
+static const char *first_difference(const cJSON *a, const cJSON *b)
+{
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a)
+    {
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(b, x->string);
+        if (!y || !cJSON_Compare(x, y, 1))
+            return x->string;
+    }
+    cJSON_ArrayForEach(x, b)
+    if (!cJSON_GetObjectItemCaseSensitive(a, x->string))
+        return x->string;
+    return NULL;
+}
+
+/* Reads the interrupted run's state.json and hidden states back. */
+static moeq_code load_state(moeq_gptq_writer *w, const cJSON *fingerprint, size_t hidden_count,
+                            moeq_error *err)
+{
+    char path[4200], *text = NULL;
+    snprintf(path, sizeof path, "%s/state.json", w->tmp_dir);
+    moeq_code rc = moeq_read_text_file(path, (size_t)1 << 30, &text, err);
+    if (rc == MOEQ_ERR_NOT_FOUND) {
+        /* Killed before the first layer was recorded: start over in it. */
+        moeq_remove_tree(w->tmp_dir);
+        if (mkdir(w->tmp_dir, 0777) != 0)
+            return moeq_fail(err, MOEQ_ERR_IO, "cannot create %s: %s", w->tmp_dir,
+                             strerror(errno));
+        return MOEQ_OK;
+    }
+    if (rc)
+        return rc;
+    cJSON *st = cJSON_Parse(text);
+    free(text);
+    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(st, "fingerprint");
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(st, "next_layer");
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(st, "weight_map");
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(st, "report_layers");
+    const cJSON *copied = cJSON_GetObjectItemCaseSensitive(st, "copied");
+    const cJSON *total = cJSON_GetObjectItemCaseSensitive(st, "total_bytes");
+    const cJSON *sum = cJSON_GetObjectItemCaseSensitive(st, "hidden_fnv1a");
+    if (!st || !cJSON_IsObject(fp) || !cJSON_IsNumber(next) || !cJSON_IsObject(map) ||
+        !cJSON_IsArray(layers) || !cJSON_IsArray(copied) || !cJSON_IsNumber(total) ||
+        !cJSON_IsString(sum) || next->valueint < 1 || next->valueint > w->src->cfg.num_layers) {
+        cJSON_Delete(st);
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "--resume: %s is damaged (remove %s and start "
+                         "again)", path, w->tmp_dir);
+    }
+    const char *diff = first_difference(fingerprint, fp);
+    if (diff) {
+        rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                       "--resume: the interrupted run in %s had another %s; resume with the "
+                       "same model, calibration data and settings, or remove that directory",
+                       w->tmp_dir, diff);
+        cJSON_Delete(st);
+        return rc;
+    }
+    w->resume_layer = next->valueint;
+    cJSON_Delete(w->weight_map);
+    cJSON_Delete(w->report_layers);
+    w->weight_map = cJSON_Duplicate(map, 1);
+    w->report_layers = cJSON_Duplicate(layers, 1);
+    w->total_bytes = (int64_t)total->valuedouble;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, copied)
+    {
+        if (!cJSON_IsNumber(c) || c->valueint < 0 || (size_t)c->valueint >= w->src->ckpt.n_tensors)
+            continue;
+        w->written[c->valueint] = 1;
+    }
+    char hpath[4200];
+    hidden_name(w, w->resume_layer, hpath, sizeof hpath);
+    size_t bytes = 0;
+    rc = moeq_read_file(hpath, sizeof(float) * hidden_count + 1, (char **)&w->resume_hidden,
+                        &bytes, err);
+    char expect[32];
+    if (!rc) {
+        snprintf(expect, sizeof expect, "%016llx",
+                 (unsigned long long)moeq_fnv1a64(w->resume_hidden, bytes, MOEQ_FNV1A64_INIT));
+        if (bytes != sizeof(float) * hidden_count || strcmp(expect, sum->valuestring))
+            rc = moeq_fail(err, MOEQ_ERR_FORMAT,
+                           "--resume: %s does not match state.json (remove %s and start again)",
+                           hpath, w->tmp_dir);
+    }
+    cJSON_Delete(st);
+    if (rc || !w->weight_map || !w->report_layers)
+        return rc ? rc : moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+    return MOEQ_OK;
+}
+
 moeq_code moeq_gptq_writer_open(moeq_gptq_writer *w, const moeq_model *src,
                                 const moeq_quantize_options *opt, const char *out_dir,
+                                const cJSON *fingerprint, int resume, size_t hidden_count,
                                 moeq_error *err)
 {
     memset(w, 0, sizeof *w);
@@ -49,19 +150,84 @@ moeq_code moeq_gptq_writer_open(moeq_gptq_writer *w, const moeq_model *src,
     w->written = calloc(src->ckpt.n_tensors ? src->ckpt.n_tensors : 1, 1);
     w->weight_map = cJSON_CreateObject();
     w->report_layers = cJSON_CreateArray();
-    if (!w->out_dir || !w->tmp_dir || !w->written || !w->weight_map || !w->report_layers) {
+    w->fingerprint = fingerprint ? cJSON_Duplicate(fingerprint, 1) : cJSON_CreateObject();
+    if (!w->out_dir || !w->tmp_dir || !w->written || !w->weight_map || !w->report_layers ||
+        !w->fingerprint) {
         moeq_gptq_writer_close(w);
         return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
     }
-    snprintf(w->tmp_dir, len + 32, "%s.moeq-partial-XXXXXX", w->out_dir);
-    if (!mkdtemp(w->tmp_dir)) {
-        moeq_code rc = moeq_fail(err, MOEQ_ERR_IO, "cannot create %s: %s", w->tmp_dir,
-                                 strerror(errno));
+    /* A fixed name, so that an interrupted run can be found and resumed. */
+    snprintf(w->tmp_dir, len + 32, "%s.moeq-partial", w->out_dir);
+    moeq_code rc = MOEQ_OK;
+    if (resume) {
+        if (!moeq_dir_exists(w->tmp_dir))
+            rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                           "--resume: no interrupted run of %s to resume (%s does not exist)",
+                           w->out_dir, w->tmp_dir);
+        else
+            rc = load_state(w, w->fingerprint, hidden_count, err);
+        if (rc) { /* keep the interrupted run's directory as it is */
+            free(w->tmp_dir);
+            w->tmp_dir = NULL;
+        }
+    } else if (stat(w->tmp_dir, &st) == 0) {
+        rc = moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                       "%s exists: an interrupted run of %s; add --resume to continue it, or "
+                       "remove that directory",
+                       w->tmp_dir, w->out_dir);
         free(w->tmp_dir);
         w->tmp_dir = NULL;
-        moeq_gptq_writer_close(w);
-        return rc;
+    } else if (mkdir(w->tmp_dir, 0777) != 0) {
+        rc = moeq_fail(err, MOEQ_ERR_IO, "cannot create %s: %s", w->tmp_dir, strerror(errno));
+        free(w->tmp_dir);
+        w->tmp_dir = NULL;
     }
+    if (rc)
+        moeq_gptq_writer_close(w);
+    return rc;
+}
+
+moeq_code moeq_gptq_writer_layer_done(void *writer, int layer, const float *hidden, size_t count,
+                                      moeq_error *err)
+{
+    moeq_gptq_writer *w = writer;
+    char path[4200], old[4200];
+    /* The next layer's input, then the record naming it: killed between the
+     * two, the record still points at the previous, complete pair. */
+    hidden_name(w, layer + 1, path, sizeof path);
+    moeq_code rc = moeq_write_file_atomic(path, hidden, sizeof(float) * count, err);
+    if (rc)
+        return moeq_wrap(err, "saving the state after layer %d: ", layer);
+    char name[32];
+    snprintf(name, sizeof name, "layer-%d-state", layer);
+    moeq_failpoint(name, NULL);
+    cJSON *st = cJSON_CreateObject();
+    cJSON *copied = cJSON_CreateArray();
+    for (size_t i = 0; i < w->src->ckpt.n_tensors; i++)
+        if (w->written[i])
+            cJSON_AddItemToArray(copied, cJSON_CreateNumber((double)i));
+    char sum[32];
+    snprintf(sum, sizeof sum, "%016llx",
+             (unsigned long long)moeq_fnv1a64(hidden, sizeof(float) * count, MOEQ_FNV1A64_INIT));
+    cJSON_AddItemToObject(st, "fingerprint", cJSON_Duplicate(w->fingerprint, 1));
+    cJSON_AddNumberToObject(st, "next_layer", layer + 1);
+    cJSON_AddStringToObject(st, "hidden_fnv1a", sum);
+    cJSON_AddNumberToObject(st, "total_bytes", (double)w->total_bytes);
+    cJSON_AddItemToObject(st, "copied", copied);
+    cJSON_AddItemToObject(st, "weight_map", cJSON_Duplicate(w->weight_map, 1));
+    cJSON_AddItemToObject(st, "report_layers", cJSON_Duplicate(w->report_layers, 1));
+    char *text = cJSON_PrintUnformatted(st);
+    cJSON_Delete(st);
+    if (!text)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory saving the state after layer %d",
+                         layer);
+    snprintf(path, sizeof path, "%s/state.json", w->tmp_dir);
+    rc = moeq_write_file_atomic(path, text, strlen(text), err);
+    cJSON_free(text);
+    if (rc)
+        return moeq_wrap(err, "saving the state after layer %d: ", layer);
+    hidden_name(w, layer, old, sizeof old);
+    unlink(old); /* the previous layer's input is no longer needed */
     return MOEQ_OK;
 }
 
@@ -281,6 +447,9 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
         rc = add_layer_copies(w, &s, file, r->layer, err);
     if (!rc)
         rc = st_writer_write(&s.st, path, err);
+    char point[32];
+    snprintf(point, sizeof point, "layer-%d-shard", r->layer);
+    moeq_failpoint(point, path); /* a test hook: a shard torn by a kill */
     if (!rc)
         cJSON_AddItemToArray(w->report_layers, layer_report(w, r, now_seconds() - t0));
     for (int i = 0; s.packed && i < r->n_linears; i++)
@@ -402,6 +571,14 @@ moeq_code moeq_gptq_writer_finish(moeq_gptq_writer *w, const cJSON *settings, mo
     cJSON_Delete(index);
     if (rc || (rc = write_config(w, err)) || (rc = copy_other_files(w, err)))
         return rc;
+    /* The resume state has no place in the finished checkpoint. */
+    char state[4200];
+    snprintf(state, sizeof state, "%s/state.json", w->tmp_dir);
+    unlink(state);
+    for (int l = 0; l <= w->src->cfg.num_layers; l++) {
+        hidden_name(w, l, state, sizeof state);
+        unlink(state);
+    }
     cJSON *report = settings ? cJSON_Duplicate(settings, 1) : cJSON_CreateObject();
     cJSON_AddItemToObject(report, "quantization_config", quantization_config(w));
     cJSON_AddItemToObject(report, "layers", cJSON_Duplicate(w->report_layers, 1));
@@ -426,5 +603,7 @@ void moeq_gptq_writer_close(moeq_gptq_writer *w)
     free(w->written);
     cJSON_Delete(w->weight_map);
     cJSON_Delete(w->report_layers);
+    cJSON_Delete(w->fingerprint);
+    free(w->resume_hidden);
     memset(w, 0, sizeof *w);
 }

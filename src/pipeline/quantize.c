@@ -8,6 +8,7 @@
 #include "pipeline/quantize.h"
 
 #include "backend/cpu/cpu_ops.h"
+#include "common/failpoint.h"
 #include "model/forward.h"
 #include "model/weights.h"
 
@@ -462,10 +463,13 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                        "out of memory for the activations of %d calibration tokens", n);
         goto done;
     }
-    if ((rc = moeq_model_embed(model, calib->tokens, (size_t)n, x, err)) ||
-        (rc = moeq_rope_cache_init(cfg, &rope, err)))
+    if (opt->start_layer > 0)
+        memcpy(x, opt->start_hidden, sizeof(float) * nh);
+    else if ((rc = moeq_model_embed(model, calib->tokens, (size_t)n, x, err)))
         goto done;
-    for (int l = 0; l < cfg->num_layers; l++) {
+    if ((rc = moeq_rope_cache_init(cfg, &rope, err)))
+        goto done;
+    for (int l = opt->start_layer; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l};
         layer_ctx c = {cfg, opt, l, &res, 0, NULL};
         moeq_layer_weights lw;
@@ -478,6 +482,9 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                     cfg->num_layers, now_seconds() - t0,
                     lw.is_moe ? "attention and experts" : "attention and MLP");
         rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
+        char point[32];
+        snprintf(point, sizeof point, "layer-%d-mid", l);
+        moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
         if (!rc)
             rc = quantize_mlp(&c, &lw, x1, n, err);
         /* The output for the next layer: every weight quantized, real
@@ -501,6 +508,8 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         res.seconds_wall = now_seconds() - t_layer;
         if (!rc && sink)
             rc = sink->write_layer(sink->ctx, &res, err);
+        if (!rc && sink && sink->layer_done)
+            rc = sink->layer_done(sink->ctx, l, y, nh, err);
         moeq_layer_result_free(&res);
         if (rc)
             goto done;

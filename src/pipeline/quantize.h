@@ -60,6 +60,8 @@ typedef struct moeq_quantize_options {
                              * helper threads while layer L runs on the GPU (the
                              * CPU loop always waits) */
     FILE *progress;         /* per-stage progress lines; NULL for none */
+    int start_layer;        /* resume: the first layer to quantize (0: all) */
+    const float *start_hidden; /* resume: that layer's input [tokens, hidden] */
 } moeq_quantize_options;
 
 /* One quantized linear of a layer, named by role and expert. */
@@ -91,6 +93,10 @@ void moeq_layer_result_free(moeq_layer_result *r);
 /* Receives each finished layer (the output writer); it takes nothing over. */
 typedef struct moeq_layer_sink {
     moeq_code (*write_layer)(void *ctx, const moeq_layer_result *result, moeq_error *err);
+    /* Optional: after layer `layer` is written, its output (the next
+     * layer's input, count floats), for a resumable record of the run. */
+    moeq_code (*layer_done)(void *ctx, int layer, const float *hidden, size_t count,
+                            moeq_error *err);
     void *ctx;
 } moeq_layer_sink;
 

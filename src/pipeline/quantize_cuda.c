@@ -28,6 +28,7 @@
 #include "backend/cuda/cuda_gptq.h"
 #include "backend/cuda/cuda_hessian.h"
 #include "backend/cuda/cuda_layer.h"
+#include "common/failpoint.h"
 #include "kernels.h"
 #include "model/forward.h"
 #include "model/weights.h"
@@ -1079,13 +1080,20 @@ typedef struct writer {
     const moeq_config *cfg;
     moeq_layer_result res;
     moeq_layer_weights lw;
+    float *hidden;       /* the layer's output on the host, for layer_done */
+    size_t hidden_count;
     moeq_code rc;
     moeq_error err;
 } writer;
 
 static void writer_work(writer *w, moeq_error *err)
 {
+    int layer = w->res.layer;
     w->rc = w->sink ? w->sink->write_layer(w->sink->ctx, &w->res, err) : MOEQ_OK;
+    if (!w->rc && w->sink && w->sink->layer_done && w->hidden)
+        w->rc = w->sink->layer_done(w->sink->ctx, layer, w->hidden, w->hidden_count, err);
+    free(w->hidden);
+    w->hidden = NULL;
     moeq_layer_result_free(&w->res);
     layer_pin(w->cfg, &w->lw, 0);
     moeq_layer_weights_free(&w->lw);
@@ -1098,13 +1106,16 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* Hands *res and *lw to the writer thread (both are zeroed: the writer
- * frees them). */
+/* Hands *res, *lw and hidden to the writer thread (res and lw are zeroed:
+ * the writer frees them, and hidden). */
 static moeq_code writer_start(writer *w, const moeq_layer_sink *sink, const moeq_config *cfg,
-                              moeq_layer_result *res, moeq_layer_weights *lw, moeq_error *err)
+                              moeq_layer_result *res, moeq_layer_weights *lw, float *hidden,
+                              size_t hidden_count, moeq_error *err)
 {
     w->sink = sink;
     w->cfg = cfg;
+    w->hidden = hidden; /* taken */
+    w->hidden_count = hidden_count;
     w->res = *res;
     w->lw = *lw;
     memset(res, 0, sizeof *res);
@@ -1200,8 +1211,11 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                        "out of memory for the activations of %d calibration tokens", g.n);
         goto done;
     }
-    if ((rc = moeq_model_embed(model, calib->tokens, (size_t)g.n, x, err)) ||
-        (rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
+    if (opt->start_layer > 0)
+        memcpy(x, opt->start_hidden, sizeof(float) * nh);
+    else if ((rc = moeq_model_embed(model, calib->tokens, (size_t)g.n, x, err)))
+        goto done;
+    if ((rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
         (rc = moeq_cuda_alloc(&g.cu, &g.x1, sizeof(float) * nh, "hidden states", err)) ||
         (rc = moeq_cuda_alloc(&g.cu, &g.h, 2 * nh, "normed hidden states", err)) ||
         (rc = moeq_cuda_alloc(&g.cu, &g.o, 2 * (size_t)g.n * g.qdim, "attention outputs",
@@ -1212,9 +1226,9 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     free(x);
     x = NULL;
     const int overlap = !opt->wait_for_layer;
-    if (overlap && (rc = loader_start(&ld, model, g.cu.device, 0, err)))
+    if (overlap && (rc = loader_start(&ld, model, g.cu.device, opt->start_layer, err)))
         goto done;
-    for (int l = 0; l < cfg->num_layers; l++) {
+    for (int l = opt->start_layer; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l};
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
@@ -1241,21 +1255,38 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                     g.cu.device_name);
         L.t_stage = now_seconds();
         rc = attention_stage(&L, &lw, err);
+        char point[32];
+        snprintf(point, sizeof point, "layer-%d-mid", l);
+        moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
         if (!rc)
             rc = mlp_stage(&L, &lw, err);
         if (!rc)
             rc = check_output(&L, err);
+        /* The layer's output on the host, for the resumable record. */
+        float *hidden = NULL;
+        if (!rc && sink && sink->layer_done) {
+            if (!(hidden = malloc(g.x.bytes)))
+                rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the layer output");
+            if (!rc)
+                rc = moeq_cuda_download(&g.cu, hidden, g.x.ptr, g.x.bytes, err);
+            if (!rc)
+                rc = moeq_cuda_sync(&g.cu, err);
+        }
         if (!rc && overlap) {
             /* The previous layer's writer must be done first: one layer is
              * packed and written at a time. */
             if (!(rc = writer_finish(&wr, err))) {
                 res.seconds_wall = now_seconds() - t_layer;
-                rc = writer_start(&wr, sink, cfg, &res, &lw, err); /* takes res and lw */
+                rc = writer_start(&wr, sink, cfg, &res, &lw, hidden, nh, err); /* takes all */
+                hidden = NULL;
             }
         } else if (!rc && sink) {
             res.seconds_wall = now_seconds() - t_layer;
             rc = sink->write_layer(sink->ctx, &res, err);
+            if (!rc && hidden)
+                rc = sink->layer_done(sink->ctx, l, hidden, nh, err);
         }
+        free(hidden);
         if (overlap)
             layer_pin(cfg, &lw, 0); /* lw is empty unless writer_start did not run */
         moeq_layer_weights_free(&lw);

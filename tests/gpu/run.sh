@@ -40,6 +40,20 @@ print('report:', s['backend'], s['total_seconds'], s['peak_device_bytes'], s['pe
     tail -n 12 "$LOGS/demo-$dev.log"
 done
 
+# Kill a CUDA run mid-layer (test hook, src/common/failpoint.h), resume it,
+# and compare with an uninterrupted CUDA run: same files (report.json aside).
+r=$BUILD/resume
+rm -rf "$r" && mkdir -p "$r"
+q=(quantize --model demo/qwen3-moe-demo --device cuda --nsamples 16 --seqlen 256 --quiet)
+{
+    "$BUILD/moeq" "${q[@]}" --out "$r/ref" &&
+    { MOEQ_FAILPOINT=layer-2-mid "$BUILD/moeq" "${q[@]}" --out "$r/cut"; [ $? -eq 137 ]; } &&
+    [ -d "$r/cut.moeq-partial" ] && [ ! -e "$r/cut" ] &&
+    "$BUILD/moeq" "${q[@]}" --out "$r/cut" --resume &&
+    diff -r -x report.json "$r/ref" "$r/cut" && echo "resume on CUDA: identical output"
+} > "$LOGS/resume-cuda.log" 2>&1 || { status=1; echo "resume on CUDA: FAILED"; }
+tail -n 2 "$LOGS/resume-cuda.log"
+
 if [ "$status" -ne 0 ]; then
     echo "run.sh: FAILED (logs in $LOGS)"
 else

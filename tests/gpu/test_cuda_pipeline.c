@@ -137,7 +137,7 @@ static moeq_code run(const moeq_model *m, const moeq_calib_set *cs, moeq_quantiz
     out->experts = m->cfg.num_experts;
     if (out->experts)
         out->tokens = calloc((size_t)out->layers * out->experts, sizeof(int64_t));
-    moeq_layer_sink sink = {collect, out};
+    moeq_layer_sink sink = {collect, NULL, out};
     if (cuda)
         return moeq_quantize_layers_cuda(m, cs, &opt, &sink, peak, err);
     return moeq_quantize_layers(m, cs, &opt, &sink, err);
