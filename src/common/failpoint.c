@@ -13,7 +13,8 @@ void moeq_failpoint(const char *name, const char *truncate_path)
     if (!armed || strcmp(armed, name))
         return;
     struct stat st;
-    if (truncate_path && stat(truncate_path, &st) == 0)
-        (void)truncate(truncate_path, st.st_size / 2);
+    if (truncate_path && stat(truncate_path, &st) == 0 &&
+        truncate(truncate_path, st.st_size / 2) != 0)
+        st.st_size = 0; /* the kill follows either way */
     raise(SIGKILL);
 }

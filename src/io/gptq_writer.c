@@ -116,7 +116,7 @@ static moeq_code load_state(moeq_gptq_writer *w, const cJSON *fingerprint, size_
     char expect[32];
     if (!rc) {
         snprintf(expect, sizeof expect, "%016llx",
-                 (unsigned long long)moeq_fnv1a64(w->resume_hidden, bytes, MOEQ_FNV1A64_INIT));
+                 (unsigned long long)moeq_fnv1a64_words(w->resume_hidden, bytes, MOEQ_FNV1A64_INIT));
         if (bytes != sizeof(float) * hidden_count || strcmp(expect, sum->valuestring))
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "--resume: %s does not match state.json (remove %s and start again)",
@@ -208,7 +208,7 @@ moeq_code moeq_gptq_writer_layer_done(void *writer, int layer, const float *hidd
             cJSON_AddItemToArray(copied, cJSON_CreateNumber((double)i));
     char sum[32];
     snprintf(sum, sizeof sum, "%016llx",
-             (unsigned long long)moeq_fnv1a64(hidden, sizeof(float) * count, MOEQ_FNV1A64_INIT));
+             (unsigned long long)moeq_fnv1a64_words(hidden, sizeof(float) * count, MOEQ_FNV1A64_INIT));
     cJSON_AddItemToObject(st, "fingerprint", cJSON_Duplicate(w->fingerprint, 1));
     cJSON_AddNumberToObject(st, "next_layer", layer + 1);
     cJSON_AddStringToObject(st, "hidden_fnv1a", sum);

@@ -1080,7 +1080,7 @@ typedef struct writer {
     const moeq_config *cfg;
     moeq_layer_result res;
     moeq_layer_weights lw;
-    float *hidden;       /* the layer's output on the host, for layer_done */
+    const float *hidden; /* the layer's output on the host, for layer_done (borrowed) */
     size_t hidden_count;
     moeq_code rc;
     moeq_error err;
@@ -1092,7 +1092,6 @@ static void writer_work(writer *w, moeq_error *err)
     w->rc = w->sink ? w->sink->write_layer(w->sink->ctx, &w->res, err) : MOEQ_OK;
     if (!w->rc && w->sink && w->sink->layer_done && w->hidden)
         w->rc = w->sink->layer_done(w->sink->ctx, layer, w->hidden, w->hidden_count, err);
-    free(w->hidden);
     w->hidden = NULL;
     moeq_layer_result_free(&w->res);
     layer_pin(w->cfg, &w->lw, 0);
@@ -1106,15 +1105,15 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* Hands *res, *lw and hidden to the writer thread (res and lw are zeroed:
- * the writer frees them, and hidden). */
+/* Hands *res and *lw to the writer thread (both are zeroed: the writer
+ * frees them); hidden is read until writer_finish. */
 static moeq_code writer_start(writer *w, const moeq_layer_sink *sink, const moeq_config *cfg,
-                              moeq_layer_result *res, moeq_layer_weights *lw, float *hidden,
-                              size_t hidden_count, moeq_error *err)
+                              moeq_layer_result *res, moeq_layer_weights *lw,
+                              const float *hidden, size_t hidden_count, moeq_error *err)
 {
     w->sink = sink;
     w->cfg = cfg;
-    w->hidden = hidden; /* taken */
+    w->hidden = hidden; /* stays valid until writer_finish */
     w->hidden_count = hidden_count;
     w->res = *res;
     w->lw = *lw;
@@ -1178,6 +1177,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     float *x = NULL;
     loader ld = {0};
     writer wr = {0};
+    float *hidden_host[2] = {NULL, NULL};
     moeq_code rc;
     if (!opt->true_sequential)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
@@ -1262,11 +1262,15 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             rc = mlp_stage(&L, &lw, err);
         if (!rc)
             rc = check_output(&L, err);
-        /* The layer's output on the host, for the resumable record. */
+        /* The layer's output on the host, for the resumable record: two
+         * pinned buffers taken in turn (the writer may still read the
+         * other one, the previous layer's). */
         float *hidden = NULL;
         if (!rc && sink && sink->layer_done) {
-            if (!(hidden = malloc(g.x.bytes)))
-                rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the layer output");
+            hidden = hidden_host[l & 1];
+            if (!hidden && !(rc = moeq_cuda_host_alloc((void **)&hidden_host[l & 1], g.x.bytes,
+                                                       "the layer output", err)))
+                hidden = hidden_host[l & 1];
             if (!rc)
                 rc = moeq_cuda_download(&g.cu, hidden, g.x.ptr, g.x.bytes, err);
             if (!rc)
@@ -1277,8 +1281,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
              * packed and written at a time. */
             if (!(rc = writer_finish(&wr, err))) {
                 res.seconds_wall = now_seconds() - t_layer;
-                rc = writer_start(&wr, sink, cfg, &res, &lw, hidden, nh, err); /* takes all */
-                hidden = NULL;
+                rc = writer_start(&wr, sink, cfg, &res, &lw, hidden, nh, err);
             }
         } else if (!rc && sink) {
             res.seconds_wall = now_seconds() - t_layer;
@@ -1286,7 +1289,6 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             if (!rc && hidden)
                 rc = sink->layer_done(sink->ctx, l, hidden, nh, err);
         }
-        free(hidden);
         if (overlap)
             layer_pin(cfg, &lw, 0); /* lw is empty unless writer_start did not run */
         moeq_layer_weights_free(&lw);
@@ -1308,6 +1310,8 @@ done:
     }
     if (peak_device_bytes)
         *peak_device_bytes = g.cu.peak_bytes;
+    moeq_cuda_host_free(hidden_host[0]);
+    moeq_cuda_host_free(hidden_host[1]);
     free(x);
     moeq_rope_cache_free(&rope);
     moeq_cuda_buf *bufs[] = {&g.x, &g.x1, &g.h, &g.o, &g.inv_freq};
