@@ -7,6 +7,8 @@
 #     env: MODES="all weighted routed" LAYERS=3 NSAMPLES=128 SEQLEN=2048
 #          BUDGET=      (e.g. 24GiB: passed as --vram-budget)
 #          MEMORY=overlapped  (or wait: --wait-for-layer)
+#          STATE=1      (--state-every: the resume record after every layer;
+#                        0: none, the time without it)
 #          WORK=/tmp/moeq-bench (checkpoints, outputs; several GiB)
 # Writes bench/results/<shape>-<mode>-<memory>[-<budget>].json (summarize.py) and
 # a table on stdout; logs to build/gpu/bench-logs; with $OUT set, both go
@@ -22,6 +24,7 @@ NSAMPLES=${NSAMPLES:-128}
 SEQLEN=${SEQLEN:-2048}
 BUDGET=${BUDGET:-}
 MEMORY=${MEMORY:-overlapped}
+STATE=${STATE:-1}
 SHAPES=("$@")
 [ ${#SHAPES[@]} -eq 0 ] && SHAPES=(qwen3-30b-a3b)
 mkdir -p "$LOGS" "$WORK" bench/results
@@ -64,6 +67,8 @@ for shape in "${SHAPES[@]}"; do
         extra=()
         tag=$shape-$mode-$MEMORY
         [ "$MEMORY" = wait ] && extra+=(--wait-for-layer)
+        extra+=(--state-every "$STATE")
+        [ "$STATE" = 1 ] || tag=$tag-state$STATE
         [ -n "$BUDGET" ] && { extra+=(--vram-budget "$BUDGET"); tag=$tag-$BUDGET; }
         "$BUILD/moeq" quantize --model "$ckpt" --out "$out" --device cuda \
             --calib "$ckpt/tokens.bin" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \

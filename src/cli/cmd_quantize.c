@@ -297,7 +297,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
-    int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0;
+    int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0, state_every = 1;
     const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
@@ -321,6 +321,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
         {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold, e.g. 24GiB (default: no limit)"},
         {"resume", ARG_FLAG, &resume, NULL, "continue an interrupted run of the same --out from its last completed layer (same model, data and settings)"},
+        {"state-every", ARG_INT, &state_every, "N", "save the state --resume needs after every N layers (default 1; 0: never); each save writes the calibration set's hidden states (tokens x hidden x 4 bytes)"},
         {"wait-for-layer", ARG_FLAG, &wait_for_layer, NULL, "CUDA: read, quantize and write one layer after the other (lowest memory); default: read the next layer and write the previous one beside the GPU work"},
         {"expert-batch", ARG_INT, &expert_batch, "N", "CUDA: experts quantized per group (default: as many as the budget allows)"},
         {"tokenizer", ARG_STRING, &tokenizer, "FILE", "tokenizer.json (default MODEL/tokenizer.json)"},
@@ -387,6 +388,9 @@ int moeq_cmd_quantize(int argc, char **argv)
     if (expert_batch < 0)
         return moeq_cli_report("quantize", 2, "--expert-batch must be positive (0: automatic)");
     opt.expert_batch = expert_batch;
+    if (state_every < 0)
+        return moeq_cli_report("quantize", 2, "--state-every must be 0 (never) or positive");
+    opt.state_every = state_every;
     opt.wait_for_layer = wait_for_layer || !use_cuda;
     if (use_cuda)
         opt.token_chunk = 0; /* the CUDA loop sizes its chunks itself */

@@ -508,7 +508,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         res.seconds_wall = now_seconds() - t_layer;
         if (!rc && sink)
             rc = sink->write_layer(sink->ctx, &res, err);
-        if (!rc && sink && sink->layer_done)
+        if (!rc && sink && sink->layer_done && moeq_saves_state_after(opt, l, cfg->num_layers))
             rc = sink->layer_done(sink->ctx, l, y, nh, err);
         moeq_layer_result_free(&res);
         if (rc)

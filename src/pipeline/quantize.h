@@ -60,6 +60,8 @@ typedef struct moeq_quantize_options {
                              * helper threads while layer L runs on the GPU (the
                              * CPU loop always waits) */
     FILE *progress;         /* per-stage progress lines; NULL for none */
+    int state_every;        /* call sink->layer_done after every this many layers
+                             * (1: each; 0: never) */
     int start_layer;        /* resume: the first layer to quantize (0: all) */
     const float *start_hidden; /* resume: that layer's input [tokens, hidden] */
 } moeq_quantize_options;
@@ -115,5 +117,12 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
 
 /* Number of CUDA devices (0 without a driver or a device). CUDA builds only. */
 int moeq_cuda_device_count(void);
+
+/* Whether the state after layer l is saved (sink->layer_done): every
+ * opt->state_every layers, never after the last one (the run finishes). */
+static inline int moeq_saves_state_after(const moeq_quantize_options *opt, int l, int n_layers)
+{
+    return opt->state_every > 0 && (l + 1) % opt->state_every == 0 && l + 1 < n_layers;
+}
 
 #endif

@@ -1266,7 +1266,8 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
          * pinned buffers taken in turn (the writer may still read the
          * other one, the previous layer's). */
         float *hidden = NULL;
-        if (!rc && sink && sink->layer_done) {
+        if (!rc && sink && sink->layer_done &&
+            moeq_saves_state_after(opt, l, cfg->num_layers)) {
             hidden = hidden_host[l & 1];
             if (!hidden && !(rc = moeq_cuda_host_alloc((void **)&hidden_host[l & 1], g.x.bytes,
                                                        "the layer output", err)))
