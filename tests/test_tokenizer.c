@@ -419,6 +419,25 @@ static void test_unknown_component_types_are_unsupported_by_section(void)
     CHECK_CONTAINS(err.msg, "decoder type \"CTC\"");
 }
 
+/* Found by fuzz_tokenizer (tests/fuzz/regressions/tokenizer): one huge id
+ * made the loader ask for gigabytes; sparse ids are now a format error. */
+static void test_vocab_id_far_past_the_entries_is_a_format_error(void)
+{
+    moeq_error err = {0};
+    CHECK_INT_EQ(load_text("tok_sparse",
+                           "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": "
+                           "577777777}, \"merges\": []}}",
+                           &err),
+                 MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "2 entries but ids up to 577777777");
+    /* A few gaps, as some real vocabularies have, stay fine. */
+    CHECK_INT_EQ(load_text("tok_gaps",
+                           "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 7}, "
+                           "\"merges\": []}}",
+                           &err),
+                 MOEQ_OK);
+}
+
 static void test_merge_of_unknown_token_is_a_format_error_naming_it(void)
 {
     moeq_error err = {0};
@@ -473,6 +492,7 @@ int main(void)
     RUN(test_non_json_is_a_format_error);
     RUN(test_wordpiece_and_unigram_models_are_unsupported_by_name);
     RUN(test_unknown_component_types_are_unsupported_by_section);
+    RUN(test_vocab_id_far_past_the_entries_is_a_format_error);
     RUN(test_merge_of_unknown_token_is_a_format_error_naming_it);
     RUN(test_dropout_set_is_unsupported);
     return test_summary();

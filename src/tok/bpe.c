@@ -60,10 +60,11 @@ static moeq_code vocab_parse(const cJSON *vocab, const char *path, tok_bpe *bpe,
     if (!cJSON_IsObject(vocab))
         return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: model.vocab is not an object",
                          path);
-    int64_t max_id = -1;
+    int64_t max_id = -1, entries = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab)
     {
+        entries++;
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > INT32_MAX - 1 ||
             e->valuedouble != (double)(int64_t)e->valuedouble)
             return moeq_fail(err, MOEQ_ERR_FORMAT,
@@ -75,6 +76,14 @@ static moeq_code vocab_parse(const cJSON *vocab, const char *path, tok_bpe *bpe,
         if (id > max_id)
             max_id = id;
     }
+    /* Ids index a table: a real vocabulary numbers its tokens densely, so
+     * an id far past the number of entries is a damaged file (found by
+     * fuzz_tokenizer: a 9-digit id asked for gigabytes). */
+    if (max_id >= 2 * entries + 65536)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "tokenizer.json %s: model.vocab has %lld entries but ids up to %lld: "
+                         "ids must number the tokens densely",
+                         path, (long long)entries, (long long)max_id);
     bpe->n_ids = (size_t)(max_id + 1);
     bpe->id_to_token = calloc(bpe->n_ids ? bpe->n_ids : 1, sizeof *bpe->id_to_token);
     if (!bpe->id_to_token)
