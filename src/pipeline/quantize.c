@@ -27,6 +27,17 @@ const char *moeq_expert_calib_name(moeq_expert_calib mode)
     return "?";
 }
 
+void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int layer,
+                               int tokens)
+{
+    if (opt->progress)
+        fprintf(opt->progress,
+                "warning: expert %d of layer %d saw %d calibration tokens (fewer than "
+                "--min-expert-tokens %d): calibrating it on all tokens; use --expert-calib "
+                "weighted or all to calibrate every expert fully\n",
+                expert, layer, tokens, opt->min_expert_tokens);
+}
+
 const char *moeq_method_name(moeq_method method)
 {
     return method == MOEQ_METHOD_GPTQ ? "gptq" : "rtn";
@@ -366,12 +377,7 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
                                sizeof(float) * (size_t)hidden);
             if (m < c->opt->min_expert_tokens) {
                 fallback = 1;
-                if (c->opt->progress)
-                    fprintf(c->opt->progress,
-                            "warning: expert %d of layer %d saw %d calibration tokens (fewer "
-                            "than --min-expert-tokens %d): calibrating it on all tokens; use "
-                            "--expert-calib weighted or all to calibrate every expert fully\n",
-                            e, c->layer, m, c->opt->min_expert_tokens);
+                moeq_warn_expert_fallback(c->opt, e, c->layer, m);
             } else {
                 x = xe;
                 rows = m;

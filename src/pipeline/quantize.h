@@ -108,6 +108,11 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                                const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                moeq_error *err);
 
+/* Routed mode: the warning for an expert below --min-expert-tokens (both
+ * loops print the same line). */
+void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int layer,
+                               int tokens);
+
 /* The same loop on CUDA device opt->device (src/pipeline/quantize_cuda.c;
  * built only with the CUDA backend). True-sequential only. peak_device_bytes
  * (optional) receives the most device memory the run held. */

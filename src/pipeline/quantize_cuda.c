@@ -268,6 +268,25 @@ done:
     return rc;
 }
 
+/* After accumulating H (rc: how that went): times it, prepares it for
+ * module into prep, times that, frees H, and names the module in an error. */
+static moeq_code finish_prepare(gpu_layer *L, moeq_cuda_buf *H, moeq_code rc, int cols,
+                                const char *module, moeq_cuda_gptq_prepared *prep,
+                                moeq_error *err)
+{
+    gpu_run *g = L->g;
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_hessian, err);
+    if (!rc)
+        rc = moeq_cuda_gptq_prepare(&g->cu, H->ptr, cols, &g->opt->gptq, prep, err);
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_prepare, err);
+    moeq_cuda_free(&g->cu, H);
+    if (rc)
+        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
+    return MOEQ_OK;
+}
+
 /* H = alpha x^T diag(w) x over rows of bf16 x [rows, cols] (w NULL: plain),
  * then prepared for module. H is allocated here and freed. */
 static moeq_code hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, const float *w,
@@ -285,16 +304,7 @@ static moeq_code hessian_prepare(gpu_layer *L, const void *x, int rows, int cols
                                                        cols, alpha, err)
                : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, x, MOEQ_CUDA_BF16, rows, cols,
                                               alpha, err);
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_hessian, err);
-    if (!rc)
-        rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, cols, &g->opt->gptq, prep, err);
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_prepare, err);
-    moeq_cuda_free(&g->cu, &H);
-    if (rc)
-        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
-    return MOEQ_OK;
+    return finish_prepare(L, &H, rc, cols, module, prep, err);
 }
 
 static int gptq(const gpu_layer *L)
@@ -584,41 +594,37 @@ static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int
     return rc;
 }
 
-/* The down_proj Hessian of one MLP over its calibration tokens: idx/count
- * (NULL: all n tokens), each token weighted by w (device [n], NULL: 1). */
-static moeq_code down_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu, int inter,
-                              const int32_t *d_idx, int count, const float *w, float alpha,
-                              const char *module, moeq_cuda_gptq_prepared *prep,
-                              moeq_error *err)
+/* A Hessian over an MLP's calibration tokens (d_idx/count; NULL: all n
+ * tokens), each token weighted by w (device [count], NULL: 1), chunk by
+ * chunk: of the normed rows themselves (wgu NULL: an expert's own
+ * gate/up_proj Hessian, H columns), or of silu(gate(x)) * up(x) with the
+ * quantized wgu [2 inter, H] (its down_proj Hessian, inter columns). */
+static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu, int inter,
+                                 const int32_t *d_idx, int count, const float *w, float alpha,
+                                 const char *module, moeq_cuda_gptq_prepared *prep,
+                                 moeq_error *err)
 {
     gpu_run *g = L->g;
+    const int cols = wgu ? inter : g->cfg->hidden_size;
     moeq_cuda_buf H = {0};
     memset(prep, 0, sizeof *prep);
-    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)inter * inter,
-                                   "down_proj Hessian", err);
+    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)cols * cols, "Hessian",
+                                   err);
     if (!rc)
         rc = MOEQ_CU(cudaMemsetAsync(H.ptr, 0, H.bytes, g->cu.stream));
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
         if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
-            (rc = swiglu_chunk(g, s, x, m, inter, wgu, err)))
+            (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, err))))
             break;
-        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, s->a.ptr, MOEQ_CUDA_BF16,
-                                                       w + c0, m, inter, alpha, err)
-               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, s->a.ptr, MOEQ_CUDA_BF16, m, inter,
+        const void *rows = wgu ? s->a.ptr : (const void *)x;
+        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, rows, MOEQ_CUDA_BF16,
+                                                       w + c0, m, cols, alpha, err)
+               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, rows, MOEQ_CUDA_BF16, m, cols,
                                               alpha, err);
     }
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_hessian, err);
-    if (!rc)
-        rc = moeq_cuda_gptq_prepare(&g->cu, H.ptr, inter, &g->opt->gptq, prep, err);
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_prepare, err);
-    moeq_cuda_free(&g->cu, &H);
-    if (rc)
-        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
-    return MOEQ_OK;
+    return finish_prepare(L, &H, rc, cols, module, prep, err);
 }
 
 /* acc[tokens] += weight * down(silu(gate(h)) * up(h)) over the listed
@@ -686,7 +692,7 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     if ((rc = scratch_alloc(g, inter, &s, err)) ||
         (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
-        (gptq(L) && (rc = down_hessian(L, &s, wgu.ptr, inter, NULL, n, NULL, 2.0f / (float)n,
+        (gptq(L) && (rc = chunked_hessian(L, &s, wgu.ptr, inter, NULL, n, NULL, 2.0f / (float)n,
                                        moeq_tensor_role_key(roles[2]), &prep, err))) ||
         (rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
@@ -791,12 +797,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
             if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
                 if (count < g->opt->min_expert_tokens) {
                     fallback = 1;
-                    if (g->opt->progress)
-                        fprintf(g->opt->progress,
-                                "warning: expert %d of layer %d saw %d calibration tokens (fewer "
-                                "than --min-expert-tokens %d): calibrating it on all tokens; use "
-                                "--expert-calib weighted or all to calibrate every expert fully\n",
-                                e, L->res->layer, count, g->opt->min_expert_tokens);
+                    moeq_warn_expert_fallback(g->opt, e, L->res->layer, count);
                 } else {
                     cal_idx = d_idx;
                     cal_count = count;
@@ -813,39 +814,12 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                 moeq_cuda_gptq_prepared own_prep = {0};
                 const moeq_cuda_gptq_prepared *p = prep_all;
                 snprintf(what, sizeof what, "expert %d gate/up_proj", e);
+                /* Routed: the expert's tokens, gathered chunk by chunk;
+                 * weighted: all tokens by p_e. */
                 if (!fallback) {
-                    /* Routed: gather the expert's tokens chunk by chunk
-                     * into one Hessian; weighted: all tokens by p_e. */
-                    moeq_cuda_buf Hb = {0};
-                    if ((rc = moeq_cuda_alloc(&g->cu, &Hb, sizeof(float) * (size_t)H * H,
-                                              "expert Hessian", err)) ||
-                        (rc = MOEQ_CU(cudaMemsetAsync(Hb.ptr, 0, Hb.bytes, g->cu.stream)))) {
-                        moeq_cuda_free(&g->cu, &Hb);
+                    if ((rc = chunked_hessian(L, &s, NULL, inter, cal_idx, cal_count, cal_w,
+                                              alpha, what, &own_prep, err)))
                         break;
-                    }
-                    for (int c0 = 0; !rc && c0 < cal_count; c0 += g->chunk) {
-                        int mm = cal_count - c0 < g->chunk ? cal_count - c0 : g->chunk;
-                        const uint16_t *x;
-                        if (!(rc = chunk_rows(g, &s, cal_idx, c0, mm, &x, err)))
-                            rc = cal_w ? moeq_cuda_hessian_accumulate_weighted(
-                                             &g->cu, Hb.ptr, x, MOEQ_CUDA_BF16, cal_w + c0, mm,
-                                             H, alpha, err)
-                                       : moeq_cuda_hessian_accumulate(&g->cu, Hb.ptr, x,
-                                                                      MOEQ_CUDA_BF16, mm, H,
-                                                                      alpha, err);
-                    }
-                    if (!rc)
-                        rc = sync_time(L, &L->res->seconds_hessian, err);
-                    if (!rc)
-                        rc = moeq_cuda_gptq_prepare(&g->cu, Hb.ptr, H, &g->opt->gptq, &own_prep,
-                                                    err);
-                    if (!rc)
-                        rc = sync_time(L, &L->res->seconds_prepare, err);
-                    moeq_cuda_free(&g->cu, &Hb);
-                    if (rc) {
-                        moeq_wrap(err, "layer %d, %s: ", L->res->layer, what);
-                        break;
-                    }
                     p = &own_prep;
                 }
                 const piece gu[2] = {{EXPERT_ROLES[0], e, m->gate, inter, tokens, fallback},
@@ -859,7 +833,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                     break;
             }
             snprintf(what, sizeof what, "expert %d down_proj", e);
-            if (gptq(L) && (rc = down_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
+            if (gptq(L) && (rc = chunked_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
                                               alpha, what, &preps[i], err)))
                 break;
             prep_ptrs[i] = &preps[i];
