@@ -145,6 +145,54 @@ static void test_killed_between_hidden_states_and_record_resumes_to_identical_ou
     kill_and_resume("state2", "layer-2-state");
 }
 
+/* The disk fills up (a file size limit, so that the writes fail with
+ * EFBIG) while the last shard is written: the run fails naming the file,
+ * keeps the completed layers, and --resume finishes it to the same bytes.
+ * An output that cannot be created at all fails up front, leaving nothing. */
+static void test_disk_full_keeps_the_work_and_unwritable_output_is_refused(void)
+{
+    char out[4200], partial[4200], ref[4200], args[4400];
+    snprintf(out, sizeof out, "%s/full", work);
+    snprintf(partial, sizeof partial, "%s/full.moeq-partial", work);
+    snprintf(ref, sizeof ref, "%s/ref", work);
+    /* Layer shards are about 1 MB, the last one (embeddings, lm_head) 4 MB:
+     * 2048 KiB lets the layers through and stops the last shard. */
+    char cmd[20000];
+    snprintf(cmd, sizeof cmd,
+             "bash -c \"trap '' XFSZ; ulimit -f 2048; '%s' quantize --model '%s' --out '%s' "
+             "--calib '%s' --nsamples 4 --seqlen 64 --mse 0 --device cpu\" > '%s/full.log' 2>&1",
+             MOEQ_BINARY, DEMO, out, calib, work);
+    int status = system(cmd);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    char *text = NULL;
+    snprintf(args, sizeof args, "%s/full.log", work);
+    CHECK_INT_EQ(moeq_read_text_file(args, 1 << 20, &text, NULL), MOEQ_OK);
+    if (text) {
+        CHECK_CONTAINS(text, "model-00005-of-00005.safetensors");
+        CHECK_CONTAINS(text, "File too large");
+        CHECK_CONTAINS(text, "the completed layers are kept in");
+        free(text);
+    }
+    CHECK(!moeq_dir_exists(out));
+    CHECK(moeq_dir_exists(partial));
+    CHECK_INT_EQ(quantize("full", NULL, "--resume"), 0);
+    printf("     disk full at the last shard, resumed: %d files identical\n", same_files(out, ref));
+    /* An output directory that cannot be created. */
+    snprintf(cmd, sizeof cmd,
+             "'%s' quantize --model '%s' --out /proc/moeq-no-such-place/out --calib '%s' "
+             "--nsamples 4 --seqlen 64 --device cpu > '%s/unwritable.log' 2>&1",
+             MOEQ_BINARY, DEMO, calib, work);
+    status = system(cmd);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    snprintf(args, sizeof args, "%s/unwritable.log", work);
+    text = NULL;
+    CHECK_INT_EQ(moeq_read_text_file(args, 1 << 20, &text, NULL), MOEQ_OK);
+    if (text) {
+        CHECK_CONTAINS(text, "cannot create /proc/moeq-no-such-place/out.moeq-partial");
+        free(text);
+    }
+}
+
 static void test_resume_with_other_settings_or_nothing_to_resume_is_refused(void)
 {
     char partial[4200];
@@ -168,6 +216,7 @@ int main(void)
     RUN(test_killed_mid_layer_resumes_to_identical_output);
     RUN(test_killed_while_writing_a_shard_resumes_to_identical_output);
     RUN(test_killed_between_hidden_states_and_record_resumes_to_identical_output);
+    RUN(test_disk_full_keeps_the_work_and_unwritable_output_is_refused);
     RUN(test_resume_with_other_settings_or_nothing_to_resume_is_refused);
     return test_summary();
 }

@@ -524,6 +524,14 @@ int moeq_cmd_quantize(int argc, char **argv)
 done:
     if (status)
         status = moeq_cli_report("quantize", 1, err.msg);
+    /* A failure of the machine (disk full, unwritable files, out of
+     * memory), not of the inputs: keep the completed layers for --resume. */
+    if (status && (err.code == MOEQ_ERR_IO || err.code == MOEQ_ERR_OOM) &&
+        moeq_gptq_writer_keep_for_resume(&writer))
+        fprintf(stderr,
+                "moeq quantize: the completed layers are kept in %s.moeq-partial: fix the cause "
+                "and run the same command with --resume\n",
+                writer.out_dir);
     moeq_gptq_writer_close(&writer);
     moeq_calib_set_free(&set);
     free(ctx.layers);

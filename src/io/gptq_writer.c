@@ -594,6 +594,19 @@ moeq_code moeq_gptq_writer_finish(moeq_gptq_writer *w, const cJSON *settings, mo
     return MOEQ_OK;
 }
 
+int moeq_gptq_writer_keep_for_resume(moeq_gptq_writer *w)
+{
+    if (!w->tmp_dir)
+        return 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state.json", w->tmp_dir);
+    if (!moeq_file_exists(path))
+        return 0;
+    free(w->tmp_dir);
+    w->tmp_dir = NULL;
+    return 1;
+}
+
 void moeq_gptq_writer_close(moeq_gptq_writer *w)
 {
     if (w->tmp_dir)

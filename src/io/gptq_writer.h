@@ -12,7 +12,8 @@
  * the fingerprint of model, calibration tokens and settings, the layers
  * written, the index so far) are saved atomically there, so that a killed
  * run continues with --resume and writes the same bytes as an uninterrupted
- * one. A failed run (an error, not a kill) removes the directory. */
+ * one. A failed run removes the directory, unless the CLI keeps it for
+ * --resume after a failure of the machine (moeq_gptq_writer_keep_for_resume). */
 #ifndef MOEQ_IO_GPTQ_WRITER_H
 #define MOEQ_IO_GPTQ_WRITER_H
 
@@ -56,6 +57,9 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *re
  * merged with the per-layer entries), copies the other source files and
  * renames the temporary directory to out_dir. settings is borrowed. */
 moeq_code moeq_gptq_writer_finish(moeq_gptq_writer *w, const cJSON *settings, moeq_error *err);
+/* After a failure: when the partial directory holds a resume record, keeps
+ * it (moeq_gptq_writer_close will not remove it) and returns 1; else 0. */
+int moeq_gptq_writer_keep_for_resume(moeq_gptq_writer *w);
 /* Removes the temporary directory and frees w (after a failure, or after
  * finish to free). */
 void moeq_gptq_writer_close(moeq_gptq_writer *w);
