@@ -207,6 +207,33 @@ static void test_resume_with_other_settings_or_nothing_to_resume_is_refused(void
     CHECK(moeq_dir_exists(partial)); /* a refused resume leaves it as it was */
     CHECK_INT_EQ(quantize("never", NULL, "--resume"), 1);
     CHECK_CONTAINS(log_text, "no interrupted run of");
+    /* A changed model: the same run on a copy of the demo, killed, then
+     * the copy's config.json edited (one more space) before --resume. */
+    char copy[4200], cmd[20000], extra[4400];
+    snprintf(copy, sizeof copy, "%s/model-copy", work);
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", DEMO, copy);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && MOEQ_FAILPOINT=layer-1-mid '%s' quantize --model '%s' --out changed "
+             "--calib '%s' --nsamples 4 --seqlen 64 --mse 0 --device cpu > changed.log 2>&1",
+             work, MOEQ_BINARY, copy, calib);
+    int status = system(cmd);
+    CHECK(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGKILL));
+    snprintf(cmd, sizeof cmd, "printf ' ' >> '%s/config.json'", copy);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && '%s' quantize --model '%s' --out changed --calib '%s' --nsamples 4 "
+             "--seqlen 64 --mse 0 --device cpu --resume > changed.log 2>&1",
+             work, MOEQ_BINARY, copy, calib);
+    status = system(cmd);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    snprintf(extra, sizeof extra, "%s/changed.log", work);
+    char *text = NULL;
+    CHECK_INT_EQ(moeq_read_text_file(extra, 1 << 20, &text, NULL), MOEQ_OK);
+    if (text) {
+        CHECK_CONTAINS(text, "had another model");
+        free(text);
+    }
 }
 
 int main(void)
