@@ -60,12 +60,14 @@ int moeq_dir_exists(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq_error *err)
+static moeq_code write_file(const char *path, const void *data, size_t bytes, int durable,
+                            moeq_error *err)
 {
     FILE *f = fopen(path, "wb");
     if (!f)
         return moeq_fail(err, MOEQ_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    int ok = fwrite(data, 1, bytes, f) == bytes && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int ok = fwrite(data, 1, bytes, f) == bytes && fflush(f) == 0 &&
+             (!durable || fsync(fileno(f)) == 0);
     int saved = errno;
     ok = fclose(f) == 0 && ok;
     if (!ok) {
@@ -73,6 +75,11 @@ moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq
         return moeq_fail(err, MOEQ_ERR_IO, "%s: write failed: %s", path, strerror(saved));
     }
     return MOEQ_OK;
+}
+
+moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq_error *err)
+{
+    return write_file(path, data, bytes, 1, err);
 }
 
 moeq_code moeq_copy_file(const char *src, const char *dst, moeq_error *err)
@@ -100,7 +107,7 @@ void moeq_remove_tree(const char *path)
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t bytes,
+moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t bytes, int durable,
                                  moeq_error *err)
 {
     size_t n = strlen(path) + 5;
@@ -108,7 +115,7 @@ moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t byte
     if (!tmp)
         return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
     snprintf(tmp, n, "%s.tmp", path);
-    moeq_code rc = moeq_write_file(tmp, data, bytes, err);
+    moeq_code rc = write_file(tmp, data, bytes, durable, err);
     if (!rc && rename(tmp, path) != 0)
         rc = moeq_fail(err, MOEQ_ERR_IO, "cannot rename %s to %s: %s", tmp, path,
                        strerror(errno));

@@ -21,9 +21,12 @@ int moeq_dir_exists(const char *path);
 
 /* Writes bytes to path (created or truncated), flushed to disk. */
 moeq_code moeq_write_file(const char *path, const void *data, size_t bytes, moeq_error *err);
-/* Writes bytes to path atomically: to path.tmp, flushed, then renamed over
- * path, so path holds either its old or its new content. */
-moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t bytes,
+/* Writes bytes to path atomically: to path.tmp, then renamed over path, so
+ * path holds either its old or its new content after a kill. durable: the
+ * data is also flushed to the disk before the rename (survives a power
+ * loss); without it a power loss can leave a short file, which the caller
+ * must be able to detect (a checksum). */
+moeq_code moeq_write_file_atomic(const char *path, const void *data, size_t bytes, int durable,
                                  moeq_error *err);
 /* Copies src to dst byte for byte. */
 moeq_code moeq_copy_file(const char *src, const char *dst, moeq_error *err);

@@ -31,6 +31,40 @@ static void shard_name(const moeq_gptq_writer *w, int index, char *buf, size_t b
     snprintf(buf, bytes, "model-%05d-of-%05d.safetensors", index + 1, w->n_shards);
 }
 
+/* The checksum of the saved hidden states: FNV-1a over the FNV-1a of each
+ * 64 MiB piece, the pieces hashed in parallel (gigabytes per layer). */
+enum { HASH_PIECE = 64 << 20 };
+
+typedef struct hash_job {
+    const unsigned char *data;
+    size_t bytes;
+    uint64_t *piece;
+} hash_job;
+
+static moeq_code hash_piece(void *ctx, int i, moeq_error *err)
+{
+    (void)err;
+    const hash_job *j = ctx;
+    size_t off = (size_t)i * HASH_PIECE;
+    size_t n = j->bytes - off < HASH_PIECE ? j->bytes - off : HASH_PIECE;
+    j->piece[i] = moeq_fnv1a64_words(j->data + off, n, MOEQ_FNV1A64_INIT);
+    return MOEQ_OK;
+}
+
+static uint64_t hidden_checksum(const void *data, size_t bytes)
+{
+    int pieces = (int)((bytes + HASH_PIECE - 1) / HASH_PIECE);
+    uint64_t *piece = calloc(pieces > 0 ? (size_t)pieces : 1, sizeof *piece);
+    if (!piece) /* no memory for the list: hash in one pass */
+        return moeq_fnv1a64_words(data, bytes, MOEQ_FNV1A64_INIT);
+    hash_job j = {data, bytes, piece};
+    moeq_error err = {0};
+    moeq_parallel_for(pieces, 0, hash_piece, &j, &err);
+    uint64_t h = moeq_fnv1a64(piece, sizeof *piece * (size_t)pieces, MOEQ_FNV1A64_INIT);
+    free(piece);
+    return h;
+}
+
 static void hidden_name(const moeq_gptq_writer *w, int layer, char *buf, size_t bytes)
 {
     snprintf(buf, bytes, "%s/hidden-%05d.bin", w->tmp_dir, layer);
@@ -116,7 +150,7 @@ static moeq_code load_state(moeq_gptq_writer *w, const cJSON *fingerprint, size_
     char expect[32];
     if (!rc) {
         snprintf(expect, sizeof expect, "%016llx",
-                 (unsigned long long)moeq_fnv1a64_words(w->resume_hidden, bytes, MOEQ_FNV1A64_INIT));
+                 (unsigned long long)hidden_checksum(w->resume_hidden, bytes));
         if (bytes != sizeof(float) * hidden_count || strcmp(expect, sum->valuestring))
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "--resume: %s does not match state.json (remove %s and start again)",
@@ -195,7 +229,9 @@ moeq_code moeq_gptq_writer_layer_done(void *writer, int layer, const float *hidd
     /* The next layer's input, then the record naming it: killed between the
      * two, the record still points at the previous, complete pair. */
     hidden_name(w, layer + 1, path, sizeof path);
-    moeq_code rc = moeq_write_file_atomic(path, hidden, sizeof(float) * count, err);
+    /* Gigabytes for large runs: not flushed to the disk (a kill cannot tear
+     * it; after a power loss the checksum in state.json tells). */
+    moeq_code rc = moeq_write_file_atomic(path, hidden, sizeof(float) * count, 0, err);
     if (rc)
         return moeq_wrap(err, "saving the state after layer %d: ", layer);
     char name[32];
@@ -208,7 +244,7 @@ moeq_code moeq_gptq_writer_layer_done(void *writer, int layer, const float *hidd
             cJSON_AddItemToArray(copied, cJSON_CreateNumber((double)i));
     char sum[32];
     snprintf(sum, sizeof sum, "%016llx",
-             (unsigned long long)moeq_fnv1a64_words(hidden, sizeof(float) * count, MOEQ_FNV1A64_INIT));
+             (unsigned long long)hidden_checksum(hidden, sizeof(float) * count));
     cJSON_AddItemToObject(st, "fingerprint", cJSON_Duplicate(w->fingerprint, 1));
     cJSON_AddNumberToObject(st, "next_layer", layer + 1);
     cJSON_AddStringToObject(st, "hidden_fnv1a", sum);
@@ -222,7 +258,7 @@ moeq_code moeq_gptq_writer_layer_done(void *writer, int layer, const float *hidd
         return moeq_fail(err, MOEQ_ERR_OOM, "out of memory saving the state after layer %d",
                          layer);
     snprintf(path, sizeof path, "%s/state.json", w->tmp_dir);
-    rc = moeq_write_file_atomic(path, text, strlen(text), err);
+    rc = moeq_write_file_atomic(path, text, strlen(text), 1, err);
     cJSON_free(text);
     if (rc)
         return moeq_wrap(err, "saving the state after layer %d: ", layer);
