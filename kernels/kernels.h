@@ -92,6 +92,9 @@ cudaError_t moeq_k_gptq_scatter_codes(const moeq_k_gptq_args *a, uint8_t *codes,
 /* As cpu_rmsnorm: y = w * (x * rsqrt(mean(x^2) + eps)) row by row. */
 cudaError_t moeq_k_rmsnorm(const float *x, const float *w, int rows, int dim, float eps, float *y,
                            cudaStream_t stream);
+/* moeq_k_rmsnorm with the output rounded once to bf16. */
+cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim, float eps,
+                                uint16_t *y, cudaStream_t stream);
 /* As cpu_silu_mul: out = gate / (1 + exp(-gate)) * up. */
 cudaError_t moeq_k_silu_mul(const float *gate, const float *up, size_t n, float *out,
                             cudaStream_t stream);
@@ -102,9 +105,6 @@ cudaError_t moeq_k_silu_mul(const float *gate, const float *up, size_t n, float 
 
 /* y = bf16(x), round to nearest even. */
 cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cudaStream_t stream);
-/* moeq_k_rmsnorm with the output rounded once to bf16. */
-cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim, float eps,
-                                uint16_t *y, cudaStream_t stream);
 /* cpu_rope_apply in place on x[tokens, heads, head_dim], token t at position
  * t % seq_len (windows of seq_len tokens each start at 0). */
 cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotary_dim,

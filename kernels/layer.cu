@@ -3,19 +3,32 @@
 // what the CPU reference computes as separate roundings).
 #include "kernels.h"
 
+#include <cuda_bf16.h>
 #include <math.h>
 
 namespace {
 
 constexpr int kNormThreads = 256;
 
+__device__ void store(float *y, float v)
+{
+    *y = v;
+}
+
+__device__ void store(uint16_t *y, float v)
+{
+    *y = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
 // One block per row; the sum of squares in double as cpu_rmsnorm takes it.
+// The output is fp32 (the CPU's values exactly) or bf16 (rounded once).
+template <typename Out>
 __global__ void __launch_bounds__(kNormThreads)
-    rmsnorm_kernel(const float *x, const float *w, int dim, float eps, float *y)
+    rmsnorm_kernel(const float *x, const float *w, int dim, float eps, Out *y)
 {
     __shared__ double partial[kNormThreads / 32];
     const float *xr = x + (size_t)blockIdx.x * dim;
-    float *yr = y + (size_t)blockIdx.x * dim;
+    Out *yr = y + (size_t)blockIdx.x * dim;
     double sum_sq = 0.0;
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
         sum_sq += (double)xr[i] * xr[i];
@@ -30,7 +43,7 @@ __global__ void __launch_bounds__(kNormThreads)
     float variance = (float)(total / dim);
     float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(variance, eps)));
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        yr[i] = __fmul_rn(w[i], __fmul_rn(xr[i], inv_rms));
+        store(&yr[i], __fmul_rn(w[i], __fmul_rn(xr[i], inv_rms)));
 }
 
 __global__ void silu_mul_kernel(const float *gate, const float *up, size_t n, float *out)
@@ -49,7 +62,15 @@ extern "C" cudaError_t moeq_k_rmsnorm(const float *x, const float *w, int rows, 
 {
     if (rows <= 0 || dim <= 0)
         return cudaSuccess;
-    rmsnorm_kernel<<<(unsigned)rows, kNormThreads, 0, stream>>>(x, w, dim, eps, y);
+    rmsnorm_kernel<float><<<(unsigned)rows, kNormThreads, 0, stream>>>(x, w, dim, eps, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim,
+                                           float eps, uint16_t *y, cudaStream_t stream)
+{
+    if (rows > 0 && dim > 0)
+        rmsnorm_kernel<uint16_t><<<(unsigned)rows, kNormThreads, 0, stream>>>(x, w, dim, eps, y);
     return cudaGetLastError();
 }
 

@@ -1,5 +1,5 @@
 // pipeline.cu: the kernels of the GPU layer loop (src/pipeline/quantize_cuda.c)
-// besides the GEMMs: bf16 conversion, RMSNorm to bf16, RoPE, the causal
+// besides the GEMMs and RMSNorm (layer.cu): bf16 conversion, RoPE, the causal
 // softmax of attention scores, softmax top-k routing, row gathers and the
 // scatter-add of expert outputs, SwiGLU on a stacked gate/up product, and
 // the dequantization of GPTQ codes. bf16 is passed as uint16_t bits.
@@ -29,29 +29,6 @@ __global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         y[i] = to_bf16(x[i]);
-}
-
-// One block per row, as rmsnorm_kernel of layer.cu, with a bf16 output.
-__global__ void __launch_bounds__(kThreads)
-    rmsnorm_bf16_kernel(const float *x, const float *w, int dim, float eps, uint16_t *y)
-{
-    __shared__ double partial[kThreads / 32];
-    const float *xr = x + (size_t)blockIdx.x * dim;
-    uint16_t *yr = y + (size_t)blockIdx.x * dim;
-    double sum_sq = 0.0;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        sum_sq += (double)xr[i] * xr[i];
-    for (int off = 16; off > 0; off >>= 1)
-        sum_sq += __shfl_xor_sync(kFull, sum_sq, off);
-    if ((threadIdx.x & 31) == 0)
-        partial[threadIdx.x / 32] = sum_sq;
-    __syncthreads();
-    double total = 0.0;
-    for (int k = 0; k < kThreads / 32; k++)
-        total += partial[k];
-    float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(total / dim), eps)));
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        yr[i] = to_bf16(__fmul_rn(w[i], __fmul_rn(xr[i], inv_rms)));
 }
 
 // One thread per (token, pair); cpu_rope_apply's products and sums.
@@ -207,14 +184,6 @@ extern "C" cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cud
 {
     if (n)
         to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t moeq_k_rmsnorm_bf16(const float *x, const float *w, int rows, int dim,
-                                           float eps, uint16_t *y, cudaStream_t stream)
-{
-    if (rows > 0 && dim > 0)
-        rmsnorm_bf16_kernel<<<(unsigned)rows, kThreads, 0, stream>>>(x, w, dim, eps, y);
     return cudaGetLastError();
 }
 

@@ -258,12 +258,12 @@ static moeq_code normed_input(layer_ctx *c, const float *x, const float *norm, i
     return prepare(c, H, hidden, module, prep, err);
 }
 
-static const moeq_tensor_role DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
-                                                MOEQ_T_DOWN_PROJ};
-static const moeq_tensor_role EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
-                                                 MOEQ_T_EXPERT_DOWN_PROJ};
-static const moeq_tensor_role SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
-                                                 MOEQ_T_SHARED_DOWN_PROJ};
+const moeq_tensor_role MOEQ_DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
+                                              MOEQ_T_DOWN_PROJ};
+const moeq_tensor_role MOEQ_EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                                               MOEQ_T_EXPERT_DOWN_PROJ};
+const moeq_tensor_role MOEQ_SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
+                                               MOEQ_T_SHARED_DOWN_PROJ};
 
 /* q/k/v against one Hessian of the normed input, then o_proj against the
  * attention output computed with the quantized q/k/v; x1 = x + attn(x). */
@@ -390,7 +390,7 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
             w = pe;
             shared_prep = NULL;
         }
-        rc = quantize_swiglu(c, &lw->experts[e], EXPERT_ROLES, e, x, rows, w, alpha,
+        rc = quantize_swiglu(c, &lw->experts[e], MOEQ_EXPERT_ROLES, e, x, rows, w, alpha,
                              c->opt->method == MOEQ_METHOD_GPTQ ? shared_prep : NULL,
                              mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? rows : n, fallback,
                              res, err);
@@ -398,7 +398,7 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
             goto done;
     }
     if (lw->has_shared)
-        rc = quantize_swiglu(c, &lw->shared, SHARED_ROLES, -1, h, n, NULL, 2.0f / (float)n,
+        rc = quantize_swiglu(c, &lw->shared, MOEQ_SHARED_ROLES, -1, h, n, NULL, 2.0f / (float)n,
                              prep_all, n, 0, res, err);
 done:
     free(logits);
@@ -435,7 +435,7 @@ static moeq_code quantize_mlp(layer_ctx *c, moeq_layer_weights *lw, const float 
     if (lw->is_moe)
         rc = quantize_experts(c, lw, h, n, &prep, err);
     else
-        rc = quantize_swiglu(c, &lw->dense, DENSE_ROLES, -1, h, n, NULL, 2.0f / (float)n,
+        rc = quantize_swiglu(c, &lw->dense, MOEQ_DENSE_ROLES, -1, h, n, NULL, 2.0f / (float)n,
                              c->opt->method == MOEQ_METHOD_GPTQ ? &prep : NULL, n, 0, res, err);
 done:
     moeq_gptq_prepared_free(&prep);

@@ -108,6 +108,10 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                                const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                moeq_error *err);
 
+/* The gate, up and down roles of a dense MLP, a routed expert and a shared
+ * expert (both loops quantize them in this order). */
+extern const moeq_tensor_role MOEQ_DENSE_ROLES[3], MOEQ_EXPERT_ROLES[3], MOEQ_SHARED_ROLES[3];
+
 /* Routed mode: the warning for an expert below --min-expert-tokens (both
  * loops print the same line). */
 void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int layer,

@@ -660,13 +660,6 @@ static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
     return rc;
 }
 
-static const moeq_tensor_role DENSE_ROLES[3] = {MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ,
-                                                MOEQ_T_DOWN_PROJ};
-static const moeq_tensor_role EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
-                                                 MOEQ_T_EXPERT_DOWN_PROJ};
-static const moeq_tensor_role SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
-                                                 MOEQ_T_SHARED_DOWN_PROJ};
-
 /* A SwiGLU MLP on all tokens (dense MLP or shared expert): gate/up against
  * prep_all, down from its inputs, then its output added into the block
  * accumulator. */
@@ -770,8 +763,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
         if (shared) {
             for (int i = 0; i < ng; i++) {
                 const moeq_mlp_weights *m = &lw->experts[e0 + i];
-                pieces[2 * i] = (piece){EXPERT_ROLES[0], e0 + i, m->gate, inter, n, 0};
-                pieces[2 * i + 1] = (piece){EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0};
+                pieces[2 * i] = (piece){MOEQ_EXPERT_ROLES[0], e0 + i, m->gate, inter, n, 0};
+                pieces[2 * i + 1] = (piece){MOEQ_EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0};
             }
             if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H, &wgu,
                                      err)) ||
@@ -807,7 +800,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                 cal_w = (const float *)r.probs_t.ptr + (size_t)e * n;
             }
             const int64_t tokens = mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count : n;
-            pieces[i] = (piece){EXPERT_ROLES[2], e, m->down, H, tokens, fallback};
+            pieces[i] = (piece){MOEQ_EXPERT_ROLES[2], e, m->down, H, tokens, fallback};
             uint16_t *wgu_e = (uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H;
             if (!shared) {
                 moeq_cuda_buf own = {0};
@@ -822,8 +815,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                         break;
                     p = &own_prep;
                 }
-                const piece gu[2] = {{EXPERT_ROLES[0], e, m->gate, inter, tokens, fallback},
-                                     {EXPERT_ROLES[1], e, m->up, inter, tokens, fallback}};
+                const piece gu[2] = {{MOEQ_EXPERT_ROLES[0], e, m->gate, inter, tokens, fallback},
+                                     {MOEQ_EXPERT_ROLES[1], e, m->up, inter, tokens, fallback}};
                 if (!(rc = quantize_stack(L, p, NULL, gu, 2, H, &own, err)))
                     rc = MOEQ_CU(cudaMemcpyAsync(wgu_e, own.ptr, own.bytes,
                                                  cudaMemcpyDeviceToDevice, g->cu.stream));
@@ -884,7 +877,7 @@ group_done:
     free(prep_ptrs);
     free(pieces);
     if (!rc && lw->has_shared)
-        rc = all_token_mlp(L, &lw->shared, SHARED_ROLES, prep_all, lw->shared_gate, err);
+        rc = all_token_mlp(L, &lw->shared, MOEQ_SHARED_ROLES, prep_all, lw->shared_gate, err);
 done:
     moeq_cuda_free(&g->cu, &wgu);
     moeq_cuda_free(&g->cu, &wd);
@@ -916,7 +909,7 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
     if (lw->is_moe)
         rc = experts_stage(L, lw, &prep, err);
     else
-        rc = all_token_mlp(L, &lw->dense, DENSE_ROLES, &prep, NULL, err);
+        rc = all_token_mlp(L, &lw->dense, MOEQ_DENSE_ROLES, &prep, NULL, err);
     if (!rc)
         rc = MOEQ_CU(moeq_k_gated_add(g->x1.ptr, NULL, n, H, g->x.ptr, g->cu.stream));
 done:
