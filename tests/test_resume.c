@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #define DEMO MOEQ_SOURCE_DIR "/demo/qwen3-moe-demo"
@@ -20,19 +21,33 @@
 static char calib[4200], work[4000];
 static char log_text[1 << 16];
 
-/* Runs moeq quantize with args into OUT=work/name, the failpoint armed when
- * not NULL; returns the exit status, or 128 + signal when killed. The
- * output (stdout and stderr) is in log_text. */
-static int quantize(const char *name, const char *failpoint, const char *extra)
+/* Runs moeq quantize of model with args into out, the failpoint armed when
+ * not NULL, files limited to file_limit bytes when not 0 (writes past it
+ * fail with EFBIG: a full disk); returns the exit status, or 128 + signal
+ * when killed. The output (stdout and stderr) is in log_text. */
+static int quantize_at(const char *model, const char *out, const char *failpoint,
+                       const char *extra, rlim_t file_limit)
 {
     char cmd[16384], log_path[4200];
-    snprintf(log_path, sizeof log_path, "%s/%s.log", work, name);
+    snprintf(log_path, sizeof log_path, "%s/quantize.log", work);
     snprintf(cmd, sizeof cmd,
-             "%s%s '%s' quantize --model '%s' --out '%s/%s' --calib '%s' --nsamples 4 "
+             "%s%s '%s' quantize --model '%s' --out '%s' --calib '%s' --nsamples 4 "
              "--seqlen 64 --mse 0 --device cpu %s > '%s' 2>&1",
-             failpoint ? "MOEQ_FAILPOINT=" : "", failpoint ? failpoint : "", MOEQ_BINARY, DEMO,
-             work, name, calib, extra ? extra : "", log_path);
+             failpoint ? "MOEQ_FAILPOINT=" : "", failpoint ? failpoint : "", MOEQ_BINARY, model,
+             out, calib, extra ? extra : "", log_path);
+    struct rlimit saved, limited;
+    getrlimit(RLIMIT_FSIZE, &saved);
+    if (file_limit) { /* inherited by the command; SIGXFSZ ignored, so writes fail */
+        limited = saved;
+        limited.rlim_cur = file_limit;
+        signal(SIGXFSZ, SIG_IGN);
+        setrlimit(RLIMIT_FSIZE, &limited);
+    }
     int status = system(cmd);
+    if (file_limit) {
+        setrlimit(RLIMIT_FSIZE, &saved);
+        signal(SIGXFSZ, SIG_DFL);
+    }
     char *text = NULL;
     log_text[0] = '\0';
     if (moeq_read_text_file(log_path, sizeof log_text - 1, &text, NULL) == MOEQ_OK) {
@@ -42,6 +57,14 @@ static int quantize(const char *name, const char *failpoint, const char *extra)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The demo model into work/name. */
+static int quantize(const char *name, const char *failpoint, const char *extra)
+{
+    char out[4200];
+    snprintf(out, sizeof out, "%s/%s", work, name);
+    return quantize_at(DEMO, out, failpoint, extra, 0);
 }
 
 /* Every file of dir a (but report.json) equals the file of the same name in
@@ -151,46 +174,23 @@ static void test_killed_between_hidden_states_and_record_resumes_to_identical_ou
  * An output that cannot be created at all fails up front, leaving nothing. */
 static void test_disk_full_keeps_the_work_and_unwritable_output_is_refused(void)
 {
-    char out[4200], partial[4200], ref[4200], args[4400];
+    char out[4200], partial[4200], ref[4200];
     snprintf(out, sizeof out, "%s/full", work);
     snprintf(partial, sizeof partial, "%s/full.moeq-partial", work);
     snprintf(ref, sizeof ref, "%s/ref", work);
     /* Layer shards are about 1 MB, the last one (embeddings, lm_head) 4 MB:
-     * 2048 KiB lets the layers through and stops the last shard. */
-    char cmd[20000];
-    snprintf(cmd, sizeof cmd,
-             "bash -c \"trap '' XFSZ; ulimit -f 2048; '%s' quantize --model '%s' --out '%s' "
-             "--calib '%s' --nsamples 4 --seqlen 64 --mse 0 --device cpu\" > '%s/full.log' 2>&1",
-             MOEQ_BINARY, DEMO, out, calib, work);
-    int status = system(cmd);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    char *text = NULL;
-    snprintf(args, sizeof args, "%s/full.log", work);
-    CHECK_INT_EQ(moeq_read_text_file(args, 1 << 20, &text, NULL), MOEQ_OK);
-    if (text) {
-        CHECK_CONTAINS(text, "model-00005-of-00005.safetensors");
-        CHECK_CONTAINS(text, "File too large");
-        CHECK_CONTAINS(text, "the completed layers are kept in");
-        free(text);
-    }
+     * 2 MiB lets the layers through and stops the last shard. */
+    CHECK_INT_EQ(quantize_at(DEMO, out, NULL, NULL, 2 << 20), 1);
+    CHECK_CONTAINS(log_text, "model-00005-of-00005.safetensors");
+    CHECK_CONTAINS(log_text, "File too large");
+    CHECK_CONTAINS(log_text, "the completed layers are kept in");
     CHECK(!moeq_dir_exists(out));
     CHECK(moeq_dir_exists(partial));
     CHECK_INT_EQ(quantize("full", NULL, "--resume"), 0);
     printf("     disk full at the last shard, resumed: %d files identical\n", same_files(out, ref));
     /* An output directory that cannot be created. */
-    snprintf(cmd, sizeof cmd,
-             "'%s' quantize --model '%s' --out /proc/moeq-no-such-place/out --calib '%s' "
-             "--nsamples 4 --seqlen 64 --device cpu > '%s/unwritable.log' 2>&1",
-             MOEQ_BINARY, DEMO, calib, work);
-    status = system(cmd);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    snprintf(args, sizeof args, "%s/unwritable.log", work);
-    text = NULL;
-    CHECK_INT_EQ(moeq_read_text_file(args, 1 << 20, &text, NULL), MOEQ_OK);
-    if (text) {
-        CHECK_CONTAINS(text, "cannot create /proc/moeq-no-such-place/out.moeq-partial");
-        free(text);
-    }
+    CHECK_INT_EQ(quantize_at(DEMO, "/proc/moeq-no-such-place/out", NULL, NULL, 0), 1);
+    CHECK_CONTAINS(log_text, "cannot create /proc/moeq-no-such-place/out.moeq-partial");
 }
 
 static void test_resume_with_other_settings_or_nothing_to_resume_is_refused(void)
@@ -209,31 +209,16 @@ static void test_resume_with_other_settings_or_nothing_to_resume_is_refused(void
     CHECK_CONTAINS(log_text, "no interrupted run of");
     /* A changed model: the same run on a copy of the demo, killed, then
      * the copy's config.json edited (one more space) before --resume. */
-    char copy[4200], cmd[20000], extra[4400];
+    char copy[4200], changed[4200], cmd[8500];
     snprintf(copy, sizeof copy, "%s/model-copy", work);
+    snprintf(changed, sizeof changed, "%s/changed", work);
     snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", DEMO, copy);
     CHECK(system(cmd) == 0);
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && MOEQ_FAILPOINT=layer-1-mid '%s' quantize --model '%s' --out changed "
-             "--calib '%s' --nsamples 4 --seqlen 64 --mse 0 --device cpu > changed.log 2>&1",
-             work, MOEQ_BINARY, copy, calib);
-    int status = system(cmd);
-    CHECK(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGKILL));
+    CHECK_INT_EQ(quantize_at(copy, changed, "layer-1-mid", NULL, 0), 128 + SIGKILL);
     snprintf(cmd, sizeof cmd, "printf ' ' >> '%s/config.json'", copy);
     CHECK(system(cmd) == 0);
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && '%s' quantize --model '%s' --out changed --calib '%s' --nsamples 4 "
-             "--seqlen 64 --mse 0 --device cpu --resume > changed.log 2>&1",
-             work, MOEQ_BINARY, copy, calib);
-    status = system(cmd);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    snprintf(extra, sizeof extra, "%s/changed.log", work);
-    char *text = NULL;
-    CHECK_INT_EQ(moeq_read_text_file(extra, 1 << 20, &text, NULL), MOEQ_OK);
-    if (text) {
-        CHECK_CONTAINS(text, "had another model");
-        free(text);
-    }
+    CHECK_INT_EQ(quantize_at(copy, changed, NULL, "--resume", 0), 1);
+    CHECK_CONTAINS(log_text, "had another model");
 }
 
 int main(void)
