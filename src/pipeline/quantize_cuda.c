@@ -542,12 +542,11 @@ typedef struct mlp_scratch {
     moeq_cuda_buf a;   /* [chunk, I] bf16 */
     moeq_cuda_buf y;   /* [chunk, H] fp32 */
     moeq_cuda_buf gl;  /* [chunk] fp32 shared-expert gate logits */
-    moeq_cuda_buf w;   /* [chunk] fp32 token weights (weighted mode) */
 } mlp_scratch;
 
 static void scratch_free(gpu_run *g, mlp_scratch *s)
 {
-    moeq_cuda_buf *b[] = {&s->xs, &s->gu, &s->a, &s->y, &s->gl, &s->w};
+    moeq_cuda_buf *b[] = {&s->xs, &s->gu, &s->a, &s->y, &s->gl};
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         moeq_cuda_free(&g->cu, b[i]);
 }
@@ -562,8 +561,7 @@ static moeq_code scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error
                               "gate/up products", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &s->a, 2 * c * (size_t)inter, "down_proj inputs", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &s->y, sizeof(float) * c * H, "expert outputs", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &s->gl, sizeof(float) * c, "shared expert gate", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &s->w, sizeof(float) * c, "token weights", err)))
+        (rc = moeq_cuda_alloc(&g->cu, &s->gl, sizeof(float) * c, "shared expert gate", err)))
         scratch_free(g, s);
     return rc;
 }
