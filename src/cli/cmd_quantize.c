@@ -391,12 +391,6 @@ int moeq_cmd_quantize(int argc, char **argv)
     if (state_every < 0)
         return moeq_cli_report("quantize", 2, "--state-every must be 0 (never) or positive");
     opt.state_every = state_every;
-    opt.wait_for_layer = wait_for_layer || !use_cuda;
-    if (use_cuda)
-        opt.token_chunk = 0; /* the CUDA loop sizes its chunks itself */
-    if (use_cuda && !true_sequential)
-        return moeq_cli_report("quantize", 2,
-                               "--true-sequential false runs on the CPU only: add --device cpu");
     if (seed < 0)
         return moeq_cli_report("quantize", 2, "--seed must not be negative");
     if (moeq_gptq_check_config(&opt.gptq, opt.gptq.group_size > 0 ? opt.gptq.group_size : 1,
@@ -448,6 +442,20 @@ int moeq_cmd_quantize(int argc, char **argv)
                   model.cfg.quant_bits);
         goto done;
     }
+#ifdef MOEQ_HAVE_CUDA
+    /* A model or setting the CUDA loop lacks: --device auto runs it on the
+     * CPU and says so; an explicit --device cuda stops here. */
+    if (use_cuda && moeq_cuda_pipeline_supports(&model, &opt, &err)) {
+        if (strcmp(device, "auto"))
+            goto done;
+        if (progress)
+            fprintf(progress, "moeq quantize: running on the CPU: %s\n", err.msg);
+        use_cuda = 0;
+    }
+#endif
+    opt.wait_for_layer = wait_for_layer || !use_cuda;
+    if (use_cuda)
+        opt.token_chunk = 0; /* the CUDA loop sizes its chunks itself */
     if (load_calibration(calib, calib_lang, tokenizer, model_dir, nsamples, seqlen, (uint64_t)seed, &set,
                          &err))
         goto done;

@@ -124,6 +124,13 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                                     const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                     size_t *peak_device_bytes, moeq_error *err);
 
+/* Whether the CUDA loop runs this model with these options: 0, or
+ * MOEQ_ERR_UNSUPPORTED with a message naming the missing component. Called
+ * by moeq_quantize_layers_cuda before anything starts, and by the CLI, which
+ * runs --device auto on the CPU loop instead. CUDA builds only. */
+moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quantize_options *opt,
+                                      moeq_error *err);
+
 /* Number of CUDA devices (0 without a driver or a device). CUDA builds only. */
 int moeq_cuda_device_count(void);
 

@@ -672,11 +672,6 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     moeq_cuda_buf wgu = {0}, wd = {0}, gate = {0};
     moeq_cuda_gptq_prepared prep = {0};
     moeq_code rc;
-    if (mlp->gate_bias || mlp->up_bias || mlp->down_bias)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "layer %d: MLP biases are not supported by the CUDA pipeline yet "
-                         "(use --device cpu)",
-                         L->res->layer);
     const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0},
                          {roles[1], -1, mlp->up, inter, n, 0}};
     const piece down = {roles[2], -1, mlp->down, H, n, 0};
@@ -725,14 +720,6 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)) ||
         (rc = scratch_alloc(g, inter, &s, err)))
         goto done;
-    for (int e = 0; e < E; e++)
-        if (lw->experts[e].gate_bias || lw->experts[e].up_bias || lw->experts[e].down_bias) {
-            rc = moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                           "layer %d: expert biases are not supported by the CUDA pipeline yet "
-                           "(use --device cpu)",
-                           L->res->layer);
-            goto done;
-        }
     /* Expert groups: as many as the budget left allows (at least one). */
     int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
     if (g->opt->expert_batch <= 0 && g->opt->vram_budget > 0) {
@@ -1115,6 +1102,25 @@ int moeq_cuda_device_count(void)
     return n;
 }
 
+moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quantize_options *opt,
+                                      moeq_error *err)
+{
+    const moeq_config *cfg = &model->cfg;
+    if (!opt->true_sequential)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "the CUDA pipeline calibrates true-sequentially only: drop "
+                         "--true-sequential false or use --device cpu");
+    if (cfg->sliding_window > 0)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "sliding-window attention is not in the CUDA pipeline yet: use "
+                         "--device cpu");
+    if (cfg->mlp_bias)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "MLP and expert biases are not in the CUDA pipeline yet: use "
+                         "--device cpu");
+    return MOEQ_OK;
+}
+
 moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
                                     const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                     size_t *peak_device_bytes, moeq_error *err)
@@ -1144,14 +1150,8 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     writer wr = {0};
     float *hidden_host[2] = {NULL, NULL};
     moeq_code rc;
-    if (!opt->true_sequential)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "the CUDA pipeline calibrates true-sequentially only: drop "
-                         "--true-sequential false or use --device cpu");
-    if (cfg->sliding_window > 0)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "sliding-window attention is not in the CUDA pipeline yet: use "
-                         "--device cpu");
+    if ((rc = moeq_cuda_pipeline_supports(model, opt, err)))
+        return rc;
     if ((rc = moeq_cuda_init(&g.cu, opt->device, err)))
         return rc;
     g.cu.budget_bytes = opt->vram_budget;

@@ -54,6 +54,22 @@ q=(quantize --model demo/qwen3-moe-demo --device cuda --nsamples 16 --seqlen 256
 } > "$LOGS/resume-cuda.log" 2>&1 || { status=1; echo "resume on CUDA: FAILED"; }
 tail -n 2 "$LOGS/resume-cuda.log"
 
+# A setting the CUDA loop lacks (here --true-sequential false): --device auto
+# runs it on the CPU and says so; --device cuda refuses before writing.
+f=$BUILD/fallback
+rm -rf "$f" && mkdir -p "$f"
+q=(quantize --model demo/qwen3-moe-demo --nsamples 4 --seqlen 128 --true-sequential false)
+{
+    "$BUILD/moeq" "${q[@]}" --out "$f/auto" 2> "$f/auto.err" &&
+    grep -q "running on the CPU: the CUDA pipeline calibrates true-sequentially only" "$f/auto.err" &&
+    python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['backend'] == 'cpu'" \
+        "$f/auto/report.json" &&
+    { "$BUILD/moeq" "${q[@]}" --out "$f/cuda" --device cuda 2> "$f/cuda.err"; [ $? -eq 1 ]; } &&
+    grep -q "true-sequentially only" "$f/cuda.err" && [ ! -e "$f/cuda" ] &&
+    [ ! -e "$f/cuda.moeq-partial" ] && echo "device fallback: auto ran on the CPU, cuda refused"
+} > "$LOGS/fallback.log" 2>&1 || { status=1; echo "device fallback: FAILED"; cat "$f"/*.err; }
+tail -n 1 "$LOGS/fallback.log"
+
 if [ "$status" -ne 0 ]; then
     echo "run.sh: FAILED (logs in $LOGS)"
 else
