@@ -138,6 +138,8 @@ static void test_mixtral_matches_transformers(void) { check_model("mixtral"); }
 static void test_llama_matches_transformers(void) { check_model("llama"); }
 static void test_qwen2_matches_transformers(void) { check_model("qwen2"); }
 static void test_qwen3_matches_transformers(void) { check_model("qwen3"); }
+/* Block-FP8 source: transformers' forward on its own dequantization. */
+static void test_qwen3_moe_fp8_matches_transformers(void) { check_model("qwen3_moe_fp8"); }
 
 int main(void)
 {
@@ -147,5 +149,6 @@ int main(void)
     RUN(test_llama_matches_transformers);
     RUN(test_qwen2_matches_transformers);
     RUN(test_qwen3_matches_transformers);
+    RUN(test_qwen3_moe_fp8_matches_transformers);
     return test_summary();
 }

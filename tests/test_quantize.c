@@ -6,6 +6,7 @@
  * nothing behind. */
 #include "test.h"
 
+#include "common/dtype.h"
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
 #include "model/model.h"
@@ -234,6 +235,83 @@ static void test_every_expert_mode_and_dense_model_round_trips(void)
     }
 }
 
+/* Every tensor of the checkpoint at dir: none may be FP8 or a block scale. */
+static int fp8_leftovers(const st_checkpoint *c)
+{
+    int n = 0;
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        const char *name = c->tensors[i]->name;
+        size_t len = strlen(name);
+        n += c->tensors[i]->dtype == ST_F8_E4M3 ||
+             (len > 10 && !strcmp(name + len - 10, "_scale_inv"));
+    }
+    return n;
+}
+
+static cJSON *read_output_config(const char *out)
+{
+    char path[2200], *text = NULL;
+    moeq_error err = {0};
+    snprintf(path, sizeof path, "%s/config.json", out);
+    if (moeq_read_text_file(path, 1 << 20, &text, &err))
+        return NULL;
+    cJSON *cfg = cJSON_Parse(text);
+    free(text);
+    return cfg;
+}
+
+static void test_fp8_source_becomes_gptq_without_fp8_tensors_or_config(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_fp8"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("qwen3_moe_fp8", &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(fp8_leftovers(&c), 0);
+    /* q_proj [128, 160]: qweight [20, 128]; experts.3.down_proj [160, 80]:
+     * qweight [10, 160], 5 groups of 16 */
+    const st_tensor *t = st_checkpoint_find(&c, "model.layers.0.self_attn.q_proj.qweight");
+    CHECK(t && t->shape[0] == 20 && t->shape[1] == 128);
+    t = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.down_proj.qweight");
+    CHECK(t && t->shape[0] == 10 && t->shape[1] == 160);
+    t = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.down_proj.scales");
+    CHECK(t && t->dtype == ST_F16 && t->shape[0] == 5 && t->shape[1] == 160);
+    t = st_checkpoint_find(&c, "model.layers.1.mlp.up_proj.qweight");
+    CHECK(t && t->shape[0] == 20 && t->shape[1] == 144);
+    t = st_checkpoint_find(&c, "model.layers.0.mlp.gate.weight"); /* the router: not FP8 */
+    CHECK(t && t->dtype == ST_BF16);
+    /* The FP8 lm_head is not quantized: it is written dequantized, in bf16. */
+    t = st_checkpoint_find(&c, "lm_head.weight");
+    moeq_model src;
+    CHECK_INT_EQ(moeq_model_open(fixture("qwen3_moe_fp8"), NULL, &src, &err), MOEQ_OK);
+    float *head = NULL;
+    size_t n = (size_t)src.cfg.vocab_size * src.cfg.hidden_size;
+    CHECK_INT_EQ(moeq_model_load_f32(&src, MOEQ_T_LM_HEAD, -1, -1, src.cfg.vocab_size,
+                                     src.cfg.hidden_size, &head, &err),
+                 MOEQ_OK);
+    CHECK(t && t->dtype == ST_BF16 && t->nbytes == 2 * n);
+    size_t differ = 0;
+    for (size_t i = 0; t && head && i < n; i++) {
+        uint16_t b;
+        memcpy(&b, (const char *)t->data + 2 * i, 2);
+        differ += b != moeq_f32_to_bf16(head[i]);
+    }
+    CHECK_INT_EQ(differ, 0);
+    free(head);
+    moeq_model_close(&src);
+    st_checkpoint_close(&c);
+    cJSON *cfg = read_output_config(out);
+    cJSON *q = cJSON_GetObjectItem(cfg, "quantization_config");
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "quant_method")), "gptq");
+    CHECK(cJSON_GetObjectItem(q, "weight_block_size") == NULL);
+    CHECK(cJSON_GetObjectItem(q, "fmt") == NULL);
+    cJSON_Delete(cfg);
+    double kl = kl_against_original("qwen3_moe_fp8", out);
+    CHECK(kl > 0 && kl < 0.05);
+}
+
 static int same_file(const char *a, const char *b);
 
 static void test_true_sequential_off_calibrates_on_the_original_layer(void)
@@ -431,5 +509,6 @@ int main(void)
     RUN(test_same_inputs_give_byte_identical_output);
     RUN(test_existing_output_is_refused_and_failures_leave_nothing);
     RUN(test_nan_weights_and_activations_stop_the_run_naming_layer_and_module);
+    RUN(test_fp8_source_becomes_gptq_without_fp8_tensors_or_config);
     return test_summary();
 }

@@ -2,10 +2,12 @@
  * layout in docs/formats.md). */
 #include "io/gptq_writer.h"
 
+#include "common/dtype.h"
 #include "common/failpoint.h"
 #include "common/fileio.h"
 #include "common/hash.h"
 #include "common/parallel.h"
+#include "model/fp8_blocks.h"
 #include "quant/pack_gptq.h"
 
 #include <dirent.h>
@@ -290,20 +292,110 @@ typedef struct shard {
     moeq_packed_gptq *packed;
     int n_packed;
     char (*names)[4][600];
+    void **owned; /* buffers made for this shard (dequantized copies) */
+    int n_owned;
 } shard;
+
+static void shard_free(shard *s)
+{
+    for (int i = 0; i < s->n_owned; i++)
+        free(s->owned[i]);
+    free(s->owned);
+    s->owned = NULL;
+    s->n_owned = 0;
+    st_writer_free(&s->st);
+}
+
+/* Hands buf to the shard (freed with it); frees buf when that fails. */
+static moeq_code shard_own(shard *s, void *buf, moeq_error *err)
+{
+    void **o = realloc(s->owned, sizeof *o * (size_t)(s->n_owned + 1));
+    if (!o) {
+        free(buf);
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory writing a shard");
+    }
+    s->owned = o;
+    s->owned[s->n_owned++] = buf;
+    return MOEQ_OK;
+}
+
+static moeq_code add_tensor(moeq_gptq_writer *w, shard *s, const char *shard_file,
+                            const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                            const void *data, size_t nbytes, moeq_error *err)
+{
+    moeq_code rc = st_writer_add(&s->st, name, dtype, ndim, shape, data, nbytes, err);
+    if (rc)
+        return rc;
+    w->total_bytes += (int64_t)nbytes;
+    cJSON_AddStringToObject(w->weight_map, name, shard_file);
+    return MOEQ_OK;
+}
+
+/* In an FP8 source, the weight whose scale tensor is name ("x_scale_inv"
+ * beside an F8_E4M3 "x"), or NULL. */
+static const st_tensor *fp8_weight_of_scale(const moeq_gptq_writer *w, const char *name)
+{
+    size_t len = strlen(name), suffix = strlen("_scale_inv");
+    char weight[600];
+    if (!w->src->cfg.fp8_block_rows || len <= suffix || len - suffix >= sizeof weight ||
+        strcmp(name + len - suffix, "_scale_inv"))
+        return NULL;
+    memcpy(weight, name, len - suffix);
+    weight[len - suffix] = '\0';
+    const st_tensor *t = st_checkpoint_find(&w->src->ckpt, weight);
+    return t && t->dtype == ST_F8_E4M3 ? t : NULL;
+}
+
+/* An FP8 weight the run does not quantize is written dequantized, in bf16
+ * (what transformers' Fp8Dequantize gives by default): the output declares
+ * GPTQ, not fp8, so no block scales may remain. */
+static moeq_code add_dequantized_fp8(moeq_gptq_writer *w, shard *s, const char *shard_file,
+                                     const st_tensor *t, moeq_error *err)
+{
+    char name[600];
+    const st_tensor *scale = NULL;
+    if (!moeq_fp8_scale_name(t->name, name, sizeof name))
+        scale = st_checkpoint_find(&w->src->ckpt, name);
+    if (!scale)
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
+                         "%s: FP8 tensor %s has no scale tensor %s_scale_inv", w->src->dir,
+                         t->name, t->name);
+    size_t n = t->nbytes;
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    uint16_t *b = malloc(sizeof(uint16_t) * (n ? n : 1));
+    moeq_code rc = MOEQ_OK;
+    if (!f || !b)
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory dequantizing %s", t->name);
+    else if ((rc = moeq_fp8_block_dequant(t, scale, w->src->cfg.fp8_block_rows,
+                                          w->src->cfg.fp8_block_cols, f, err)))
+        moeq_wrap(err, "%s: ", w->src->dir);
+    for (size_t i = 0; !rc && i < n; i++)
+        b[i] = moeq_f32_to_bf16(f[i]);
+    free(f);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    if ((rc = shard_own(s, b, err)))
+        return rc;
+    return add_tensor(w, s, shard_file, t->name, ST_BF16, t->ndim, t->shape, b, n * 2, err);
+}
 
 static moeq_code add_copy(moeq_gptq_writer *w, shard *s, const char *shard_file, long idx,
                           moeq_error *err)
 {
     const st_tensor *t = w->src->ckpt.tensors[idx];
-    moeq_code rc = st_writer_add(&s->st, t->name, t->dtype, t->ndim, t->shape, t->data,
-                                 t->nbytes, err);
-    if (rc)
-        return rc;
-    w->written[idx] = 1;
-    w->total_bytes += (int64_t)t->nbytes;
-    cJSON_AddStringToObject(w->weight_map, t->name, shard_file);
-    return MOEQ_OK;
+    moeq_code rc;
+    if (fp8_weight_of_scale(w, t->name))
+        rc = MOEQ_OK; /* consumed by its weight */
+    else if (t->dtype == ST_F8_E4M3 && w->src->cfg.fp8_block_rows)
+        rc = add_dequantized_fp8(w, s, shard_file, t, err);
+    else
+        rc = add_tensor(w, s, shard_file, t->name, t->dtype, t->ndim, t->shape, t->data,
+                        t->nbytes, err);
+    if (!rc)
+        w->written[idx] = 1;
+    return rc;
 }
 
 /* The packed GPTQ tensors of one linear, named after its weight's template
@@ -370,6 +462,9 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
     snprintf(name, sizeof name, "%sweight", base);
     long widx = tensor_index(&w->src->ckpt, name);
     if (widx >= 0)
+        w->written[widx] = 1;
+    snprintf(name, sizeof name, "%sweight_scale_inv", base); /* an FP8 source's block scales */
+    if ((widx = tensor_index(&w->src->ckpt, name)) >= 0)
         w->written[widx] = 1;
     snprintf(name, sizeof name, "%sbias", base);
     long bidx = tensor_index(&w->src->ckpt, name);
@@ -492,7 +587,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
         moeq_packed_gptq_free(&s.packed[i]);
     free(s.packed);
     free(s.names);
-    st_writer_free(&s.st);
+    shard_free(&s);
     return rc;
 }
 
@@ -596,7 +691,7 @@ moeq_code moeq_gptq_writer_finish(moeq_gptq_writer *w, const cJSON *settings, mo
             rc = add_copy(w, &s, file, (long)i, err);
     if (!rc)
         rc = st_writer_write(&s.st, path, err);
-    st_writer_free(&s.st);
+    shard_free(&s);
     if (rc)
         return rc;
     cJSON *index = cJSON_CreateObject();

@@ -219,6 +219,38 @@ static moeq_code read_rope(const reader *r, moeq_config *cfg)
     return rc;
 }
 
+/* quantization_config of a block-scaled FP8 source (transformers'
+ * FineGrainedFP8Config, DeepSeek-V3's config.json): weight_block_size
+ * [rows, cols] of the scale blocks; fmt, when given, must be e4m3. A
+ * per-tensor FP8 checkpoint (no weight_block_size) is refused. */
+static moeq_code read_fp8_quantization(const reader *r, const cJSON *q, moeq_config *cfg)
+{
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(q, "fmt");
+    if (fmt && (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "e4m3")))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: quantization_config.fmt %s cannot be read (moeq reads "
+                         "e4m3 FP8 weights)",
+                         r->path, cJSON_IsString(fmt) ? fmt->valuestring : "(not a string)");
+    const cJSON *block = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+    if (!block || cJSON_IsNull(block))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: FP8 quantization_config without weight_block_size "
+                         "(per-tensor scales) is not supported",
+                         r->path);
+    const cJSON *bm = cJSON_GetArrayItem(block, 0), *bn = cJSON_GetArrayItem(block, 1);
+    if (!cJSON_IsArray(block) || cJSON_GetArraySize(block) != 2 || !cJSON_IsNumber(bm) ||
+        !cJSON_IsNumber(bn) || bm->valuedouble != floor(bm->valuedouble) ||
+        bn->valuedouble != floor(bn->valuedouble) || bm->valuedouble < 1 ||
+        bn->valuedouble < 1 || bm->valuedouble > 65536 || bn->valuedouble > 65536)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: quantization_config.weight_block_size must be two "
+                         "positive integers [rows, cols]",
+                         r->path);
+    cfg->fp8_block_rows = (int)bm->valuedouble;
+    cfg->fp8_block_cols = (int)bn->valuedouble;
+    return MOEQ_OK;
+}
+
 /* quantization_config of a GPTQ v1 checkpoint: bits and group size are
  * what reading its weights needs. Other methods and formats are refused
  * here, naming them, rather than misread later. */
@@ -228,13 +260,15 @@ static moeq_code read_quantization(const reader *r, moeq_config *cfg)
     if (!q || cJSON_IsNull(q))
         return MOEQ_OK;
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    if (cJSON_IsString(method) && !strcmp(method->valuestring, "fp8"))
+        return read_fp8_quantization(r, q, cfg);
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
     const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
     const cJSON *group = cJSON_GetObjectItemCaseSensitive(q, "group_size");
     if (!cJSON_IsString(method) || strcmp(method->valuestring, "gptq"))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: quantization_config.quant_method %s cannot be read "
-                         "(moeq reads gptq checkpoints)",
+                         "(moeq reads gptq checkpoints and fp8 sources)",
                          r->path, cJSON_IsString(method) ? method->valuestring : "(missing)");
     if (format && (!cJSON_IsString(format) || strcmp(format->valuestring, "gptq")))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,

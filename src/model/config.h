@@ -38,6 +38,9 @@ typedef struct moeq_config {
      * wrote); quant_bits == 0 for an unquantized checkpoint. */
     int quant_bits;
     int quant_group_size;
+    /* A block-scaled FP8 source (quant_method "fp8"), dequantized on load:
+     * weight_block_size; 0 otherwise (model/fp8_blocks.h). */
+    int fp8_block_rows, fp8_block_cols;
 } moeq_config;
 
 /* Reads path (a config.json) with arch's parameter mapping. */

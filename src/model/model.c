@@ -4,6 +4,7 @@
 
 #include "common/dtype.h"
 #include "common/fileio.h"
+#include "model/fp8_blocks.h"
 #include "quant/pack_gptq.h"
 
 #include <stdio.h>
@@ -97,6 +98,31 @@ const st_tensor *moeq_model_find(const moeq_model *model, moeq_tensor_role role,
     return t;
 }
 
+/* An F8_E4M3 tensor: block-scaled by its scale_inv in an fp8 source (where
+ * the scale must be there), else decoded as it is. */
+static moeq_code decode_fp8_blocks(const moeq_model *model, const st_tensor *t, float *out,
+                                   moeq_error *err)
+{
+    char name[600];
+    const st_tensor *scale = NULL;
+    if (!moeq_fp8_scale_name(t->name, name, sizeof name))
+        scale = st_checkpoint_find(&model->ckpt, name);
+    /* Without block scales an E4M3 tensor is taken as it is stored. */
+    if (!model->cfg.fp8_block_rows && !scale)
+        return moeq_to_f32(t->dtype, t->data, (size_t)t->nbytes, out, err);
+    if (!model->cfg.fp8_block_rows)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "FP8 tensor %s has a scale tensor %s, but config.json declares no fp8 "
+                         "quantization_config with weight_block_size",
+                         t->name, name);
+    if (!scale)
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
+                         "FP8 tensor %s has no scale tensor %s_scale_inv in the checkpoint",
+                         t->name, t->name);
+    return moeq_fp8_block_dequant(t, scale, model->cfg.fp8_block_rows, model->cfg.fp8_block_cols,
+                                  out, err);
+}
+
 static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t rows, int64_t cols,
                         float **out, moeq_error *err)
 {
@@ -120,7 +146,8 @@ static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t row
     if (!buf)
         return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory decoding tensor %s", model->dir,
                          t->name);
-    moeq_code rc = moeq_to_f32(t->dtype, t->data, n, buf, err);
+    moeq_code rc = t->dtype == ST_F8_E4M3 ? decode_fp8_blocks(model, t, buf, err)
+                                          : moeq_to_f32(t->dtype, t->data, n, buf, err);
     if (rc) {
         free(buf);
         return moeq_wrap(err, "%s: tensor %s: ", model->dir, t->name);

@@ -154,6 +154,10 @@ moeq_code moeq_model_embed(const moeq_model *model, const int32_t *tokens, size_
         return moeq_fail(err, MOEQ_ERR_FORMAT,
                          "%s: tensor %s has not the shape [%d, %d] config.json implies",
                          model->dir, t->name, c->vocab_size, c->hidden_size);
+    if (t->dtype == ST_F8_E4M3 && c->fp8_block_rows)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "%s: tensor %s: a block-scaled FP8 embedding is not supported",
+                         model->dir, t->name);
     size_t row_bytes = (size_t)c->hidden_size * st_dtype_size(t->dtype);
     for (size_t i = 0; i < n; i++) {
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)

@@ -21,11 +21,15 @@ layers among sparse ones, each RoPE variant, biases, tied embeddings, and a
 sharded checkpoint with model.safetensors.index.json.
 """
 import os
+import re
+import shutil
 import sys
 
 import torch
 import transformers
 from safetensors.torch import save_file
+
+import quantized_sources
 
 SEQS, TOKENS = 2, 24
 VOCAB = 160
@@ -74,6 +78,27 @@ MODELS = {
 }
 
 
+# Sources shipped quantized by their publishers (tests/golden/quantized_sources.py): the
+# model is built as above, then its linears are rewritten in that format; the reference
+# forward runs on the weights transformers' own dequantization gives.
+# Qwen3-MoE as Qwen3-FP8 ships it: every attention and MLP/expert linear in block FP8
+# (128 x 128), hidden 160 and intermediates 80 / 144 so that last blocks are partial;
+# lm_head too, an FP8 tensor that moeq copies (dequantized) rather than quantizes.
+FP8_MODELS = {
+    "qwen3_moe_fp8": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", base(
+        hidden_size=160, head_dim=32, intermediate_size=144, moe_intermediate_size=80,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+        decoder_sparse_step=1, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+        "400KB"),
+}
+
+
+def fp8_linear(name):
+    return name == "lm_head.weight" or re.search(
+        r"\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.)?(gate|up|down)_proj)\.weight$",
+        name) is not None
+
+
 def randomize_norms(model, gen):
     # Norm weights default to ones, which would hide a missing multiply.
     for name, p in model.named_parameters():
@@ -114,8 +139,11 @@ def capture(model, tokens):
 def main():
     out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "golden")
+    only = set(sys.argv[2:])  # model names to rebuild; none: all
     torch.manual_seed(0)
     for name, (cfg_cls, model_cls, kw, shard) in MODELS.items():
+        if only and name not in only:
+            continue
         gen = torch.Generator().manual_seed(1234)
         config = getattr(transformers, cfg_cls)(**kw)
         config._attn_implementation = "eager"
@@ -135,6 +163,28 @@ def main():
         save_file(rec, os.path.join(out_dir, "golden.safetensors"),
                   metadata={"transformers": transformers.__version__, "torch": torch.__version__})
         print(f"{name}: {sum(p.numel() for p in ref.parameters())} params -> {out_dir}")
+    fixtures = os.path.join(out_root, "..")
+    if not only or "fp8_cases" in only:
+        quantized_sources.make_fp8_cases(os.path.join(fixtures, "quantized"))
+    for name, (cfg_cls, model_cls, kw, shard) in FP8_MODELS.items():
+        if only and name not in only:
+            continue
+        gen = torch.Generator().manual_seed(1234)
+        config = getattr(transformers, cfg_cls)(**kw)
+        model = getattr(transformers, model_cls)(config).eval()
+        randomize_norms(model, gen)
+        bf16_dir = os.path.join(out_root, name + ".bf16")
+        model.to(torch.bfloat16).save_pretrained(bf16_dir, max_shard_size=shard)
+        tokens = torch.randint(0, VOCAB, (SEQS, TOKENS), generator=gen)
+        out_dir = os.path.join(out_root, name)
+        rec = quantized_sources.fp8_source(bf16_dir, out_dir, getattr(transformers, model_cls),
+                                           fp8_linear, capture, tokens)
+        shutil.rmtree(bf16_dir)
+        rec = {k: v.float().contiguous() for k, v in rec.items()}
+        rec["tokens"] = tokens.to(torch.int32).contiguous()
+        save_file(rec, os.path.join(out_dir, "golden.safetensors"),
+                  metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+        print(f"{name}: block-FP8 source -> {out_dir}")
 
 
 if __name__ == "__main__":
