@@ -10,15 +10,18 @@ namespace {
 __global__ void scale_rows_kernel(const void *x, int is_bf16, const float *w, int rows, int n,
                                   void *y)
 {
-    size_t total = (size_t)rows * n;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float s = w[i / (size_t)n];
-        if (is_bf16) {
-            float v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
-            ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(__fmul_rn(v, s));
-        } else {
-            ((float *)y)[i] = __fmul_rn(((const float *)x)[i], s);
+    // One row per block, its columns over the threads (no 64-bit division
+    // per element).
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float s = w[r];
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            size_t i = (size_t)r * n + c;
+            if (is_bf16) {
+                float v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
+                ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(__fmul_rn(v, s));
+            } else {
+                ((float *)y)[i] = __fmul_rn(((const float *)x)[i], s);
+            }
         }
     }
 }
@@ -46,7 +49,7 @@ extern "C" cudaError_t moeq_k_scale_rows(const void *x, int is_bf16, const float
     size_t total = (size_t)rows * n;
     if (total == 0)
         return cudaSuccess;
-    scale_rows_kernel<<<grid_for(total), 256, 0, stream>>>(x, is_bf16, w, rows, n, y);
+    scale_rows_kernel<<<rows < 65535 ? rows : 65535, 256, 0, stream>>>(x, is_bf16, w, rows, n, y);
     return cudaGetLastError();
 }
 

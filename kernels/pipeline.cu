@@ -19,6 +19,12 @@ unsigned blocks_for(size_t n)
     return (unsigned)(b < 65535 ? (b ? b : 1) : 65535);
 }
 
+// Blocks for a one-row-per-block kernel over rows rows.
+unsigned row_blocks(int rows)
+{
+    return (unsigned)(rows < 65535 ? (rows > 0 ? rows : 1) : 65535);
+}
+
 __device__ uint16_t to_bf16(float x)
 {
     return __bfloat16_as_ushort(__float2bfloat16_rn(x));
@@ -118,44 +124,52 @@ __global__ void router_topk_kernel(const float *logits, int n, int E, int k, int
     }
 }
 
+// The row kernels below take one row per block (grid-stride over rows) and
+// the row's columns over the threads: a 64-bit division per element cost
+// more than the work itself.
 __global__ void gather_rows_kernel(const uint16_t *x, int dim, const int32_t *idx, int m,
                                    uint16_t *y)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
-         k += (size_t)gridDim.x * blockDim.x) {
-        size_t i = k / dim, c = k % dim;
-        y[k] = x[(size_t)idx[i] * dim + c];
+    for (int i = blockIdx.x; i < m; i += gridDim.x) {
+        const uint16_t *src = x + (size_t)idx[i] * dim;
+        uint16_t *dst = y + (size_t)i * dim;
+        for (int c = threadIdx.x; c < dim; c += blockDim.x)
+            dst[c] = src[c];
     }
 }
 
 __global__ void scatter_add_rows_kernel(const float *y, int dim, const int32_t *idx,
                                         const float *w, int m, float *out)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
-         k += (size_t)gridDim.x * blockDim.x) {
-        size_t i = k / dim, c = k % dim;
-        float *o = out + (size_t)idx[i] * dim + c;
-        *o = __fadd_rn(*o, w ? __fmul_rn(w[i], y[k]) : y[k]);
+    for (int i = blockIdx.x; i < m; i += gridDim.x) {
+        float *o = out + (size_t)idx[i] * dim;
+        const float *yi = y + (size_t)i * dim;
+        for (int c = threadIdx.x; c < dim; c += blockDim.x)
+            o[c] = __fadd_rn(o[c], w ? __fmul_rn(w[i], yi[c]) : yi[c]);
     }
 }
 
 __global__ void gated_add_kernel(const float *y, const float *gate_logit, int m, int dim,
                                  float *out)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * dim;
-         k += (size_t)gridDim.x * blockDim.x) {
-        float g = gate_logit ? 1.0f / (1.0f + expf(-gate_logit[k / dim])) : 1.0f;
-        out[k] = __fadd_rn(out[k], gate_logit ? __fmul_rn(g, y[k]) : y[k]);
+    for (int i = blockIdx.x; i < m; i += gridDim.x) {
+        float g = gate_logit ? 1.0f / (1.0f + expf(-gate_logit[i])) : 1.0f;
+        float *o = out + (size_t)i * dim;
+        const float *yi = y + (size_t)i * dim;
+        for (int c = threadIdx.x; c < dim; c += blockDim.x)
+            o[c] = __fadd_rn(o[c], gate_logit ? __fmul_rn(g, yi[c]) : yi[c]);
     }
 }
 
+// One block per row (grid-stride), the row's columns over the threads: no
+// 64-bit division per element, which cost more than the math.
 __global__ void swiglu_kernel(const float *gu, int m, int inter, uint16_t *a)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)m * inter;
-         k += (size_t)gridDim.x * blockDim.x) {
-        size_t r = k / inter, c = k % inter;
-        float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
-        a[k] = to_bf16(__fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u));
+    for (int r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *g = gu + (size_t)r * 2 * inter, *u = g + inter;
+        uint16_t *ar = a + (size_t)r * inter;
+        for (int c = threadIdx.x; c < inter; c += blockDim.x)
+            ar[c] = to_bf16(__fmul_rn(__fdiv_rn(g[c], __fadd_rn(1.0f, expf(-g[c]))), u[c]));
     }
 }
 
@@ -170,11 +184,14 @@ __global__ void dequant_kernel(const uint8_t *codes, const float *scales, const 
                                const int32_t *g_idx, int seg_rows, int rows, int cols,
                                uint16_t *w)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * cols;
-         k += (size_t)gridDim.x * blockDim.x) {
-        size_t r = k / cols, c = k % cols;
-        size_t g = (size_t)g_idx[(r / seg_rows) * cols + c] * rows + r;
-        w[k] = to_bf16(__fmul_rn(scales[g], (float)((int32_t)codes[k] - zeros[g])));
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const int32_t *gi = g_idx + (size_t)(r / seg_rows) * cols;
+        const uint8_t *cr = codes + (size_t)r * cols;
+        uint16_t *wr = w + (size_t)r * cols;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            size_t g = (size_t)gi[c] * rows + r;
+            wr[c] = to_bf16(__fmul_rn(scales[g], (float)((int32_t)cr[c] - zeros[g])));
+        }
     }
 }
 
@@ -223,7 +240,7 @@ extern "C" cudaError_t moeq_k_gather_rows_bf16(const uint16_t *x, int dim, const
                                                int m, uint16_t *y, cudaStream_t stream)
 {
     if (m > 0)
-        gather_rows_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(x, dim, idx, m,
+        gather_rows_kernel<<<row_blocks(m), kThreads, 0, stream>>>(x, dim, idx, m,
                                                                                  y);
     return cudaGetLastError();
 }
@@ -233,7 +250,7 @@ extern "C" cudaError_t moeq_k_scatter_add_rows(const float *y, int dim, const in
                                                cudaStream_t stream)
 {
     if (m > 0)
-        scatter_add_rows_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(
+        scatter_add_rows_kernel<<<row_blocks(m), kThreads, 0, stream>>>(
             y, dim, idx, w, m, out);
     return cudaGetLastError();
 }
@@ -242,7 +259,7 @@ extern "C" cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit,
                                         float *out, cudaStream_t stream)
 {
     if (m > 0)
-        gated_add_kernel<<<blocks_for((size_t)m * dim), kThreads, 0, stream>>>(y, gate_logit, m,
+        gated_add_kernel<<<row_blocks(m), kThreads, 0, stream>>>(y, gate_logit, m,
                                                                                dim, out);
     return cudaGetLastError();
 }
@@ -251,8 +268,7 @@ extern "C" cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter
                                           cudaStream_t stream)
 {
     if (m > 0)
-        swiglu_kernel<<<blocks_for((size_t)m * inter), kThreads, 0, stream>>>(gate_up, m, inter,
-                                                                              a);
+        swiglu_kernel<<<row_blocks(m), kThreads, 0, stream>>>(gate_up, m, inter, a);
     return cudaGetLastError();
 }
 
@@ -271,7 +287,7 @@ extern "C" cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *sc
                                            cudaStream_t stream)
 {
     if (rows > 0 && cols > 0)
-        dequant_kernel<<<blocks_for((size_t)rows * cols), kThreads, 0, stream>>>(
+        dequant_kernel<<<row_blocks(rows), kThreads, 0, stream>>>(
             codes, scales, zeros, g_idx, seg_rows > 0 ? seg_rows : rows, rows, cols, w);
     return cudaGetLastError();
 }

@@ -592,24 +592,22 @@ static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int
     return rc;
 }
 
-/* A Hessian over an MLP's calibration tokens (d_idx/count; NULL: all n
- * tokens), each token weighted by w (device [count], NULL: 1), chunk by
- * chunk: of the normed rows themselves (wgu NULL: an expert's own
- * gate/up_proj Hessian, H columns), or of silu(gate(x)) * up(x) with the
- * quantized wgu [2 inter, H] (its down_proj Hessian, inter columns). */
+/* H (allocated here) = the Hessian over an MLP's calibration tokens
+ * (d_idx/count; NULL: all n tokens), each token weighted by w (device
+ * [count], NULL: 1), chunk by chunk: of the normed rows themselves (wgu
+ * NULL: an expert's own gate/up_proj Hessian, H columns), or of
+ * silu(gate(x)) * up(x) with the quantized wgu [2 inter, H] (its down_proj
+ * Hessian, inter columns). */
 static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu, int inter,
                                  const int32_t *d_idx, int count, const float *w, float alpha,
-                                 const char *module, moeq_cuda_gptq_prepared *prep,
-                                 moeq_error *err)
+                                 moeq_cuda_buf *H, moeq_error *err)
 {
     gpu_run *g = L->g;
     const int cols = wgu ? inter : g->cfg->hidden_size;
-    moeq_cuda_buf H = {0};
-    memset(prep, 0, sizeof *prep);
-    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)cols * cols, "Hessian",
+    moeq_code rc = moeq_cuda_alloc(&g->cu, H, sizeof(float) * (size_t)cols * cols, "Hessian",
                                    err);
     if (!rc)
-        rc = MOEQ_CU(cudaMemsetAsync(H.ptr, 0, H.bytes, g->cu.stream));
+        rc = MOEQ_CU(cudaMemsetAsync(H->ptr, 0, H->bytes, g->cu.stream));
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
@@ -617,12 +615,25 @@ static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *w
             (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, err))))
             break;
         const void *rows = wgu ? s->a.ptr : (const void *)x;
-        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, rows, MOEQ_CUDA_BF16,
+        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H->ptr, rows, MOEQ_CUDA_BF16,
                                                        w + c0, m, cols, alpha, err)
-               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, rows, MOEQ_CUDA_BF16, m, cols,
+               : moeq_cuda_hessian_accumulate(&g->cu, H->ptr, rows, MOEQ_CUDA_BF16, m, cols,
                                               alpha, err);
     }
-    return finish_prepare(L, &H, rc, cols, module, prep, err);
+    if (rc)
+        moeq_cuda_free(&g->cu, H);
+    return rc;
+}
+
+/* chunked_hessian, then the preparation for module (one matrix alone). */
+static moeq_code chunked_hessian_prepare(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
+                                         int inter, const int32_t *d_idx, int count,
+                                         const float *w, float alpha, const char *module,
+                                         moeq_cuda_gptq_prepared *prep, moeq_error *err)
+{
+    moeq_cuda_buf H = {0};
+    moeq_code rc = chunked_hessian(L, s, wgu, inter, d_idx, count, w, alpha, &H, err);
+    return finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
 }
 
 /* acc[tokens] += weight * down(silu(gate(h)) * up(h)) over the listed
@@ -678,8 +689,9 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     if ((rc = scratch_alloc(g, inter, &s, err)) ||
         (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
-        (gptq(L) && (rc = chunked_hessian(L, &s, wgu.ptr, inter, NULL, n, NULL, 2.0f / (float)n,
-                                       moeq_tensor_role_key(roles[2]), &prep, err))) ||
+        (gptq(L) && (rc = chunked_hessian_prepare(L, &s, wgu.ptr, inter, NULL, n, NULL,
+                                                  2.0f / (float)n,
+                                                  moeq_tensor_role_key(roles[2]), &prep, err))) ||
         (rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
         (rc = upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
@@ -700,9 +712,10 @@ static size_t expert_bytes(const gpu_run *g, int inter)
 {
     size_t H = (size_t)g->cfg->hidden_size, I = (size_t)inter;
     /* gate/up and down: the fp32 stack, the sweep's fp32 copy, permuted
-     * and final codes, bf16 dequantized; down's Hessian factor twice (its
-     * own and the segmented sweep's copy); grids are small. */
-    return 3 * I * H * (4 + 4 + 1 + 1 + 2) + 2 * I * I * 4 + 3 * I * H / 8;
+     * and final codes, bf16 dequantized; down's Hessian, its permuted copy
+     * and its factor while the group is prepared, and the segmented sweep's
+     * copy of the factor; grids are small. */
+    return 3 * I * H * (4 + 4 + 1 + 1 + 2) + 4 * I * I * 4 + 3 * I * H / 8;
 }
 
 static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
@@ -735,7 +748,9 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     piece *pieces = malloc(sizeof(piece) * 2 * (size_t)G);
     moeq_cuda_gptq_prepared *preps = calloc((size_t)G, sizeof *preps);
     const moeq_cuda_gptq_prepared **prep_ptrs = malloc(sizeof *prep_ptrs * (size_t)G);
-    if (!pieces || !preps || !prep_ptrs) {
+    moeq_cuda_buf *Hd = calloc((size_t)G, sizeof *Hd); /* the group's down_proj Hessians */
+    const float **Hd_ptrs = malloc(sizeof *Hd_ptrs * (size_t)G);
+    if (!pieces || !preps || !prep_ptrs || !Hd || !Hd_ptrs) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
         goto group_done;
     }
@@ -795,8 +810,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                 /* Routed: the expert's tokens, gathered chunk by chunk;
                  * weighted: all tokens by p_e. */
                 if (!fallback) {
-                    if ((rc = chunked_hessian(L, &s, NULL, inter, cal_idx, cal_count, cal_w,
-                                              alpha, what, &own_prep, err)))
+                    if ((rc = chunked_hessian_prepare(L, &s, NULL, inter, cal_idx, cal_count,
+                                                      cal_w, alpha, what, &own_prep, err)))
                         break;
                     p = &own_prep;
                 }
@@ -810,12 +825,25 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                 if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
                     break;
             }
-            snprintf(what, sizeof what, "expert %d down_proj", e);
             if (gptq(L) && (rc = chunked_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
-                                              alpha, what, &preps[i], err)))
+                                                 alpha, &Hd[i], err)))
                 break;
+            Hd_ptrs[i] = Hd[i].ptr;
             prep_ptrs[i] = &preps[i];
         }
+        /* The group's down_proj Hessians, prepared together. */
+        if (!rc && gptq(L)) {
+            int failed = -1;
+            if (!(rc = sync_time(L, &L->res->seconds_hessian, err)) &&
+                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hd_ptrs, ng, inter, &g->opt->gptq,
+                                                  preps, &failed, err)))
+                moeq_wrap(err, "layer %d, expert %d down_proj: ", L->res->layer,
+                          failed >= 0 ? e0 + failed : e0);
+            if (!rc)
+                rc = sync_time(L, &L->res->seconds_prepare, err);
+        }
+        for (int i = 0; i < ng; i++)
+            moeq_cuda_free(&g->cu, &Hd[i]);
         /* The group's down_proj weights: one segmented sweep when the rows
          * allow it, else expert by expert (same results). */
         if (!rc && gptq(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
@@ -858,6 +886,11 @@ group_done:
     if (preps)
         for (int i = 0; i < G; i++)
             moeq_cuda_gptq_prepared_free(&g->cu, &preps[i]);
+    if (Hd)
+        for (int i = 0; i < G; i++)
+            moeq_cuda_free(&g->cu, &Hd[i]);
+    free(Hd);
+    free(Hd_ptrs);
     free(preps);
     free(prep_ptrs);
     free(pieces);

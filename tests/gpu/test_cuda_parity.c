@@ -323,6 +323,65 @@ static void test_gptq_prepare_rejects_nonfinite_hessian(void)
     moeq_cuda_free(&ctx, &dH);
 }
 
+/* Several Hessians prepared together give each one's single preparation:
+ * a well-conditioned one, one that needs damping 0.015 (the case above)
+ * and one with a dead column, with the same factors bit for bit; a NaN in
+ * the third of three names that matrix and keeps nothing. */
+static void test_gptq_prepare_many_matches_single(void)
+{
+    const int n = 64, count = 3;
+    test_rng rng = {29};
+    float *H[3];
+    H[0] = random_hessian(&rng, 4 * n, n, -1);
+    H[1] = xmalloc(sizeof(float) * n * n);
+    memset(H[1], 0, sizeof(float) * n * n);
+    for (int i = 0; i < n; i++)
+        H[1][i * n + i] = 1.0f;
+    H[1][3 * n + 9] = H[1][9 * n + 3] = 1.0137f;
+    H[2] = random_hessian(&rng, 4 * n, n, 17);
+    moeq_error err = {0};
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = 32;
+    cfg.desc_act = 1;
+    moeq_cuda_buf dH[3];
+    const float *ptrs[3];
+    for (int i = 0; i < count; i++) {
+        dH[i] = to_device(H[i], sizeof(float) * n * n);
+        ptrs[i] = dH[i].ptr;
+    }
+    moeq_cuda_gptq_prepared many[3], one = {0};
+    int failed = 7;
+    must(moeq_cuda_gptq_prepare_many(&ctx, ptrs, count, n, &cfg, many, &failed, &err), &err);
+    CHECK_INT_EQ(failed, -1);
+    CHECK_NEAR(many[1].damp_used, 0.015, 1e-12, 0);
+    CHECK_INT_EQ(many[2].dead_columns, 1);
+    float *a = xmalloc(sizeof(float) * n * n), *b = xmalloc(sizeof(float) * n * n);
+    for (int i = 0; i < count; i++) {
+        must(moeq_cuda_gptq_prepare(&ctx, ptrs[i], n, &cfg, &one, &err), &err);
+        must(moeq_cuda_download(&ctx, a, many[i].hinv.ptr, sizeof(float) * n * n, &err), &err);
+        must(moeq_cuda_download(&ctx, b, one.hinv.ptr, sizeof(float) * n * n, &err), &err);
+        must(moeq_cuda_sync(&ctx, &err), &err);
+        CHECK(memcmp(a, b, sizeof(float) * n * n) == 0);
+        CHECK(memcmp(many[i].perm_host, one.perm_host, sizeof(int32_t) * n) == 0);
+        CHECK(many[i].damp_used == one.damp_used);
+        moeq_cuda_gptq_prepared_free(&ctx, &one);
+        moeq_cuda_gptq_prepared_free(&ctx, &many[i]);
+    }
+    float nan = NAN;
+    must(moeq_cuda_upload(&ctx, (float *)dH[2].ptr + 5 * n + 6, &nan, sizeof nan, &err), &err);
+    CHECK_INT_EQ(moeq_cuda_gptq_prepare_many(&ctx, ptrs, count, n, &cfg, many, &failed, &err),
+                 MOEQ_ERR_NUMERIC);
+    CHECK_INT_EQ(failed, 2);
+    CHECK_CONTAINS(err.msg, "1 non-finite");
+    for (int i = 0; i < count; i++) {
+        CHECK(many[i].hinv.ptr == NULL);
+        moeq_cuda_free(&ctx, &dH[i]);
+        free(H[i]);
+    }
+    free(a);
+    free(b);
+}
+
 /* ---- GPTQ sweep */
 
 typedef struct sweep_stats {
@@ -1062,6 +1121,7 @@ int main(void)
     RUN(test_gptq_prepare_matches_cpu);
     RUN(test_gptq_prepare_raises_damping_as_cpu);
     RUN(test_gptq_prepare_rejects_nonfinite_hessian);
+    RUN(test_gptq_prepare_many_matches_single);
     RUN(test_gptq_sweep_matches_cpu_4bit_g128_sym);
     RUN(test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order);
     RUN(test_gptq_sweep_matches_cpu_3bit_g32_static_groups);

@@ -55,14 +55,31 @@ moeq_code moeq_cuda_init(moeq_cuda_ctx *ctx, int device, moeq_error *err)
     snprintf(ctx->device_name, sizeof ctx->device_name, "%s", prop.name);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->smem_optin_bytes = prop.sharedMemPerBlockOptin;
-    if ((rc = MOEQ_CU(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) ||
+    /* Buffers come from the device's stream-ordered pool, which keeps what
+     * is freed for the next allocation: a layer allocates and frees
+     * hundreds of buffers, and cudaMalloc/cudaFree would synchronise the
+     * device at each free. */
+    cudaMemPool_t pool;
+    uint64_t keep_bytes = UINT64_MAX;
+    if ((rc = MOEQ_CU(cudaDeviceGetDefaultMemPool(&pool, device))) ||
+        (rc = MOEQ_CU(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold,
+                                              &keep_bytes))) ||
+        (rc = MOEQ_CU(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) ||
         (rc = MOEQ_CUBLAS(cublasCreate(&ctx->cublas))) ||
         (rc = MOEQ_CUBLAS(cublasSetStream(ctx->cublas, ctx->stream))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnCreate(&ctx->cusolver))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnSetStream(ctx->cusolver, ctx->stream))) ||
-        (rc = moeq_cuda_alloc(ctx, &ctx->solver_info, sizeof(int), "cuSOLVER info", err))) {
+        (rc = MOEQ_CU(cudaEventCreateWithFlags(&ctx->lanes_start, cudaEventDisableTiming)))) {
         moeq_cuda_free_ctx(ctx);
         return rc;
+    }
+    for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES; i++) {
+        moeq_cuda_solver_lane *l = &ctx->lanes[i];
+        if ((rc = MOEQ_CU(cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking))) ||
+            (rc = MOEQ_CU(cudaEventCreateWithFlags(&l->done, cudaEventDisableTiming))) ||
+            (rc = MOEQ_CUSOLVER(cusolverDnCreate(&l->cusolver))) ||
+            (rc = MOEQ_CUSOLVER(cusolverDnSetStream(l->cusolver, l->stream)))) {
+            moeq_cuda_free_ctx(ctx);
+            return rc;
+        }
     }
     /* fp32 GEMMs stay fp32: no TF32 (the CPU reference is the yardstick). */
     rc = MOEQ_CUBLAS(cublasSetMathMode(ctx->cublas, CUBLAS_DEFAULT_MATH));
@@ -75,10 +92,20 @@ void moeq_cuda_free_ctx(moeq_cuda_ctx *ctx)
 {
     if (ctx->stream)
         cudaStreamSynchronize(ctx->stream);
-    moeq_cuda_free(ctx, &ctx->solver_workspace);
-    moeq_cuda_free(ctx, &ctx->solver_info);
-    if (ctx->cusolver)
-        cusolverDnDestroy(ctx->cusolver);
+    for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES; i++) {
+        moeq_cuda_solver_lane *l = &ctx->lanes[i];
+        if (l->stream)
+            cudaStreamSynchronize(l->stream);
+        moeq_cuda_free(ctx, &l->workspace);
+        if (l->cusolver)
+            cusolverDnDestroy(l->cusolver);
+        if (l->stream)
+            cudaStreamDestroy(l->stream);
+        if (l->done)
+            cudaEventDestroy(l->done);
+    }
+    if (ctx->lanes_start)
+        cudaEventDestroy(ctx->lanes_start);
     if (ctx->cublas)
         cublasDestroy(ctx->cublas);
     if (ctx->stream)
@@ -99,12 +126,12 @@ moeq_code moeq_cuda_alloc(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf, size_t bytes, 
                          "(%zu bytes in use): raise --vram-budget, or lower --expert-batch or "
                          "--nsamples",
                          bytes, what, ctx->budget_bytes / 1073741824.0, ctx->bytes_in_use);
-    cudaError_t status = cudaMalloc(&buf->ptr, bytes);
+    cudaError_t status = cudaMallocAsync(&buf->ptr, bytes, ctx->stream);
     if (status != cudaSuccess) {
         buf->ptr = NULL;
         (void)cudaGetLastError(); /* an allocation failure is not sticky: clear it */
         return moeq_fail(err, MOEQ_ERR_OOM,
-                         "cudaMalloc of %zu bytes for %s failed: %s (%zu bytes already in use)",
+                         "cudaMallocAsync of %zu bytes for %s failed: %s (%zu bytes already in use)",
                          bytes, what, cudaGetErrorString(status), ctx->bytes_in_use);
     }
     buf->bytes = bytes;
@@ -117,7 +144,7 @@ moeq_code moeq_cuda_alloc(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf, size_t bytes, 
 void moeq_cuda_free(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf)
 {
     if (buf->ptr) {
-        cudaFree(buf->ptr);
+        cudaFreeAsync(buf->ptr, ctx->stream);
         ctx->bytes_in_use -= buf->bytes;
     }
     buf->ptr = NULL;
@@ -164,8 +191,31 @@ void moeq_cuda_host_free(void *ptr)
 
 moeq_code moeq_cuda_solver_workspace(moeq_cuda_ctx *ctx, size_t bytes, moeq_error *err)
 {
-    if (bytes <= ctx->solver_workspace.bytes)
-        return MOEQ_OK;
-    moeq_cuda_free(ctx, &ctx->solver_workspace);
-    return moeq_cuda_alloc(ctx, &ctx->solver_workspace, bytes, "cuSOLVER workspace", err);
+    for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES; i++) {
+        moeq_cuda_buf *w = &ctx->lanes[i].workspace;
+        if (bytes <= w->bytes)
+            continue;
+        moeq_cuda_free(ctx, w);
+        moeq_code rc = moeq_cuda_alloc(ctx, w, bytes, "cuSOLVER workspace", err);
+        if (rc)
+            return rc;
+    }
+    return MOEQ_OK;
+}
+
+moeq_code moeq_cuda_lanes_begin(moeq_cuda_ctx *ctx, moeq_error *err)
+{
+    moeq_code rc = MOEQ_CU(cudaEventRecord(ctx->lanes_start, ctx->stream));
+    for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES && !rc; i++)
+        rc = MOEQ_CU(cudaStreamWaitEvent(ctx->lanes[i].stream, ctx->lanes_start, 0));
+    return rc;
+}
+
+moeq_code moeq_cuda_lanes_end(moeq_cuda_ctx *ctx, moeq_error *err)
+{
+    moeq_code rc = MOEQ_OK;
+    for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES && !rc; i++)
+        if (!(rc = MOEQ_CU(cudaEventRecord(ctx->lanes[i].done, ctx->lanes[i].stream))))
+            rc = MOEQ_CU(cudaStreamWaitEvent(ctx->stream, ctx->lanes[i].done, 0));
+    return rc;
 }

@@ -26,6 +26,19 @@ typedef struct moeq_cuda_buf {
     size_t bytes;
 } moeq_cuda_buf;
 
+/* Independent factorisations (the down_proj Hessians of an expert group)
+ * run on this many side streams at once: one matrix of a few hundred
+ * columns leaves most of the GPU idle. */
+#define MOEQ_CUDA_SOLVER_LANES 8
+
+/* A side stream with its own cuSOLVER handle and scratch. */
+typedef struct moeq_cuda_solver_lane {
+    cudaStream_t stream;
+    cusolverDnHandle_t cusolver;
+    cudaEvent_t done;
+    moeq_cuda_buf workspace; /* see moeq_cuda_solver_workspace */
+} moeq_cuda_solver_lane;
+
 typedef struct moeq_cuda_ctx {
     int device;
     char device_name[256];
@@ -33,9 +46,8 @@ typedef struct moeq_cuda_ctx {
     size_t smem_optin_bytes;   /* shared memory a block may opt in to */
     cudaStream_t stream;
     cublasHandle_t cublas;
-    cusolverDnHandle_t cusolver;
-    moeq_cuda_buf solver_workspace;        /* cuSOLVER scratch, see moeq_cuda_solver_workspace */
-    moeq_cuda_buf solver_info;             /* one device int: cuSOLVER's devInfo */
+    moeq_cuda_solver_lane lanes[MOEQ_CUDA_SOLVER_LANES];
+    cudaEvent_t lanes_start; /* recorded on stream before work goes to the lanes */
     size_t bytes_in_use;       /* device bytes allocated through this context */
     size_t peak_bytes;         /* the most bytes_in_use has been */
     size_t budget_bytes;       /* 0, or the most bytes_in_use may reach: an
@@ -64,7 +76,8 @@ void moeq_cuda_free_ctx(moeq_cuda_ctx *ctx);
  * a NULL buffer. MOEQ_ERR_OOM names the size and the bytes already in use. */
 moeq_code moeq_cuda_alloc(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf, size_t bytes, const char *what,
                           moeq_error *err);
-/* Frees buf (NULL is fine) and zeroes it. cudaFree synchronises the device. */
+/* Frees buf (NULL is fine) and zeroes it, in stream order: work queued on
+ * ctx->stream before the free may still use it. */
 void moeq_cuda_free(moeq_cuda_ctx *ctx, moeq_cuda_buf *buf);
 
 /* Copies queued on ctx->stream. Host memory should be pinned for the copy to
@@ -73,6 +86,10 @@ moeq_code moeq_cuda_upload(moeq_cuda_ctx *ctx, void *dst_dev, const void *src_ho
                            moeq_error *err);
 moeq_code moeq_cuda_download(moeq_cuda_ctx *ctx, void *dst_host, const void *src_dev,
                              size_t bytes, moeq_error *err);
+/* Lanes: lanes_begin makes every lane wait for the work queued on stream so
+ * far; lanes_end makes stream wait for everything queued on the lanes. */
+moeq_code moeq_cuda_lanes_begin(moeq_cuda_ctx *ctx, moeq_error *err);
+moeq_code moeq_cuda_lanes_end(moeq_cuda_ctx *ctx, moeq_error *err);
 /* Waits for everything queued on the stream; reports errors of past kernels. */
 moeq_code moeq_cuda_sync(moeq_cuda_ctx *ctx, moeq_error *err);
 
@@ -80,8 +97,8 @@ moeq_code moeq_cuda_sync(moeq_cuda_ctx *ctx, moeq_error *err);
 moeq_code moeq_cuda_host_alloc(void **ptr, size_t bytes, const char *what, moeq_error *err);
 void moeq_cuda_host_free(void *ptr);
 
-/* At least bytes of cuSOLVER workspace in ctx->solver_workspace.ptr; valid until
- * the next call that grows it. */
+/* At least bytes of cuSOLVER workspace in every lane's workspace; valid
+ * until the next call that grows it. */
 moeq_code moeq_cuda_solver_workspace(moeq_cuda_ctx *ctx, size_t bytes, moeq_error *err);
 
 #endif

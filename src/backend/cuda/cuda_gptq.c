@@ -19,40 +19,31 @@ _Static_assert(MOEQ_K_GRID_MSE_GRID == MOEQ_GRID_MSE_GRID &&
                    MOEQ_K_GRID_MSE_STEPS == MOEQ_GRID_MSE_STEPS,
                "the CUDA clipping search must try the candidates grid.h names");
 
-/* Reads cuSOLVER's devInfo after the queued work finished. */
-static moeq_code solver_info(moeq_cuda_ctx *ctx, int *info, moeq_error *err)
-{
-    moeq_code rc = moeq_cuda_download(ctx, info, ctx->solver_info.ptr, sizeof(int), err);
-    return rc ? rc : moeq_cuda_sync(ctx, err);
-}
-
-/* hinv <- upper Cholesky factor of (work + lambda I)^-1 (row-major);
- * *info != 0 when a factorisation found the matrix not positive definite. */
-static moeq_code factor_inverse(moeq_cuda_ctx *ctx, const float *work, int n, float lambda,
-                                float *hinv, int *info, moeq_error *err)
+/* Queues on lane l: hinv <- upper Cholesky factor of (work + lambda I)^-1
+ * (row-major), with no host round trip; info[0..2] (device) receive the
+ * devInfo of the three factorisations: all zero when the matrix was
+ * positive definite. */
+static moeq_code factor_inverse(moeq_cuda_solver_lane *l, const float *work, int n,
+                                float lambda, float *hinv, int *info, moeq_error *err)
 {
     const cublasFillMode_t lower = CUBLAS_FILL_MODE_LOWER;
-    float *ws = ctx->solver_workspace.ptr;
-    int lwork = (int)(ctx->solver_workspace.bytes / sizeof(float));
-    int *dev_info = ctx->solver_info.ptr;
+    float *ws = l->workspace.ptr;
+    int lwork = (int)(l->workspace.bytes / sizeof(float));
     moeq_code rc;
-    if ((rc = MOEQ_CU(moeq_k_copy_add_diag(work, n, lambda, hinv, ctx->stream))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(ctx->cusolver, lower, n, hinv, n, ws, lwork,
-                                             dev_info))) ||
-        (rc = solver_info(ctx, info, err)) || *info)
-        return rc;
-    if ((rc = MOEQ_CUSOLVER(cusolverDnSpotri(ctx->cusolver, lower, n, hinv, n, ws, lwork,
-                                             dev_info))) ||
-        (rc = solver_info(ctx, info, err)) || *info)
+    if ((rc = MOEQ_CU(moeq_k_copy_add_diag(work, n, lambda, hinv, l->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(l->cusolver, lower, n, hinv, n, ws, lwork,
+                                             info))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotri(l->cusolver, lower, n, hinv, n, ws, lwork,
+                                             info + 1))))
         return rc;
     /* potri leaves the inverse in the column-major lower = row-major upper
-     * triangle; make it whole, then factor it again. */
-    if ((rc = MOEQ_CU(moeq_k_mirror_upper(hinv, n, ctx->stream))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(ctx->cusolver, lower, n, hinv, n, ws, lwork,
-                                             dev_info))) ||
-        (rc = solver_info(ctx, info, err)) || *info)
+     * triangle; make it whole, then factor it again. After a failed first
+     * factorisation these steps run on garbage; info[0] says so. */
+    if ((rc = MOEQ_CU(moeq_k_mirror_upper(hinv, n, l->stream))) ||
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf(l->cusolver, lower, n, hinv, n, ws, lwork,
+                                             info + 2))))
         return rc;
-    return MOEQ_CU(moeq_k_zero_lower(hinv, n, ctx->stream));
+    return MOEQ_CU(moeq_k_zero_lower(hinv, n, l->stream));
 }
 
 static moeq_code alloc_prepared(moeq_cuda_ctx *ctx, int cols, moeq_cuda_gptq_prepared *prep,
@@ -79,86 +70,157 @@ moeq_code moeq_cuda_gptq_prepare(moeq_cuda_ctx *ctx, const float *H, int cols,
                                  const moeq_gptq_config *cfg, moeq_cuda_gptq_prepared *prep,
                                  moeq_error *err)
 {
-    memset(prep, 0, sizeof *prep);
+    return moeq_cuda_gptq_prepare_many(ctx, &H, 1, cols, cfg, prep, NULL, err);
+}
+
+moeq_code moeq_cuda_gptq_prepare_many(moeq_cuda_ctx *ctx, const float *const *H, int count,
+                                      int cols, const moeq_gptq_config *cfg,
+                                      moeq_cuda_gptq_prepared *preps, int *failed,
+                                      moeq_error *err)
+{
+    for (int i = 0; i < count; i++)
+        memset(&preps[i], 0, sizeof preps[i]);
+    if (failed)
+        *failed = -1;
     moeq_code rc = moeq_gptq_check_config(cfg, cols, err);
-    if (rc)
+    if (rc || count < 1)
         return rc;
     const size_t nn = (size_t)cols * cols;
-    moeq_cuda_buf count = {0}, diag = {0}, work = {0};
-    float *diag_host = malloc(sizeof(float) * (size_t)cols);
-    int nonfinite = 0;
-    if (!diag_host) {
-        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
+    int bad = -1; /* the matrix an error is about */
+    moeq_cuda_buf counts = {0}, diag = {0}, work = {0}, info = {0};
+    float *diag_host = malloc(sizeof(float) * (size_t)cols * count);
+    int *counts_host = malloc(sizeof(int) * (size_t)count);
+    int *info_host = malloc(sizeof(int) * 3 * (size_t)count);
+    double *mean_diag = malloc(sizeof(double) * (size_t)count);
+    if (!diag_host || !counts_host || !info_host || !mean_diag) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for %d Hessians of %d x %d", count,
+                       cols, cols);
         goto done;
     }
-    if ((rc = alloc_prepared(ctx, cols, prep, err)) ||
-        (rc = moeq_cuda_alloc(ctx, &count, sizeof(int), "non-finite count", err)) ||
-        (rc = moeq_cuda_alloc(ctx, &diag, sizeof(float) * (size_t)cols, "Hessian diagonal",
+    for (int i = 0; i < count && !rc; i++)
+        rc = alloc_prepared(ctx, cols, &preps[i], err);
+    if (rc ||
+        (rc = moeq_cuda_alloc(ctx, &counts, sizeof(int) * (size_t)count, "non-finite counts",
                               err)) ||
-        (rc = moeq_cuda_alloc(ctx, &work, sizeof(float) * nn, "permuted Hessian", err)) ||
-        (rc = MOEQ_CU(cudaMemsetAsync(count.ptr, 0, sizeof(int), ctx->stream))) ||
-        (rc = MOEQ_CU(moeq_k_count_nonfinite(H, nn, count.ptr, ctx->stream))) ||
-        (rc = MOEQ_CU(moeq_k_diag(H, cols, diag.ptr, ctx->stream))) ||
-        (rc = moeq_cuda_download(ctx, &nonfinite, count.ptr, sizeof(int), err)) ||
-        (rc = moeq_cuda_download(ctx, diag_host, diag.ptr, sizeof(float) * (size_t)cols, err)) ||
+        (rc = moeq_cuda_alloc(ctx, &diag, sizeof(float) * (size_t)cols * count,
+                              "Hessian diagonals", err)) ||
+        (rc = moeq_cuda_alloc(ctx, &work, sizeof(float) * nn * count, "permuted Hessians",
+                              err)) ||
+        (rc = moeq_cuda_alloc(ctx, &info, sizeof(int) * 3 * (size_t)count, "cuSOLVER infos",
+                              err)) ||
+        (rc = MOEQ_CU(cudaMemsetAsync(counts.ptr, 0, counts.bytes, ctx->stream))))
+        goto done;
+    /* One round trip for every matrix's checks and diagonal. */
+    for (int i = 0; i < count && !rc; i++)
+        if (!(rc = MOEQ_CU(moeq_k_count_nonfinite(H[i], nn, (int *)counts.ptr + i,
+                                                  ctx->stream))))
+            rc = MOEQ_CU(moeq_k_diag(H[i], cols, (float *)diag.ptr + (size_t)i * cols,
+                                     ctx->stream));
+    if (rc || (rc = moeq_cuda_download(ctx, counts_host, counts.ptr, counts.bytes, err)) ||
+        (rc = moeq_cuda_download(ctx, diag_host, diag.ptr, diag.bytes, err)) ||
         (rc = moeq_cuda_sync(ctx, err)))
         goto done;
-    if (nonfinite) {
-        rc = moeq_fail(err, MOEQ_ERR_NUMERIC, "Hessian %d x %d holds %d non-finite values", cols,
-                       cols, nonfinite);
-        goto done;
-    }
-    prep->dead_columns = moeq_gptq_column_order(diag_host, cols, cfg->desc_act,
-                                                prep->dead_host, prep->perm_host);
-    if (prep->dead_columns < 0) {
-        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
-        goto done;
-    }
-    double mean_diag = 0; /* summed in processing order, as gptq.c does */
-    for (int i = 0; i < cols; i++)
-        mean_diag += prep->dead_host[prep->perm_host[i]] ? 1.0f : diag_host[prep->perm_host[i]];
-    mean_diag /= cols;
+    for (int i = 0; i < count; i++)
+        if (counts_host[i]) {
+            bad = i;
+            rc = moeq_fail(err, MOEQ_ERR_NUMERIC, "Hessian %d x %d holds %d non-finite values",
+                           cols, cols, counts_host[i]);
+            goto done;
+        }
     int lwork_potrf = 0, lwork_potri = 0;
-    if ((rc = moeq_cuda_upload(ctx, prep->perm.ptr, prep->perm_host,
-                               sizeof(int32_t) * (size_t)cols, err)) ||
-        (rc = moeq_cuda_upload(ctx, prep->dead.ptr, prep->dead_host, (size_t)cols, err)) ||
-        (rc = MOEQ_CU(moeq_k_gptq_permute_hessian(H, cols, prep->perm.ptr, prep->dead.ptr,
-                                                  work.ptr, ctx->stream))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnSpotrf_bufferSize(ctx->cusolver, CUBLAS_FILL_MODE_LOWER,
-                                                        cols, prep->hinv.ptr, cols,
+    if ((rc = MOEQ_CUSOLVER(cusolverDnSpotrf_bufferSize(ctx->lanes[0].cusolver,
+                                                        CUBLAS_FILL_MODE_LOWER, cols,
+                                                        preps[0].hinv.ptr, cols,
                                                         &lwork_potrf))) ||
-        (rc = MOEQ_CUSOLVER(cusolverDnSpotri_bufferSize(ctx->cusolver, CUBLAS_FILL_MODE_LOWER,
-                                                        cols, prep->hinv.ptr, cols,
+        (rc = MOEQ_CUSOLVER(cusolverDnSpotri_bufferSize(ctx->lanes[0].cusolver,
+                                                        CUBLAS_FILL_MODE_LOWER,
+                                                        cols, preps[0].hinv.ptr, cols,
                                                         &lwork_potri))) ||
         (rc = moeq_cuda_solver_workspace(
              ctx, sizeof(float) * (size_t)(lwork_potrf > lwork_potri ? lwork_potrf : lwork_potri),
              err)))
         goto done;
-    for (double damp = cfg->damp_percent;; damp += cfg->damp_increment) {
-        if (damp > cfg->damp_max + 1e-12) {
-            rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
-                           "Hessian is not positive definite even with damping %.4g of its "
-                           "mean diagonal (%.4g)",
-                           cfg->damp_max, mean_diag);
+    /* Column order and the permuted copies on the stream, then every first
+     * attempt spread over the lanes. */
+    for (int i = 0; i < count; i++) {
+        moeq_cuda_gptq_prepared *p = &preps[i];
+        const float *d = diag_host + (size_t)i * cols;
+        p->dead_columns = moeq_gptq_column_order(d, cols, cfg->desc_act, p->dead_host,
+                                                 p->perm_host);
+        if (p->dead_columns < 0) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for a %d x %d Hessian", cols, cols);
             goto done;
         }
-        int info = 0;
-        if ((rc = factor_inverse(ctx, work.ptr, cols, (float)(damp * mean_diag), prep->hinv.ptr,
-                                 &info, err)))
+        double m = 0; /* summed in processing order, as gptq.c does */
+        for (int c = 0; c < cols; c++)
+            m += p->dead_host[p->perm_host[c]] ? 1.0f : d[p->perm_host[c]];
+        mean_diag[i] = m / cols;
+        float *work_i = (float *)work.ptr + nn * i;
+        if ((rc = moeq_cuda_upload(ctx, p->perm.ptr, p->perm_host, sizeof(int32_t) * (size_t)cols,
+                                   err)) ||
+            (rc = moeq_cuda_upload(ctx, p->dead.ptr, p->dead_host, (size_t)cols, err)) ||
+            (rc = MOEQ_CU(moeq_k_gptq_permute_hessian(H[i], cols, p->perm.ptr, p->dead.ptr,
+                                                      work_i, ctx->stream))))
             goto done;
-        if (info == 0) {
-            prep->damp_used = damp;
-            break;
+        p->damp_used = cfg->damp_percent;
+    }
+    if ((rc = moeq_cuda_lanes_begin(ctx, err)))
+        goto done;
+    for (int i = 0; i < count && !rc; i++)
+        rc = factor_inverse(&ctx->lanes[i % MOEQ_CUDA_SOLVER_LANES], (float *)work.ptr + nn * i,
+                            cols, (float)(cfg->damp_percent * mean_diag[i]), preps[i].hinv.ptr,
+                            (int *)info.ptr + 3 * i, err);
+    /* The stream waits for the lanes even after a failed launch: nothing
+     * may be freed under work still queued there. */
+    moeq_code lanes_rc = moeq_cuda_lanes_end(ctx, err);
+    if (rc || (rc = lanes_rc))
+        goto done;
+    if ((rc = moeq_cuda_download(ctx, info_host, info.ptr, info.bytes, err)) ||
+        (rc = moeq_cuda_sync(ctx, err)))
+        goto done;
+    /* A matrix that was not positive definite: more damping, one try at a
+     * time, as gptq.c does. */
+    for (int i = 0; i < count; i++) {
+        int *in = info_host + 3 * i;
+        for (double damp = cfg->damp_percent; in[0] || in[1] || in[2];) {
+            damp += cfg->damp_increment;
+            if (damp > cfg->damp_max + 1e-12) {
+                bad = i;
+                rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
+                               "Hessian is not positive definite even with damping %.4g of its "
+                               "mean diagonal (%.4g)",
+                               cfg->damp_max, mean_diag[i]);
+                goto done;
+            }
+            if ((rc = moeq_cuda_lanes_begin(ctx, err)))
+                goto done;
+            rc = factor_inverse(&ctx->lanes[0], (float *)work.ptr + nn * i, cols,
+                                (float)(damp * mean_diag[i]), preps[i].hinv.ptr,
+                                (int *)info.ptr + 3 * i, err);
+            lanes_rc = moeq_cuda_lanes_end(ctx, err);
+            if (rc || (rc = lanes_rc) ||
+                (rc = moeq_cuda_download(ctx, in, (int *)info.ptr + 3 * i, 3 * sizeof(int),
+                                         err)) ||
+                (rc = moeq_cuda_sync(ctx, err)))
+                goto done;
+            preps[i].damp_used = damp;
         }
     }
-    rc = moeq_cuda_sync(ctx, err);
 done:
     moeq_cuda_free(ctx, &work);
     moeq_cuda_free(ctx, &diag);
-    moeq_cuda_free(ctx, &count);
+    moeq_cuda_free(ctx, &counts);
+    moeq_cuda_free(ctx, &info);
     free(diag_host);
-    if (rc)
-        moeq_cuda_gptq_prepared_free(ctx, prep);
+    free(counts_host);
+    free(info_host);
+    free(mean_diag);
+    if (rc) {
+        for (int i = 0; i < count; i++)
+            moeq_cuda_gptq_prepared_free(ctx, &preps[i]);
+        if (failed)
+            *failed = bad;
+    }
     return rc;
 }
 

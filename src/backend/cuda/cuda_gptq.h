@@ -35,6 +35,15 @@ typedef struct moeq_cuda_gptq_prepared {
 moeq_code moeq_cuda_gptq_prepare(moeq_cuda_ctx *ctx, const float *H, int cols,
                                  const moeq_gptq_config *cfg, moeq_cuda_gptq_prepared *prep,
                                  moeq_error *err);
+/* The same for count Hessians H[i] of one size at once, with two host round
+ * trips in all instead of several per matrix (damping raised for a matrix
+ * that needs it costs one more each try). preps[0..count) are filled; on
+ * failure none is kept and *failed (optional) names the matrix the error is
+ * about (-1: none in particular). */
+moeq_code moeq_cuda_gptq_prepare_many(moeq_cuda_ctx *ctx, const float *const *H, int count,
+                                      int cols, const moeq_gptq_config *cfg,
+                                      moeq_cuda_gptq_prepared *preps, int *failed,
+                                      moeq_error *err);
 /* Copies a CPU preparation to the device (a CPU solve feeding a GPU sweep). */
 moeq_code moeq_cuda_gptq_prepared_upload(moeq_cuda_ctx *ctx, const moeq_gptq_prepared *host,
                                          moeq_cuda_gptq_prepared *prep, moeq_error *err);
