@@ -718,6 +718,17 @@ static size_t expert_bytes(const gpu_run *g, int inter)
     return 3 * I * H * (4 + 4 + 1 + 1 + 2) + 4 * I * I * 4 + 3 * I * H / 8;
 }
 
+/* The calibration of one expert: its tokens (idx NULL: all n), their
+ * weights (w NULL: 1), the Hessian's scale, and what the report says. */
+typedef struct expert_cal {
+    const int32_t *idx;
+    int count;
+    const float *w;
+    float alpha;
+    int fallback;   /* routed, below --min-expert-tokens: all tokens */
+    int64_t tokens; /* calibration tokens, for the report */
+} expert_cal;
+
 static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                                const moeq_cuda_gptq_prepared *prep_all, moeq_error *err)
 {
@@ -740,6 +751,10 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
          * down_proj Hessians and factors, cuSOLVER's workspace) stays
          * within a reserve of 1/16 of the budget plus 64 MiB. */
         size_t used = g->cu.bytes_in_use + g->opt->vram_budget / 16 + ((size_t)64 << 20);
+        /* Routed and weighted: the own gate/up Hessians of a lane batch,
+         * their permuted copies and factors. */
+        if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L)))
+            used += (size_t)MOEQ_CUDA_SOLVER_LANES * 3 * sizeof(float) * H * H;
         size_t budget = g->opt->vram_budget, per = expert_bytes(g, inter);
         size_t fit = budget > used ? (budget - used) / per : 0;
         G = fit < 1 ? 1 : fit < (size_t)E ? (int)fit : E;
@@ -750,11 +765,11 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     const moeq_cuda_gptq_prepared **prep_ptrs = malloc(sizeof *prep_ptrs * (size_t)G);
     moeq_cuda_buf *Hd = calloc((size_t)G, sizeof *Hd); /* the group's down_proj Hessians */
     const float **Hd_ptrs = malloc(sizeof *Hd_ptrs * (size_t)G);
-    if (!pieces || !preps || !prep_ptrs || !Hd || !Hd_ptrs) {
+    expert_cal *cal = malloc(sizeof *cal * (size_t)G);
+    if (!pieces || !preps || !prep_ptrs || !Hd || !Hd_ptrs || !cal) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
         goto group_done;
     }
-    char what[96];
     for (int e0 = 0; e0 < E; e0 += G) {
         int ng = E - e0 < G ? E - e0 : G;
         /* gate/up: one sweep for the whole group against the shared
@@ -774,63 +789,92 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                                          "dequantized gate/up", err))) {
             break;
         }
-        /* Per expert: its own gate/up (routed, weighted), then its
-         * down_proj Hessian, prepared; the down_proj weights of the group
-         * are then swept together. */
-        for (int i = 0; i < ng && !rc; i++) {
-            const int e = e0 + i;
-            const moeq_mlp_weights *m = &lw->experts[e];
-            const int32_t *d_idx = (const int32_t *)r.d_idx.ptr + r.offset[e];
-            const int count = r.count[e];
-            /* The calibration tokens of this expert. */
-            const int32_t *cal_idx = NULL;
-            int cal_count = n, fallback = 0;
-            const float *cal_w = NULL;
-            float alpha = 2.0f / (float)n;
+        /* The calibration tokens of each expert of the group. */
+        for (int i = 0; i < ng; i++) {
+            const int e = e0 + i, count = r.count[e];
+            expert_cal *c = &cal[i];
+            *c = (expert_cal){NULL, n, NULL, 2.0f / (float)n, 0, n};
             if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
                 if (count < g->opt->min_expert_tokens) {
-                    fallback = 1;
+                    c->fallback = 1;
                     moeq_warn_expert_fallback(g->opt, e, L->res->layer, count);
                 } else {
-                    cal_idx = d_idx;
-                    cal_count = count;
-                    alpha = 2.0f / (float)count;
+                    c->idx = (const int32_t *)r.d_idx.ptr + r.offset[e];
+                    c->count = c->tokens = count;
+                    c->alpha = 2.0f / (float)count;
                 }
             } else if (mode == MOEQ_EXPERT_CALIB_WEIGHTED) {
-                cal_w = (const float *)r.probs_t.ptr + (size_t)e * n;
+                c->w = (const float *)r.probs_t.ptr + (size_t)e * n;
             }
-            const int64_t tokens = mode == MOEQ_EXPERT_CALIB_ROUTED && !fallback ? count : n;
-            pieces[i] = (piece){MOEQ_EXPERT_ROLES[2], e, m->down, H, tokens, fallback};
-            uint16_t *wgu_e = (uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H;
-            if (!shared) {
-                moeq_cuda_buf own = {0};
-                moeq_cuda_gptq_prepared own_prep = {0};
-                const moeq_cuda_gptq_prepared *p = prep_all;
-                snprintf(what, sizeof what, "expert %d gate/up_proj", e);
-                /* Routed: the expert's tokens, gathered chunk by chunk;
-                 * weighted: all tokens by p_e. */
-                if (!fallback) {
-                    if ((rc = chunked_hessian_prepare(L, &s, NULL, inter, cal_idx, cal_count,
-                                                      cal_w, alpha, what, &own_prep, err)))
-                        break;
-                    p = &own_prep;
-                }
-                const piece gu[2] = {{MOEQ_EXPERT_ROLES[0], e, m->gate, inter, tokens, fallback},
-                                     {MOEQ_EXPERT_ROLES[1], e, m->up, inter, tokens, fallback}};
-                if (!(rc = quantize_stack(L, p, NULL, gu, 2, H, &own, err)))
-                    rc = MOEQ_CU(cudaMemcpyAsync(wgu_e, own.ptr, own.bytes,
-                                                 cudaMemcpyDeviceToDevice, g->cu.stream));
-                moeq_cuda_free(&g->cu, &own);
-                moeq_cuda_gptq_prepared_free(&g->cu, &own_prep);
-                if (rc || (rc = sync_time(L, &L->res->seconds_solve, err)))
-                    break;
-            }
-            if (gptq(L) && (rc = chunked_hessian(L, &s, wgu_e, inter, cal_idx, cal_count, cal_w,
-                                                 alpha, &Hd[i], err)))
-                break;
-            Hd_ptrs[i] = Hd[i].ptr;
-            prep_ptrs[i] = &preps[i];
+            pieces[i] = (piece){MOEQ_EXPERT_ROLES[2], e, lw->experts[e].down, H, c->tokens,
+                                c->fallback};
         }
+        /* Routed and weighted: each expert's gate/up against its own
+         * Hessian (routed: its tokens, gathered chunk by chunk; weighted:
+         * all tokens by p_e), prepared a lane's worth of experts at a
+         * time. */
+        for (int b0 = 0; !shared && b0 < ng && !rc; b0 += MOEQ_CUDA_SOLVER_LANES) {
+            int nb = ng - b0 < MOEQ_CUDA_SOLVER_LANES ? ng - b0 : MOEQ_CUDA_SOLVER_LANES;
+            moeq_cuda_buf Hg[MOEQ_CUDA_SOLVER_LANES] = {{0}};
+            const float *Hg_ptrs[MOEQ_CUDA_SOLVER_LANES];
+            moeq_cuda_gptq_prepared own[MOEQ_CUDA_SOLVER_LANES] = {{0}};
+            int own_of[MOEQ_CUDA_SOLVER_LANES], n_own = 0, failed = -1;
+            for (int j = 0; j < nb && !rc; j++) {
+                const expert_cal *c = &cal[b0 + j];
+                own_of[j] = -1;
+                if (c->fallback)
+                    continue;
+                if (!(rc = chunked_hessian(L, &s, NULL, inter, c->idx, c->count, c->w, c->alpha,
+                                           &Hg[n_own], err))) {
+                    Hg_ptrs[n_own] = Hg[n_own].ptr;
+                    own_of[j] = n_own++;
+                }
+            }
+            if (!rc && n_own &&
+                !(rc = sync_time(L, &L->res->seconds_hessian, err)) &&
+                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hg_ptrs, n_own, H, &g->opt->gptq, own,
+                                                  &failed, err))) {
+                int e = e0 + b0; /* the expert the error is about, else the batch's first */
+                for (int j = 0; j < nb; j++)
+                    if (failed >= 0 && own_of[j] == failed)
+                        e = e0 + b0 + j;
+                moeq_wrap(err, "layer %d, expert %d gate/up_proj: ", L->res->layer, e);
+            }
+            if (!rc && n_own)
+                rc = sync_time(L, &L->res->seconds_prepare, err);
+            for (int j = 0; j < n_own; j++)
+                moeq_cuda_free(&g->cu, &Hg[j]);
+            for (int j = 0; j < nb && !rc; j++) {
+                const int i = b0 + j, e = e0 + i;
+                const moeq_mlp_weights *m = &lw->experts[e];
+                const expert_cal *c = &cal[i];
+                const piece gu[2] = {
+                    {MOEQ_EXPERT_ROLES[0], e, m->gate, inter, c->tokens, c->fallback},
+                    {MOEQ_EXPERT_ROLES[1], e, m->up, inter, c->tokens, c->fallback}};
+                moeq_cuda_buf q = {0};
+                if (!(rc = quantize_stack(L, own_of[j] >= 0 ? &own[own_of[j]] : prep_all, NULL,
+                                          gu, 2, H, &q, err)))
+                    rc = MOEQ_CU(cudaMemcpyAsync((uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
+                                                 q.ptr, q.bytes, cudaMemcpyDeviceToDevice,
+                                                 g->cu.stream));
+                moeq_cuda_free(&g->cu, &q);
+            }
+            for (int j = 0; j < n_own; j++)
+                moeq_cuda_gptq_prepared_free(&g->cu, &own[j]);
+            if (!rc)
+                rc = sync_time(L, &L->res->seconds_solve, err);
+        }
+        /* Each expert's down_proj Hessian from its quantized gate/up. */
+        for (int i = 0; i < ng && !rc && gptq(L); i++) {
+            const expert_cal *c = &cal[i];
+            if (!(rc = chunked_hessian(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
+                                       inter, c->idx, c->count, c->w, c->alpha, &Hd[i], err))) {
+                Hd_ptrs[i] = Hd[i].ptr;
+                prep_ptrs[i] = &preps[i];
+            }
+        }
+        if (rc)
+            break;
         /* The group's down_proj Hessians, prepared together. */
         if (!rc && gptq(L)) {
             int failed = -1;
@@ -891,6 +935,7 @@ group_done:
             moeq_cuda_free(&g->cu, &Hd[i]);
     free(Hd);
     free(Hd_ptrs);
+    free(cal);
     free(preps);
     free(prep_ptrs);
     free(pieces);
