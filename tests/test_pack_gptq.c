@@ -126,6 +126,37 @@ static void test_4bit_words_match_hand_computed_values(void)
     moeq_packed_gptq_free(&p);
 }
 
+/* Codes in the caller's memory (the CUDA loop's pinned buffer) pack the
+ * same and survive moeq_quantized_free, which leaves them to their owner
+ * (a free() of this stack array would abort under the sanitizers). */
+static void test_borrowed_codes_pack_alike_and_are_not_freed(void)
+{
+    uint8_t codes[8 * 16];
+    moeq_quantized own, borrowed;
+    moeq_packed_gptq p_own, p_borrowed;
+    moeq_error err;
+    CHECK_INT_EQ(moeq_quantized_alloc(&own, 8, 16, 4, -1, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_quantized_alloc_codes_in(&borrowed, 8, 16, 4, -1, codes, &err), MOEQ_OK);
+    CHECK(borrowed.codes == codes && borrowed.codes_borrowed && !own.codes_borrowed);
+    for (int o = 0; o < 8; o++) {
+        for (int c = 0; c < 16; c++)
+            own.codes[o * 16 + c] = codes[o * 16 + c] = (uint8_t)((3 * o + c) % 16);
+        own.zeros[o] = borrowed.zeros[o] = 8;
+        own.scales[o] = borrowed.scales[o] = 0.25f;
+    }
+    for (int c = 0; c < 16; c++)
+        own.g_idx[c] = borrowed.g_idx[c] = 0;
+    CHECK_INT_EQ(moeq_pack_gptq(&own, &p_own, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_pack_gptq(&borrowed, &p_borrowed, &err), MOEQ_OK);
+    CHECK(memcmp(p_own.qweight, p_borrowed.qweight, sizeof(int32_t) * 2 * 8) == 0);
+    moeq_quantized_free(&borrowed);
+    CHECK(borrowed.codes == NULL);
+    CHECK_INT_EQ(codes[5 * 16 + 7], (3 * 5 + 7) % 16);
+    moeq_quantized_free(&own);
+    moeq_packed_gptq_free(&p_own);
+    moeq_packed_gptq_free(&p_borrowed);
+}
+
 /* 3 bits, [32 out, 32 in], one group: even output columns hold codes
  * c mod 8, odd ones 7 - c mod 8; zero (o) = (o + 1) mod 8, so qzeros stores
  * o mod 8 (zero 0 wraps to 7). Expected words by hand: field i at bit 3i of
@@ -278,6 +309,7 @@ int main(void)
     RUN(test_round_trip_restores_every_field_for_every_bit_width);
     RUN(test_2_4_8_bit_fields_sit_at_bits_times_position_in_their_word);
     RUN(test_4bit_words_match_hand_computed_values);
+    RUN(test_borrowed_codes_pack_alike_and_are_not_freed);
     RUN(test_3bit_words_match_hand_computed_values);
     RUN(test_zero_point_is_stored_minus_one_and_zero_wraps_to_all_ones);
     RUN(test_dims_the_format_cannot_hold_are_named);

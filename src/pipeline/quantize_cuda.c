@@ -59,6 +59,12 @@ typedef struct gpu_run {
     moeq_cuda_buf inv_freq;
     float attention_factor;
     int rotary_dim;
+    /* The codes of GPTQ results land in pinned host memory, one buffer per
+     * layer parity (the writer may still pack the previous layer's): no
+     * pageable copy and no page faults on the critical path. */
+    uint8_t *codes_host[2];
+    size_t codes_host_bytes[2];
+    uint8_t *codes_next, *codes_end; /* the current layer's unused part */
 } gpu_run;
 
 /* One layer's results and the timing of its stages. */
@@ -133,6 +139,66 @@ static moeq_code upload_bf16(gpu_run *g, const float *host, size_t count, const 
         rc = moeq_cuda_sync(&g->cu, err);
     moeq_cuda_free(&g->cu, &f);
     return rc;
+}
+
+/* bytes of the current layer's codes buffer for one result, or NULL (the
+ * result then owns its codes) when the layer's estimate fell short. */
+static uint8_t *take_codes(gpu_run *g, size_t bytes)
+{
+    if (!g->codes_next || (size_t)(g->codes_end - g->codes_next) < bytes)
+        return NULL;
+    uint8_t *p = g->codes_next;
+    g->codes_next += bytes;
+    return p;
+}
+
+/* The codes a layer's GPTQ results hold: attention and MLP weights. */
+static size_t layer_code_bytes(const moeq_config *cfg, const moeq_layer_weights *lw)
+{
+    const size_t H = (size_t)cfg->hidden_size, q = (size_t)cfg->num_heads * cfg->head_dim,
+                 kv = (size_t)cfg->num_kv_heads * cfg->head_dim;
+    size_t bytes = (q + 2 * kv) * H + H * q;
+    if (lw->is_moe) {
+        bytes += (size_t)cfg->num_experts * 3 * H * (size_t)cfg->moe_intermediate_size;
+        if (lw->has_shared)
+            bytes += 3 * H * (size_t)lw->shared.intermediate;
+    } else {
+        bytes += 3 * H * (size_t)lw->dense.intermediate;
+    }
+    return bytes;
+}
+
+/* Buffer b grown to at least bytes. */
+static moeq_code codes_reserve(gpu_run *g, int b, size_t bytes, moeq_error *err)
+{
+    if (g->codes_host_bytes[b] >= bytes)
+        return MOEQ_OK;
+    moeq_cuda_host_free(g->codes_host[b]);
+    g->codes_host[b] = NULL;
+    g->codes_host_bytes[b] = 0;
+    moeq_code rc = moeq_cuda_host_alloc((void **)&g->codes_host[b], bytes,
+                                        "the quantized codes of a layer", err);
+    if (!rc)
+        g->codes_host_bytes[b] = bytes;
+    return rc;
+}
+
+/* Points the layer's codes at buffer l & 1, grown to the layer's size. The
+ * first layer of the run reserves both buffers (nothing uses the other one
+ * yet), so that pinning them is a one-time cost of that layer only. */
+static moeq_code codes_for_layer(gpu_run *g, int l, int first, const moeq_layer_weights *lw,
+                                 moeq_error *err)
+{
+    const int b = l & 1;
+    const size_t bytes = layer_code_bytes(g->cfg, lw);
+    moeq_code rc = codes_reserve(g, b, bytes, err);
+    if (!rc && first)
+        rc = codes_reserve(g, !b, bytes, err);
+    if (rc)
+        return rc;
+    g->codes_next = g->codes_host[b];
+    g->codes_end = g->codes_host[b] + bytes;
+    return MOEQ_OK;
 }
 
 static moeq_quantized_linear *new_linear(gpu_layer *L, moeq_error *err)
@@ -229,7 +295,9 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
             ql->loss = 0; /* the sweep's objective is a sum over rows */
             for (int r = r0; r < r0 + pieces[i].rows; r++)
                 ql->loss += row_loss[r];
-            rc = moeq_cuda_quantized_download_rows(&g->cu, &dq, r0, pieces[i].rows, &ql->q, err);
+            rc = moeq_cuda_quantized_download_rows(
+                &g->cu, &dq, r0, pieces[i].rows, take_codes(g, (size_t)pieces[i].rows * cols),
+                &ql->q, err);
         } else {
             rc = moeq_rtn_quantize(pieces[i].w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err);
             if (!rc) {
@@ -1297,7 +1365,9 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                     lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = now_seconds();
-        rc = attention_stage(&L, &lw, err);
+        rc = gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer, &lw, err) : MOEQ_OK;
+        if (!rc)
+            rc = attention_stage(&L, &lw, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
@@ -1311,10 +1381,12 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         float *hidden = NULL;
         if (!rc && sink && sink->layer_done &&
             moeq_saves_state_after(opt, l, cfg->num_layers)) {
+            /* Both pinned at the first save: a one-time cost of one layer. */
+            for (int b = 0; b < 2 && !rc; b++)
+                if (!hidden_host[b])
+                    rc = moeq_cuda_host_alloc((void **)&hidden_host[b], g.x.bytes,
+                                              "the layer output", err);
             hidden = hidden_host[l & 1];
-            if (!hidden && !(rc = moeq_cuda_host_alloc((void **)&hidden_host[l & 1], g.x.bytes,
-                                                       "the layer output", err)))
-                hidden = hidden_host[l & 1];
             if (!rc)
                 rc = moeq_cuda_download(&g.cu, hidden, g.x.ptr, g.x.bytes, err);
             if (!rc)
@@ -1356,6 +1428,8 @@ done:
         *peak_device_bytes = g.cu.peak_bytes;
     moeq_cuda_host_free(hidden_host[0]);
     moeq_cuda_host_free(hidden_host[1]);
+    moeq_cuda_host_free(g.codes_host[0]); /* the writer is done with them */
+    moeq_cuda_host_free(g.codes_host[1]);
     free(x);
     moeq_rope_cache_free(&rope);
     moeq_cuda_buf *bufs[] = {&g.x, &g.x1, &g.h, &g.o, &g.inv_freq};

@@ -202,13 +202,20 @@ void moeq_gptq_prepared_free(moeq_gptq_prepared *prep)
 moeq_code moeq_quantized_alloc(moeq_quantized *q, int rows, int cols, int bits, int group_size,
                                moeq_error *err)
 {
+    return moeq_quantized_alloc_codes_in(q, rows, cols, bits, group_size, NULL, err);
+}
+
+moeq_code moeq_quantized_alloc_codes_in(moeq_quantized *q, int rows, int cols, int bits,
+                                        int group_size, uint8_t *codes, moeq_error *err)
+{
     memset(q, 0, sizeof *q);
     q->rows = rows;
     q->cols = cols;
     q->bits = bits;
     q->group_size = group_size;
     q->n_groups = group_size > 0 ? cols / group_size : 1;
-    q->codes = malloc((size_t)rows * cols);
+    q->codes_borrowed = codes != NULL;
+    q->codes = codes ? codes : malloc((size_t)rows * cols);
     q->scales = malloc(sizeof(float) * (size_t)q->n_groups * rows);
     q->zeros = malloc(sizeof(int32_t) * (size_t)q->n_groups * rows);
     q->g_idx = malloc(sizeof(int32_t) * (size_t)cols);
@@ -222,7 +229,8 @@ moeq_code moeq_quantized_alloc(moeq_quantized *q, int rows, int cols, int bits, 
 
 void moeq_quantized_free(moeq_quantized *q)
 {
-    free(q->codes);
+    if (!q->codes_borrowed)
+        free(q->codes);
     free(q->scales);
     free(q->zeros);
     free(q->g_idx);

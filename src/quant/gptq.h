@@ -69,10 +69,15 @@ typedef struct moeq_quantized {
     float *scales;   /* [n_groups, rows], fp16-representable */
     int32_t *zeros;  /* [n_groups, rows] */
     int32_t *g_idx;  /* [cols]: group of each input column */
+    int codes_borrowed; /* codes belong to someone else: moeq_quantized_free leaves them */
 } moeq_quantized;
 
 moeq_code moeq_quantized_alloc(moeq_quantized *q, int rows, int cols, int bits, int group_size,
                                moeq_error *err);
+/* The same with codes (NULL: allocated) in the caller's memory, which must
+ * outlive q: the CUDA loop keeps them in a pinned buffer per layer. */
+moeq_code moeq_quantized_alloc_codes_in(moeq_quantized *q, int rows, int cols, int bits,
+                                        int group_size, uint8_t *codes, moeq_error *err);
 void moeq_quantized_free(moeq_quantized *q);
 /* W^ [rows, cols] = scales[g_idx[c], r] * (codes[r, c] - zeros[g_idx[c], r]) */
 void moeq_quantized_dequantize(const moeq_quantized *q, float *w);

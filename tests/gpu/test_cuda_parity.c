@@ -605,13 +605,20 @@ static void test_gptq_segmented_sweep_matches_separate_cpu_sweeps(void)
     must(moeq_cuda_gptq_sweep_segments(&ctx, ptrs, seg, &cfg, dW.ptr, rows, &dq, row_loss, &err),
          &err);
     size_t same = 0, total = 0;
+    /* Segment 1's codes go to pinned memory the result borrows (as the CUDA
+     * loop's per-layer buffer), the others to memory the result owns. */
+    uint8_t *pinned = NULL;
+    must(moeq_cuda_host_alloc((void **)&pinned, (size_t)rows * cols, "codes", &err), &err);
     for (int s = 0; s < seg; s++) {
         moeq_quantized qc = {0}, qg = {0};
         double loss_cpu = 0, loss_gpu = 0;
         CHECK_INT_EQ(moeq_gptq_sweep(&prep[s], &cfg, W + (size_t)s * rows * cols, rows, &qc,
                                      &loss_cpu, &err),
                      MOEQ_OK);
-        must(moeq_cuda_quantized_download_rows(&ctx, &dq, s * rows, rows, &qg, &err), &err);
+        must(moeq_cuda_quantized_download_rows(&ctx, &dq, s * rows, rows, s == 1 ? pinned : NULL,
+                                               &qg, &err),
+             &err);
+        CHECK(qg.codes_borrowed == (s == 1) && (s != 1 || qg.codes == pinned));
         CHECK(memcmp(qg.g_idx, qc.g_idx, sizeof(int32_t) * (size_t)cols) == 0);
         for (size_t k = 0; k < (size_t)rows * cols; k++)
             same += qg.codes[k] == qc.codes[k];
@@ -627,6 +634,7 @@ static void test_gptq_segmented_sweep_matches_separate_cpu_sweeps(void)
         moeq_quantized_free(&qc);
         moeq_quantized_free(&qg);
     }
+    moeq_cuda_host_free(pinned); /* after the result that borrowed it was freed */
     printf("     segmented sweep %d x (%d x %d), act-order: identical codes %.5f\n", seg, rows,
            cols, (double)same / (double)total);
     CHECK((double)same / (double)total >= 0.98);

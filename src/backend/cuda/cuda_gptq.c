@@ -470,13 +470,14 @@ done:
 }
 
 moeq_code moeq_cuda_quantized_download_rows(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
-                                            int r0, int rows, moeq_quantized *host,
-                                            moeq_error *err)
+                                            int r0, int rows, uint8_t *codes,
+                                            moeq_quantized *host, moeq_error *err)
 {
     if (r0 < 0 || rows < 0 || r0 + rows > q->rows)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "rows [%d, %d) of a %d-row weight", r0,
                          r0 + rows, q->rows);
-    moeq_code rc = moeq_quantized_alloc(host, rows, q->cols, q->bits, q->group_size, err);
+    moeq_code rc = moeq_quantized_alloc_codes_in(host, rows, q->cols, q->bits, q->group_size,
+                                                 codes, err);
     if (rc)
         return rc;
     /* codes rows are contiguous; grids are [n_groups, rows]: one strided

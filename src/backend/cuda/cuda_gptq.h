@@ -85,9 +85,10 @@ moeq_code moeq_cuda_quantized_download(moeq_cuda_ctx *ctx, const moeq_cuda_quant
                                        moeq_quantized *host, moeq_error *err);
 
 /* The same for rows [r0, r0 + rows) only (one piece of a stacked sweep,
- * inside one segment). */
+ * inside one segment), the codes into codes (rows x cols bytes, best
+ * pinned; host borrows them) or, when NULL, into memory host owns. */
 moeq_code moeq_cuda_quantized_download_rows(moeq_cuda_ctx *ctx, const moeq_cuda_quantized *q,
-                                            int r0, int rows, moeq_quantized *host,
-                                            moeq_error *err);
+                                            int r0, int rows, uint8_t *codes,
+                                            moeq_quantized *host, moeq_error *err);
 
 #endif
