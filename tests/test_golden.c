@@ -140,6 +140,7 @@ static void test_qwen2_matches_transformers(void) { check_model("qwen2"); }
 static void test_qwen3_matches_transformers(void) { check_model("qwen3"); }
 /* Block-FP8 source: transformers' forward on its own dequantization. */
 static void test_qwen3_moe_fp8_matches_transformers(void) { check_model("qwen3_moe_fp8"); }
+static void test_qwen3_next_matches_transformers(void) { check_model("qwen3_next"); }
 
 int main(void)
 {
@@ -150,5 +151,6 @@ int main(void)
     RUN(test_qwen2_matches_transformers);
     RUN(test_qwen3_matches_transformers);
     RUN(test_qwen3_moe_fp8_matches_transformers);
+    RUN(test_qwen3_next_matches_transformers);
     return test_summary();
 }

@@ -35,12 +35,36 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
                                               MOEQ_T_EXPERT_DOWN_PROJ};
     static const moeq_tensor_role shared[] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
                                               MOEQ_T_SHARED_DOWN_PROJ};
+    /* Gated DeltaNet layers: the quantized in_proj and out_proj first (by
+     * default in_proj_b/a or in_proj_ba stay as they are), then the rest. */
+    static const moeq_tensor_role linear_fused[] = {
+        MOEQ_T_LA_IN_QKVZ, MOEQ_T_LA_OUT_PROJ, MOEQ_T_LA_IN_BA,    MOEQ_T_LA_CONV,
+        MOEQ_T_LA_DT_BIAS, MOEQ_T_LA_A_LOG,    MOEQ_T_LA_NORM,     MOEQ_T_ATTN_NORM,
+        MOEQ_T_MLP_NORM};
+    static const moeq_tensor_role linear_separate[] = {
+        MOEQ_T_LA_IN_QKV,  MOEQ_T_LA_IN_Z,  MOEQ_T_LA_OUT_PROJ, MOEQ_T_LA_IN_B,
+        MOEQ_T_LA_IN_A,    MOEQ_T_LA_CONV,  MOEQ_T_LA_DT_BIAS,  MOEQ_T_LA_A_LOG,
+        MOEQ_T_LA_NORM,    MOEQ_T_ATTN_NORM, MOEQ_T_MLP_NORM};
     const moeq_config *c = &m->cfg;
     const st_tensor *x;
-    for (size_t i = 0; i < sizeof attention / sizeof attention[0]; i++) {
-        if (!(x = moeq_model_find(m, attention[i], l, -1, err)))
+    const moeq_tensor_role *mixer = attention;
+    size_t n_mixer = sizeof attention / sizeof attention[0], n_quantized = 4;
+    if (c->layer_is_linear[l] && m->arch.tensors[MOEQ_T_LA_IN_QKVZ]) {
+        mixer = linear_fused;
+        n_mixer = sizeof linear_fused / sizeof linear_fused[0];
+        n_quantized = 2;
+    } else if (c->layer_is_linear[l]) {
+        mixer = linear_separate;
+        n_mixer = sizeof linear_separate / sizeof linear_separate[0];
+        n_quantized = 3;
+    }
+    for (size_t i = 0; i < n_mixer; i++) {
+        if (!(x = moeq_model_find(m, mixer[i], l, -1, err)))
             return err->code;
-        if (attention[i] != MOEQ_T_ATTN_NORM && attention[i] != MOEQ_T_MLP_NORM) {
+        int quantized = mixer == attention ? mixer[i] != MOEQ_T_ATTN_NORM &&
+                                                 mixer[i] != MOEQ_T_MLP_NORM
+                                           : i < n_quantized;
+        if (quantized) {
             t->quantized_params += numel(x);
             t->quantized_tensors++;
         }
@@ -90,6 +114,15 @@ static void print_model(const moeq_model *m, const tally *t)
            "%d\n",
            c->num_heads, c->num_kv_heads, c->head_dim, c->qkv_bias ? ", q/k/v bias" : "",
            c->qk_norm ? ", q/k norm" : "", c->rope.theta, c->rope.rotary_dim);
+    int linear_layers = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        linear_layers += c->layer_is_linear[l];
+    if (linear_layers)
+        printf("linear attn   %d of %d layers Gated DeltaNet: %d key / %d value heads of %d / %d, "
+               "conv %d; full attention output-gated %s\n",
+               linear_layers, c->num_layers, c->la_num_k_heads, c->la_num_v_heads,
+               c->la_k_head_dim, c->la_v_head_dim, c->la_conv_kernel,
+               c->attn_output_gate ? "yes" : "no");
     if (c->num_experts)
         printf("experts       %d per MoE layer, top-%d, intermediate %d, norm_topk_prob %s; "
                "shared expert %s\n",

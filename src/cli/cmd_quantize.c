@@ -215,6 +215,7 @@ static cJSON *run_fingerprint(const moeq_model *m, const moeq_calib_set *set,
     cJSON_AddBoolToObject(fp, "true_sequential", opt->true_sequential);
     cJSON_AddStringToObject(fp, "expert calibration", moeq_expert_calib_name(opt->expert_calib));
     cJSON_AddNumberToObject(fp, "min_expert_tokens", opt->min_expert_tokens);
+    cJSON_AddBoolToObject(fp, "quantize_linear_ba", opt->quantize_linear_ba);
     return fp;
 }
 
@@ -298,6 +299,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
     int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0, state_every = 1;
+    int quantize_linear_ba = 0;
     const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
@@ -312,6 +314,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
+        {"quantize-linear-ba", ARG_BOOL, &quantize_linear_ba, "true|false", "Gated DeltaNet layers: also quantize in_proj_b/in_proj_a (in_proj_ba); vLLM's GPTQ kernels need them unquantized (default false)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
         {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\"), a directory of them, or *.bin token ids (int32 LE) (default: the bundled calib_data)"},
         {"calib-lang", ARG_STRING, &calib_lang, "CODES", "only JSONL documents whose \"lang\" is one of these (e.g. en or de,fr)"},
@@ -344,7 +347,8 @@ int moeq_cmd_quantize(int argc, char **argv)
     static const char *const methods[] = {"gptq", "rtn"};
     static const char *const modes[] = {"routed", "all", "weighted"};
     moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
-                                 .true_sequential = true_sequential, .token_chunk = 4096};
+                                 .true_sequential = true_sequential, .token_chunk = 4096,
+                                 .quantize_linear_ba = quantize_linear_ba};
     int choice;
     if (parse_choice(method, methods, 2, &choice))
         return moeq_cli_report("quantize", 2, "--method must be gptq or rtn");
@@ -429,12 +433,17 @@ int moeq_cmd_quantize(int argc, char **argv)
     int any_dense = model.cfg.num_experts == 0;
     for (int l = 0; l < model.cfg.num_layers && !any_dense; l++)
         any_dense = !model.cfg.layer_is_moe[l];
-    int dims[6] = {model.cfg.hidden_size, model.cfg.num_heads * model.cfg.head_dim,
-                   model.cfg.num_kv_heads * model.cfg.head_dim,
-                   any_dense ? model.cfg.intermediate_size : 0,
-                   model.cfg.moe_intermediate_size, model.cfg.shared_expert_intermediate_size};
-    for (int i = 0; i < 6; i++)
-        if (dims[i] > 0 && ((i != 2 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||
+    const moeq_config *mc = &model.cfg;
+    int la_kd = mc->la_num_k_heads * mc->la_k_head_dim, la_vd = mc->la_num_v_heads * mc->la_v_head_dim;
+    /* Inputs and outputs of linears, then dims that are only outputs (no
+     * group size applies): kv heads, Gated DeltaNet in_proj_qkv and b/a. */
+    int dims[9] = {mc->hidden_size, mc->num_heads * mc->head_dim,
+                   any_dense ? mc->intermediate_size : 0, mc->moe_intermediate_size,
+                   mc->shared_expert_intermediate_size, la_vd,
+                   mc->num_kv_heads * mc->head_dim, la_vd ? 2 * la_kd + la_vd : 0,
+                   quantize_linear_ba ? mc->la_num_v_heads : 0};
+    for (int i = 0; i < 9; i++)
+        if (dims[i] > 0 && ((i < 6 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||
                             moeq_gptq_check_dims(opt.gptq.bits, dims[i], dims[i], &err)))
             goto done;
     if (model.cfg.quant_bits) {
@@ -503,6 +512,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddStringToObject(settings, "architecture", model.arch.name);
     cJSON_AddStringToObject(settings, "method", moeq_method_name(opt.method));
     cJSON_AddStringToObject(settings, "expert_calib", moeq_expert_calib_name(opt.expert_calib));
+    cJSON_AddBoolToObject(settings, "quantize_linear_ba", opt.quantize_linear_ba);
     cJSON_AddNumberToObject(settings, "min_expert_tokens", min_expert_tokens);
     cJSON_AddStringToObject(settings, "calib", calib);
     if (calib_lang)

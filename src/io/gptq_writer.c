@@ -606,6 +606,22 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
     cJSON_AddBoolToObject(q, "lm_head", 0);
     cJSON_AddStringToObject(q, "quant_method", "gptq");
     cJSON_AddStringToObject(q, "checkpoint_format", "gptq");
+    /* Linears a loader would otherwise expect quantized. vLLM builds one
+     * GPTQ module per fused projection with the run's settings unless a
+     * "dynamic" rule starting with "-:" matches its name (re.match; vLLM
+     * quantization/utils/gptq_utils.py, get_dynamic_override). Its Gated
+     * DeltaNet merges in_proj_b and in_proj_a (or reads the fused
+     * in_proj_ba) into one "in_proj_ba" of 2 x linear_num_value_heads
+     * outputs, split over tensor-parallel ranks: 8 per rank for Qwen3.5-35B
+     * at TP 4, below the 64 output columns gptq_marlin needs per rank (vLLM
+     * issue 35924), so moeq keeps them unquantized by default. */
+    int linear_layers = 0;
+    for (int l = 0; l < w->src->cfg.num_layers; l++)
+        linear_layers += w->src->cfg.layer_is_linear[l];
+    if (linear_layers && !w->opt->quantize_linear_ba) {
+        cJSON *dynamic = cJSON_AddObjectToObject(q, "dynamic");
+        cJSON_AddObjectToObject(dynamic, "-:.*linear_attn\\.in_proj_ba$");
+    }
     cJSON *meta = cJSON_AddObjectToObject(q, "meta");
     cJSON_AddStringToObject(meta, "quantizer", "moeq:" MOEQ_VERSION);
     cJSON_AddStringToObject(meta, "method", moeq_method_name(w->opt->method));

@@ -37,6 +37,17 @@ static const char *const ROLE_KEYS[MOEQ_T_COUNT] = {
     [MOEQ_T_SHARED_UP_PROJ] = "shared_up_proj",
     [MOEQ_T_SHARED_DOWN_PROJ] = "shared_down_proj",
     [MOEQ_T_SHARED_EXPERT_GATE] = "shared_expert_gate",
+    [MOEQ_T_LA_IN_QKV] = "linear_in_qkv",
+    [MOEQ_T_LA_IN_Z] = "linear_in_z",
+    [MOEQ_T_LA_IN_B] = "linear_in_b",
+    [MOEQ_T_LA_IN_A] = "linear_in_a",
+    [MOEQ_T_LA_IN_QKVZ] = "linear_in_qkvz",
+    [MOEQ_T_LA_IN_BA] = "linear_in_ba",
+    [MOEQ_T_LA_CONV] = "linear_conv",
+    [MOEQ_T_LA_DT_BIAS] = "linear_dt_bias",
+    [MOEQ_T_LA_A_LOG] = "linear_a_log",
+    [MOEQ_T_LA_NORM] = "linear_norm",
+    [MOEQ_T_LA_OUT_PROJ] = "linear_out_proj",
 };
 
 const char *moeq_tensor_role_key(moeq_tensor_role role)
@@ -72,6 +83,13 @@ static const choice MOE_LAYER_CHOICES[] = {{"none", MOEQ_MOE_LAYERS_NONE},
                                            {"all", MOEQ_MOE_LAYERS_ALL},
                                            {"sparse_step", MOEQ_MOE_LAYERS_SPARSE_STEP},
                                            {NULL, 0}};
+static const choice LINEAR_ATTENTION_CHOICES[] = {
+    {"none", MOEQ_LINEAR_ATTENTION_NONE},
+    {"gated_deltanet", MOEQ_LINEAR_ATTENTION_GATED_DELTANET},
+    {NULL, 0}};
+static const choice NORM_CHOICES[] = {{"rmsnorm", MOEQ_NORM_RMS},
+                                      {"zero_centered_rmsnorm", MOEQ_NORM_RMS_ZERO_CENTERED},
+                                      {NULL, 0}};
 
 static moeq_code parse_choice(const cJSON *components, const char *key, const choice *choices,
                               int default_value, const char *source, int *out,
@@ -123,7 +141,11 @@ static const char *const PARAM_NAMES[] = {
     "moe_intermediate_size", "shared_expert_intermediate_size",
     "norm_topk_prob",    "decoder_sparse_step",
     "mlp_only_layers",   "hidden_act",
-    "sliding_window",    NULL,
+    "sliding_window",    "attn_output_gate",
+    "layer_types",       "full_attention_interval",
+    "linear_num_key_heads", "linear_num_value_heads",
+    "linear_key_head_dim", "linear_value_head_dim",
+    "linear_conv_kernel_dim", NULL,
 };
 
 static moeq_code validate_params(const cJSON *params, const char *source, moeq_error *err)
@@ -220,7 +242,7 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
             return moeq_fail(err, MOEQ_ERR_FORMAT,
                              "architecture file %s: tensors.%s is required", source,
                              ROLE_KEYS[always[i]]);
-    moeq_tensor_role need[8];
+    moeq_tensor_role need[16];
     int n = 0;
     if (arch->moe_layers != MOEQ_MOE_LAYERS_NONE) {
         need[n++] = MOEQ_T_ROUTER;
@@ -235,6 +257,22 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
     }
     if (arch->shared_expert == MOEQ_SHARED_EXPERT_SIGMOID_GATED) {
         need[n++] = MOEQ_T_SHARED_EXPERT_GATE;
+    }
+    if (arch->linear_attention == MOEQ_LINEAR_ATTENTION_GATED_DELTANET) {
+        need[n++] = MOEQ_T_LA_CONV;
+        need[n++] = MOEQ_T_LA_DT_BIAS;
+        need[n++] = MOEQ_T_LA_A_LOG;
+        need[n++] = MOEQ_T_LA_NORM;
+        need[n++] = MOEQ_T_LA_OUT_PROJ;
+        int separate = arch->tensors[MOEQ_T_LA_IN_QKV] && arch->tensors[MOEQ_T_LA_IN_Z] &&
+                       arch->tensors[MOEQ_T_LA_IN_B] && arch->tensors[MOEQ_T_LA_IN_A];
+        int fused = arch->tensors[MOEQ_T_LA_IN_QKVZ] && arch->tensors[MOEQ_T_LA_IN_BA];
+        if (separate == fused)
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "architecture file %s: gated_deltanet needs either "
+                             "tensors.linear_in_qkv, linear_in_z, linear_in_b and linear_in_a, "
+                             "or the fused tensors.linear_in_qkvz and linear_in_ba (not both)",
+                             source);
     }
     for (int i = 0; i < n; i++)
         if (!arch->tensors[need[i]])
@@ -318,7 +356,7 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
     {
         const char *k = c->string;
         if (strcmp(k, "attention") && strcmp(k, "router") && strcmp(k, "shared_expert") &&
-            strcmp(k, "moe_layers")) {
+            strcmp(k, "moe_layers") && strcmp(k, "linear_attention") && strcmp(k, "norm")) {
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "architecture file %s: unknown component components.%s", source, k);
             goto done;
@@ -340,6 +378,13 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                            &v, err)))
         goto done;
     arch->moe_layers = (moeq_moe_layers_kind)v;
+    if ((rc = parse_choice(comp, "linear_attention", LINEAR_ATTENTION_CHOICES,
+                           MOEQ_LINEAR_ATTENTION_NONE, source, &v, err)))
+        goto done;
+    arch->linear_attention = (moeq_linear_attention_kind)v;
+    if ((rc = parse_choice(comp, "norm", NORM_CHOICES, MOEQ_NORM_RMS, source, &v, err)))
+        goto done;
+    arch->norm = (moeq_norm_kind)v;
     if ((rc = parse_tensors(cJSON_GetObjectItemCaseSensitive(root, "tensors"), source, arch,
                             err)))
         goto done;

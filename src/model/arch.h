@@ -28,6 +28,16 @@ typedef enum moeq_moe_layers_kind {
     MOEQ_MOE_LAYERS_SPARSE_STEP, /* Qwen-MoE: decoder_sparse_step, mlp_only_layers */
 } moeq_moe_layers_kind;
 
+typedef enum moeq_linear_attention_kind {
+    MOEQ_LINEAR_ATTENTION_NONE,
+    MOEQ_LINEAR_ATTENTION_GATED_DELTANET, /* Qwen3-Next / Qwen3.5 hybrids (deltanet.h) */
+} moeq_linear_attention_kind;
+
+typedef enum moeq_norm_kind {
+    MOEQ_NORM_RMS,               /* w * x / rms(x) */
+    MOEQ_NORM_RMS_ZERO_CENTERED, /* (1 + w) * x / rms(x): Qwen3-Next, Qwen3.5 (Gemma style) */
+} moeq_norm_kind;
+
 /* The tensors an architecture names; the JSON key of each is in
  * moeq_tensor_role_key(). Layer roles carry {L}, expert roles {E}. */
 typedef enum moeq_tensor_role {
@@ -53,6 +63,17 @@ typedef enum moeq_tensor_role {
     MOEQ_T_SHARED_UP_PROJ,
     MOEQ_T_SHARED_DOWN_PROJ,
     MOEQ_T_SHARED_EXPERT_GATE,
+    MOEQ_T_LA_IN_QKV,   /* Gated DeltaNet (linear layers) */
+    MOEQ_T_LA_IN_Z,
+    MOEQ_T_LA_IN_B,
+    MOEQ_T_LA_IN_A,
+    MOEQ_T_LA_IN_QKVZ,  /* fused q/k/v/z and b/a of Qwen3-Next */
+    MOEQ_T_LA_IN_BA,
+    MOEQ_T_LA_CONV,
+    MOEQ_T_LA_DT_BIAS,
+    MOEQ_T_LA_A_LOG,
+    MOEQ_T_LA_NORM,
+    MOEQ_T_LA_OUT_PROJ,
     MOEQ_T_COUNT
 } moeq_tensor_role;
 
@@ -67,6 +88,8 @@ typedef struct moeq_arch {
     moeq_router_kind router;
     moeq_shared_expert_kind shared_expert;
     moeq_moe_layers_kind moe_layers;
+    moeq_linear_attention_kind linear_attention;
+    moeq_norm_kind norm;
     char *tensors[MOEQ_T_COUNT]; /* name templates; NULL where absent */
 } moeq_arch;
 

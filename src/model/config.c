@@ -48,6 +48,14 @@ static const struct {
     {"mlp_only_layers", {"mlp_only_layers"}},
     {"hidden_act", {"hidden_act", "hidden_activation"}},
     {"sliding_window", {"sliding_window"}},
+    {"attn_output_gate", {NULL}},
+    {"layer_types", {"layer_types"}},
+    {"full_attention_interval", {"full_attention_interval"}},
+    {"linear_num_key_heads", {"linear_num_key_heads"}},
+    {"linear_num_value_heads", {"linear_num_value_heads"}},
+    {"linear_key_head_dim", {"linear_key_head_dim"}},
+    {"linear_value_head_dim", {"linear_value_head_dim"}},
+    {"linear_conv_kernel_dim", {"linear_conv_kernel_dim"}},
 };
 
 /* Finds the JSON value for param: the arch's fixed value, the first present
@@ -322,6 +330,58 @@ static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
     return MOEQ_OK;
 }
 
+/* Hybrid models: which layers are Gated DeltaNet ("linear_attention" in
+ * layer_types, else every layer but each full_attention_interval-th, as
+ * Qwen3NextConfig derives it) and the DeltaNet head shapes. */
+static moeq_code read_linear_attention(const reader *r, moeq_config *cfg)
+{
+    cfg->layer_is_linear = calloc((size_t)cfg->num_layers, 1);
+    if (!cfg->layer_is_linear)
+        return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
+    if (r->arch->linear_attention == MOEQ_LINEAR_ATTENTION_NONE)
+        return MOEQ_OK;
+    const int BIG = 1 << 20;
+    moeq_code rc;
+    if ((rc = read_int(r, "linear_num_key_heads", 1, 0, 1, BIG, &cfg->la_num_k_heads)) ||
+        (rc = read_int(r, "linear_num_value_heads", 1, 0, 1, BIG, &cfg->la_num_v_heads)) ||
+        (rc = read_int(r, "linear_key_head_dim", 1, 0, 1, BIG, &cfg->la_k_head_dim)) ||
+        (rc = read_int(r, "linear_value_head_dim", 1, 0, 1, BIG, &cfg->la_v_head_dim)) ||
+        (rc = read_int(r, "linear_conv_kernel_dim", 0, 4, 1, 64, &cfg->la_conv_kernel)))
+        return rc;
+    if (cfg->la_num_v_heads % cfg->la_num_k_heads)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: linear_num_value_heads (%d) is not a multiple of "
+                         "linear_num_key_heads (%d)",
+                         r->path, cfg->la_num_v_heads, cfg->la_num_k_heads);
+    const char *key;
+    const cJSON *types = lookup(r, "layer_types", &key);
+    if (!types) {
+        int interval;
+        if ((rc = read_int(r, "full_attention_interval", 0, 4, 1, 1 << 20, &interval)))
+            return rc;
+        for (int l = 0; l < cfg->num_layers; l++)
+            cfg->layer_is_linear[l] = (l + 1) % interval != 0;
+        return MOEQ_OK;
+    }
+    if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->num_layers)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: \"%s\" must be an array of %d layer types", r->path,
+                         key, cfg->num_layers);
+    int l = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, types)
+    {
+        int linear = cJSON_IsString(t) && !strcmp(t->valuestring, "linear_attention");
+        if (!linear && !(cJSON_IsString(t) && !strcmp(t->valuestring, "full_attention")))
+            return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                             "config.json %s: \"%s\"[%d] is %s; moeq knows \"linear_attention\" "
+                             "and \"full_attention\"",
+                             r->path, key, l, cJSON_IsString(t) ? t->valuestring : "not a string");
+        cfg->layer_is_linear[l++] = (unsigned char)linear;
+    }
+    return MOEQ_OK;
+}
+
 static moeq_code read_all(const reader *r, moeq_config *cfg)
 {
     const int BIG = 1 << 24;
@@ -355,7 +415,8 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         (rc = read_bool(r, "o_bias", 0, &cfg->o_bias)) ||
         (rc = read_bool(r, "mlp_bias", 0, &cfg->mlp_bias)) ||
         (rc = read_bool(r, "qk_norm", 0, &cfg->qk_norm)) ||
-        (rc = read_bool(r, "norm_topk_prob", 0, &cfg->norm_topk_prob)))
+        (rc = read_bool(r, "norm_topk_prob", 0, &cfg->norm_topk_prob)) ||
+        (rc = read_bool(r, "attn_output_gate", 0, &cfg->attn_output_gate)))
         return rc;
     /* Qwen configs carry a sliding_window that applies only when
      * use_sliding_window is true, and then only from max_window_layers on. */
@@ -400,7 +461,8 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
-    if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)))
+    if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)) ||
+        (rc = read_linear_attention(r, cfg)))
         return rc;
     return read_moe_layers(r, cfg);
 }
@@ -463,4 +525,6 @@ void moeq_config_free(moeq_config *cfg)
 {
     free(cfg->layer_is_moe);
     cfg->layer_is_moe = NULL;
+    free(cfg->layer_is_linear);
+    cfg->layer_is_linear = NULL;
 }

@@ -34,6 +34,11 @@ typedef struct moeq_config {
     int norm_topk_prob;
     unsigned char *layer_is_moe; /* [num_layers] */
     moeq_rope_params rope;
+    /* Hybrid models (Gated DeltaNet linear attention beside full attention);
+     * layer_is_linear is all zeros for other models. */
+    unsigned char *layer_is_linear; /* [num_layers] */
+    int la_num_k_heads, la_num_v_heads, la_k_head_dim, la_v_head_dim, la_conv_kernel;
+    int attn_output_gate; /* q_proj also yields a per-head gate: o_proj(attn * sigmoid(gate)) */
     /* From quantization_config (a GPTQ checkpoint moeq or another tool
      * wrote); quant_bits == 0 for an unquantized checkpoint. */
     int quant_bits;

@@ -3,10 +3,13 @@
  * then a SwiGLU MLP or a routed MoE block (softmax top-k, optional
  * renormalisation, optional sigmoid-gated shared expert). It follows the
  * transformers modeling code of the supported families operation by
- * operation, in fp32. */
+ * operation, in fp32. The full attention of Qwen3-Next / Qwen3.5 gates its
+ * output per head (attn * sigmoid(gate), the gate from q_proj); their linear
+ * layers run the Gated DeltaNet block of deltanet.c instead. */
 #include "model/forward.h"
 
 #include "backend/cpu/cpu_ops.h"
+#include "model/deltanet.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -135,13 +138,16 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
     const int n = n_seqs * seq_len;
     const size_t qdim = (size_t)hq * d, kvdim = (size_t)hkv * d;
     float *h = malloc(sizeof(float) * (size_t)n * hidden);
-    float *q = malloc(sizeof(float) * (size_t)n * qdim);
+    /* With the output gate, q_proj yields [query | gate] per head. */
+    const size_t qrows = cfg->attn_output_gate ? 2 * qdim : qdim;
+    float *q = malloc(sizeof(float) * (size_t)n * qrows);
+    float *gate = cfg->attn_output_gate ? malloc(sizeof(float) * (size_t)n * qdim) : NULL;
     float *kk = malloc(sizeof(float) * (size_t)n * kvdim);
     float *v = malloc(sizeof(float) * (size_t)n * kvdim);
     float *attn = malloc(sizeof(float) * (size_t)n * qdim);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)(seq_len > 0 ? seq_len : 1));
     moeq_code rc = MOEQ_OK;
-    if (!h || !q || !kk || !v || !attn || !pos) {
+    if (!h || !q || !kk || !v || !attn || !pos || (cfg->attn_output_gate && !gate)) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the attention of %d tokens",
                        lw->layer, n);
         goto done;
@@ -151,7 +157,12 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
     cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
     if (trace && trace->attn_in)
         memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * hidden);
-    cpu_linear(h, n, hidden, lw->q, lw->q_bias, (int)qdim, q);
+    cpu_linear(h, n, hidden, lw->q, lw->q_bias, (int)qrows, q);
+    if (gate) /* Qwen3NextAttention: chunk(view(..., heads, 2 D), 2) per head */
+        for (size_t i = 0; i < (size_t)n * hq; i++) {
+            memcpy(gate + i * d, q + i * 2 * d + d, sizeof(float) * (size_t)d);
+            memmove(q + i * d, q + i * 2 * d, sizeof(float) * (size_t)d);
+        }
     cpu_linear(h, n, hidden, lw->k, lw->k_bias, (int)kvdim, kk);
     cpu_linear(h, n, hidden, lw->v, lw->v_bias, (int)kvdim, v);
     if (lw->q_norm) {
@@ -170,6 +181,9 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
                                        attn + t0 * qdim, err)))
             goto done;
     }
+    if (gate)
+        for (size_t i = 0; i < (size_t)n * qdim; i++)
+            attn[i] *= 1.0f / (1.0f + expf(-gate[i]));
     if (trace && trace->o_in)
         memcpy(trace->o_in, attn, sizeof(float) * (size_t)n * qdim);
     /* h is free again: it takes the block output before the residual. */
@@ -181,6 +195,7 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
 done:
     free(h);
     free(q);
+    free(gate);
     free(kk);
     free(v);
     free(attn);
@@ -232,7 +247,10 @@ moeq_code moeq_layer_forward(const moeq_config *cfg, const moeq_layer_weights *l
     if (!mid)
         return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %zu tokens", lw->layer,
                          n);
-    moeq_code rc = moeq_attention_block(cfg, lw, rope, x, n_seqs, seq_len, mid, trace, err);
+    moeq_code rc =
+        lw->is_linear
+            ? moeq_linear_attention_block(cfg, lw, x, n_seqs, seq_len, mid, trace, err)
+            : moeq_attention_block(cfg, lw, rope, x, n_seqs, seq_len, mid, trace, err);
     if (!rc)
         rc = moeq_mlp_block(cfg, lw, mid, (int)n, out, trace, err);
     free(mid);

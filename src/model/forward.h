@@ -11,7 +11,7 @@
  * optional: NULL skips it. Sizes use N = n_seqs * seq_len tokens. */
 typedef struct moeq_layer_trace {
     float *attn_in;   /* [N, H]      normed input of q/k/v */
-    float *o_in;      /* [N, Hq*D]   input of o_proj */
+    float *o_in;      /* [N, Hq*D]   input of o_proj (linear layers: out_proj, [N, Hv*Dv]) */
     float *attn_out;  /* [N, H]      attention block output before the residual */
     float *mlp_in;    /* [N, H]      normed input of the MLP / router / experts */
     float *mlp_out;   /* [N, H]      MLP / MoE block output before the residual */

@@ -37,15 +37,76 @@ static void free_mlp(moeq_mlp_weights *w)
     free(w->down_bias);
 }
 
+/* Zero-centered RMSNorm weights are stored as w and applied as (1 + w)
+ * (Qwen3NextRMSNorm): the sum is formed once here, in fp32 as transformers
+ * does, so every norm of the forward stays w * x / rms(x). */
+static void center_norm(const moeq_model *m, float *w, int64_t n)
+{
+    if (m->arch.norm == MOEQ_NORM_RMS_ZERO_CENTERED && w)
+        for (int64_t i = 0; i < n; i++)
+            w[i] = 1.0f + w[i];
+}
+
+/* The Gated DeltaNet weights of a linear layer (deltanet.h). */
+static moeq_code load_linear_attention(const moeq_model *m, int l, moeq_layer_weights *lw,
+                                       moeq_error *err)
+{
+    const moeq_config *c = &m->cfg;
+    const int64_t h = c->hidden_size, hv = c->la_num_v_heads;
+    const int64_t kd = (int64_t)c->la_num_k_heads * c->la_k_head_dim, vd = hv * c->la_v_head_dim;
+    moeq_deltanet_weights *w = &lw->la;
+    moeq_code rc;
+    if (m->arch.tensors[MOEQ_T_LA_IN_QKVZ]) {
+        if ((rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_QKVZ, l, -1, 2 * kd + 2 * vd, h,
+                                      &w->in_qkvz, err)) ||
+            (rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_BA, l, -1, 2 * hv, h, &w->in_ba, err)))
+            return rc;
+    } else if ((rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_QKV, l, -1, 2 * kd + vd, h, &w->in_qkv,
+                                         err)) ||
+               (rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_Z, l, -1, vd, h, &w->in_z, err)) ||
+               (rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_B, l, -1, hv, h, &w->in_b, err)) ||
+               (rc = moeq_model_load_f32(m, MOEQ_T_LA_IN_A, l, -1, hv, h, &w->in_a, err))) {
+        return rc;
+    }
+    /* conv1d.weight is [channels, 1, kernel] (nn.Conv1d, groups = channels). */
+    const st_tensor *conv = moeq_model_find(m, MOEQ_T_LA_CONV, l, -1, err);
+    if (!conv)
+        return err ? err->code : MOEQ_ERR_NOT_FOUND;
+    int64_t channels = 2 * kd + vd, kernel = c->la_conv_kernel;
+    if (conv->ndim != 3 || conv->shape[0] != channels || conv->shape[1] != 1 ||
+        conv->shape[2] != kernel)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: tensor %s is not [%lld, 1, %lld] (channels, 1, "
+                         "linear_conv_kernel_dim) as config.json implies",
+                         m->dir, conv->name, (long long)channels, (long long)kernel);
+    if (!(w->conv = malloc(sizeof(float) * (size_t)(channels * kernel))))
+        return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory for %s", m->dir, conv->name);
+    if ((rc = moeq_to_f32(conv->dtype, conv->data, (size_t)(channels * kernel), w->conv, err)))
+        return moeq_wrap(err, "%s: tensor %s: ", m->dir, conv->name);
+    if ((rc = moeq_model_load_f32(m, MOEQ_T_LA_DT_BIAS, l, -1, hv, 0, &w->dt_bias, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_LA_A_LOG, l, -1, hv, 0, &w->a_log, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_LA_NORM, l, -1, c->la_v_head_dim, 0, &w->norm,
+                                  err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_LA_OUT_PROJ, l, -1, h, vd, &w->out, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_ATTN_NORM, l, -1, h, 0, &lw->attn_norm, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_MLP_NORM, l, -1, h, 0, &lw->mlp_norm, err)))
+        return rc;
+    center_norm(m, lw->attn_norm, h);
+    center_norm(m, lw->mlp_norm, h);
+    return MOEQ_OK;
+}
+
 static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *lw,
                                 moeq_error *err)
 {
     const moeq_config *c = &m->cfg;
     int64_t h = c->hidden_size, qd = (int64_t)c->num_heads * c->head_dim,
             kvd = (int64_t)c->num_kv_heads * c->head_dim;
+    /* With the output gate, q_proj yields [query (D) | gate (D)] per head. */
+    int64_t q_rows = c->attn_output_gate ? 2 * qd : qd;
     moeq_code rc;
     if ((rc = moeq_model_load_f32(m, MOEQ_T_ATTN_NORM, l, -1, h, 0, &lw->attn_norm, err)) ||
-        (rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, qd, h, &lw->q, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, q_rows, h, &lw->q, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_K_PROJ, l, -1, kvd, h, &lw->k, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_V_PROJ, l, -1, kvd, h, &lw->v, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_O_PROJ, l, -1, h, qd, &lw->o, err)) ||
@@ -62,6 +123,10 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
         ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, c->head_dim, 0, &lw->q_norm, err)) ||
          (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, c->head_dim, 0, &lw->k_norm, err))))
         return rc;
+    center_norm(m, lw->attn_norm, h);
+    center_norm(m, lw->mlp_norm, h);
+    center_norm(m, lw->q_norm, c->head_dim);
+    center_norm(m, lw->k_norm, c->head_dim);
     return MOEQ_OK;
 }
 
@@ -118,7 +183,9 @@ moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer
                          c->num_layers);
     lw->layer = layer;
     lw->is_moe = c->layer_is_moe[layer];
-    moeq_code rc = load_attention(model, layer, lw, err);
+    lw->is_linear = c->layer_is_linear[layer];
+    moeq_code rc = lw->is_linear ? load_linear_attention(model, layer, lw, err)
+                                 : load_attention(model, layer, lw, err);
     if (!rc)
         rc = lw->is_moe ? load_moe(model, layer, lw, err)
                         : load_mlp(model, MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ, MOEQ_T_DOWN_PROJ,
@@ -140,6 +207,11 @@ void moeq_layer_weights_free(moeq_layer_weights *lw)
         free_mlp(&lw->experts[e]);
     free(lw->experts);
     free_mlp(&lw->shared);
+    float *la[] = {lw->la.in_qkv, lw->la.in_z,    lw->la.in_b,  lw->la.in_a,
+                   lw->la.in_qkvz, lw->la.in_ba,  lw->la.conv,  lw->la.dt_bias,
+                   lw->la.a_log,  lw->la.norm,    lw->la.out};
+    for (size_t i = 0; i < sizeof la / sizeof la[0]; i++)
+        free(la[i]);
     memset(lw, 0, sizeof *lw);
 }
 
@@ -185,6 +257,8 @@ moeq_code moeq_head_weights_load(const moeq_model *model, moeq_head_weights *hw,
         (rc = moeq_model_load_f32(model, head, -1, -1, c->vocab_size, c->hidden_size,
                                   &hw->lm_head, err)))
         moeq_head_weights_free(hw);
+    else
+        center_norm(model, hw->final_norm, c->hidden_size);
     return rc;
 }
 

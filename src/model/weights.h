@@ -14,11 +14,26 @@ typedef struct moeq_mlp_weights {
     float *gate_bias, *up_bias, *down_bias; /* NULL unless mlp_bias */
 } moeq_mlp_weights;
 
+/* The Gated DeltaNet token mixer of a linear-attention layer (deltanet.h):
+ * the separate input projections (Qwen3.5) or the fused, head-group
+ * interleaved ones (Qwen3-Next); the others NULL. */
+typedef struct moeq_deltanet_weights {
+    float *in_qkv, *in_z, *in_b, *in_a;  /* [2Kd+Vd, H], [Vd, H], [Hv, H], [Hv, H] */
+    float *in_qkvz, *in_ba;              /* [2Kd+2Vd, H], [2Hv, H] */
+    float *conv;                         /* [2Kd+Vd, kernel] depthwise conv1d */
+    float *dt_bias, *a_log;              /* [Hv] */
+    float *norm;                         /* [Dv] gated RMSNorm weight */
+    float *out;                          /* [H, Vd] out_proj */
+} moeq_deltanet_weights;
+
 typedef struct moeq_layer_weights {
     int layer;
     int is_moe;
+    int is_linear;                       /* Gated DeltaNet instead of attention */
+    moeq_deltanet_weights la;            /* linear layers */
     float *attn_norm;                    /* [H] */
-    float *q, *k, *v, *o;                /* [Hq*D, H], [Hkv*D, H], [Hkv*D, H], [H, Hq*D] */
+    float *q, *k, *v, *o;                /* [Hq*D, H] ([2*Hq*D, H] with the output
+                                          * gate), [Hkv*D, H], [Hkv*D, H], [H, Hq*D] */
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when absent */
     float *q_norm, *k_norm;              /* [D], NULL without qk_norm */
     float *mlp_norm;                     /* [H] */

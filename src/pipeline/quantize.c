@@ -9,6 +9,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "common/failpoint.h"
+#include "model/deltanet.h"
 #include "model/forward.h"
 #include "model/weights.h"
 
@@ -274,6 +275,7 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
     const moeq_config *cfg = c->cfg;
     const int n = S * T, hidden = cfg->hidden_size;
     const int qdim = cfg->num_heads * cfg->head_dim, kvdim = cfg->num_kv_heads * cfg->head_dim;
+    const int q_rows = cfg->attn_output_gate ? 2 * qdim : qdim; /* [query | gate] per head */
     moeq_layer_result *res = c->res;
     float *h = malloc(sizeof(float) * (size_t)n * hidden);
     float *o_in = malloc(sizeof(float) * (size_t)n * qdim);
@@ -290,7 +292,7 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
                            "q/k/v_proj", &prep, err)))
         goto done;
     double t0 = now_seconds();
-    if ((rc = quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, qdim, hidden, n, 0, err)) ||
+    if ((rc = quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, q_rows, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_K_PROJ, -1, lw->k, kvdim, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_V_PROJ, -1, lw->v, kvdim, hidden, n, 0, err)))
         goto done;
@@ -318,6 +320,82 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
     /* x1 = x + o_q(o_in): the attention output with every weight quantized. */
     t0 = now_seconds();
     cpu_linear(o_in, n, qdim, lw->o, lw->o_bias, hidden, h);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        x1[i] = x[i] + h[i];
+    res->seconds_forward += now_seconds() - t0;
+done:
+    moeq_gptq_prepared_free(&prep);
+    free(h);
+    free(o_in);
+    free(H);
+    return rc;
+}
+
+/* A Gated DeltaNet layer: every in_proj against one Hessian of the normed
+ * input (they all read it), then out_proj against the gated-norm output of
+ * the core computed with the quantized in_proj; x1 = x + out_proj(core).
+ * in_proj_b / in_proj_a (in_proj_ba) only with opt->quantize_linear_ba. */
+static moeq_code quantize_linear_attention(layer_ctx *c, moeq_layer_weights *lw,
+                                           const float *x, int S, int T, float *x1,
+                                           moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int n = S * T, hidden = cfg->hidden_size, hv = cfg->la_num_v_heads;
+    const int kd = cfg->la_num_k_heads * cfg->la_k_head_dim, vd = hv * cfg->la_v_head_dim;
+    const int side = vd > hidden ? vd : hidden;
+    moeq_deltanet_weights *w = &lw->la;
+    moeq_layer_result *res = c->res;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *o_in = malloc(sizeof(float) * (size_t)n * vd);
+    float *H = malloc(sizeof(float) * (size_t)side * side);
+    moeq_gptq_prepared prep = {0};
+    moeq_code rc = MOEQ_OK;
+    if (!h || !o_in || !H) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the linear attention "
+                       "stage", c->layer);
+        goto done;
+    }
+    if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of the linear attention",
+                           "linear attention in_proj", &prep, err)))
+        goto done;
+    double t0 = now_seconds();
+    const int ba = c->opt->quantize_linear_ba;
+    if (w->in_qkvz)
+        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_QKVZ, -1, w->in_qkvz, 2 * kd + 2 * vd,
+                             hidden, n, 0, err);
+    if (!rc && w->in_qkvz && ba)
+        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_BA, -1, w->in_ba, 2 * hv, hidden, n, 0, err);
+    if (!rc && !w->in_qkvz &&
+        !(rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_QKV, -1, w->in_qkv, 2 * kd + vd, hidden, n,
+                               0, err)))
+        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_Z, -1, w->in_z, vd, hidden, n, 0, err);
+    if (!rc && !w->in_qkvz && ba &&
+        !(rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_B, -1, w->in_b, hv, hidden, n, 0, err)))
+        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_A, -1, w->in_a, hv, hidden, n, 0, err);
+    res->seconds_solve += now_seconds() - t0;
+    moeq_gptq_prepared_free(&prep);
+    if (rc)
+        goto done;
+
+    t0 = now_seconds();
+    if ((rc = moeq_deltanet_core(cfg, lw, h, S, T, o_in, err)) ||
+        (rc = check_finite(c, o_in, (size_t)n * vd, "the input of out_proj", err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    if (c->opt->method == MOEQ_METHOD_GPTQ) {
+        t0 = now_seconds();
+        if ((rc = hessian(H, o_in, n, vd, NULL, 2.0f / (float)n, err)))
+            goto done;
+        res->seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(c, H, vd, "out_proj", &prep, err)))
+            goto done;
+    }
+    t0 = now_seconds();
+    if ((rc = quantize_weight(c, &prep, MOEQ_T_LA_OUT_PROJ, -1, w->out, hidden, vd, n, 0, err)))
+        goto done;
+    res->seconds_solve += now_seconds() - t0;
+    t0 = now_seconds();
+    cpu_linear(o_in, n, vd, w->out, NULL, hidden, h);
     for (size_t i = 0; i < (size_t)n * hidden; i++)
         x1[i] = x[i] + h[i];
     res->seconds_forward += now_seconds() - t0;
@@ -486,8 +564,11 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         if (opt->progress)
             fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s\n", l + 1,
                     cfg->num_layers, now_seconds() - t0,
-                    lw.is_moe ? "attention and experts" : "attention and MLP");
-        rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
+                    lw.is_linear ? (lw.is_moe ? "linear attention and experts"
+                                              : "linear attention and MLP")
+                                 : lw.is_moe ? "attention and experts" : "attention and MLP");
+        rc = lw.is_linear ? quantize_linear_attention(&c, &lw, x, S, T, x1, err)
+                          : quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */

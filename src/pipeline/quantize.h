@@ -59,6 +59,9 @@ typedef struct moeq_quantize_options {
                              * 0: read layer L+1's weights and write layer L-1 on
                              * helper threads while layer L runs on the GPU (the
                              * CPU loop always waits) */
+    int quantize_linear_ba; /* Gated DeltaNet: also quantize in_proj_b / in_proj_a
+                             * (fused: in_proj_ba); 0 keeps them in the source
+                             * dtype, as vLLM's GPTQ kernels need (README) */
     FILE *progress;         /* per-stage progress lines; NULL for none */
     int state_every;        /* call sink->layer_done after every this many layers
                              * (1: each; 0: never) */

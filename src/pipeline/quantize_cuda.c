@@ -1264,6 +1264,16 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "MLP and expert biases are not in the CUDA pipeline yet: use "
                          "--device cpu");
+    if (model->arch.linear_attention != MOEQ_LINEAR_ATTENTION_NONE)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "Gated DeltaNet linear attention (%s) is not in the CUDA pipeline yet: "
+                         "use --device cpu",
+                         model->arch.name);
+    if (cfg->attn_output_gate)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "output-gated attention (%s: q_proj with a per-head gate) is not in the "
+                         "CUDA pipeline yet: use --device cpu",
+                         model->arch.name);
     return MOEQ_OK;
 }
 

@@ -9,7 +9,8 @@ transformers' own forward in fp32 (eager attention).
 Each model directory gets golden.safetensors with:
   tokens            I32 [S, T]   input ids (S sequences of T tokens, positions 0..T-1)
   embed             F32 [S, T, H]
-  layer.{L}.attn    F32 [S, T, H] self-attention block output (before the residual add)
+  layer.{L}.attn    F32 [S, T, H] self-attention (or linear-attention) block output
+                                  (before the residual add)
   layer.{L}.mlp     F32 [S, T, H] MLP / MoE block output (before the residual add)
   layer.{L}.out     F32 [S, T, H] decoder layer output
   logits            F32 [S, T, V]
@@ -75,8 +76,24 @@ MODELS = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", base(
         head_dim=24, intermediate_size=112,
         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), None),
+    # Qwen3-Next hybrid: Gated DeltaNet layers (fused in_proj_qkvz / in_proj_ba,
+    # 8 value heads over 4 key heads, Dk != Dv) beside gated full attention
+    # with partial rotary (a quarter of head_dim 32) and q/k-norm; zero-centered
+    # norms; 8 experts top-2 with a sigmoid-gated shared expert and a dense
+    # layer; 80 tokens so that the delta rule runs over two chunks of 64.
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", base(
+        num_hidden_layers=4, head_dim=32, intermediate_size=96, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[2],
+        layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+        linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=16,
+        linear_value_head_dim=8, linear_conv_kernel_dim=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.25}), None),
 }
 
+# Sequence length per model where it differs from TOKENS.
+MODEL_TOKENS = {"qwen3_next": 80}
 
 # Sources shipped quantized by their publishers (tests/golden/quantized_sources.py): the
 # model is built as above, then its linears are rewritten in that format; the reference
@@ -98,13 +115,19 @@ def fp8_linear(name):
         r"\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.)?(gate|up|down)_proj)\.weight$",
         name) is not None
 
+# Models whose RMSNorms scale by (1 + weight) (zero-centered; the gated norm
+# of their linear attention excepted).
+ZERO_CENTERED_NORMS = {"qwen3_next"}
 
-def randomize_norms(model, gen):
-    # Norm weights default to ones, which would hide a missing multiply.
+
+def randomize_norms(model, gen, zero_centered=False):
+    # Norm weights default to ones (zeros when zero-centered), which would
+    # hide a missing multiply; either way the scale becomes 1 + 0.2 N(0, 1).
     for name, p in model.named_parameters():
         if "norm" in name and p.dim() == 1:
+            offset = 0.0 if zero_centered and "linear_attn.norm" not in name else 1.0
             with torch.no_grad():
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+                p.copy_(offset + 0.2 * torch.randn(p.shape, generator=gen))
         if name.endswith("bias"):
             with torch.no_grad():
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
@@ -124,7 +147,8 @@ def capture(model, tokens):
         hooks.append(mlp.register_forward_hook(mlp_hook))
         def attn_hook(mod, args, out, i=i):
             rec[f"layer.{i}.attn"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
-        hooks.append(layer.self_attn.register_forward_hook(attn_hook))
+        mixer = getattr(layer, "self_attn", None) or getattr(layer, "linear_attn")
+        hooks.append(mixer.register_forward_hook(attn_hook))
     def emb_hook(mod, args, out):
         rec["embed"] = out.detach().clone()
     hooks.append(model.model.embed_tokens.register_forward_hook(emb_hook))
@@ -148,7 +172,7 @@ def main():
         config = getattr(transformers, cfg_cls)(**kw)
         config._attn_implementation = "eager"
         model = getattr(transformers, model_cls)(config).eval()
-        randomize_norms(model, gen)
+        randomize_norms(model, gen, name in ZERO_CENTERED_NORMS)
         out_dir = os.path.join(out_root, name)
         os.makedirs(out_dir, exist_ok=True)
         model.to(torch.bfloat16).save_pretrained(
@@ -156,7 +180,7 @@ def main():
         # The reference reads back what is on disk, in fp32.
         ref = getattr(transformers, model_cls).from_pretrained(
             out_dir, dtype=torch.float32, attn_implementation="eager").eval()
-        tokens = torch.randint(0, VOCAB, (SEQS, TOKENS), generator=gen)
+        tokens = torch.randint(0, VOCAB, (SEQS, MODEL_TOKENS.get(name, TOKENS)), generator=gen)
         rec = capture(ref, tokens)
         rec = {k: v.float().contiguous() for k, v in rec.items()}
         rec["tokens"] = tokens.to(torch.int32).contiguous()

@@ -1,0 +1,359 @@
+/* deltanet.c: Gated DeltaNet token mixer, fp32 CPU reference (see
+ * deltanet.h). Formulas from transformers' modeling_qwen3_next.py:
+ * causal_conv1d_fn, l2norm, torch_recurrent_gated_delta_rule,
+ * torch_chunk_gated_delta_rule, Qwen3NextRMSNormGated and
+ * Qwen3NextGatedDeltaNet.forward (fix_query_key_value_ordering for the fused
+ * projections); Qwen3_5GatedDeltaNet.forward for the separate ones. */
+#include "model/deltanet.h"
+
+#include "backend/cpu/cpu_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+moeq_code moeq_delta_rule_recurrent(const moeq_delta_inputs *in, float *out, moeq_error *err)
+{
+    const int T = in->T, Hk = in->Hk, Hv = in->Hv, Dk = in->Dk, Dv = in->Dv, r = Hv / Hk;
+    float *S = malloc(sizeof(float) * (size_t)Dk * Dv);
+    float *delta = malloc(sizeof(float) * (size_t)Dv);
+    if (!S || !delta) {
+        free(S);
+        free(delta);
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the delta rule state");
+    }
+    for (int h = 0; h < Hv; h++) {
+        memset(S, 0, sizeof(float) * (size_t)Dk * Dv);
+        for (int t = 0; t < T; t++) {
+            const float *q = in->q + ((size_t)t * Hk + h / r) * Dk;
+            const float *k = in->k + ((size_t)t * Hk + h / r) * Dk;
+            const float *v = in->v + ((size_t)t * Hv + h) * Dv;
+            float decay = expf(in->g[(size_t)t * Hv + h]), beta = in->beta[(size_t)t * Hv + h];
+            for (size_t i = 0; i < (size_t)Dk * Dv; i++)
+                S[i] *= decay;
+            /* delta = beta (v - S^T k): the part of v the state does not
+             * already predict for key k. */
+            for (int d = 0; d < Dv; d++) {
+                float mem = 0.0f;
+                for (int i = 0; i < Dk; i++)
+                    mem += S[(size_t)i * Dv + d] * k[i];
+                delta[d] = (v[d] - mem) * beta;
+            }
+            for (int i = 0; i < Dk; i++)
+                for (int d = 0; d < Dv; d++)
+                    S[(size_t)i * Dv + d] += k[i] * delta[d];
+            float *o = out + ((size_t)t * Hv + h) * Dv;
+            for (int d = 0; d < Dv; d++) {
+                float acc = 0.0f;
+                for (int i = 0; i < Dk; i++)
+                    acc += S[(size_t)i * Dv + d] * q[i];
+                o[d] = acc;
+            }
+        }
+    }
+    free(S);
+    free(delta);
+    return MOEQ_OK;
+}
+
+/* Scratch of one chunk of at most C tokens. */
+typedef struct chunk_scratch {
+    float *cum;  /* [C] cumulative log decay inside the chunk */
+    float *L;    /* [C, C] strictly lower: (beta_i k_i . k_j) exp(cum_i - cum_j) */
+    float *U;    /* [C, Dv] solved values ("u" of the paper) */
+    float *W;    /* [C, Dk] solved decayed keys that read the old state */
+    float *vnew; /* [C, Dv] U - W S: what the chunk writes */
+} chunk_scratch;
+
+/* One chunk of c tokens from t0 for value head h; S [Dk, Dv] is carried in
+ * and out. */
+static void delta_chunk(const moeq_delta_inputs *in, int h, int t0, int c, float *S,
+                        chunk_scratch *s, float *out)
+{
+    const int Hk = in->Hk, Hv = in->Hv, Dk = in->Dk, Dv = in->Dv, kh = h / (Hv / Hk);
+#define QROW(i) (in->q + ((size_t)(t0 + (i)) * Hk + kh) * Dk)
+#define KROW(i) (in->k + ((size_t)(t0 + (i)) * Hk + kh) * Dk)
+#define VROW(i) (in->v + ((size_t)(t0 + (i)) * Hv + h) * Dv)
+#define BETA(i) (in->beta[(size_t)(t0 + (i)) * Hv + h])
+    float acc = 0.0f;
+    for (int i = 0; i < c; i++) {
+        acc += in->g[(size_t)(t0 + i) * Hv + h];
+        s->cum[i] = acc;
+    }
+    for (int i = 0; i < c; i++)
+        for (int j = 0; j < i; j++) {
+            float dot = 0.0f;
+            for (int d = 0; d < Dk; d++)
+                dot += KROW(i)[d] * KROW(j)[d];
+            s->L[(size_t)i * c + j] = BETA(i) * dot * expf(s->cum[i] - s->cum[j]);
+        }
+    /* (I + L) U = beta v and (I + L) W = beta k exp(cum) by forward
+     * substitution: the delta-rule updates of the chunk in closed form. */
+    for (int i = 0; i < c; i++) {
+        float *u = s->U + (size_t)i * Dv, *w = s->W + (size_t)i * Dk;
+        float e = expf(s->cum[i]);
+        for (int d = 0; d < Dv; d++)
+            u[d] = BETA(i) * VROW(i)[d];
+        for (int d = 0; d < Dk; d++)
+            w[d] = BETA(i) * KROW(i)[d] * e;
+        for (int j = 0; j < i; j++) {
+            float l = s->L[(size_t)i * c + j];
+            for (int d = 0; d < Dv; d++)
+                u[d] -= l * s->U[(size_t)j * Dv + d];
+            for (int d = 0; d < Dk; d++)
+                w[d] -= l * s->W[(size_t)j * Dk + d];
+        }
+    }
+    /* vnew = U - W S; outputs read the old state (decayed to each token)
+     * plus the chunk's own writes. */
+    for (int i = 0; i < c; i++) {
+        const float *w = s->W + (size_t)i * Dk;
+        float *vn = s->vnew + (size_t)i * Dv;
+        for (int d = 0; d < Dv; d++) {
+            float m = 0.0f;
+            for (int e = 0; e < Dk; e++)
+                m += w[e] * S[(size_t)e * Dv + d];
+            vn[d] = s->U[(size_t)i * Dv + d] - m;
+        }
+    }
+    for (int i = 0; i < c; i++) {
+        const float *q = QROW(i);
+        float *o = out + ((size_t)(t0 + i) * Hv + h) * Dv;
+        float e = expf(s->cum[i]);
+        for (int d = 0; d < Dv; d++) {
+            float m = 0.0f;
+            for (int x = 0; x < Dk; x++)
+                m += q[x] * S[(size_t)x * Dv + d];
+            o[d] = e * m;
+        }
+        for (int j = 0; j <= i; j++) {
+            float dot = 0.0f;
+            for (int x = 0; x < Dk; x++)
+                dot += q[x] * KROW(j)[x];
+            float a = dot * expf(s->cum[i] - s->cum[j]);
+            for (int d = 0; d < Dv; d++)
+                o[d] += a * s->vnew[(size_t)j * Dv + d];
+        }
+    }
+    /* S = exp(cum_last) S + sum_j exp(cum_last - cum_j) k_j vnew_j^T */
+    float last = s->cum[c - 1], decay = expf(last);
+    for (size_t i = 0; i < (size_t)Dk * Dv; i++)
+        S[i] *= decay;
+    for (int j = 0; j < c; j++) {
+        float e = expf(last - s->cum[j]);
+        for (int x = 0; x < Dk; x++) {
+            float kx = e * KROW(j)[x];
+            for (int d = 0; d < Dv; d++)
+                S[(size_t)x * Dv + d] += kx * s->vnew[(size_t)j * Dv + d];
+        }
+    }
+#undef QROW
+#undef KROW
+#undef VROW
+#undef BETA
+}
+
+moeq_code moeq_delta_rule_chunked(const moeq_delta_inputs *in, int chunk, float *out,
+                                  moeq_error *err)
+{
+    if (chunk < 1 || in->Hk < 1 || in->Hv % in->Hk)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "delta rule: chunk %d must be positive and value heads (%d) a multiple "
+                         "of key heads (%d)",
+                         chunk, in->Hv, in->Hk);
+    const size_t C = (size_t)chunk, Dk = (size_t)in->Dk, Dv = (size_t)in->Dv;
+    chunk_scratch s = {malloc(sizeof(float) * C), malloc(sizeof(float) * C * C),
+                       malloc(sizeof(float) * C * Dv), malloc(sizeof(float) * C * Dk),
+                       malloc(sizeof(float) * C * Dv)};
+    float *S = malloc(sizeof(float) * Dk * Dv);
+    moeq_code rc = MOEQ_OK;
+    if (!s.cum || !s.L || !s.U || !s.W || !s.vnew || !S) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the chunked delta rule");
+        goto done;
+    }
+    for (int h = 0; h < in->Hv; h++) {
+        memset(S, 0, sizeof(float) * Dk * Dv);
+        for (int t0 = 0; t0 < in->T; t0 += chunk)
+            delta_chunk(in, h, t0, in->T - t0 < chunk ? in->T - t0 : chunk, S, &s, out);
+    }
+done:
+    free(s.cum);
+    free(s.L);
+    free(s.U);
+    free(s.W);
+    free(s.vnew);
+    free(S);
+    return rc;
+}
+
+/* x * rsqrt(sum(x^2) + 1e-6) over each of rows vectors of dim, then times
+ * scale (transformers' l2norm, "to align with the FLA library"). */
+static void l2norm_rows(float *x, int rows, int dim, float scale)
+{
+    for (int r = 0; r < rows; r++) {
+        float *v = x + (size_t)r * dim;
+        double ss = 0.0;
+        for (int i = 0; i < dim; i++)
+            ss += (double)v[i] * v[i];
+        float inv = 1.0f / sqrtf((float)ss + 1e-6f);
+        for (int i = 0; i < dim; i++)
+            v[i] = v[i] * inv * scale;
+    }
+}
+
+/* torch.nn.functional.softplus with its default threshold 20. */
+static float softplus(float x)
+{
+    return x > 20.0f ? x : log1pf(expf(x));
+}
+
+/* The fused projections of Qwen3-Next interleave the outputs by key-head
+ * group: group g holds [q (Dk) | k (Dk) | v (r Dv) | z (r Dv)] and
+ * [b (r) | a (r)] with r = Hv / Hk. This gathers them into the separate
+ * layout [q all heads | k | v] + z + b + a that Qwen3.5 stores. */
+static void split_fused(const moeq_config *c, const float *qkvz, const float *ba, int n,
+                        float *qkv, float *z, float *b, float *a)
+{
+    const int Hk = c->la_num_k_heads, Dk = c->la_k_head_dim, Dv = c->la_v_head_dim;
+    const int r = c->la_num_v_heads / Hk, kd = Hk * Dk, vd = c->la_num_v_heads * Dv;
+    const int group = 2 * Dk + 2 * r * Dv, conv_dim = 2 * kd + vd;
+    for (int t = 0; t < n; t++) {
+        const float *src = qkvz + (size_t)t * Hk * group;
+        float *dst = qkv + (size_t)t * conv_dim;
+        for (int g = 0; g < Hk; g++) {
+            const float *p = src + (size_t)g * group;
+            memcpy(dst + g * Dk, p, sizeof(float) * Dk);
+            memcpy(dst + kd + g * Dk, p + Dk, sizeof(float) * Dk);
+            memcpy(dst + 2 * kd + g * r * Dv, p + 2 * Dk, sizeof(float) * r * Dv);
+            memcpy(z + (size_t)t * vd + g * r * Dv, p + 2 * Dk + r * Dv, sizeof(float) * r * Dv);
+            const float *q = ba + ((size_t)t * Hk + g) * 2 * r;
+            memcpy(b + (size_t)t * c->la_num_v_heads + g * r, q, sizeof(float) * r);
+            memcpy(a + (size_t)t * c->la_num_v_heads + g * r, q + r, sizeof(float) * r);
+        }
+    }
+}
+
+moeq_code moeq_deltanet_core(const moeq_config *cfg, const moeq_layer_weights *lw,
+                             const float *h, int n_seqs, int seq_len, float *o_in,
+                             moeq_error *err)
+{
+    const moeq_deltanet_weights *w = &lw->la;
+    const int H = cfg->hidden_size, Hk = cfg->la_num_k_heads, Hv = cfg->la_num_v_heads;
+    const int Dk = cfg->la_k_head_dim, Dv = cfg->la_v_head_dim, K = cfg->la_conv_kernel;
+    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd, n = n_seqs * seq_len;
+    const size_t N = (size_t)n;
+    float *qkv = malloc(sizeof(float) * N * C), *conv = malloc(sizeof(float) * N * C);
+    float *z = malloc(sizeof(float) * N * vd), *b = malloc(sizeof(float) * N * Hv);
+    float *a = malloc(sizeof(float) * N * Hv), *core = malloc(sizeof(float) * N * vd);
+    float *q = malloc(sizeof(float) * N * kd), *k = malloc(sizeof(float) * N * kd);
+    float *v = malloc(sizeof(float) * N * vd);
+    float *fused = w->in_qkvz ? malloc(sizeof(float) * N * (C + vd)) : NULL;
+    float *fused_ba = w->in_qkvz ? malloc(sizeof(float) * N * 2 * Hv) : NULL;
+    moeq_code rc = MOEQ_OK;
+    if (!qkv || !conv || !z || !b || !a || !core || !q || !k || !v ||
+        (w->in_qkvz && (!fused || !fused_ba))) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the linear attention of "
+                       "%d tokens", lw->layer, n);
+        goto done;
+    }
+    if (w->in_qkvz) {
+        cpu_linear(h, n, H, w->in_qkvz, NULL, C + vd, fused);
+        cpu_linear(h, n, H, w->in_ba, NULL, 2 * Hv, fused_ba);
+        split_fused(cfg, fused, fused_ba, n, qkv, z, b, a);
+    } else {
+        cpu_linear(h, n, H, w->in_qkv, NULL, C, qkv);
+        cpu_linear(h, n, H, w->in_z, NULL, vd, z);
+        cpu_linear(h, n, H, w->in_b, NULL, Hv, b);
+        cpu_linear(h, n, H, w->in_a, NULL, Hv, a);
+    }
+    /* Causal depthwise conv over time, then SiLU: channel ch at token t sees
+     * tokens t - K + 1 .. t of its own sequence (zeros before its start). */
+    for (int s = 0; s < n_seqs; s++)
+        for (int t = 0; t < seq_len; t++) {
+            size_t row = (size_t)s * seq_len + t;
+            for (int ch = 0; ch < C; ch++) {
+                float acc = 0.0f;
+                for (int j = 0; j < K; j++) {
+                    int src = t - (K - 1) + j;
+                    if (src >= 0)
+                        acc += w->conv[(size_t)ch * K + j] *
+                               qkv[((size_t)s * seq_len + src) * C + ch];
+                }
+                conv[row * C + ch] = acc / (1.0f + expf(-acc));
+            }
+        }
+    for (size_t t = 0; t < N; t++) {
+        memcpy(q + t * kd, conv + t * C, sizeof(float) * kd);
+        memcpy(k + t * kd, conv + t * C + kd, sizeof(float) * kd);
+        memcpy(v + t * vd, conv + t * C + 2 * kd, sizeof(float) * vd);
+    }
+    l2norm_rows(q, n * Hk, Dk, 1.0f / sqrtf((float)Dk));
+    l2norm_rows(k, n * Hk, Dk, 1.0f);
+    /* beta = sigmoid(b); g = -exp(A_log) softplus(a + dt_bias), reusing b and a. */
+    for (size_t t = 0; t < N; t++)
+        for (int hh = 0; hh < Hv; hh++) {
+            size_t i = t * Hv + hh;
+            b[i] = 1.0f / (1.0f + expf(-b[i]));
+            a[i] = -expf(w->a_log[hh]) * softplus(a[i] + w->dt_bias[hh]);
+        }
+    for (int s = 0; s < n_seqs && !rc; s++) {
+        size_t t0 = (size_t)s * seq_len;
+        moeq_delta_inputs in = {q + t0 * kd, k + t0 * kd, v + t0 * vd, a + t0 * Hv,
+                                b + t0 * Hv, seq_len, Hk, Hv, Dk, Dv};
+        rc = moeq_delta_rule_chunked(&in, MOEQ_DELTA_CHUNK, core + t0 * vd, err);
+    }
+    if (rc) {
+        moeq_wrap(err, "layer %d: ", lw->layer);
+        goto done;
+    }
+    /* Gated RMSNorm per (token, value head): norm weight times the normed
+     * core output, times silu(z). */
+    cpu_rmsnorm(core, w->norm, n * Hv, Dv, cfg->rms_norm_eps, o_in);
+    for (size_t i = 0; i < N * vd; i++)
+        o_in[i] *= z[i] / (1.0f + expf(-z[i]));
+done:
+    free(qkv);
+    free(conv);
+    free(z);
+    free(b);
+    free(a);
+    free(core);
+    free(q);
+    free(k);
+    free(v);
+    free(fused);
+    free(fused_ba);
+    return rc;
+}
+
+moeq_code moeq_linear_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
+                                      const float *x, int n_seqs, int seq_len, float *out,
+                                      moeq_layer_trace *trace, moeq_error *err)
+{
+    const int H = cfg->hidden_size, n = n_seqs * seq_len;
+    const int vd = cfg->la_num_v_heads * cfg->la_v_head_dim;
+    float *h = malloc(sizeof(float) * (size_t)n * H);
+    float *o_in = malloc(sizeof(float) * (size_t)n * vd);
+    moeq_code rc = MOEQ_OK;
+    if (!h || !o_in) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the linear attention",
+                       lw->layer);
+        goto done;
+    }
+    cpu_rmsnorm(x, lw->attn_norm, n, H, cfg->rms_norm_eps, h);
+    if (trace && trace->attn_in)
+        memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * H);
+    if ((rc = moeq_deltanet_core(cfg, lw, h, n_seqs, seq_len, o_in, err)))
+        goto done;
+    if (trace && trace->o_in)
+        memcpy(trace->o_in, o_in, sizeof(float) * (size_t)n * vd);
+    cpu_linear(o_in, n, vd, lw->la.out, NULL, H, h);
+    if (trace && trace->attn_out)
+        memcpy(trace->attn_out, h, sizeof(float) * (size_t)n * H);
+    for (size_t i = 0; i < (size_t)n * H; i++)
+        out[i] = x[i] + h[i];
+done:
+    free(h);
+    free(o_in);
+    return rc;
+}
