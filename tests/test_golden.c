@@ -38,21 +38,29 @@ static const float *golden(st_file *g, const char *name, size_t expect_floats)
     return (const float *)t->data;
 }
 
-static void check_close(const char *model, const char *what, const float *got,
-                        const float *want, size_t n)
+static void check_close_tol(const char *model, const char *what, const float *got,
+                            const float *want, size_t n, double tol)
 {
     if (!want) {
         test_failures_in_current++;
         return;
     }
     double e = rel_error(got, want, n);
-    if (!(e <= REL_TOL)) {
-        fprintf(stderr, "  %s %s: relative error %.3g > %.0e\n", model, what, e, REL_TOL);
+    if (!(e <= tol)) {
+        fprintf(stderr, "  %s %s: relative error %.3g > %.0e\n", model, what, e, tol);
         test_failures_in_current++;
     }
 }
 
-static void check_model(const char *name)
+static void check_close(const char *model, const char *what, const float *got,
+                        const float *want, size_t n)
+{
+    check_close_tol(model, what, got, want, n, REL_TOL);
+}
+
+/* logits_tol: the end-to-end logits' tolerance; REL_TOL unless fp32 itself
+ * drifts further over the model's depth (see the Qwen3.5-MoE test). */
+static void check_model_tol(const char *name, double logits_tol)
 {
     char dir[4096], gpath[4200];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, name);
@@ -119,7 +127,8 @@ static void check_model(const char *name)
     CHECK(moeq_head_weights_load(&m, &head, &err) == MOEQ_OK);
     CHECK(moeq_head_forward(c, &head, chain, n, logits, &err) == MOEQ_OK);
     size_t nl = n * (size_t)c->vocab_size;
-    check_close(name, "logits (end to end)", logits, golden(&g, "logits", nl), nl);
+    check_close_tol(name, "logits (end to end)", logits, golden(&g, "logits", nl), nl,
+                    logits_tol);
     moeq_head_weights_free(&head);
     moeq_rope_cache_free(&rope);
     free(x);
@@ -132,6 +141,8 @@ static void check_model(const char *name)
     moeq_model_close(&m);
 }
 
+static void check_model(const char *name) { check_model_tol(name, REL_TOL); }
+
 static void test_qwen3_moe_matches_transformers(void) { check_model("qwen3_moe"); }
 static void test_qwen2_moe_matches_transformers(void) { check_model("qwen2_moe"); }
 static void test_mixtral_matches_transformers(void) { check_model("mixtral"); }
@@ -141,6 +152,13 @@ static void test_qwen3_matches_transformers(void) { check_model("qwen3"); }
 /* Block-FP8 source: transformers' forward on its own dequantization. */
 static void test_qwen3_moe_fp8_matches_transformers(void) { check_model("qwen3_moe_fp8"); }
 static void test_qwen3_next_matches_transformers(void) { check_model("qwen3_next"); }
+/* Multimodal checkpoints, the language model nested in them, run on text. */
+/* Its layers are held to REL_TOL; its logits after 80 tokens through four
+ * layers are not that stable in fp32 even in transformers, whose own fp32
+ * logits differ from its float64 forward by 2.5e-5 (measured; moeq's from
+ * transformers' fp32 by 2.6e-5). */
+static void test_qwen3_5_moe_matches_transformers(void) { check_model_tol("qwen3_5_moe", 1e-4); }
+static void test_qwen3_5_matches_transformers(void) { check_model("qwen3_5"); }
 
 int main(void)
 {
@@ -152,5 +170,7 @@ int main(void)
     RUN(test_qwen3_matches_transformers);
     RUN(test_qwen3_moe_fp8_matches_transformers);
     RUN(test_qwen3_next_matches_transformers);
+    RUN(test_qwen3_5_moe_matches_transformers);
+    RUN(test_qwen3_5_matches_transformers);
     return test_summary();
 }

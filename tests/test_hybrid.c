@@ -221,10 +221,164 @@ static void test_quantize_linear_ba_quantizes_the_gate_projections_too(void)
     CHECK(kl > 0 && kl < 0.1);
 }
 
+/* The top-level objects of out/config.json and the source's: equal. */
+static int config_object_kept(const char *name, const char *out, const char *key)
+{
+    char path[4200], *a = NULL, *b = NULL;
+    moeq_error err = {0};
+    snprintf(path, sizeof path, "%s/config.json", fixture(name));
+    moeq_read_text_file(path, 1 << 20, &a, &err);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    moeq_read_text_file(path, 1 << 20, &b, &err);
+    cJSON *ca = cJSON_Parse(a ? a : ""), *cb = cJSON_Parse(b ? b : "");
+    const cJSON *x = cJSON_GetObjectItem(ca, key), *y = cJSON_GetObjectItem(cb, key);
+    int same = x && y && cJSON_Compare(x, y, 1);
+    cJSON_Delete(ca);
+    cJSON_Delete(cb);
+    free(a);
+    free(b);
+    return same;
+}
+
+/* A multimodal checkpoint: the language model is quantized, the vision
+ * tower and the MTP layer reach the output byte for byte, the config keeps
+ * its nested structure and tells loaders which modules stay unquantized. */
+static void check_multimodal(const char *name, int expect_quantized)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir(name));
+    moeq_quantize_options o = options();
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize(name, &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK(st_checkpoint_find(&c, "model.language_model.layers.0.linear_attn.in_proj_qkv.qweight"));
+    CHECK(st_checkpoint_find(&c, "model.language_model.layers.2.self_attn.o_proj.qweight"));
+    const char *copied[] = {"model.visual.blocks.0.attn.qkv.weight",
+                            "model.visual.merger.linear_fc2.weight",
+                            "model.visual.patch_embed.proj.weight", "mtp.fc.weight",
+                            "mtp.layers.0.self_attn.q_proj.weight"};
+    for (int i = 0; i < 5; i++) {
+        const st_tensor *t = st_checkpoint_find(&c, copied[i]);
+        CHECK(t && t->dtype == ST_BF16);
+    }
+    st_checkpoint_close(&c);
+    /* Byte for byte, and exactly the language model's linears replaced. */
+    CHECK_INT_EQ(check_every_tensor_reaches_output(fixture(name), out), expect_quantized);
+    CHECK(config_object_kept(name, out, "text_config"));
+    CHECK(config_object_kept(name, out, "vision_config"));
+    CHECK(config_object_kept(name, out, "model_type"));
+    CHECK(dynamic_rule(out, "-:(.*\\.)?visual\\..*"));
+    CHECK(dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
+    CHECK(dynamic_rule(out, "-:.*linear_attn\\.in_proj_ba$"));
+    /* Measured at 4 bits, GPTQ / round-to-nearest: qwen3_5_moe 0.105 / 0.106
+     * (its top-2-of-8 routing flips easily), qwen3_5 0.074 / 0.076; at 8 bits
+     * 0.0064 / 0.0087 and 0.0004 / 0.0005. */
+    double kl = kl_against_original(name, out);
+    printf("  %s 4-bit g16: KL %.5f\n", name, kl);
+    CHECK(kl > 0 && kl < 0.15);
+}
+
+static void test_qwen3_5_moe_quantizes_the_language_model_and_copies_the_rest(void)
+{
+    /* 3 linear layers x (qkv, z, out) + 1 full x 4 + 4 MoE layers x (8 x 3 + 3) */
+    check_multimodal("qwen3_5_moe", 3 * 3 + 4 + 4 * 27);
+}
+
+static void test_qwen3_5_dense_quantizes_the_language_model_and_copies_the_rest(void)
+{
+    check_multimodal("qwen3_5", 3 * 3 + 4 + 4 * 3);
+}
+
+/* A copy of fixture `name` in dir with extra tensors: a next-token
+ * prediction layer past num_hidden_layers as DeepSeek-V3 and GLM-4.5 ship
+ * it (model.layers.{N}.*: eh_proj over [embedding; hidden], enorm, hnorm,
+ * its own attention and experts). */
+static void write_with_nextn_layer(const char *name, const char *dir)
+{
+    char src[4200], dst[4200];
+    moeq_error err = {0};
+    snprintf(src, sizeof src, "%s/config.json", fixture(name));
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    CHECK_INT_EQ(moeq_copy_file(src, dst, &err), MOEQ_OK);
+    snprintf(src, sizeof src, "%s/model.safetensors", fixture(name));
+    st_file f;
+    CHECK_INT_EQ(st_file_open(&f, src, &err), MOEQ_OK);
+    st_writer w;
+    st_writer_init(&w);
+    for (size_t i = 0; i < f.n_tensors; i++) {
+        const st_tensor *t = &f.tensors[i];
+        CHECK_INT_EQ(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes,
+                                   &err),
+                     MOEQ_OK);
+    }
+    static uint16_t data[256 * 64]; /* the largest of the tensors below */
+    test_rng r = {3};
+    for (size_t i = 0; i < sizeof data / sizeof data[0]; i++)
+        data[i] = (uint16_t)(0x3c00 + (test_rng_next(&r) & 0x3ff)); /* bf16 in [0.0078, 0.0156) */
+    const struct {
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+    } extra[] = {{"model.layers.4.eh_proj.weight", 2, {64, 128}},
+                 {"model.layers.4.enorm.weight", 1, {64, 0}},
+                 {"model.layers.4.hnorm.weight", 1, {64, 0}},
+                 {"model.layers.4.self_attn.q_proj.weight", 2, {256, 64}},
+                 {"model.layers.4.mlp.experts.0.gate_proj.weight", 2, {32, 64}},
+                 {"model.layers.4.shared_head.norm.weight", 1, {64, 0}}};
+    for (int i = 0; i < 6; i++) {
+        size_t n = (size_t)extra[i].shape[0] * (extra[i].ndim == 2 ? (size_t)extra[i].shape[1] : 1);
+        CHECK_INT_EQ(st_writer_add(&w, extra[i].name, ST_BF16, extra[i].ndim, extra[i].shape, data,
+                                   2 * n, &err),
+                     MOEQ_OK);
+    }
+    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+    CHECK_INT_EQ(st_writer_write(&w, dst, &err), MOEQ_OK);
+    st_writer_free(&w);
+    st_file_close(&f);
+}
+
+static void test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged(void)
+{
+    const char *dir = test_tmpdir("hybrid_nextn");
+    char src[2048], out[2048];
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    CHECK(mkdir(src, 0755) == 0);
+    write_with_nextn_layer("qwen3_next", src);
+    moeq_model m;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
+    moeq_quantize_options o = options();
+    moeq_calib_set set;
+    static int32_t stream[8 * 96];
+    for (int i = 0; i < 8 * 96; i++)
+        stream[i] = (i * 37) % m.cfg.vocab_size;
+    CHECK_INT_EQ(moeq_calib_set_sample(stream, 8 * 96, 4, 96, 1, &set, &err), MOEQ_OK);
+    moeq_gptq_writer w;
+    CHECK_INT_EQ(moeq_gptq_writer_open(&w, &m, &o, out, NULL, 0, 0, &err), MOEQ_OK);
+    moeq_layer_sink sink = {moeq_gptq_writer_write_layer, NULL, &w};
+    CHECK_INT_EQ(moeq_quantize_layers(&m, &set, &o, &sink, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_gptq_writer_finish(&w, NULL, &err), MOEQ_OK);
+    moeq_gptq_writer_close(&w);
+    moeq_calib_set_free(&set);
+    moeq_model_close(&m);
+    /* The same 96 linears as the fixture's; layer 4's six tensors as they were. */
+    CHECK_INT_EQ(check_every_tensor_reaches_output(src, out), 2 * 2 + 2 * 4 + 3 * 27 + 3);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK(st_checkpoint_find(&c, "model.layers.4.eh_proj.weight") != NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.4.self_attn.q_proj.qweight") == NULL);
+    st_checkpoint_close(&c);
+}
+
 int main(void)
 {
     RUN(test_qwen3_next_quantizes_deltanet_and_gated_attention);
     RUN(test_qwen3_next_at_8_bits_is_nearly_lossless);
     RUN(test_quantize_linear_ba_quantizes_the_gate_projections_too);
+    RUN(test_qwen3_5_moe_quantizes_the_language_model_and_copies_the_rest);
+    RUN(test_qwen3_5_dense_quantizes_the_language_model_and_copies_the_rest);
+    RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
     return test_summary();
 }

@@ -618,9 +618,18 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
     int linear_layers = 0;
     for (int l = 0; l < w->src->cfg.num_layers; l++)
         linear_layers += w->src->cfg.layer_is_linear[l];
-    if (linear_layers && !w->opt->quantize_linear_ba) {
+    const moeq_arch *a = &w->src->arch;
+    if ((linear_layers && !w->opt->quantize_linear_ba) || a->n_keep_modules) {
         cJSON *dynamic = cJSON_AddObjectToObject(q, "dynamic");
-        cJSON_AddObjectToObject(dynamic, "-:.*linear_attn\\.in_proj_ba$");
+        if (linear_layers && !w->opt->quantize_linear_ba)
+            cJSON_AddObjectToObject(dynamic, "-:.*linear_attn\\.in_proj_ba$");
+        /* The architecture's other modules (vision tower, MTP layers),
+         * copied as they are: "visual" excludes visual.* and x.visual.*. */
+        for (int i = 0; i < a->n_keep_modules; i++) {
+            char rule[160];
+            snprintf(rule, sizeof rule, "-:(.*\\.)?%s\\..*", a->keep_modules[i]);
+            cJSON_AddObjectToObject(dynamic, rule);
+        }
     }
     cJSON *meta = cJSON_AddObjectToObject(q, "meta");
     cJSON_AddStringToObject(meta, "quantizer", "moeq:" MOEQ_VERSION);

@@ -294,6 +294,36 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
     return MOEQ_OK;
 }
 
+/* "keep_modules": module names (letters, digits, '_') such as "visual". */
+static moeq_code parse_keep_modules(const cJSON *keep, const char *source, moeq_arch *arch,
+                                    moeq_error *err)
+{
+    int n = cJSON_IsArray(keep) ? cJSON_GetArraySize(keep) : -1;
+    if (n < 0)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "architecture file %s: \"keep_modules\" must be an array of module "
+                         "names",
+                         source);
+    if (!(arch->keep_modules = calloc(n ? (size_t)n : 1, sizeof *arch->keep_modules)))
+        return moeq_fail(err, MOEQ_ERR_OOM, "architecture file %s: out of memory", source);
+    const cJSON *k;
+    cJSON_ArrayForEach(k, keep)
+    {
+        int ok = cJSON_IsString(k) && k->valuestring[0];
+        for (const char *c = ok ? k->valuestring : ""; *c; c++)
+            ok &= (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || *c == '_';
+        if (!ok)
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "architecture file %s: keep_modules entries must be module names "
+                             "(letters, digits, '_')",
+                             source);
+        if (!(arch->keep_modules[arch->n_keep_modules++] = dup_string(k->valuestring)))
+            return moeq_fail(err, MOEQ_ERR_OOM, "architecture file %s: out of memory", source);
+    }
+    return MOEQ_OK;
+}
+
 moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                           moeq_error *err)
 {
@@ -337,6 +367,9 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
         }
         arch->model_types[arch->n_model_types++] = dup_string(t->valuestring);
     }
+    const cJSON *keep = cJSON_GetObjectItemCaseSensitive(root, "keep_modules");
+    if (keep && (rc = parse_keep_modules(keep, source, arch, err)))
+        goto done;
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
     if (params) {
         if ((rc = validate_params(params, source, err)))
@@ -454,6 +487,9 @@ void moeq_arch_free(moeq_arch *arch)
     cJSON_Delete(arch->params);
     for (int r = 0; r < MOEQ_T_COUNT; r++)
         free(arch->tensors[r]);
+    for (int i = 0; i < arch->n_keep_modules; i++)
+        free(arch->keep_modules[i]);
+    free(arch->keep_modules);
     memset(arch, 0, sizeof *arch);
 }
 

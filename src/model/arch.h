@@ -91,6 +91,12 @@ typedef struct moeq_arch {
     moeq_linear_attention_kind linear_attention;
     moeq_norm_kind norm;
     char *tensors[MOEQ_T_COUNT]; /* name templates; NULL where absent */
+    /* Modules of the checkpoint outside the language model (a vision tower,
+     * multi-token-prediction layers) that stay unquantized: named in the
+     * output's quantization_config so that loaders do not expect GPTQ
+     * tensors for them. */
+    char **keep_modules;
+    int n_keep_modules;
 } moeq_arch;
 
 const char *moeq_tensor_role_key(moeq_tensor_role role);

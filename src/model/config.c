@@ -13,7 +13,8 @@
 #include <string.h>
 
 typedef struct {
-    const cJSON *root;
+    const cJSON *root; /* the language model's config: text_config when nested */
+    const cJSON *top;  /* the whole config.json */
     const moeq_arch *arch;
     const char *path;
     moeq_error *err;
@@ -264,7 +265,10 @@ static moeq_code read_fp8_quantization(const reader *r, const cJSON *q, moeq_con
  * here, naming them, rather than misread later. */
 static moeq_code read_quantization(const reader *r, moeq_config *cfg)
 {
-    const cJSON *q = cJSON_GetObjectItemCaseSensitive(r->root, "quantization_config");
+    /* A multimodal checkpoint carries it at the top, beside text_config. */
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(r->top, "quantization_config");
+    if (!q || cJSON_IsNull(q))
+        q = cJSON_GetObjectItemCaseSensitive(r->root, "quantization_config");
     if (!q || cJSON_IsNull(q))
         return MOEQ_OK;
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
@@ -478,7 +482,7 @@ moeq_code moeq_config_parse(const char *json, const char *path, const moeq_arch 
     }
     /* Multimodal checkpoints nest the language model's config. */
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text_config");
-    reader r = {cJSON_IsObject(text) ? text : root, arch, path, err};
+    reader r = {cJSON_IsObject(text) ? text : root, root, arch, path, err};
     moeq_code rc = read_all(&r, cfg);
     cJSON_Delete(root);
     if (rc)

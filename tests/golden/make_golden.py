@@ -28,7 +28,7 @@ import sys
 
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import quantized_sources
 
@@ -115,9 +115,41 @@ def fp8_linear(name):
         r"\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.)?(gate|up|down)_proj)\.weight$",
         name) is not None
 
+# Multimodal checkpoints (a vision tower beside the language model, the text
+# config nested under text_config), run on text: name -> (config class, model
+# class, text_config, extra top-level config). Qwen3.5 hybrids: separate
+# in_proj_qkv / in_proj_z / in_proj_b / in_proj_a, 4 value heads over 2 key
+# heads, interleaved M-RoPE over a quarter of head_dim (text positions are the
+# same on all three axes, so it is plain RoPE), and multi-token-prediction
+# tensors (mtp.*) added after saving, as the released checkpoints carry them.
+QWEN35_TEXT = dict(
+    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
+    initializer_range=0.08,
+    layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+    linear_value_head_dim=16, linear_conv_kernel_dim=4,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                     "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+QWEN35_VISION = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
+                     out_hidden_size=64, patch_size=4, spatial_merge_size=2,
+                     temporal_patch_size=2, in_channels=3, num_position_embeddings=16)
+QWEN35_IDS = dict(image_token_id=150, video_token_id=151, vision_start_token_id=152,
+                  vision_end_token_id=153)
+MULTIMODAL_MODELS = {
+    # Qwen3.5-MoE (35B-A3B layout): every layer MoE, 8 experts top-2, shared expert.
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration", dict(
+        QWEN35_TEXT, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_experts=8, num_experts_per_tok=2)),
+    # Qwen3.5 dense (27B layout): the same mixers with a SwiGLU MLP.
+    "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", dict(
+        QWEN35_TEXT, intermediate_size=96)),
+}
+MODEL_TOKENS.update({"qwen3_5_moe": 80, "qwen3_5": 80})
+
 # Models whose RMSNorms scale by (1 + weight) (zero-centered; the gated norm
-# of their linear attention excepted).
-ZERO_CENTERED_NORMS = {"qwen3_next"}
+# of their linear attention and the vision tower's LayerNorms excepted).
+ZERO_CENTERED_NORMS = {"qwen3_next", "qwen3_5_moe", "qwen3_5"}
 
 
 def randomize_norms(model, gen, zero_centered=False):
@@ -125,7 +157,8 @@ def randomize_norms(model, gen, zero_centered=False):
     # hide a missing multiply; either way the scale becomes 1 + 0.2 N(0, 1).
     for name, p in model.named_parameters():
         if "norm" in name and p.dim() == 1:
-            offset = 0.0 if zero_centered and "linear_attn.norm" not in name else 1.0
+            offset = 0.0 if zero_centered and "linear_attn.norm" not in name and \
+                "visual" not in name else 1.0
             with torch.no_grad():
                 p.copy_(offset + 0.2 * torch.randn(p.shape, generator=gen))
         if name.endswith("bias"):
@@ -136,7 +169,8 @@ def randomize_norms(model, gen, zero_centered=False):
 def capture(model, tokens):
     rec = {}
     hooks = []
-    layers = model.model.layers
+    lm = getattr(model.model, "language_model", model.model)  # multimodal: the text model
+    layers = lm.layers
     for i, layer in enumerate(layers):
         def out_hook(mod, args, out, i=i):
             rec[f"layer.{i}.out"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
@@ -151,7 +185,7 @@ def capture(model, tokens):
         hooks.append(mixer.register_forward_hook(attn_hook))
     def emb_hook(mod, args, out):
         rec["embed"] = out.detach().clone()
-    hooks.append(model.model.embed_tokens.register_forward_hook(emb_hook))
+    hooks.append(lm.embed_tokens.register_forward_hook(emb_hook))
     with torch.no_grad():
         logits = model(input_ids=tokens).logits
     for h in hooks:
@@ -209,6 +243,71 @@ def main():
         save_file(rec, os.path.join(out_dir, "golden.safetensors"),
                   metadata={"transformers": transformers.__version__, "torch": torch.__version__})
         print(f"{name}: block-FP8 source -> {out_dir}")
+    for name, (cfg_cls, model_cls, text_kw) in MULTIMODAL_MODELS.items():
+        if only and name not in only:
+            continue
+        make_multimodal(out_root, name, cfg_cls, model_cls, text_kw)
+
+
+def add_mtp_tensors(out_dir, text_kw, gen):
+    # The one extra decoder layer Qwen3.5 checkpoints ship for multi-token
+    # prediction (names and shapes as vLLM's qwen3_5_mtp.py loads them: fc over
+    # [embedding; hidden], three norms and a full-attention layer with the
+    # model's MLP); transformers ignores mtp.* (_keys_to_ignore_on_load_unexpected).
+    h, d = text_kw["hidden_size"], text_kw["head_dim"]
+    hq, hkv = text_kw["num_attention_heads"], text_kw["num_key_value_heads"]
+    shapes = {"mtp.fc.weight": [h, 2 * h], "mtp.norm.weight": [h],
+              "mtp.pre_fc_norm_hidden.weight": [h], "mtp.pre_fc_norm_embedding.weight": [h]}
+    p = "mtp.layers.0."
+    shapes.update({p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
+                   p + "self_attn.q_proj.weight": [2 * hq * d, h],
+                   p + "self_attn.k_proj.weight": [hkv * d, h],
+                   p + "self_attn.v_proj.weight": [hkv * d, h],
+                   p + "self_attn.o_proj.weight": [h, hq * d],
+                   p + "self_attn.q_norm.weight": [d], p + "self_attn.k_norm.weight": [d]})
+    if "num_experts" in text_kw:
+        i, si = text_kw["moe_intermediate_size"], text_kw["shared_expert_intermediate_size"]
+        shapes[p + "mlp.gate.weight"] = [text_kw["num_experts"], h]
+        for e in range(text_kw["num_experts"]):
+            shapes.update({f"{p}mlp.experts.{e}.gate_proj.weight": [i, h],
+                           f"{p}mlp.experts.{e}.up_proj.weight": [i, h],
+                           f"{p}mlp.experts.{e}.down_proj.weight": [h, i]})
+        shapes.update({p + "mlp.shared_expert.gate_proj.weight": [si, h],
+                       p + "mlp.shared_expert.up_proj.weight": [si, h],
+                       p + "mlp.shared_expert.down_proj.weight": [h, si],
+                       p + "mlp.shared_expert_gate.weight": [1, h]})
+    else:
+        i = text_kw["intermediate_size"]
+        shapes.update({p + "mlp.gate_proj.weight": [i, h], p + "mlp.up_proj.weight": [i, h],
+                       p + "mlp.down_proj.weight": [h, i]})
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors = load_file(path)
+    for k, shape in shapes.items():
+        tensors[k] = (0.08 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def make_multimodal(out_root, name, cfg_cls, model_cls, text_kw):
+    gen = torch.Generator().manual_seed(1234)
+    config = getattr(transformers, cfg_cls)(text_config=text_kw, vision_config=QWEN35_VISION,
+                                            **QWEN35_IDS)
+    config._attn_implementation = "eager"
+    model = getattr(transformers, model_cls)(config).eval()
+    randomize_norms(model, gen, name in ZERO_CENTERED_NORMS)
+    out_dir = os.path.join(out_root, name)
+    os.makedirs(out_dir, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    ref = getattr(transformers, model_cls).from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    add_mtp_tensors(out_dir, text_kw, gen)
+    tokens = torch.randint(0, VOCAB - 16, (SEQS, MODEL_TOKENS.get(name, TOKENS)), generator=gen)
+    rec = capture(ref, tokens)
+    rec = {k: v.float().contiguous() for k, v in rec.items()}
+    rec["tokens"] = tokens.to(torch.int32).contiguous()
+    save_file(rec, os.path.join(out_dir, "golden.safetensors"),
+              metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+    print(f"{name}: {sum(p.numel() for p in ref.parameters())} params (with the vision tower) "
+          f"-> {out_dir}")
 
 
 if __name__ == "__main__":
