@@ -572,8 +572,21 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     pack_job job = {r, s.packed};
     if (!rc && (rc = moeq_parallel_for(r->n_linears, 0, pack_one, &job, err)))
         moeq_wrap(err, "layer %d: ", r->layer);
-    for (int i = 0; i < r->n_linears && !rc; i++)
+    int experts = 0;
+    for (int i = 0; i < r->n_linears && !rc; i++) {
         rc = add_quantized(w, &s, file, &r->linears[i], r->layer, err);
+        experts |= r->linears[i].expert >= 0;
+    }
+    /* Fused expert tensors of the source are replaced by the per-expert
+     * GPTQ tensors (the names vLLM maps expert by expert). */
+    moeq_tensor_role fused[2] = {MOEQ_T_EXPERTS_GATE_UP, MOEQ_T_EXPERTS_DOWN};
+    for (int i = 0; i < 2 && experts; i++) {
+        char name[512];
+        long idx;
+        if (!moeq_arch_tensor_name(&w->src->arch, fused[i], r->layer, -1, name, sizeof name) &&
+            (idx = tensor_index(&w->src->ckpt, name)) >= 0)
+            w->written[idx] = 1;
+    }
     if (!rc)
         rc = add_layer_copies(w, &s, file, r->layer, err);
     if (!rc)

@@ -48,6 +48,8 @@ static const char *const ROLE_KEYS[MOEQ_T_COUNT] = {
     [MOEQ_T_LA_A_LOG] = "linear_a_log",
     [MOEQ_T_LA_NORM] = "linear_norm",
     [MOEQ_T_LA_OUT_PROJ] = "linear_out_proj",
+    [MOEQ_T_EXPERTS_GATE_UP] = "experts_gate_up",
+    [MOEQ_T_EXPERTS_DOWN] = "experts_down",
 };
 
 const char *moeq_tensor_role_key(moeq_tensor_role role)
@@ -279,6 +281,11 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
             return moeq_fail(err, MOEQ_ERR_FORMAT,
                              "architecture file %s: tensors.%s is required by its components",
                              source, ROLE_KEYS[need[i]]);
+    if (!arch->tensors[MOEQ_T_EXPERTS_GATE_UP] != !arch->tensors[MOEQ_T_EXPERTS_DOWN])
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "architecture file %s: tensors.experts_gate_up and experts_down go "
+                         "together",
+                         source);
     if (arch->shared_expert != MOEQ_SHARED_EXPERT_NONE &&
         (!arch->tensors[MOEQ_T_SHARED_GATE_PROJ] || !arch->tensors[MOEQ_T_SHARED_UP_PROJ] ||
          !arch->tensors[MOEQ_T_SHARED_DOWN_PROJ]))

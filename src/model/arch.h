@@ -74,6 +74,8 @@ typedef enum moeq_tensor_role {
     MOEQ_T_LA_A_LOG,
     MOEQ_T_LA_NORM,
     MOEQ_T_LA_OUT_PROJ,
+    MOEQ_T_EXPERTS_GATE_UP, /* all experts of a layer in one tensor [E, 2I, H] */
+    MOEQ_T_EXPERTS_DOWN,    /* [E, H, I] */
     MOEQ_T_COUNT
 } moeq_tensor_role;
 

@@ -134,13 +134,69 @@ typedef struct expert_load {
     const moeq_model *m;
     int layer;
     moeq_layer_weights *lw;
+    const st_tensor *fused_gate_up, *fused_down; /* NULL: per-expert tensors */
 } expert_load;
+
+/* The fused expert tensors of layer l when the architecture names them and
+ * the checkpoint has them (Qwen3.5 as released, transformers 5 modeling:
+ * gate_up [E, 2I, H], the first I rows of each expert its gate; down
+ * [E, H, I]); NULLs otherwise (per-expert tensors, or a quantized output
+ * that stores them per expert). */
+static moeq_code find_fused_experts(const moeq_model *m, int l, const st_tensor **gate_up,
+                                    const st_tensor **down, moeq_error *err)
+{
+    const moeq_config *c = &m->cfg;
+    char name[512];
+    *gate_up = *down = NULL;
+    if (moeq_arch_tensor_name(&m->arch, MOEQ_T_EXPERTS_GATE_UP, l, -1, name, sizeof name) ||
+        !st_checkpoint_find(&m->ckpt, name))
+        return MOEQ_OK;
+    if (!(*gate_up = moeq_model_find(m, MOEQ_T_EXPERTS_GATE_UP, l, -1, err)) ||
+        !(*down = moeq_model_find(m, MOEQ_T_EXPERTS_DOWN, l, -1, err)))
+        return err ? err->code : MOEQ_ERR_NOT_FOUND;
+    int64_t E = c->num_experts, I = c->moe_intermediate_size, H = c->hidden_size;
+    const st_tensor *t[2] = {*gate_up, *down};
+    int64_t want[2][3] = {{E, 2 * I, H}, {E, H, I}};
+    for (int i = 0; i < 2; i++)
+        if (t[i]->ndim != 3 || t[i]->shape[0] != want[i][0] || t[i]->shape[1] != want[i][1] ||
+            t[i]->shape[2] != want[i][2])
+            return moeq_fail(err, MOEQ_ERR_FORMAT,
+                             "%s: fused expert tensor %s is not [%lld, %lld, %lld] (experts, "
+                             "out, in) as config.json implies",
+                             m->dir, t[i]->name, (long long)want[i][0], (long long)want[i][1],
+                             (long long)want[i][2]);
+    return MOEQ_OK;
+}
+
+/* Decodes rows [row0, row0 + rows) of 3-D tensor t's slice `e` into a new
+ * buffer. */
+static moeq_code decode_slice(const moeq_model *m, const st_tensor *t, int e, int64_t row0,
+                              int64_t rows, float **out, moeq_error *err)
+{
+    size_t cols = (size_t)t->shape[2], elem = st_dtype_size(t->dtype);
+    size_t first = ((size_t)e * (size_t)t->shape[1] + (size_t)row0) * cols;
+    if (!(*out = malloc(sizeof(float) * (size_t)rows * cols)))
+        return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory decoding %s", m->dir, t->name);
+    moeq_code rc = moeq_to_f32(t->dtype, (const char *)t->data + first * elem,
+                               (size_t)rows * cols, *out, err);
+    return rc ? moeq_wrap(err, "%s: tensor %s: ", m->dir, t->name) : MOEQ_OK;
+}
 
 static moeq_code load_expert(void *ctx, int e, moeq_error *err)
 {
     const expert_load *x = ctx;
-    return load_mlp(x->m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ, MOEQ_T_EXPERT_DOWN_PROJ,
-                    x->layer, e, x->m->cfg.moe_intermediate_size, &x->lw->experts[e], err);
+    int64_t inter = x->m->cfg.moe_intermediate_size;
+    if (!x->fused_gate_up)
+        return load_mlp(x->m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
+                        MOEQ_T_EXPERT_DOWN_PROJ, x->layer, e, (int)inter, &x->lw->experts[e], err);
+    moeq_mlp_weights *w = &x->lw->experts[e];
+    w->intermediate = (int)inter;
+    moeq_code rc;
+    if ((rc = decode_slice(x->m, x->fused_gate_up, e, 0, inter, &w->gate, err)) ||
+        (rc = decode_slice(x->m, x->fused_gate_up, e, inter, inter, &w->up, err)) ||
+        (rc = decode_slice(x->m, x->fused_down, e, 0, x->m->cfg.hidden_size, &w->down, err)))
+        return rc;
+    return MOEQ_OK;
 }
 
 static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, moeq_error *err)
@@ -156,8 +212,9 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
                          c->num_experts);
     lw->n_experts = c->num_experts;
     /* Experts decode in parallel: each is its own tensors and buffers. */
-    expert_load x = {m, l, lw};
-    if ((rc = moeq_parallel_for(c->num_experts, 0, load_expert, &x, err)))
+    expert_load x = {m, l, lw, NULL, NULL};
+    if ((rc = find_fused_experts(m, l, &x.fused_gate_up, &x.fused_down, err)) ||
+        (rc = moeq_parallel_for(c->num_experts, 0, load_expert, &x, err)))
         return rc;
     if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size) {
         lw->has_shared = 1;

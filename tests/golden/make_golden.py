@@ -287,7 +287,26 @@ def add_mtp_tensors(out_dir, text_kw, gen):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def fuse_experts(out_dir, text_kw):
+    # Qwen3.5-MoE as released stores each layer's experts in two tensors
+    # (transformers 5's own layout: gate_up [E, 2I, H], gate rows first; down
+    # [E, H, I]); save_pretrained writes them per expert. The MTP layer keeps
+    # per-expert tensors, as in the released checkpoints.
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors = load_file(path)
+    for l in range(text_kw["num_hidden_layers"]):
+        p = f"model.language_model.layers.{l}.mlp.experts."
+        n = text_kw["num_experts"]
+        gate_up = [torch.cat([tensors.pop(f"{p}{e}.gate_proj.weight"),
+                              tensors.pop(f"{p}{e}.up_proj.weight")]) for e in range(n)]
+        down = [tensors.pop(f"{p}{e}.down_proj.weight") for e in range(n)]
+        tensors[p + "gate_up_proj"] = torch.stack(gate_up).contiguous()
+        tensors[p + "down_proj"] = torch.stack(down).contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 def make_multimodal(out_root, name, cfg_cls, model_cls, text_kw):
+    torch.manual_seed(0)  # the same weights whether built alone or after the others
     gen = torch.Generator().manual_seed(1234)
     config = getattr(transformers, cfg_cls)(text_config=text_kw, vision_config=QWEN35_VISION,
                                             **QWEN35_IDS)
@@ -299,6 +318,8 @@ def make_multimodal(out_root, name, cfg_cls, model_cls, text_kw):
     model.to(torch.bfloat16).save_pretrained(out_dir)
     ref = getattr(transformers, model_cls).from_pretrained(
         out_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    if "num_experts" in text_kw:
+        fuse_experts(out_dir, text_kw)
     add_mtp_tensors(out_dir, text_kw, gen)
     tokens = torch.randint(0, VOCAB - 16, (SEQS, MODEL_TOKENS.get(name, TOKENS)), generator=gen)
     rec = capture(ref, tokens)
