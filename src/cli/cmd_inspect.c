@@ -80,13 +80,27 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
     }
     if (!moeq_model_find(m, MOEQ_T_ROUTER, l, -1, err))
         return err->code;
-    for (int e = 0; e < c->num_experts; e++)
-        for (int i = 0; i < 3; i++) {
-            if (!(x = moeq_model_find(m, expert[i], l, e, err)))
+    /* All experts in two fused tensors (experts_gate_up / experts_down). */
+    char fused_name[512];
+    if (!moeq_arch_tensor_name(&m->arch, MOEQ_T_EXPERTS_GATE_UP, l, -1, fused_name,
+                               sizeof fused_name) &&
+        st_checkpoint_find(&m->ckpt, fused_name)) {
+        moeq_tensor_role fused[2] = {MOEQ_T_EXPERTS_GATE_UP, MOEQ_T_EXPERTS_DOWN};
+        for (int i = 0; i < 2; i++) {
+            if (!(x = moeq_model_find(m, fused[i], l, -1, err)))
                 return err->code;
             t->quantized_params += numel(x);
-            t->quantized_tensors++;
+            t->quantized_tensors += (i ? 1 : 2) * (int64_t)c->num_experts;
         }
+    } else {
+        for (int e = 0; e < c->num_experts; e++)
+            for (int i = 0; i < 3; i++) {
+                if (!(x = moeq_model_find(m, expert[i], l, e, err)))
+                    return err->code;
+                t->quantized_params += numel(x);
+                t->quantized_tensors++;
+            }
+    }
     if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size)
         for (int i = 0; i < 3; i++) {
             if (!(x = moeq_model_find(m, shared[i], l, -1, err)))
