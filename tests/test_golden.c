@@ -11,8 +11,10 @@
 
 #include "model/forward.h"
 #include "model/model.h"
+#include "model/mtp.h"
 #include "model/weights.h"
 #include "moeq/safetensors.h"
+#include "backend/cpu/cpu_ops.h"
 
 static const double REL_TOL = 1e-5;
 
@@ -143,6 +145,52 @@ static void check_model_tol(const char *name, double logits_tol)
 
 static void check_model(const char *name) { check_model_tol(name, REL_TOL); }
 
+/* The MTP block from transformers' final normed hidden states and the
+ * tokens: its output after mtp.norm and the logits through lm_head, against
+ * the reference make_golden.py builds with transformers' decoder layer. */
+static void check_mtp(const char *name)
+{
+    char dir[4096], gpath[4200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, name);
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
+    moeq_error err = {0};
+    moeq_model m;
+    st_file g;
+    moeq_mtp mtp;
+    moeq_mtp_weights w;
+    moeq_head_weights head;
+    moeq_rope_cache rope;
+    if (moeq_model_open(dir, NULL, &m, &err) || st_file_open(&g, gpath, &err) ||
+        moeq_mtp_open(&m, &mtp, &err) || moeq_mtp_weights_load(&mtp, &w, &err) ||
+        moeq_head_weights_load(&m, &head, &err) || moeq_rope_cache_init(&m.cfg, &rope, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        test_failures_in_current++;
+        return;
+    }
+    const st_tensor *tok = st_file_find(&g, "tokens");
+    int S = (int)tok->shape[0], T = (int)tok->shape[1], H = m.cfg.hidden_size,
+        V = m.cfg.vocab_size;
+    size_t n = (size_t)S * (T - 1);
+    float *in = malloc(sizeof(float) * n * 2 * H), *out = malloc(sizeof(float) * n * H);
+    float *logits = malloc(sizeof(float) * n * V);
+    const float *hidden = golden(&g, "mtp.hidden_in", (size_t)S * T * H);
+    CHECK(hidden && moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data, hidden, S, T, in,
+                                   &err) == MOEQ_OK);
+    CHECK(moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1, out, &err) == MOEQ_OK);
+    check_close(name, "MTP block", out, golden(&g, "mtp.out", n * H), n * H);
+    cpu_linear(out, (int)n, H, head.lm_head, NULL, V, logits);
+    check_close(name, "MTP logits", logits, golden(&g, "mtp.logits", n * V), n * V);
+    free(in);
+    free(out);
+    free(logits);
+    moeq_rope_cache_free(&rope);
+    moeq_head_weights_free(&head);
+    moeq_mtp_weights_free(&w);
+    moeq_mtp_close(&mtp);
+    st_file_close(&g);
+    moeq_model_close(&m);
+}
+
 static void test_qwen3_moe_matches_transformers(void) { check_model("qwen3_moe"); }
 static void test_qwen2_moe_matches_transformers(void) { check_model("qwen2_moe"); }
 static void test_mixtral_matches_transformers(void) { check_model("mixtral"); }
@@ -159,6 +207,8 @@ static void test_qwen3_next_matches_transformers(void) { check_model("qwen3_next
  * transformers' fp32 by 2.6e-5). */
 static void test_qwen3_5_moe_matches_transformers(void) { check_model_tol("qwen3_5_moe", 1e-4); }
 static void test_qwen3_5_matches_transformers(void) { check_model("qwen3_5"); }
+static void test_qwen3_5_moe_mtp_block_matches_reference(void) { check_mtp("qwen3_5_moe"); }
+static void test_qwen3_5_mtp_block_matches_reference(void) { check_mtp("qwen3_5"); }
 
 int main(void)
 {
@@ -172,5 +222,7 @@ int main(void)
     RUN(test_qwen3_next_matches_transformers);
     RUN(test_qwen3_5_moe_matches_transformers);
     RUN(test_qwen3_5_matches_transformers);
+    RUN(test_qwen3_5_moe_mtp_block_matches_reference);
+    RUN(test_qwen3_5_mtp_block_matches_reference);
     return test_summary();
 }

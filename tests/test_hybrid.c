@@ -8,7 +8,9 @@
 
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
+#include "backend/cpu/cpu_ops.h"
 #include "model/model.h"
+#include "model/mtp.h"
 #include "pipeline/evaluate.h"
 #include "pipeline/quantize.h"
 
@@ -403,6 +405,101 @@ static void test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchange
     st_checkpoint_close(&c);
 }
 
+/* The MTP block's drafts of checkpoint dir on the golden windows of
+ * fixture `name`, from the original model's final hidden states (the same
+ * inputs for every checkpoint): logits [S * (T - 1), V] into a new buffer. */
+static float *mtp_logits(const char *name, const char *dir, size_t *count)
+{
+    char gpath[4200];
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", fixture(name));
+    moeq_error err = {0};
+    moeq_model m;
+    st_file g;
+    moeq_mtp mtp;
+    moeq_mtp_weights w;
+    moeq_head_weights head;
+    moeq_rope_cache rope;
+    if (moeq_model_open(dir, NULL, &m, &err) || st_file_open(&g, gpath, &err) ||
+        moeq_mtp_open(&m, &mtp, &err) || moeq_mtp_weights_load(&mtp, &w, &err) ||
+        moeq_head_weights_load(&m, &head, &err) || moeq_rope_cache_init(&m.cfg, &rope, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        exit(2);
+    }
+    const st_tensor *tok = st_file_find(&g, "tokens");
+    const st_tensor *hid = st_file_find(&g, "mtp.hidden_in");
+    int S = (int)tok->shape[0], T = (int)tok->shape[1], H = m.cfg.hidden_size;
+    size_t n = (size_t)S * (T - 1);
+    float *in = malloc(sizeof(float) * n * 2 * H), *out = malloc(sizeof(float) * n * H);
+    float *logits = malloc(sizeof(float) * n * m.cfg.vocab_size);
+    CHECK(moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data, (const float *)hid->data, S, T,
+                         in, &err) == MOEQ_OK);
+    CHECK(moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1, out, &err) == MOEQ_OK);
+    cpu_linear(out, (int)n, H, head.lm_head, NULL, m.cfg.vocab_size, logits);
+    *count = n * (size_t)m.cfg.vocab_size;
+    free(in);
+    free(out);
+    moeq_rope_cache_free(&rope);
+    moeq_head_weights_free(&head);
+    moeq_mtp_weights_free(&w);
+    moeq_mtp_close(&mtp);
+    st_file_close(&g);
+    moeq_model_close(&m);
+    return logits;
+}
+
+static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_mtp"));
+    moeq_quantize_options o = options();
+    o.quantize_mtp = 1;
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize("qwen3_5_moe", &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* fc [64, 128] -> qweight [16, 64]; the MTP layer's attention and experts. */
+    const st_tensor *t = st_checkpoint_find(&c, "mtp.fc.qweight");
+    CHECK(t && t->shape[0] == 16 && t->shape[1] == 64);
+    CHECK(st_checkpoint_find(&c, "mtp.layers.0.self_attn.q_proj.qweight") != NULL);
+    CHECK(st_checkpoint_find(&c, "mtp.layers.0.mlp.experts.7.down_proj.qweight") != NULL);
+    CHECK(st_checkpoint_find(&c, "mtp.layers.0.mlp.shared_expert.up_proj.qweight") != NULL);
+    CHECK(st_checkpoint_find(&c, "mtp.pre_fc_norm_hidden.weight") != NULL);
+    CHECK(st_checkpoint_find(&c, "mtp.layers.0.mlp.gate.weight") != NULL);
+    st_checkpoint_close(&c);
+    /* The language model's 121 linears and the MTP block's fc + 4 + 27. */
+    CHECK_INT_EQ(check_every_tensor_reaches_output(fixture("qwen3_5_moe"), out), 121 + 1 + 4 + 27);
+    CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
+    CHECK(dynamic_rule(out, "-:(.*\\.)?visual\\..*"));
+    /* What quantizing the drafter does to its drafts, on the same inputs:
+     * top-1 agreement and KL of its next-next-token distribution. */
+    size_t n, nq;
+    float *ref = mtp_logits("qwen3_5_moe", fixture("qwen3_5_moe"), &n);
+    float *q = mtp_logits("qwen3_5_moe", out, &nq);
+    const int V = 160;
+    size_t rows = n / V, agree = 0;
+    double kl = 0;
+    for (size_t r = 0; r < rows; r++) {
+        float *a = ref + r * V, *b = q + r * V;
+        int ia = 0, ib = 0;
+        for (int v = 1; v < V; v++) {
+            ia = a[v] > a[ia] ? v : ia;
+            ib = b[v] > b[ib] ? v : ib;
+        }
+        agree += ia == ib;
+        cpu_softmax_rows(a, 1, V, a);
+        cpu_softmax_rows(b, 1, V, b);
+        for (int v = 0; v < V; v++)
+            kl += a[v] * (log(a[v] + 1e-30) - log(b[v] + 1e-30));
+    }
+    kl /= (double)rows;
+    printf("  qwen3_5_moe MTP drafts, 4-bit g16: top-1 agreement %.3f, KL %.5f over %zu "
+           "positions\n",
+           (double)agree / (double)rows, kl, rows);
+    CHECK(n == nq && kl > 0 && kl < 0.1 && agree > rows / 2);
+    free(ref);
+    free(q);
+}
+
 int main(void)
 {
     RUN(test_qwen3_next_quantizes_deltanet_and_gated_attention);
@@ -411,5 +508,6 @@ int main(void)
     RUN(test_qwen3_5_moe_quantizes_the_language_model_and_copies_the_rest);
     RUN(test_qwen3_5_dense_quantizes_the_language_model_and_copies_the_rest);
     RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
+    RUN(test_quantize_mtp_calibrates_and_quantizes_the_mtp_block);
     return test_summary();
 }

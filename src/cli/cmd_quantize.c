@@ -9,6 +9,7 @@
 #include "io/gptq_writer.h"
 #include "common/fileio.h"
 #include "common/hash.h"
+#include "model/mtp.h"
 #include "pipeline/quantize.h"
 #include "quant/pack_gptq.h"
 
@@ -216,6 +217,7 @@ static cJSON *run_fingerprint(const moeq_model *m, const moeq_calib_set *set,
     cJSON_AddStringToObject(fp, "expert calibration", moeq_expert_calib_name(opt->expert_calib));
     cJSON_AddNumberToObject(fp, "min_expert_tokens", opt->min_expert_tokens);
     cJSON_AddBoolToObject(fp, "quantize_linear_ba", opt->quantize_linear_ba);
+    cJSON_AddBoolToObject(fp, "quantize_mtp", opt->quantize_mtp);
     return fp;
 }
 
@@ -299,7 +301,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
     int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0, state_every = 1;
-    int quantize_linear_ba = 0;
+    int quantize_linear_ba = 0, quantize_mtp = 0;
     const char *device = "auto", *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
@@ -314,6 +316,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
+        {"quantize-mtp", ARG_BOOL, &quantize_mtp, "true|false", "also quantize the multi-token-prediction block (mtp.*), calibrated on the model's final hidden states and the next tokens' embeddings (default false: copied unchanged)"},
         {"quantize-linear-ba", ARG_BOOL, &quantize_linear_ba, "true|false", "Gated DeltaNet layers: also quantize in_proj_b/in_proj_a (in_proj_ba); vLLM's GPTQ kernels need them unquantized (default false)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
         {"calib", ARG_STRING, &calib, "FILE|DIR", "text, JSONL (\"text\" or chat \"messages\"), a directory of them, or *.bin token ids (int32 LE) (default: the bundled calib_data)"},
@@ -348,7 +351,8 @@ int moeq_cmd_quantize(int argc, char **argv)
     static const char *const modes[] = {"routed", "all", "weighted"};
     moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
                                  .true_sequential = true_sequential, .token_chunk = 4096,
-                                 .quantize_linear_ba = quantize_linear_ba};
+                                 .quantize_linear_ba = quantize_linear_ba,
+                                 .quantize_mtp = quantize_mtp};
     int choice;
     if (parse_choice(method, methods, 2, &choice))
         return moeq_cli_report("quantize", 2, "--method must be gptq or rtn");
@@ -446,6 +450,13 @@ int moeq_cmd_quantize(int argc, char **argv)
         if (dims[i] > 0 && ((i < 6 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||
                             moeq_gptq_check_dims(opt.gptq.bits, dims[i], dims[i], &err)))
             goto done;
+    if (opt.quantize_mtp && !moeq_mtp_present(&model)) {
+        moeq_fail(&err, MOEQ_ERR_INVALID_ARG,
+                  "--quantize-mtp: %s has no MTP block that architecture %s names (tensors.mtp_fc "
+                  "and mtp_layer_prefix)",
+                  model_dir, model.arch.name);
+        goto done;
+    }
     if (model.cfg.quant_bits) {
         moeq_fail(&err, MOEQ_ERR_INVALID_ARG, "%s is already quantized (%d-bit GPTQ)", model_dir,
                   model.cfg.quant_bits);
@@ -513,6 +524,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddStringToObject(settings, "method", moeq_method_name(opt.method));
     cJSON_AddStringToObject(settings, "expert_calib", moeq_expert_calib_name(opt.expert_calib));
     cJSON_AddBoolToObject(settings, "quantize_linear_ba", opt.quantize_linear_ba);
+    cJSON_AddBoolToObject(settings, "quantize_mtp", opt.quantize_mtp);
     cJSON_AddNumberToObject(settings, "min_expert_tokens", min_expert_tokens);
     cJSON_AddStringToObject(settings, "calib", calib);
     if (calib_lang)

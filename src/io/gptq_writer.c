@@ -177,7 +177,7 @@ moeq_code moeq_gptq_writer_open(moeq_gptq_writer *w, const moeq_model *src,
                          out_dir);
     w->src = src;
     w->opt = opt;
-    w->n_shards = src->cfg.num_layers + 1;
+    w->n_shards = src->cfg.num_layers + 1 + (opt->quantize_mtp ? 1 : 0); /* + the MTP block */
     w->out_dir = dup_string(out_dir);
     size_t len = w->out_dir ? strlen(w->out_dir) : 0;
     while (len > 1 && w->out_dir[len - 1] == '/') /* "out/" -> "out" */
@@ -420,10 +420,11 @@ static moeq_code pack_one(void *ctx, int i, moeq_error *err)
 /* Adds the next packed linear (s->packed[s->n_packed], packed from ql) to
  * the shard under its checkpoint names. */
 static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_file,
-                               const moeq_quantized_linear *ql, int layer, moeq_error *err)
+                               const moeq_arch *a, const moeq_quantized_linear *ql, int layer,
+                               moeq_error *err)
 {
     char base[512];
-    if (moeq_arch_tensor_name(&w->src->arch, ql->role, layer, ql->expert, base, sizeof base))
+    if (moeq_arch_tensor_name(a, ql->role, layer, ql->expert, base, sizeof base))
         return moeq_fail(err, MOEQ_ERR_FORMAT, "layer %d: cannot name %s", layer,
                          moeq_tensor_role_key(ql->role));
     size_t len = strlen(base);
@@ -431,7 +432,7 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
         return moeq_fail(err, MOEQ_ERR_FORMAT,
                          "architecture %s: tensors.%s = %s must end in \"weight\" to name its "
                          "GPTQ tensors",
-                         w->src->arch.name, moeq_tensor_role_key(ql->role), base);
+                         a->name, moeq_tensor_role_key(ql->role), base);
     base[len - 6] = '\0';
     const moeq_packed_gptq *p = &s->packed[s->n_packed];
     char (*names)[600] = s->names[s->n_packed];
@@ -475,14 +476,14 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
 
 /* Copies every unquantized tensor the architecture names for layer l (norms,
  * router, q/k-norm, shared expert gate, biases) into the layer's shard. */
-static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *shard_file, int l,
-                                  moeq_error *err)
+static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *shard_file,
+                                  const moeq_arch *a, int l, moeq_error *err)
 {
-    const moeq_arch *a = &w->src->arch;
     int n_exp = w->src->cfg.num_experts;
     for (int role = 0; role < MOEQ_T_COUNT; role++) {
-        if (role == MOEQ_T_EMBED || role == MOEQ_T_FINAL_NORM || role == MOEQ_T_LM_HEAD ||
-            !a->tensors[role])
+        /* Only layer tensors; global ones (embeddings, heads, the MTP
+         * block's fc and norms) go to the last shard. */
+        if (!a->tensors[role] || !strstr(a->tensors[role], "{L}"))
             continue;
         int expert_role = strstr(a->tensors[role], "{E}") != NULL;
         for (int e = 0; e < (expert_role ? n_exp : 1); e++) {
@@ -516,9 +517,20 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The architecture naming r's tensors and the {L} it names them with: the
+ * model's and r->layer, or the MTP block's view and its layer 0. */
+static const moeq_arch *names_of(const moeq_gptq_writer *w, const moeq_layer_result *r,
+                                 int *layer)
+{
+    *layer = r->names ? 0 : r->layer;
+    return r->names ? r->names : &w->src->arch;
+}
+
 static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r,
                            double seconds_write)
 {
+    int name_layer;
+    const moeq_arch *a = names_of(w, r, &name_layer);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "layer", r->layer);
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
@@ -539,7 +551,7 @@ static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r
     for (int i = 0; i < r->n_linears; i++) {
         const moeq_quantized_linear *ql = &r->linears[i];
         char name[512];
-        moeq_arch_tensor_name(&w->src->arch, ql->role, r->layer, ql->expert, name, sizeof name);
+        moeq_arch_tensor_name(a, ql->role, name_layer, ql->expert, name, sizeof name);
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "name", name);
         cJSON_AddNumberToObject(m, "loss", ql->loss);
@@ -572,9 +584,10 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     pack_job job = {r, s.packed};
     if (!rc && (rc = moeq_parallel_for(r->n_linears, 0, pack_one, &job, err)))
         moeq_wrap(err, "layer %d: ", r->layer);
-    int experts = 0;
+    int experts = 0, name_layer;
+    const moeq_arch *a = names_of(w, r, &name_layer);
     for (int i = 0; i < r->n_linears && !rc; i++) {
-        rc = add_quantized(w, &s, file, &r->linears[i], r->layer, err);
+        rc = add_quantized(w, &s, file, a, &r->linears[i], name_layer, err);
         experts |= r->linears[i].expert >= 0;
     }
     /* Fused expert tensors of the source are replaced by the per-expert
@@ -583,12 +596,12 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     for (int i = 0; i < 2 && experts; i++) {
         char name[512];
         long idx;
-        if (!moeq_arch_tensor_name(&w->src->arch, fused[i], r->layer, -1, name, sizeof name) &&
+        if (!moeq_arch_tensor_name(a, fused[i], name_layer, -1, name, sizeof name) &&
             (idx = tensor_index(&w->src->ckpt, name)) >= 0)
             w->written[idx] = 1;
     }
     if (!rc)
-        rc = add_layer_copies(w, &s, file, r->layer, err);
+        rc = add_layer_copies(w, &s, file, a, name_layer, err);
     if (!rc)
         rc = st_writer_write(&s.st, path, err);
     char point[32];
@@ -640,9 +653,13 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
          * copied as they are: "visual" excludes visual.* and x.visual.*. */
         for (int i = 0; i < a->n_keep_modules; i++) {
             char rule[160];
+            if (w->opt->quantize_mtp && !strcmp(a->keep_modules[i], "mtp"))
+                continue; /* quantized with --quantize-mtp */
             snprintf(rule, sizeof rule, "-:(.*\\.)?%s\\..*", a->keep_modules[i]);
             cJSON_AddObjectToObject(dynamic, rule);
         }
+        if (!cJSON_GetArraySize(dynamic))
+            cJSON_DeleteItemFromObjectCaseSensitive(q, "dynamic");
     }
     cJSON *meta = cJSON_AddObjectToObject(q, "meta");
     cJSON_AddStringToObject(meta, "quantizer", "moeq:" MOEQ_VERSION);

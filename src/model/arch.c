@@ -50,6 +50,10 @@ static const char *const ROLE_KEYS[MOEQ_T_COUNT] = {
     [MOEQ_T_LA_OUT_PROJ] = "linear_out_proj",
     [MOEQ_T_EXPERTS_GATE_UP] = "experts_gate_up",
     [MOEQ_T_EXPERTS_DOWN] = "experts_down",
+    [MOEQ_T_MTP_FC] = "mtp_fc",
+    [MOEQ_T_MTP_NORM_EMBEDDING] = "mtp_norm_embedding",
+    [MOEQ_T_MTP_NORM_HIDDEN] = "mtp_norm_hidden",
+    [MOEQ_T_MTP_NORM] = "mtp_norm",
 };
 
 const char *moeq_tensor_role_key(moeq_tensor_role role)
@@ -59,7 +63,9 @@ const char *moeq_tensor_role_key(moeq_tensor_role role)
 
 static int role_is_global(moeq_tensor_role r)
 {
-    return r == MOEQ_T_EMBED || r == MOEQ_T_FINAL_NORM || r == MOEQ_T_LM_HEAD;
+    return r == MOEQ_T_EMBED || r == MOEQ_T_FINAL_NORM || r == MOEQ_T_LM_HEAD ||
+           r == MOEQ_T_MTP_FC || r == MOEQ_T_MTP_NORM_EMBEDDING || r == MOEQ_T_MTP_NORM_HIDDEN ||
+           r == MOEQ_T_MTP_NORM;
 }
 
 static int role_is_expert(moeq_tensor_role r)
@@ -377,6 +383,21 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
     const cJSON *keep = cJSON_GetObjectItemCaseSensitive(root, "keep_modules");
     if (keep && (rc = parse_keep_modules(keep, source, arch, err)))
         goto done;
+    const cJSON *mtp = cJSON_GetObjectItemCaseSensitive(root, "mtp_layer_prefix");
+    if (mtp) {
+        const cJSON *from = cJSON_GetArrayItem(mtp, 0), *to = cJSON_GetArrayItem(mtp, 1);
+        if (!cJSON_IsArray(mtp) || cJSON_GetArraySize(mtp) != 2 || !cJSON_IsString(from) ||
+            !cJSON_IsString(to) || !strstr(from->valuestring, "{L}") ||
+            !strstr(to->valuestring, "{L}")) {
+            rc = moeq_fail(err, MOEQ_ERR_FORMAT,
+                           "architecture file %s: \"mtp_layer_prefix\" must be [from, to], two "
+                           "tensor-name prefixes with {L}",
+                           source);
+            goto done;
+        }
+        arch->mtp_prefix_from = dup_string(from->valuestring);
+        arch->mtp_prefix_to = dup_string(to->valuestring);
+    }
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
     if (params) {
         if ((rc = validate_params(params, source, err)))
@@ -497,6 +518,8 @@ void moeq_arch_free(moeq_arch *arch)
     for (int i = 0; i < arch->n_keep_modules; i++)
         free(arch->keep_modules[i]);
     free(arch->keep_modules);
+    free(arch->mtp_prefix_from);
+    free(arch->mtp_prefix_to);
     memset(arch, 0, sizeof *arch);
 }
 

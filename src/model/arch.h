@@ -76,6 +76,10 @@ typedef enum moeq_tensor_role {
     MOEQ_T_LA_OUT_PROJ,
     MOEQ_T_EXPERTS_GATE_UP, /* all experts of a layer in one tensor [E, 2I, H] */
     MOEQ_T_EXPERTS_DOWN,    /* [E, H, I] */
+    MOEQ_T_MTP_FC,          /* multi-token prediction (mtp.h): [H, 2H] over [embedding; hidden] */
+    MOEQ_T_MTP_NORM_EMBEDDING,
+    MOEQ_T_MTP_NORM_HIDDEN,
+    MOEQ_T_MTP_NORM,
     MOEQ_T_COUNT
 } moeq_tensor_role;
 
@@ -99,6 +103,9 @@ typedef struct moeq_arch {
      * tensors for them. */
     char **keep_modules;
     int n_keep_modules;
+    /* The MTP decoder layer's tensors: the layer templates with this prefix
+     * replaced ("mtp_layer_prefix": [from, to]); NULL without MTP. */
+    char *mtp_prefix_from, *mtp_prefix_to;
 } moeq_arch;
 
 const char *moeq_tensor_role_key(moeq_tensor_role role);

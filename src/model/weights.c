@@ -40,7 +40,7 @@ static void free_mlp(moeq_mlp_weights *w)
 /* Zero-centered RMSNorm weights are stored as w and applied as (1 + w)
  * (Qwen3NextRMSNorm): the sum is formed once here, in fp32 as transformers
  * does, so every norm of the forward stays w * x / rms(x). */
-static void center_norm(const moeq_model *m, float *w, int64_t n)
+void moeq_model_center_norm(const moeq_model *m, float *w, int64_t n)
 {
     if (m->arch.norm == MOEQ_NORM_RMS_ZERO_CENTERED && w)
         for (int64_t i = 0; i < n; i++)
@@ -91,8 +91,8 @@ static moeq_code load_linear_attention(const moeq_model *m, int l, moeq_layer_we
         (rc = moeq_model_load_f32(m, MOEQ_T_ATTN_NORM, l, -1, h, 0, &lw->attn_norm, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_MLP_NORM, l, -1, h, 0, &lw->mlp_norm, err)))
         return rc;
-    center_norm(m, lw->attn_norm, h);
-    center_norm(m, lw->mlp_norm, h);
+    moeq_model_center_norm(m, lw->attn_norm, h);
+    moeq_model_center_norm(m, lw->mlp_norm, h);
     return MOEQ_OK;
 }
 
@@ -123,10 +123,10 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
         ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, c->head_dim, 0, &lw->q_norm, err)) ||
          (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, c->head_dim, 0, &lw->k_norm, err))))
         return rc;
-    center_norm(m, lw->attn_norm, h);
-    center_norm(m, lw->mlp_norm, h);
-    center_norm(m, lw->q_norm, c->head_dim);
-    center_norm(m, lw->k_norm, c->head_dim);
+    moeq_model_center_norm(m, lw->attn_norm, h);
+    moeq_model_center_norm(m, lw->mlp_norm, h);
+    moeq_model_center_norm(m, lw->q_norm, c->head_dim);
+    moeq_model_center_norm(m, lw->k_norm, c->head_dim);
     return MOEQ_OK;
 }
 
@@ -315,7 +315,7 @@ moeq_code moeq_head_weights_load(const moeq_model *model, moeq_head_weights *hw,
                                   &hw->lm_head, err)))
         moeq_head_weights_free(hw);
     else
-        center_norm(model, hw->final_norm, c->hidden_size);
+        moeq_model_center_norm(model, hw->final_norm, c->hidden_size);
     return rc;
 }
 

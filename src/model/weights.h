@@ -46,6 +46,10 @@ typedef struct moeq_layer_weights {
     float *shared_gate;                  /* [1, H], NULL unless sigmoid-gated */
 } moeq_layer_weights;
 
+/* A norm weight w[n] as the forward applies it: 1 + w for architectures
+ * with zero-centered RMSNorm, w otherwise (in place). */
+void moeq_model_center_norm(const moeq_model *model, float *w, int64_t n);
+
 moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer_weights *lw,
                                   moeq_error *err);
 void moeq_layer_weights_free(moeq_layer_weights *lw);

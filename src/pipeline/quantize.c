@@ -11,6 +11,7 @@
 #include "common/failpoint.h"
 #include "model/deltanet.h"
 #include "model/forward.h"
+#include "model/mtp.h"
 #include "model/weights.h"
 
 #include <math.h>
@@ -522,6 +523,89 @@ done:
     return rc;
 }
 
+/* The MTP block after the last layer: its true inputs are the quantized
+ * model's final normed hidden state at t and the embedding of token t + 1
+ * (mtp.h), over windows one token shorter. fc against the Hessian of that
+ * concatenation, then its decoder layer like any full-attention layer. x is
+ * the last layer's output [S * T, H]. */
+static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_set *calib,
+                                    const moeq_quantize_options *opt,
+                                    const moeq_rope_cache *rope, const float *x,
+                                    const moeq_layer_sink *sink, moeq_error *err)
+{
+    const moeq_config *cfg = &model->cfg;
+    const int S = calib->nsamples, T = calib->seqlen, T1 = T - 1, n = S * T1;
+    const int H = cfg->hidden_size;
+    moeq_mtp mtp = {0};
+    moeq_mtp_weights w = {0};
+    moeq_head_weights head = {0};
+    moeq_layer_result res = {.layer = cfg->num_layers};
+    layer_ctx c = {NULL, opt, cfg->num_layers, &res, 0, NULL};
+    float *hidden = NULL, *fc_in = NULL, *x0 = NULL, *x1 = NULL, *Hm = NULL;
+    moeq_gptq_prepared prep = {0};
+    double t_block = now_seconds(), t0 = t_block;
+    moeq_code rc;
+    if (T1 < 1)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "--quantize-mtp needs windows of at least 2 tokens (--seqlen)");
+    if ((rc = moeq_mtp_open(model, &mtp, err)) || (rc = moeq_mtp_weights_load(&mtp, &w, err)) ||
+        (rc = moeq_head_weights_load(model, &head, err)))
+        goto done;
+    res.names = &mtp.view.arch;
+    c.cfg = &mtp.view.cfg;
+    res.seconds_load = now_seconds() - t0;
+    if (opt->progress)
+        fprintf(opt->progress, "MTP block: loaded in %.2f s, quantizing fc, attention and %s\n",
+                res.seconds_load, w.layer.is_moe ? "experts" : "MLP");
+    hidden = malloc(sizeof(float) * (size_t)S * T * H);
+    fc_in = malloc(sizeof(float) * (size_t)n * 2 * H);
+    x0 = malloc(sizeof(float) * (size_t)n * H);
+    x1 = malloc(sizeof(float) * (size_t)n * H);
+    Hm = malloc(sizeof(float) * (size_t)4 * H * H);
+    if (!hidden || !fc_in || !x0 || !x1 || !Hm) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the MTP block's inputs");
+        goto done;
+    }
+    t0 = now_seconds();
+    cpu_rmsnorm(x, head.final_norm, S * T, H, cfg->rms_norm_eps, hidden);
+    if ((rc = moeq_mtp_input(&mtp, &w, calib->tokens, hidden, S, T, fc_in, err)) ||
+        (rc = check_finite(&c, fc_in, (size_t)n * 2 * H, "the input of the MTP fc", err)))
+        goto done;
+    res.seconds_capture += now_seconds() - t0;
+    if (opt->method == MOEQ_METHOD_GPTQ) {
+        t0 = now_seconds();
+        if ((rc = hessian(Hm, fc_in, n, 2 * H, NULL, 2.0f / (float)n, err)))
+            goto done;
+        res.seconds_hessian += now_seconds() - t0;
+        if ((rc = prepare(&c, Hm, 2 * H, "MTP fc", &prep, err)))
+            goto done;
+    }
+    t0 = now_seconds();
+    if ((rc = quantize_weight(&c, &prep, MOEQ_T_MTP_FC, -1, w.fc, H, 2 * H, n, 0, err)))
+        goto done;
+    res.seconds_solve += now_seconds() - t0;
+    cpu_linear(fc_in, n, 2 * H, w.fc, NULL, H, x0);
+    if ((rc = quantize_attention(&c, &w.layer, rope, x0, S, T1, x1, err)) ||
+        (rc = quantize_mlp(&c, &w.layer, x1, n, err)))
+        goto done;
+    res.seconds_wall = now_seconds() - t_block;
+    if (sink)
+        rc = sink->write_layer(sink->ctx, &res, err);
+done:
+    moeq_gptq_prepared_free(&prep);
+    free(c.targets);
+    moeq_layer_result_free(&res);
+    free(hidden);
+    free(fc_in);
+    free(x0);
+    free(x1);
+    free(Hm);
+    moeq_head_weights_free(&head);
+    moeq_mtp_weights_free(&w);
+    moeq_mtp_close(&mtp);
+    return rc;
+}
+
 void moeq_layer_result_free(moeq_layer_result *r)
 {
     for (int i = 0; i < r->n_linears; i++)
@@ -604,6 +688,8 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         x = y;
         y = t;
     }
+    if (opt->quantize_mtp)
+        rc = quantize_mtp_block(model, calib, opt, &rope, x, sink, err);
 done:
     moeq_rope_cache_free(&rope);
     free(x);

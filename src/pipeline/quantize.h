@@ -62,6 +62,9 @@ typedef struct moeq_quantize_options {
     int quantize_linear_ba; /* Gated DeltaNet: also quantize in_proj_b / in_proj_a
                              * (fused: in_proj_ba); 0 keeps them in the source
                              * dtype, as vLLM's GPTQ kernels need (README) */
+    int quantize_mtp;       /* also quantize the MTP block (model/mtp.h), calibrated
+                             * on the quantized model's final hidden states and
+                             * the next tokens' embeddings; 0 copies it as it is */
     FILE *progress;         /* per-stage progress lines; NULL for none */
     int state_every;        /* call sink->layer_done after every this many layers
                              * (1: each; 0: never) */
@@ -81,7 +84,9 @@ typedef struct moeq_quantized_linear {
 } moeq_quantized_linear;
 
 typedef struct moeq_layer_result {
-    int layer;
+    int layer;              /* num_layers for the MTP block */
+    const moeq_arch *names; /* what names its tensors: NULL for the model's
+                             * architecture, the MTP block's view (with {L} = 0) */
     int n_linears;
     moeq_quantized_linear *linears;
     int64_t *expert_tokens; /* [num_experts] routed token counts; NULL for dense layers */

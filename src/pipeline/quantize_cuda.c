@@ -1269,6 +1269,10 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "Gated DeltaNet linear attention (%s) is not in the CUDA pipeline yet: "
                          "use --device cpu",
                          model->arch.name);
+    if (opt->quantize_mtp)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "MTP block calibration (--quantize-mtp) is not in the CUDA pipeline yet: "
+                         "use --device cpu");
     if (cfg->attn_output_gate)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "output-gated attention (%s: q_proj with a per-head gate) is not in the "

@@ -14,6 +14,10 @@ Each model directory gets golden.safetensors with:
   layer.{L}.mlp     F32 [S, T, H] MLP / MoE block output (before the residual add)
   layer.{L}.out     F32 [S, T, H] decoder layer output
   logits            F32 [S, T, V]
+Multimodal Qwen3.5 fixtures add their multi-token-prediction block:
+  mtp.hidden_in     F32 [S, T, H]   the final normed hidden state it reads
+  mtp.out           F32 [S, T-1, H] its output after mtp.norm (position t drafts token t + 2)
+  mtp.logits        F32 [S, T-1, V]
 The reference runs in fp32 on the bf16 weights read back from disk, so the
 only difference left for moeq's fp32 CPU forward is summation order.
 Shapes are chosen to catch mistakes: kv heads != heads, head_dim set apart
@@ -305,6 +309,54 @@ def fuse_experts(out_dir, text_kw):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def mtp_reference(ref, out_dir, tokens):
+    # The MTP block as vLLM runs it for speculative decoding (qwen3_5_mtp.py,
+    # Qwen3_5MultiTokenPredictor.forward): the main model's final normed
+    # hidden state at t and the embedding of token t + 1, each RMS-normed,
+    # concatenated [embedding; hidden], through fc, one full-attention decoder
+    # layer (transformers' own layer class, loaded with mtp.layers.0.*), and
+    # mtp.norm; logits from the shared lm_head.
+    lm = ref.model.language_model
+    cfg = ref.config.text_config
+    full = cfg.layer_types.index("full_attention")
+    layer = type(lm.layers[full])(cfg, full).eval()
+    w = {k: v.float() for k, v in load_file(os.path.join(out_dir, "model.safetensors")).items()
+         if k.startswith("mtp.")}
+    p = "mtp.layers.0."
+    sd = {k[len(p):]: v for k, v in w.items() if k.startswith(p) and ".experts." not in k}
+    n = getattr(cfg, "num_experts", 0)
+    if n:
+        sd["mlp.experts.gate_up_proj"] = torch.stack([torch.cat(
+            [w[f"{p}mlp.experts.{e}.gate_proj.weight"], w[f"{p}mlp.experts.{e}.up_proj.weight"]])
+            for e in range(n)])
+        sd["mlp.experts.down_proj"] = torch.stack(
+            [w[f"{p}mlp.experts.{e}.down_proj.weight"] for e in range(n)])
+    layer.load_state_dict(sd, strict=True)
+
+    def norm(key):
+        m = type(lm.norm)(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        m.weight.data = w[key]
+        return m
+
+    hidden = {}
+    hook = lm.norm.register_forward_hook(lambda mod, a, out: hidden.setdefault("h", out.detach()))
+    with torch.no_grad():
+        ref(input_ids=tokens)
+    hook.remove()
+    S, T = tokens.shape
+    with torch.no_grad():
+        e = norm("mtp.pre_fc_norm_embedding.weight")(lm.embed_tokens(tokens[:, 1:]))
+        h = norm("mtp.pre_fc_norm_hidden.weight")(hidden["h"][:, :-1])
+        x = torch.nn.functional.linear(torch.cat([e, h], dim=-1), w["mtp.fc.weight"])
+        pos = torch.arange(T - 1)[None].expand(S, -1)
+        mask = torch.full((T - 1, T - 1), float("-inf")).triu(1)[None, None].expand(S, 1, -1, -1)
+        y = layer(x, position_embeddings=lm.rotary_emb(x, pos), attention_mask=mask,
+                  position_ids=pos)
+        y = norm("mtp.norm.weight")(y)
+        logits = ref.lm_head(y)
+    return {"mtp.hidden_in": hidden["h"], "mtp.out": y, "mtp.logits": logits}
+
+
 def make_multimodal(out_root, name, cfg_cls, model_cls, text_kw):
     torch.manual_seed(0)  # the same weights whether built alone or after the others
     gen = torch.Generator().manual_seed(1234)
@@ -323,6 +375,7 @@ def make_multimodal(out_root, name, cfg_cls, model_cls, text_kw):
     add_mtp_tensors(out_dir, text_kw, gen)
     tokens = torch.randint(0, VOCAB - 16, (SEQS, MODEL_TOKENS.get(name, TOKENS)), generator=gen)
     rec = capture(ref, tokens)
+    rec.update(mtp_reference(ref, out_dir, tokens))
     rec = {k: v.float().contiguous() for k, v in rec.items()}
     rec["tokens"] = tokens.to(torch.int32).contiguous()
     save_file(rec, os.path.join(out_dir, "golden.safetensors"),
