@@ -7,6 +7,9 @@
 #include "model/deltanet.h"
 
 #include "backend/cpu/cpu_ops.h"
+#include "common/parallel.h"
+
+#include <cblas.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -58,99 +61,110 @@ moeq_code moeq_delta_rule_recurrent(const moeq_delta_inputs *in, float *out, moe
 
 /* Scratch of one chunk of at most C tokens. */
 typedef struct chunk_scratch {
-    float *cum;  /* [C] cumulative log decay inside the chunk */
-    float *L;    /* [C, C] strictly lower: (beta_i k_i . k_j) exp(cum_i - cum_j) */
-    float *U;    /* [C, Dv] solved values ("u" of the paper) */
-    float *W;    /* [C, Dk] solved decayed keys that read the old state */
-    float *vnew; /* [C, Dv] U - W S: what the chunk writes */
+    float *cum; /* [C] cumulative log decay inside the chunk */
+    float *L;   /* [C, C] strictly lower: (beta_i k_i . k_j) exp(cum_i - cum_j) */
+    float *A;   /* [C, C] lower with diagonal: (q_i . k_j) exp(cum_i - cum_j) */
+    float *U;   /* [C, Dv] solved values ("u" of the paper), then U - W S */
+    float *W;   /* [C, Dk] solved decayed keys that read the old state */
+    float *Kd;  /* [C, Dk] k_j exp(cum_last - cum_j): what the chunk writes with */
 } chunk_scratch;
 
 /* One chunk of c tokens from t0 for value head h; S [Dk, Dv] is carried in
- * and out. */
+ * and out. The rows of q, k (stride Hk Dk), v and out (stride Hv Dv) are
+ * read in place as strided matrices; the products are BLAS calls. */
 static void delta_chunk(const moeq_delta_inputs *in, int h, int t0, int c, float *S,
                         chunk_scratch *s, float *out)
 {
     const int Hk = in->Hk, Hv = in->Hv, Dk = in->Dk, Dv = in->Dv, kh = h / (Hv / Hk);
-#define QROW(i) (in->q + ((size_t)(t0 + (i)) * Hk + kh) * Dk)
-#define KROW(i) (in->k + ((size_t)(t0 + (i)) * Hk + kh) * Dk)
-#define VROW(i) (in->v + ((size_t)(t0 + (i)) * Hv + h) * Dv)
-#define BETA(i) (in->beta[(size_t)(t0 + (i)) * Hv + h])
+    const int ldk = Hk * Dk, ldv = Hv * Dv;
+    const float *Q = in->q + ((size_t)t0 * Hk + kh) * Dk;
+    const float *K = in->k + ((size_t)t0 * Hk + kh) * Dk;
+    const float *V = in->v + ((size_t)t0 * Hv + h) * Dv;
+    float *O = out + ((size_t)t0 * Hv + h) * Dv;
+    const float *beta = in->beta + (size_t)t0 * Hv + h;
     float acc = 0.0f;
     for (int i = 0; i < c; i++) {
         acc += in->g[(size_t)(t0 + i) * Hv + h];
         s->cum[i] = acc;
     }
+    /* K K^T and Q K^T, then their decays (pairwise exp(cum_i - cum_j)). */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, c, Dk, 1.0f, K, ldk, K, ldk, 0.0f,
+                s->L, c);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, c, Dk, 1.0f, Q, ldk, K, ldk, 0.0f,
+                s->A, c);
     for (int i = 0; i < c; i++)
-        for (int j = 0; j < i; j++) {
-            float dot = 0.0f;
-            for (int d = 0; d < Dk; d++)
-                dot += KROW(i)[d] * KROW(j)[d];
-            s->L[(size_t)i * c + j] = BETA(i) * dot * expf(s->cum[i] - s->cum[j]);
+        for (int j = 0; j < c; j++) {
+            float d = j <= i ? expf(s->cum[i] - s->cum[j]) : 0.0f;
+            s->L[(size_t)i * c + j] = j < i ? beta[(size_t)i * Hv] * s->L[(size_t)i * c + j] * d
+                                            : 0.0f;
+            s->A[(size_t)i * c + j] *= d;
         }
-    /* (I + L) U = beta v and (I + L) W = beta k exp(cum) by forward
-     * substitution: the delta-rule updates of the chunk in closed form. */
+    /* (I + L) U = beta v and (I + L) W = beta k exp(cum): the delta-rule
+     * updates of the chunk in closed form (a unit lower-triangular solve). */
     for (int i = 0; i < c; i++) {
-        float *u = s->U + (size_t)i * Dv, *w = s->W + (size_t)i * Dk;
+        float b = beta[(size_t)i * Hv], e = expf(s->cum[i]);
+        for (int d = 0; d < Dv; d++)
+            s->U[(size_t)i * Dv + d] = b * V[(size_t)i * ldv + d];
+        for (int d = 0; d < Dk; d++)
+            s->W[(size_t)i * Dk + d] = b * e * K[(size_t)i * ldk + d];
+    }
+    cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, c, Dv, 1.0f, s->L,
+                c, s->U, Dv);
+    cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, c, Dk, 1.0f, s->L,
+                c, s->W, Dk);
+    /* vnew = U - W S (into U); outputs read the old state decayed to each
+     * token, plus the chunk's own writes: O = diag(exp(cum)) Q S + A vnew. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, Dv, Dk, -1.0f, s->W, Dk, S, Dv,
+                1.0f, s->U, Dv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, Dv, Dk, 1.0f, Q, ldk, S, Dv, 0.0f,
+                O, ldv);
+    for (int i = 0; i < c; i++) {
         float e = expf(s->cum[i]);
         for (int d = 0; d < Dv; d++)
-            u[d] = BETA(i) * VROW(i)[d];
-        for (int d = 0; d < Dk; d++)
-            w[d] = BETA(i) * KROW(i)[d] * e;
-        for (int j = 0; j < i; j++) {
-            float l = s->L[(size_t)i * c + j];
-            for (int d = 0; d < Dv; d++)
-                u[d] -= l * s->U[(size_t)j * Dv + d];
-            for (int d = 0; d < Dk; d++)
-                w[d] -= l * s->W[(size_t)j * Dk + d];
-        }
+            O[(size_t)i * ldv + d] *= e;
     }
-    /* vnew = U - W S; outputs read the old state (decayed to each token)
-     * plus the chunk's own writes. */
-    for (int i = 0; i < c; i++) {
-        const float *w = s->W + (size_t)i * Dk;
-        float *vn = s->vnew + (size_t)i * Dv;
-        for (int d = 0; d < Dv; d++) {
-            float m = 0.0f;
-            for (int e = 0; e < Dk; e++)
-                m += w[e] * S[(size_t)e * Dv + d];
-            vn[d] = s->U[(size_t)i * Dv + d] - m;
-        }
-    }
-    for (int i = 0; i < c; i++) {
-        const float *q = QROW(i);
-        float *o = out + ((size_t)(t0 + i) * Hv + h) * Dv;
-        float e = expf(s->cum[i]);
-        for (int d = 0; d < Dv; d++) {
-            float m = 0.0f;
-            for (int x = 0; x < Dk; x++)
-                m += q[x] * S[(size_t)x * Dv + d];
-            o[d] = e * m;
-        }
-        for (int j = 0; j <= i; j++) {
-            float dot = 0.0f;
-            for (int x = 0; x < Dk; x++)
-                dot += q[x] * KROW(j)[x];
-            float a = dot * expf(s->cum[i] - s->cum[j]);
-            for (int d = 0; d < Dv; d++)
-                o[d] += a * s->vnew[(size_t)j * Dv + d];
-        }
-    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, Dv, c, 1.0f, s->A, c, s->U, Dv,
+                1.0f, O, ldv);
     /* S = exp(cum_last) S + sum_j exp(cum_last - cum_j) k_j vnew_j^T */
-    float last = s->cum[c - 1], decay = expf(last);
-    for (size_t i = 0; i < (size_t)Dk * Dv; i++)
-        S[i] *= decay;
+    float last = s->cum[c - 1];
     for (int j = 0; j < c; j++) {
         float e = expf(last - s->cum[j]);
-        for (int x = 0; x < Dk; x++) {
-            float kx = e * KROW(j)[x];
-            for (int d = 0; d < Dv; d++)
-                S[(size_t)x * Dv + d] += kx * s->vnew[(size_t)j * Dv + d];
-        }
+        for (int d = 0; d < Dk; d++)
+            s->Kd[(size_t)j * Dk + d] = e * K[(size_t)j * ldk + d];
     }
-#undef QROW
-#undef KROW
-#undef VROW
-#undef BETA
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Dk, Dv, c, 1.0f, s->Kd, Dk, s->U, Dv,
+                expf(last), S, Dv);
+}
+
+typedef struct chunked_job {
+    const moeq_delta_inputs *in;
+    int chunk;
+    float *out;
+} chunked_job;
+
+/* Every chunk of value head h, in order (heads are independent). */
+static moeq_code chunked_head(void *ctx, int h, moeq_error *err)
+{
+    const chunked_job *j = ctx;
+    const moeq_delta_inputs *in = j->in;
+    const size_t C = (size_t)j->chunk, Dk = (size_t)in->Dk, Dv = (size_t)in->Dv;
+    chunk_scratch s = {malloc(sizeof(float) * C), malloc(sizeof(float) * C * C),
+                       malloc(sizeof(float) * C * C), malloc(sizeof(float) * C * Dv),
+                       malloc(sizeof(float) * C * Dk), malloc(sizeof(float) * C * Dk)};
+    float *S = calloc(Dk * Dv, sizeof(float));
+    moeq_code rc = MOEQ_OK;
+    if (!s.cum || !s.L || !s.A || !s.U || !s.W || !s.Kd || !S)
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the chunked delta rule");
+    for (int t0 = 0; !rc && t0 < in->T; t0 += j->chunk)
+        delta_chunk(in, h, t0, in->T - t0 < j->chunk ? in->T - t0 : j->chunk, S, &s, j->out);
+    free(s.cum);
+    free(s.L);
+    free(s.A);
+    free(s.U);
+    free(s.W);
+    free(s.Kd);
+    free(S);
+    return rc;
 }
 
 moeq_code moeq_delta_rule_chunked(const moeq_delta_inputs *in, int chunk, float *out,
@@ -161,29 +175,8 @@ moeq_code moeq_delta_rule_chunked(const moeq_delta_inputs *in, int chunk, float 
                          "delta rule: chunk %d must be positive and value heads (%d) a multiple "
                          "of key heads (%d)",
                          chunk, in->Hv, in->Hk);
-    const size_t C = (size_t)chunk, Dk = (size_t)in->Dk, Dv = (size_t)in->Dv;
-    chunk_scratch s = {malloc(sizeof(float) * C), malloc(sizeof(float) * C * C),
-                       malloc(sizeof(float) * C * Dv), malloc(sizeof(float) * C * Dk),
-                       malloc(sizeof(float) * C * Dv)};
-    float *S = malloc(sizeof(float) * Dk * Dv);
-    moeq_code rc = MOEQ_OK;
-    if (!s.cum || !s.L || !s.U || !s.W || !s.vnew || !S) {
-        rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the chunked delta rule");
-        goto done;
-    }
-    for (int h = 0; h < in->Hv; h++) {
-        memset(S, 0, sizeof(float) * Dk * Dv);
-        for (int t0 = 0; t0 < in->T; t0 += chunk)
-            delta_chunk(in, h, t0, in->T - t0 < chunk ? in->T - t0 : chunk, S, &s, out);
-    }
-done:
-    free(s.cum);
-    free(s.L);
-    free(s.U);
-    free(s.W);
-    free(s.vnew);
-    free(S);
-    return rc;
+    chunked_job j = {in, chunk, out};
+    return moeq_parallel_for(in->Hv, 0, chunked_head, &j, err);
 }
 
 /* x * rsqrt(sum(x^2) + 1e-6) over each of rows vectors of dim, then times

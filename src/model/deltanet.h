@@ -36,7 +36,8 @@ moeq_code moeq_delta_rule_recurrent(const moeq_delta_inputs *in, float *out, moe
 
 /* The chunked form with chunks of `chunk` tokens (the last may be shorter):
  * within a chunk the updates are solved as one unit lower-triangular system,
- * between chunks the state is carried. MOEQ_ERR_INVALID_ARG, MOEQ_ERR_OOM. */
+ * between chunks the state is carried. Value heads run in parallel (the
+ * result does not depend on the schedule). MOEQ_ERR_INVALID_ARG, MOEQ_ERR_OOM. */
 moeq_code moeq_delta_rule_chunked(const moeq_delta_inputs *in, int chunk, float *out,
                                   moeq_error *err);
 
