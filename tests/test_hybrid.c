@@ -1,14 +1,16 @@
-/* test_hybrid.c: the quantization pipeline end to end on the hybrid
- * fixtures (Gated DeltaNet beside gated full attention): which linears are
- * quantized by default and with --quantize-linear-ba, that every tensor of
- * the input reaches the output (byte for byte where it is not quantized),
- * and that the quantized checkpoint reads back through moeq close to the
- * original. */
+/* test_hybrid.c: hybrid models (Gated DeltaNet beside gated full
+ * attention), their multimodal checkpoints and MTP blocks: how their configs
+ * and architecture files are read and refused; the quantization pipeline end
+ * to end on their fixtures: which linears are quantized by default and with
+ * --quantize-linear-ba / --quantize-mtp, that every tensor of the input
+ * reaches the output (byte for byte where it is not quantized), and that the
+ * quantized checkpoint reads back through moeq close to the original. */
 #include "test.h"
 
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
 #include "backend/cpu/cpu_ops.h"
+#include "model/config.h"
 #include "model/model.h"
 #include "model/mtp.h"
 #include "pipeline/evaluate.h"
@@ -500,8 +502,115 @@ static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
     free(q);
 }
 
+/* A minimal Qwen3-Next config.json with `extra` spliced in. */
+static moeq_code parse_next(const char *extra, moeq_config *c, moeq_error *err)
+{
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"model_type\": \"qwen3_next\", \"hidden_size\": 64, \"num_hidden_layers\": 4, "
+             "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 32, "
+             "\"vocab_size\": 160, \"num_experts\": 8, \"num_experts_per_tok\": 2, "
+             "\"moe_intermediate_size\": 32, \"shared_expert_intermediate_size\": 48%s}",
+             extra);
+    moeq_arch a;
+    moeq_code rc = moeq_arch_for_model_type("qwen3_next", &a, err);
+    if (!rc) {
+        rc = moeq_config_parse(json, "bad/config.json", &a, c, err);
+        moeq_arch_free(&a);
+    }
+    return rc;
+}
+
+static const char *HEADS = ", \"linear_num_key_heads\": 2, \"linear_num_value_heads\": 4, "
+                           "\"linear_key_head_dim\": 16, \"linear_value_head_dim\": 8";
+
+static void test_linear_layers_come_from_layer_types_or_the_interval(void)
+{
+    moeq_config c;
+    moeq_error err = {0};
+    char extra[512];
+    snprintf(extra, sizeof extra, "%s, \"layer_types\": [\"full_attention\", "
+             "\"linear_attention\", \"linear_attention\", \"full_attention\"]", HEADS);
+    CHECK_INT_EQ(parse_next(extra, &c, &err), MOEQ_OK);
+    CHECK(!c.layer_is_linear[0] && c.layer_is_linear[1] && c.layer_is_linear[2] &&
+          !c.layer_is_linear[3]);
+    CHECK_INT_EQ(c.la_conv_kernel, 4); /* the default */
+    CHECK_INT_EQ(c.attn_output_gate, 1);
+    moeq_config_free(&c);
+    /* Without layer_types: every full_attention_interval-th layer is full. */
+    snprintf(extra, sizeof extra, "%s, \"full_attention_interval\": 2", HEADS);
+    CHECK_INT_EQ(parse_next(extra, &c, &err), MOEQ_OK);
+    CHECK(c.layer_is_linear[0] && !c.layer_is_linear[1] && c.layer_is_linear[2] &&
+          !c.layer_is_linear[3]);
+    moeq_config_free(&c);
+}
+
+static void test_bad_hybrid_configs_are_errors_naming_the_field(void)
+{
+    moeq_config c;
+    moeq_error err = {0};
+    char extra[512];
+    snprintf(extra, sizeof extra, "%s, \"layer_types\": [\"linear_attention\"]", HEADS);
+    CHECK_INT_EQ(parse_next(extra, &c, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "bad/config.json");
+    CHECK_CONTAINS(err.msg, "\"layer_types\" must be an array of 4 layer types");
+    snprintf(extra, sizeof extra, "%s, \"layer_types\": [\"full_attention\", "
+             "\"sliding_attention\", \"full_attention\", \"full_attention\"]", HEADS);
+    CHECK_INT_EQ(parse_next(extra, &c, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "\"layer_types\"[1] is sliding_attention");
+    CHECK_INT_EQ(parse_next(", \"linear_num_key_heads\": 3, \"linear_num_value_heads\": 4, "
+                            "\"linear_key_head_dim\": 16, \"linear_value_head_dim\": 8",
+                            &c, &err),
+                 MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "linear_num_value_heads (4) is not a multiple of "
+                            "linear_num_key_heads (3)");
+    CHECK_INT_EQ(parse_next(", \"linear_num_value_heads\": 4", &c, &err), MOEQ_ERR_NOT_FOUND);
+    CHECK_CONTAINS(err.msg, "\"linear_num_key_heads\" is missing");
+}
+
+static void test_bad_hybrid_architecture_files_are_errors_naming_the_field(void)
+{
+    const char *head = "{\"name\": \"x\", \"model_types\": [\"x\"], ";
+    const char *base_tensors =
+        "\"embed\": \"e\", \"final_norm\": \"n\", \"attn_norm\": \"l.{L}.a\", "
+        "\"q_proj\": \"l.{L}.q.weight\", \"k_proj\": \"l.{L}.k.weight\", "
+        "\"v_proj\": \"l.{L}.v.weight\", \"o_proj\": \"l.{L}.o.weight\", "
+        "\"mlp_norm\": \"l.{L}.m\", \"gate_proj\": \"l.{L}.g.weight\", "
+        "\"up_proj\": \"l.{L}.u.weight\", \"down_proj\": \"l.{L}.d.weight\"";
+    const struct {
+        const char *middle, *tensors, *expect;
+    } cases[] = {
+        {"\"components\": {\"linear_attention\": \"gated_deltanet\"}, ",
+         ", \"linear_conv\": \"l.{L}.c\", \"linear_dt_bias\": \"l.{L}.dt\", "
+         "\"linear_a_log\": \"l.{L}.al\", \"linear_norm\": \"l.{L}.n\", "
+         "\"linear_out_proj\": \"l.{L}.op.weight\", \"linear_in_qkv\": \"l.{L}.qkv.weight\"",
+         "gated_deltanet needs either tensors.linear_in_qkv, linear_in_z"},
+        {"\"components\": {\"linear_attention\": \"mamba\"}, ", "",
+         "components.linear_attention must be one of: none, gated_deltanet"},
+        {"\"components\": {}, \"mtp_layer_prefix\": [\"l.\"], ", "",
+         "\"mtp_layer_prefix\" must be [from, to]"},
+        {"\"components\": {}, \"keep_modules\": [\"vis.ual\"], ", "",
+         "keep_modules entries must be module names"},
+        {"\"components\": {}, ", ", \"experts_gate_up\": \"l.{L}.gu\"",
+         "tensors.experts_gate_up and experts_down go together"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[2048];
+        snprintf(json, sizeof json, "%s%s\"tensors\": {%s%s}}", head, cases[i].middle,
+                 base_tensors, cases[i].tensors);
+        moeq_arch a;
+        moeq_error err = {0};
+        CHECK(moeq_arch_parse(json, "my_arch.json", &a, &err) != MOEQ_OK);
+        CHECK_CONTAINS(err.msg, "my_arch.json");
+        CHECK_CONTAINS(err.msg, cases[i].expect);
+    }
+}
+
 int main(void)
 {
+    RUN(test_linear_layers_come_from_layer_types_or_the_interval);
+    RUN(test_bad_hybrid_configs_are_errors_naming_the_field);
+    RUN(test_bad_hybrid_architecture_files_are_errors_naming_the_field);
     RUN(test_qwen3_next_quantizes_deltanet_and_gated_attention);
     RUN(test_qwen3_next_at_8_bits_is_nearly_lossless);
     RUN(test_quantize_linear_ba_quantizes_the_gate_projections_too);
