@@ -17,6 +17,7 @@
 #include "pipeline/quantize.h"
 
 #include <cjson/cJSON.h>
+#include <sys/wait.h>
 
 static const char *fixture(const char *name)
 {
@@ -606,6 +607,59 @@ static void test_bad_hybrid_architecture_files_are_errors_naming_the_field(void)
     }
 }
 
+/* Runs `moeq ARGS` from the source directory, output into out; the exit status. */
+static int run_cli(const char *args, char *out, size_t bytes)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>&1", MOEQ_SOURCE_DIR, MOEQ_BINARY, args);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, bytes - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_cli_quantizes_the_mtp_block_or_says_there_is_none(void)
+{
+    char dir[2048], bin[2200], args[8192];
+    static char out[1 << 16];
+    /* test_tmpdir is relative to the build directory; the CLI runs from the source. */
+    if (!getcwd(dir, sizeof dir - 64))
+        return;
+    strcat(dir, "/");
+    strcat(dir, test_tmpdir("hybrid_cli"));
+    snprintf(bin, sizeof bin, "%s/calib.bin", dir);
+    int32_t tokens[2048];
+    test_rng r = {9};
+    for (int i = 0; i < 2048; i++)
+        tokens[i] = (int32_t)(test_rng_next(&r) % 150);
+    test_write_file(bin, tokens, sizeof tokens);
+    snprintf(args, sizeof args,
+             "quantize --model tests/fixtures/golden/qwen3_5_moe --out '%s/out' --calib '%s' "
+             "--nsamples 4 --seqlen 96 --group-size 16 --quantize-mtp true",
+             dir, bin);
+    CHECK_INT_EQ(run_cli(args, out, sizeof out), 0);
+    CHECK_CONTAINS(out, "MTP block: loaded");
+    CHECK_CONTAINS(out, "\nmtp ");
+    char path[2300];
+    snprintf(path, sizeof path, "%s/out", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, path, &err), MOEQ_OK);
+    CHECK(st_checkpoint_find(&c, "mtp.fc.qweight") != NULL);
+    st_checkpoint_close(&c);
+    snprintf(args, sizeof args,
+             "quantize --model tests/fixtures/golden/qwen3_next --out '%s/out2' --calib '%s' "
+             "--nsamples 4 --seqlen 96 --group-size 16 --quantize-mtp true",
+             dir, bin);
+    CHECK(run_cli(args, out, sizeof out) != 0);
+    CHECK_CONTAINS(out, "--quantize-mtp: tests/fixtures/golden/qwen3_next has no MTP block");
+    snprintf(path, sizeof path, "%s/out2", dir);
+    CHECK(!moeq_dir_exists(path));
+}
+
 int main(void)
 {
     RUN(test_linear_layers_come_from_layer_types_or_the_interval);
@@ -618,5 +672,6 @@ int main(void)
     RUN(test_qwen3_5_dense_quantizes_the_language_model_and_copies_the_rest);
     RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
     RUN(test_quantize_mtp_calibrates_and_quantizes_the_mtp_block);
+    RUN(test_cli_quantizes_the_mtp_block_or_says_there_is_none);
     return test_summary();
 }

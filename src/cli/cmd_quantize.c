@@ -51,7 +51,8 @@ typedef struct run_ctx {
     moeq_gptq_writer *writer;
     FILE *progress;
     int tty;
-    int n_layers, num_experts;
+    int n_layers, num_experts; /* n_layers counts the MTP block when it is quantized */
+    int model_layers;          /* its decoder layers: the rows before the MTP block */
     double start, last;
     layer_summary *layers;
 } run_ctx;
@@ -105,7 +106,9 @@ static void print_summary(const run_ctx *c, double total)
         if (s->min_tokens >= 0)
             snprintf(tokens, sizeof tokens, "%lld..%lld", (long long)s->min_tokens,
                      (long long)s->max_tokens);
-        printf("%-6d %9.2f %8d %14.6g %18s %9d\n", l, s->seconds, s->modules, s->loss_sum,
+        char row[16];
+        snprintf(row, sizeof row, l < c->model_layers ? "%d" : "mtp", l);
+        printf("%-6s %9.2f %8d %14.6g %18s %9d\n", row, s->seconds, s->modules, s->loss_sum,
                tokens, s->fallbacks);
     }
     printf("total  %9.2f s, peak host memory %.0f MiB\n", total, peak_rss_mib());
@@ -423,9 +426,10 @@ int moeq_cmd_quantize(int argc, char **argv)
     int status = 1;
     moeq_calib_set set = {0};
     moeq_gptq_writer writer = {0};
-    run_ctx ctx = {&writer, progress, progress && isatty(fileno(progress)), model.cfg.num_layers,
-                   model.cfg.num_experts, 0, 0, NULL};
-    ctx.layers = calloc((size_t)model.cfg.num_layers, sizeof *ctx.layers);
+    run_ctx ctx = {&writer, progress, progress && isatty(fileno(progress)),
+                   model.cfg.num_layers + (opt.quantize_mtp ? 1 : 0), model.cfg.num_experts,
+                   model.cfg.num_layers, 0, 0, NULL};
+    ctx.layers = calloc((size_t)ctx.n_layers, sizeof *ctx.layers);
     if (!ctx.layers) {
         moeq_fail(&err, MOEQ_ERR_OOM, "out of memory");
         goto done;
