@@ -653,8 +653,11 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
          * copied as they are: "visual" excludes visual.* and x.visual.*. */
         for (int i = 0; i < a->n_keep_modules; i++) {
             char rule[160];
-            if (w->opt->quantize_mtp && !strcmp(a->keep_modules[i], "mtp"))
-                continue; /* quantized with --quantize-mtp */
+            size_t len = strlen(a->keep_modules[i]);
+            if (w->opt->quantize_mtp && a->mtp_prefix_to &&
+                !strncmp(a->mtp_prefix_to, a->keep_modules[i], len) &&
+                a->mtp_prefix_to[len] == '.')
+                continue; /* the MTP block's module, quantized with --quantize-mtp */
             snprintf(rule, sizeof rule, "-:(.*\\.)?%s\\..*", a->keep_modules[i]);
             cJSON_AddObjectToObject(dynamic, rule);
         }

@@ -359,20 +359,31 @@ static moeq_code quantize_linear_attention(layer_ctx *c, moeq_layer_weights *lw,
     if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of the linear attention",
                            "linear attention in_proj", &prep, err)))
         goto done;
+    /* The in_proj linears this layer quantizes: fused (Qwen3-Next) or
+     * separate (Qwen3.5); b/a only when asked. */
+    typedef struct {
+        moeq_tensor_role role;
+        float *weight;
+        int rows;
+    } in_proj;
+    in_proj in[4];
+    int n_in = 0, ba = c->opt->quantize_linear_ba;
+    if (w->in_qkvz) {
+        in[n_in++] = (in_proj){MOEQ_T_LA_IN_QKVZ, w->in_qkvz, 2 * kd + 2 * vd};
+        if (ba)
+            in[n_in++] = (in_proj){MOEQ_T_LA_IN_BA, w->in_ba, 2 * hv};
+    } else {
+        in[n_in++] = (in_proj){MOEQ_T_LA_IN_QKV, w->in_qkv, 2 * kd + vd};
+        in[n_in++] = (in_proj){MOEQ_T_LA_IN_Z, w->in_z, vd};
+        if (ba) {
+            in[n_in++] = (in_proj){MOEQ_T_LA_IN_B, w->in_b, hv};
+            in[n_in++] = (in_proj){MOEQ_T_LA_IN_A, w->in_a, hv};
+        }
+    }
     double t0 = now_seconds();
-    const int ba = c->opt->quantize_linear_ba;
-    if (w->in_qkvz)
-        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_QKVZ, -1, w->in_qkvz, 2 * kd + 2 * vd,
-                             hidden, n, 0, err);
-    if (!rc && w->in_qkvz && ba)
-        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_BA, -1, w->in_ba, 2 * hv, hidden, n, 0, err);
-    if (!rc && !w->in_qkvz &&
-        !(rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_QKV, -1, w->in_qkv, 2 * kd + vd, hidden, n,
-                               0, err)))
-        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_Z, -1, w->in_z, vd, hidden, n, 0, err);
-    if (!rc && !w->in_qkvz && ba &&
-        !(rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_B, -1, w->in_b, hv, hidden, n, 0, err)))
-        rc = quantize_weight(c, &prep, MOEQ_T_LA_IN_A, -1, w->in_a, hv, hidden, n, 0, err);
+    for (int i = 0; i < n_in && !rc; i++)
+        rc = quantize_weight(c, &prep, in[i].role, -1, in[i].weight, in[i].rows, hidden, n, 0,
+                             err);
     res->seconds_solve += now_seconds() - t0;
     moeq_gptq_prepared_free(&prep);
     if (rc)
