@@ -607,6 +607,32 @@ static void test_bad_hybrid_architecture_files_are_errors_naming_the_field(void)
     }
 }
 
+static void test_an_mtp_block_of_another_form_is_refused(void)
+{
+    const char *dir = test_tmpdir("hybrid_mtp_form");
+    char path[2200], target[4200], *text;
+    moeq_error err = {0};
+    snprintf(path, sizeof path, "%s/config.json", fixture("qwen3_5_moe"));
+    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 20, &text, &err), MOEQ_OK);
+    cJSON *cfg = cJSON_Parse(text);
+    free(text);
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(cfg, "text_config"), "mtp_num_hidden_layers", 2);
+    char *out = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    test_write_file(path, out, strlen(out));
+    cJSON_free(out);
+    cJSON_Delete(cfg);
+    snprintf(target, sizeof target, "%s/model.safetensors", fixture("qwen3_5_moe"));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(symlink(target, path) == 0);
+    moeq_model m;
+    moeq_mtp mtp;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_mtp_open(&m, &mtp, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "an MTP block of 2 layers is not supported");
+    moeq_model_close(&m);
+}
+
 /* Runs `moeq ARGS` from the source directory, output into out; the exit status. */
 static int run_cli(const char *args, char *out, size_t bytes)
 {
@@ -673,5 +699,6 @@ int main(void)
     RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
     RUN(test_quantize_mtp_calibrates_and_quantizes_the_mtp_block);
     RUN(test_cli_quantizes_the_mtp_block_or_says_there_is_none);
+    RUN(test_an_mtp_block_of_another_form_is_refused);
     return test_summary();
 }

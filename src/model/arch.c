@@ -153,7 +153,8 @@ static const char *const PARAM_NAMES[] = {
     "layer_types",       "full_attention_interval",
     "linear_num_key_heads", "linear_num_value_heads",
     "linear_key_head_dim", "linear_value_head_dim",
-    "linear_conv_kernel_dim", NULL,
+    "linear_conv_kernel_dim", "mtp_num_hidden_layers",
+    "mtp_use_dedicated_embeddings", NULL,
 };
 
 static moeq_code validate_params(const cJSON *params, const char *source, moeq_error *err)

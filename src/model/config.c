@@ -57,6 +57,8 @@ static const struct {
     {"linear_key_head_dim", {"linear_key_head_dim"}},
     {"linear_value_head_dim", {"linear_value_head_dim"}},
     {"linear_conv_kernel_dim", {"linear_conv_kernel_dim"}},
+    {"mtp_num_hidden_layers", {"mtp_num_hidden_layers"}},
+    {"mtp_use_dedicated_embeddings", {"mtp_use_dedicated_embeddings"}},
 };
 
 /* Finds the JSON value for param: the arch's fixed value, the first present
@@ -467,6 +469,10 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
     if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)) ||
         (rc = read_linear_attention(r, cfg)))
+        return rc;
+    if (r->arch->mtp_prefix_from &&
+        ((rc = read_int(r, "mtp_num_hidden_layers", 0, 1, 0, 1 << 10, &cfg->mtp_num_layers)) ||
+         (rc = read_bool(r, "mtp_use_dedicated_embeddings", 0, &cfg->mtp_dedicated_embedding))))
         return rc;
     return read_moe_layers(r, cfg);
 }

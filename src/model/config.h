@@ -39,6 +39,9 @@ typedef struct moeq_config {
     unsigned char *layer_is_linear; /* [num_layers] */
     int la_num_k_heads, la_num_v_heads, la_k_head_dim, la_v_head_dim, la_conv_kernel;
     int attn_output_gate; /* q_proj also yields a per-head gate: o_proj(attn * sigmoid(gate)) */
+    /* Multi-token prediction (architectures with mtp_layer_prefix). */
+    int mtp_num_layers;          /* mtp_num_hidden_layers (default 1) */
+    int mtp_dedicated_embedding; /* mtp_use_dedicated_embeddings */
     /* From quantization_config (a GPTQ checkpoint moeq or another tool
      * wrote); quant_bits == 0 for an unquantized checkpoint. */
     int quant_bits;

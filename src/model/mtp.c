@@ -34,6 +34,15 @@ moeq_code moeq_mtp_open(const moeq_model *model, moeq_mtp *mtp, moeq_error *err)
                          "%s: no MTP block (architecture %s names none, or tensors.mtp_fc is "
                          "missing from the checkpoint)",
                          model->dir, a->name);
+    /* vLLM's drafter cycles through mtp_num_hidden_layers layers and may
+     * carry its own embedding; moeq knows the released form: one layer on
+     * the model's embedding. */
+    if (model->cfg.mtp_num_layers != 1 || model->cfg.mtp_dedicated_embedding)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "%s: an MTP block of %d layers%s is not supported (one layer on the "
+                         "model's embedding is)",
+                         model->dir, model->cfg.mtp_num_layers,
+                         model->cfg.mtp_dedicated_embedding ? " with its own embedding" : "");
     mtp->view = *model;
     size_t from = strlen(a->mtp_prefix_from);
     for (int r = 0; r < MOEQ_T_COUNT; r++) {
