@@ -610,7 +610,7 @@ static void test_bad_hybrid_architecture_files_are_errors_naming_the_field(void)
 static void test_an_mtp_block_of_another_form_is_refused(void)
 {
     const char *dir = test_tmpdir("hybrid_mtp_form");
-    char path[2200], target[4200], *text;
+    char path[4200], target[4200], *text;
     moeq_error err = {0};
     snprintf(path, sizeof path, "%s/config.json", fixture("qwen3_5_moe"));
     CHECK_INT_EQ(moeq_read_text_file(path, 1 << 20, &text, &err), MOEQ_OK);
