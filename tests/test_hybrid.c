@@ -473,6 +473,23 @@ static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
     CHECK_INT_EQ(check_every_tensor_reaches_output(fixture("qwen3_5_moe"), out), 121 + 1 + 4 + 27);
     CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
     CHECK(dynamic_rule(out, "-:(.*\\.)?visual\\..*"));
+    /* report.json marks the MTP block's entry, after the 4 layers. */
+    char path[2200], *text;
+    snprintf(path, sizeof path, "%s/report.json", out);
+    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
+    cJSON *rep = cJSON_Parse(text);
+    free(text);
+    cJSON *layers = cJSON_GetObjectItem(rep, "layers");
+    CHECK_INT_EQ(cJSON_GetArraySize(layers), 5);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 4), "mtp")));
+    CHECK(!cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 3), "mtp"));
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(
+                     cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 4),
+                                                            "modules"),
+                                        0),
+                     "name")),
+                 "mtp.fc.weight");
+    cJSON_Delete(rep);
     /* What quantizing the drafter does to its drafts, on the same inputs:
      * top-1 agreement and KL of its next-next-token distribution. */
     size_t n, nq;

@@ -5,6 +5,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "model/model.h"
+#include "model/mtp.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,10 @@ static void print_model(const moeq_model *m, const tally *t)
                linear_layers, c->num_layers, c->la_num_k_heads, c->la_num_v_heads,
                c->la_k_head_dim, c->la_v_head_dim, c->la_conv_kernel,
                c->attn_output_gate ? "yes" : "no");
+    if (moeq_mtp_present(m))
+        printf("mtp           %d multi-token-prediction layer(s) (%s*): copied unchanged, or "
+               "calibrated and quantized with --quantize-mtp\n",
+               c->mtp_num_layers, m->arch.mtp_prefix_to);
     if (c->num_experts)
         printf("experts       %d per MoE layer, top-%d, intermediate %d, norm_topk_prob %s; "
                "shared expert %s\n",

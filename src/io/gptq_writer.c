@@ -533,6 +533,8 @@ static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r
     const moeq_arch *a = names_of(w, r, &name_layer);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "layer", r->layer);
+    if (r->layer >= w->src->cfg.num_layers)
+        cJSON_AddBoolToObject(o, "mtp", 1); /* the MTP block after the last layer */
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
     cJSON_AddNumberToObject(sec, "wall", r->seconds_wall); /* the critical path before writing */
     cJSON_AddNumberToObject(sec, "load", r->seconds_load);
