@@ -233,80 +233,74 @@ moeq_code moeq_deltanet_core(const moeq_config *cfg, const moeq_layer_weights *l
     const moeq_deltanet_weights *w = &lw->la;
     const int H = cfg->hidden_size, Hk = cfg->la_num_k_heads, Hv = cfg->la_num_v_heads;
     const int Dk = cfg->la_k_head_dim, Dv = cfg->la_v_head_dim, K = cfg->la_conv_kernel;
-    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd, n = n_seqs * seq_len;
-    const size_t N = (size_t)n;
-    float *qkv = malloc(sizeof(float) * N * C), *conv = malloc(sizeof(float) * N * C);
-    float *z = malloc(sizeof(float) * N * vd), *b = malloc(sizeof(float) * N * Hv);
-    float *a = malloc(sizeof(float) * N * Hv), *core = malloc(sizeof(float) * N * vd);
-    float *q = malloc(sizeof(float) * N * kd), *k = malloc(sizeof(float) * N * kd);
-    float *v = malloc(sizeof(float) * N * vd);
+    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd, T = seq_len;
+    /* One window at a time: the buffers hold T tokens, not the whole set. */
+    const size_t N = (size_t)T;
+    float *qkv = malloc(sizeof(float) * N * C), *z = malloc(sizeof(float) * N * vd);
+    float *b = malloc(sizeof(float) * N * Hv), *a = malloc(sizeof(float) * N * Hv);
+    float *core = malloc(sizeof(float) * N * vd), *q = malloc(sizeof(float) * N * kd);
+    float *k = malloc(sizeof(float) * N * kd), *v = malloc(sizeof(float) * N * vd);
     float *fused = w->in_qkvz ? malloc(sizeof(float) * N * (C + vd)) : NULL;
     float *fused_ba = w->in_qkvz ? malloc(sizeof(float) * N * 2 * Hv) : NULL;
     moeq_code rc = MOEQ_OK;
-    if (!qkv || !conv || !z || !b || !a || !core || !q || !k || !v ||
-        (w->in_qkvz && (!fused || !fused_ba))) {
+    if (!qkv || !z || !b || !a || !core || !q || !k || !v || (w->in_qkvz && (!fused || !fused_ba))) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the linear attention of "
-                       "%d tokens", lw->layer, n);
+                       "%d tokens", lw->layer, T);
         goto done;
     }
-    if (w->in_qkvz) {
-        cpu_linear(h, n, H, w->in_qkvz, NULL, C + vd, fused);
-        cpu_linear(h, n, H, w->in_ba, NULL, 2 * Hv, fused_ba);
-        split_fused(cfg, fused, fused_ba, n, qkv, z, b, a);
-    } else {
-        cpu_linear(h, n, H, w->in_qkv, NULL, C, qkv);
-        cpu_linear(h, n, H, w->in_z, NULL, vd, z);
-        cpu_linear(h, n, H, w->in_b, NULL, Hv, b);
-        cpu_linear(h, n, H, w->in_a, NULL, Hv, a);
-    }
-    /* Causal depthwise conv over time, then SiLU: channel ch at token t sees
-     * tokens t - K + 1 .. t of its own sequence (zeros before its start). */
-    for (int s = 0; s < n_seqs; s++)
-        for (int t = 0; t < seq_len; t++) {
-            size_t row = (size_t)s * seq_len + t;
+    for (int s = 0; s < n_seqs && !rc; s++) {
+        const float *hs = h + (size_t)s * T * H;
+        if (w->in_qkvz) {
+            cpu_linear(hs, T, H, w->in_qkvz, NULL, C + vd, fused);
+            cpu_linear(hs, T, H, w->in_ba, NULL, 2 * Hv, fused_ba);
+            split_fused(cfg, fused, fused_ba, T, qkv, z, b, a);
+        } else {
+            cpu_linear(hs, T, H, w->in_qkv, NULL, C, qkv);
+            cpu_linear(hs, T, H, w->in_z, NULL, vd, z);
+            cpu_linear(hs, T, H, w->in_b, NULL, Hv, b);
+            cpu_linear(hs, T, H, w->in_a, NULL, Hv, a);
+        }
+        /* Causal depthwise conv over time, then SiLU: channel ch at token t
+         * sees tokens t - K + 1 .. t (zeros before the window's start); the
+         * channels are [q | k | v]. */
+        for (int t = 0; t < T; t++)
             for (int ch = 0; ch < C; ch++) {
                 float acc = 0.0f;
                 for (int j = 0; j < K; j++) {
                     int src = t - (K - 1) + j;
                     if (src >= 0)
-                        acc += w->conv[(size_t)ch * K + j] *
-                               qkv[((size_t)s * seq_len + src) * C + ch];
+                        acc += w->conv[(size_t)ch * K + j] * qkv[(size_t)src * C + ch];
                 }
-                conv[row * C + ch] = acc / (1.0f + expf(-acc));
+                float y = acc / (1.0f + expf(-acc));
+                if (ch < kd)
+                    q[(size_t)t * kd + ch] = y;
+                else if (ch < 2 * kd)
+                    k[(size_t)t * kd + ch - kd] = y;
+                else
+                    v[(size_t)t * vd + ch - 2 * kd] = y;
             }
-        }
-    for (size_t t = 0; t < N; t++) {
-        memcpy(q + t * kd, conv + t * C, sizeof(float) * kd);
-        memcpy(k + t * kd, conv + t * C + kd, sizeof(float) * kd);
-        memcpy(v + t * vd, conv + t * C + 2 * kd, sizeof(float) * vd);
-    }
-    l2norm_rows(q, n * Hk, Dk, 1.0f / sqrtf((float)Dk));
-    l2norm_rows(k, n * Hk, Dk, 1.0f);
-    /* beta = sigmoid(b); g = -exp(A_log) softplus(a + dt_bias), reusing b and a. */
-    for (size_t t = 0; t < N; t++)
-        for (int hh = 0; hh < Hv; hh++) {
-            size_t i = t * Hv + hh;
+        l2norm_rows(q, T * Hk, Dk, 1.0f / sqrtf((float)Dk));
+        l2norm_rows(k, T * Hk, Dk, 1.0f);
+        /* beta = sigmoid(b); g = -exp(A_log) softplus(a + dt_bias), in b and a. */
+        for (size_t i = 0; i < N * Hv; i++) {
+            int hh = (int)(i % (size_t)Hv);
             b[i] = 1.0f / (1.0f + expf(-b[i]));
             a[i] = -expf(w->a_log[hh]) * softplus(a[i] + w->dt_bias[hh]);
         }
-    for (int s = 0; s < n_seqs && !rc; s++) {
-        size_t t0 = (size_t)s * seq_len;
-        moeq_delta_inputs in = {q + t0 * kd, k + t0 * kd, v + t0 * vd, a + t0 * Hv,
-                                b + t0 * Hv, seq_len, Hk, Hv, Dk, Dv};
-        rc = moeq_delta_rule_chunked(&in, MOEQ_DELTA_CHUNK, core + t0 * vd, err);
+        moeq_delta_inputs in = {q, k, v, a, b, T, Hk, Hv, Dk, Dv};
+        if ((rc = moeq_delta_rule_chunked(&in, MOEQ_DELTA_CHUNK, core, err))) {
+            moeq_wrap(err, "layer %d: ", lw->layer);
+            break;
+        }
+        /* Gated RMSNorm per (token, value head): norm weight times the
+         * normed core output, times silu(z). */
+        float *o = o_in + (size_t)s * T * vd;
+        cpu_rmsnorm(core, w->norm, T * Hv, Dv, cfg->rms_norm_eps, o);
+        for (size_t i = 0; i < N * vd; i++)
+            o[i] *= z[i] / (1.0f + expf(-z[i]));
     }
-    if (rc) {
-        moeq_wrap(err, "layer %d: ", lw->layer);
-        goto done;
-    }
-    /* Gated RMSNorm per (token, value head): norm weight times the normed
-     * core output, times silu(z). */
-    cpu_rmsnorm(core, w->norm, n * Hv, Dv, cfg->rms_norm_eps, o_in);
-    for (size_t i = 0; i < N * vd; i++)
-        o_in[i] *= z[i] / (1.0f + expf(-z[i]));
 done:
     free(qkv);
-    free(conv);
     free(z);
     free(b);
     free(a);

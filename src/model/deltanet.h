@@ -50,7 +50,8 @@ moeq_code moeq_linear_attention_block(const moeq_config *cfg, const moeq_layer_w
                                       moeq_layer_trace *trace, moeq_error *err);
 
 /* The core of the block from the normed input h [N, H] (projections with
- * lw's current weights) to out_proj's input o_in [N, Hv * Dv]. */
+ * lw's current weights) to out_proj's input o_in [N, Hv * Dv], one window
+ * of seq_len tokens at a time (its scratch is that of one window). */
 moeq_code moeq_deltanet_core(const moeq_config *cfg, const moeq_layer_weights *lw,
                              const float *h, int n_seqs, int seq_len, float *o_in,
                              moeq_error *err);
