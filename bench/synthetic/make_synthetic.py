@@ -14,6 +14,9 @@ SHAPE is one of:
                   architecture; the shapes, and so the work, are the same, so
                   the file uses the qwen2_moe architecture (softmax router,
                   sigmoid-gated shared expert).
+  tiny-qwen3      a few-MiB qwen3_moe model (hidden 256, 8 experts of 128,
+                  top-2, 4 / 2 heads of 64) for checking the benchmark
+                  scripts on a CPU before they go to a GPU
   deepseek-v3     A DeepSeek-V3-sized MoE block: hidden 7168, 256 experts of
                   2048, top-8, one shared expert of 2048; attention simplified
                   to GQA with 56 / 8 heads of 128 until MLA lands (qwen2_moe).
@@ -37,6 +40,11 @@ SHAPES = {
         model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], hidden_size=2048,
         num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
         num_experts_per_tok=8, moe_intermediate_size=768, intermediate_size=6144,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1e6),
+    "tiny-qwen3": dict(
+        model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], hidden_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=128, intermediate_size=512,
         norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1e6),
     "glm45-air": dict(
         model_type="qwen2_moe", architectures=["Qwen2MoeForCausalLM"], hidden_size=4096,
