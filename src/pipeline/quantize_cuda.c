@@ -55,7 +55,15 @@ typedef struct gpu_run {
     int S, T, n;     /* windows, tokens per window, tokens */
     int chunk;       /* tokens per chunk of transient expert products */
     int qdim, kvdim;
+    /* The residual stream before (x) and after (x1) attention: on the
+     * device, or, when --vram-budget cannot hold them (resid_host), in
+     * pinned host memory (xh, x1h), streamed through stage a chunk of
+     * tokens at a time. acc: the MLP block's accumulator (x itself on the
+     * device; its own buffer, during the MLP stage only, otherwise). */
     moeq_cuda_buf x, x1, h, o;
+    int resid_host;
+    float *xh, *x1h;
+    moeq_cuda_buf stage, acc;
     moeq_cuda_buf inv_freq;
     float attention_factor;
     int rotary_dim;
@@ -183,16 +191,17 @@ static moeq_code codes_reserve(gpu_run *g, int b, size_t bytes, moeq_error *err)
     return rc;
 }
 
-/* Points the layer's codes at buffer l & 1, grown to the layer's size. The
- * first layer of the run reserves both buffers (nothing uses the other one
- * yet), so that pinning them is a one-time cost of that layer only. */
-static moeq_code codes_for_layer(gpu_run *g, int l, int first, const moeq_layer_weights *lw,
+/* Points the layer's codes at buffer l & 1, grown to the layer's size.
+ * both: reserve the other buffer too (the run's first layer, when another
+ * follows: nothing uses it yet), so that pinning is a one-time cost of that
+ * layer only. */
+static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_weights *lw,
                                  moeq_error *err)
 {
     const int b = l & 1;
     const size_t bytes = layer_code_bytes(g->cfg, lw);
     moeq_code rc = codes_reserve(g, b, bytes, err);
-    if (!rc && first)
+    if (!rc && both)
         rc = codes_reserve(g, !b, bytes, err);
     if (rc)
         return rc;
@@ -380,6 +389,29 @@ static int gptq(const gpu_layer *L)
     return L->g->opt->method == MOEQ_METHOD_GPTQ;
 }
 
+/* ---- the residual stream */
+
+/* h = bf16(rmsnorm(r) * weight) for the residual stream r: dev on the
+ * device, or host (pinned) through the stage. */
+static moeq_code norm_residual(gpu_run *g, const moeq_cuda_buf *dev, const float *host,
+                               const float *weight, moeq_error *err)
+{
+    const int H = g->cfg->hidden_size, n = g->n;
+    const float eps = g->cfg->rms_norm_eps;
+    if (!g->resid_host)
+        return MOEQ_CU(moeq_k_rmsnorm_bf16(dev->ptr, weight, n, H, eps, g->h.ptr, g->cu.stream));
+    moeq_code rc = MOEQ_OK;
+    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        if (!(rc = moeq_cuda_upload(&g->cu, g->stage.ptr, host + (size_t)c0 * H,
+                                    sizeof(float) * (size_t)m * H, err)))
+            rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->stage.ptr, weight, m, H, eps,
+                                             (uint16_t *)g->h.ptr + (size_t)c0 * H,
+                                             g->cu.stream));
+    }
+    return rc;
+}
+
 /* ---- attention */
 
 static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
@@ -399,8 +431,8 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
         (rc = upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
         (rc = upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
         (rc = upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
-        (rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->x.ptr, norm.ptr, n, H, cfg->rms_norm_eps, g->h.ptr,
-                                          g->cu.stream))) ||
+        (rc = norm_residual(g, &g->x, g->xh, norm.ptr, err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &g->o, 2 * (size_t)n * qdim, "attention outputs", err)) ||
         (rc = sync_time(L, &L->res->seconds_capture, err)))
         goto done;
     if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n, "q/k/v_proj",
@@ -469,19 +501,32 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)))
         goto done;
-    /* x1 = x + o_q(o): the attention output with every weight quantized. */
-    if ((rc = MOEQ_CU(cudaMemcpyAsync(g->x1.ptr, g->x.ptr, g->x.bytes, cudaMemcpyDeviceToDevice,
-                                      g->cu.stream))) ||
-        (rc = gemm_nt(g, g->o.ptr, qdim, wo.ptr, qdim, g->x1.ptr, H, 0, n, H, qdim, 1.0f, 1.0f,
-                      err)) ||
-        (bias[3].ptr &&
-         (rc = MOEQ_CU(moeq_k_add_bias(g->x1.ptr, n, H, bias[3].ptr, g->cu.stream)))) ||
-        (rc = sync_time(L, &L->res->seconds_forward, err)))
-        goto done;
+    /* x1 = x + o_q(o): the attention output with every weight quantized,
+     * a chunk of tokens at a time in both places the stream may live (the
+     * same GEMM shapes, so the same sums, either way). */
+    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        float *y = g->resid_host ? g->stage.ptr : (float *)g->x1.ptr + (size_t)c0 * H;
+        if ((rc = g->resid_host
+                      ? moeq_cuda_upload(&g->cu, y, g->xh + (size_t)c0 * H,
+                                         sizeof(float) * (size_t)m * H, err)
+                      : MOEQ_CU(cudaMemcpyAsync(y, (const float *)g->x.ptr + (size_t)c0 * H,
+                                                sizeof(float) * (size_t)m * H,
+                                                cudaMemcpyDeviceToDevice, g->cu.stream))) ||
+            (rc = gemm_nt(g, (const uint16_t *)g->o.ptr + (size_t)c0 * qdim, qdim, wo.ptr, qdim,
+                          y, H, 0, m, H, qdim, 1.0f, 1.0f, err)) ||
+            (bias[3].ptr && (rc = MOEQ_CU(moeq_k_add_bias(y, m, H, bias[3].ptr, g->cu.stream)))))
+            break;
+        if (g->resid_host)
+            rc = moeq_cuda_download(&g->cu, g->x1h + (size_t)c0 * H, y,
+                                    sizeof(float) * (size_t)m * H, err);
+    }
+    if (!rc)
+        rc = sync_time(L, &L->res->seconds_forward, err);
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
-                            &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb};
+                            &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         moeq_cuda_free(&g->cu, all[i]);
     return rc;
@@ -722,7 +767,7 @@ static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
             (rc = gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f, 0.0f,
                           err)))
             break;
-        float *acc = g->x.ptr;
+        float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (d_idx) {
             rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0, d_wts + c0, m, acc,
                                                  g->cu.stream));
@@ -1017,20 +1062,49 @@ done:
     return rc;
 }
 
+/* Counts the non-finite values of the layer output y[count] (device) into
+ * *bad (host, added to). */
+static moeq_code count_nonfinite(gpu_run *g, const float *y, size_t count, int *bad,
+                                 moeq_error *err)
+{
+    moeq_cuda_buf c = {0};
+    int found = 0;
+    moeq_code rc = moeq_cuda_alloc(&g->cu, &c, sizeof(int), "non-finite count", err);
+    if (!rc)
+        rc = MOEQ_CU(cudaMemsetAsync(c.ptr, 0, sizeof(int), g->cu.stream));
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_count_nonfinite(y, count, c.ptr, g->cu.stream));
+    if (!rc)
+        rc = moeq_cuda_download(&g->cu, &found, c.ptr, sizeof(int), err);
+    if (!rc)
+        rc = moeq_cuda_sync(&g->cu, err);
+    moeq_cuda_free(&g->cu, &c);
+    *bad += found;
+    return rc;
+}
+
 static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
 {
     gpu_run *g = L->g;
     const moeq_config *cfg = g->cfg;
     const int H = cfg->hidden_size, n = g->n;
+    const size_t nh = (size_t)n * H;
     moeq_cuda_buf norm = {0};
     moeq_cuda_gptq_prepared prep = {0};
+    int bad = 0;
     moeq_code rc;
-    /* x is free now (x1 holds the residual): it becomes the block
-     * accumulator, then the output x1 + block. */
+    /* The block accumulator: on the device, x is free now (x1 holds the
+     * residual); in host mode, acc for this stage. The output is x1 plus
+     * the block. */
+    float *acc = g->x.ptr;
     if ((rc = upload_f32(g, lw->mlp_norm, (size_t)H, "MLP norm", &norm, err)) ||
-        (rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->x1.ptr, norm.ptr, n, H, cfg->rms_norm_eps, g->h.ptr,
-                                          g->cu.stream))) ||
-        (rc = MOEQ_CU(cudaMemsetAsync(g->x.ptr, 0, g->x.bytes, g->cu.stream))) ||
+        (rc = norm_residual(g, &g->x1, g->x1h, norm.ptr, err)) ||
+        (g->resid_host &&
+         (rc = moeq_cuda_alloc(&g->cu, &g->acc, sizeof(float) * nh, "MLP block outputs", err))))
+        goto done;
+    if (g->resid_host)
+        acc = g->acc.ptr;
+    if ((rc = MOEQ_CU(cudaMemsetAsync(acc, 0, sizeof(float) * nh, g->cu.stream))) ||
         (rc = sync_time(L, &L->res->seconds_capture, err)))
         goto done;
     if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
@@ -1041,35 +1115,30 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
         rc = experts_stage(L, lw, &prep, err);
     else
         rc = all_token_mlp(L, &lw->dense, MOEQ_DENSE_ROLES, &prep, NULL, err);
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_gated_add(g->x1.ptr, NULL, n, H, g->x.ptr, g->cu.stream));
-done:
-    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
-    moeq_cuda_free(&g->cu, &norm);
-    return rc;
-}
-
-static moeq_code check_output(gpu_layer *L, moeq_error *err)
-{
-    gpu_run *g = L->g;
-    moeq_cuda_buf count = {0};
-    int bad = 0;
-    moeq_code rc = moeq_cuda_alloc(&g->cu, &count, sizeof(int), "non-finite count", err);
-    if (!rc)
-        rc = MOEQ_CU(cudaMemsetAsync(count.ptr, 0, sizeof(int), g->cu.stream));
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_count_nonfinite(g->x.ptr, g->x.bytes / sizeof(float), count.ptr,
-                                            g->cu.stream));
-    if (!rc)
-        rc = moeq_cuda_download(&g->cu, &bad, count.ptr, sizeof(int), err);
-    if (!rc)
-        rc = moeq_cuda_sync(&g->cu, err);
-    moeq_cuda_free(&g->cu, &count);
+    /* The layer output x = x1 + block, checked for NaN/Inf. */
+    if (!rc && !g->resid_host) {
+        if (!(rc = MOEQ_CU(moeq_k_gated_add(g->x1.ptr, NULL, n, H, acc, g->cu.stream))))
+            rc = count_nonfinite(g, acc, nh, &bad, err);
+    }
+    for (int c0 = 0; !rc && g->resid_host && c0 < n; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        float *out = acc + (size_t)c0 * H;
+        if (!(rc = moeq_cuda_upload(&g->cu, g->stage.ptr, g->x1h + (size_t)c0 * H,
+                                    sizeof(float) * (size_t)m * H, err)) &&
+            !(rc = MOEQ_CU(moeq_k_gated_add(g->stage.ptr, NULL, m, H, out, g->cu.stream))) &&
+            !(rc = moeq_cuda_download(&g->cu, g->xh + (size_t)c0 * H, out,
+                                      sizeof(float) * (size_t)m * H, err)))
+            rc = count_nonfinite(g, out, (size_t)m * H, &bad, err);
+    }
     if (!rc && bad)
         rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
                        "layer %d: %d non-finite values in the layer output: the model or the "
                        "calibration data produce NaN/Inf",
                        L->res->layer, bad);
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_free(&g->cu, &norm);
+    moeq_cuda_free(&g->cu, &g->acc);
     return rc;
 }
 
@@ -1292,13 +1361,17 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     g.kvdim = cfg->num_kv_heads * cfg->head_dim;
     /* Expert products run over chunks of 32768 tokens (GEMMs large enough
      * for the tensor cores), fewer under a small budget: the chunk's scratch
-     * is about (6 H + 12 I) bytes a token. */
+     * is about (6 H + 12 I) bytes a token, I the widest MLP the model runs
+     * (intermediate_size only counts when a layer is dense). */
     g.chunk = 32768;
     if (opt->vram_budget) {
-        size_t per_token = 6 * (size_t)cfg->hidden_size +
-                           12 * (size_t)(cfg->moe_intermediate_size > cfg->intermediate_size
-                                             ? cfg->moe_intermediate_size
-                                             : cfg->intermediate_size);
+        int widest = cfg->num_experts ? cfg->moe_intermediate_size : cfg->intermediate_size;
+        for (int l = 0; l < cfg->num_layers; l++)
+            if (!cfg->layer_is_moe[l] && cfg->intermediate_size > widest)
+                widest = cfg->intermediate_size;
+        if (cfg->shared_expert_intermediate_size > widest)
+            widest = cfg->shared_expert_intermediate_size;
+        size_t per_token = 6 * (size_t)cfg->hidden_size + 12 * (size_t)widest;
         size_t fit = opt->vram_budget / 32 / per_token;
         g.chunk = fit < 1024 ? 1024 : fit < (size_t)g.chunk ? (int)fit : g.chunk;
     }
@@ -1320,35 +1393,59 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         goto done;
     g.rotary_dim = rope.rotary_dim;
     g.attention_factor = rope.attention_factor;
-    /* The activations that live across layers must fit the budget. */
-    size_t persistent = nh * (4 + 4 + 2) + (size_t)g.n * g.qdim * 2;
-    if (opt->vram_budget > 0 && persistent > opt->vram_budget) {
+    /* Where the activations live. On the device: the residual stream twice
+     * (fp32), the normed input and the attention output (bf16). When the
+     * budget cannot hold that, the residual stream moves to pinned host
+     * memory and the device keeps the normed input, the larger of the
+     * attention output and the MLP accumulator (never both at once), and a
+     * chunk of the stream. */
+    const size_t o_bytes = (size_t)g.n * g.qdim * 2, acc_bytes = nh * 4;
+    const size_t on_device = nh * (4 + 4 + 2) + o_bytes;
+    const size_t with_host = nh * 2 + (o_bytes > acc_bytes ? o_bytes : acc_bytes) +
+                             sizeof(float) * (size_t)g.chunk * cfg->hidden_size;
+    g.resid_host = opt->vram_budget > 0 && on_device > opt->vram_budget;
+    if (g.resid_host && with_host > opt->vram_budget) {
         rc = moeq_fail(err, MOEQ_ERR_OOM,
                        "--vram-budget %.2f GiB is below the %.2f GiB that the activations of "
-                       "%d calibration tokens need on the device (hidden %d, attention width "
-                       "%d): lower --nsamples or --seqlen, or raise the budget",
-                       opt->vram_budget / 1073741824.0, persistent / 1073741824.0, g.n,
-                       cfg->hidden_size, g.qdim);
+                       "%d calibration tokens need on the device even with the residual "
+                       "stream in host memory (%.2f GiB with it on the device; hidden %d, "
+                       "attention width %d): lower --nsamples or --seqlen, or raise the budget",
+                       opt->vram_budget / 1073741824.0, with_host / 1073741824.0, g.n,
+                       on_device / 1073741824.0, cfg->hidden_size, g.qdim);
         goto done;
     }
-    if (!(x = malloc(sizeof(float) * nh))) {
+    if (g.resid_host) {
+        if (opt->progress)
+            fprintf(opt->progress,
+                    "activations: %.2f GiB would not fit --vram-budget %.2f GiB on the device; "
+                    "the residual stream (%.2f GiB) stays in pinned host memory\n",
+                    on_device / 1073741824.0, opt->vram_budget / 1073741824.0,
+                    2 * acc_bytes / 1073741824.0);
+        if ((rc = moeq_cuda_host_alloc((void **)&g.xh, acc_bytes, "the residual stream", err)) ||
+            (rc = moeq_cuda_host_alloc((void **)&g.x1h, acc_bytes, "the residual stream", err)) ||
+            (rc = moeq_cuda_alloc(&g.cu, &g.stage, sizeof(float) * (size_t)g.chunk *
+                                                       cfg->hidden_size,
+                                  "residual stream chunk", err)))
+            goto done;
+        x = g.xh;
+    } else if (!(x = malloc(acc_bytes))) {
         rc = moeq_fail(err, MOEQ_ERR_OOM,
                        "out of memory for the activations of %d calibration tokens", g.n);
         goto done;
     }
     if (opt->start_layer > 0)
-        memcpy(x, opt->start_hidden, sizeof(float) * nh);
+        memcpy(x, opt->start_hidden, acc_bytes);
     else if ((rc = moeq_model_embed(model, calib->tokens, (size_t)g.n, x, err)))
         goto done;
-    if ((rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
-        (rc = moeq_cuda_alloc(&g.cu, &g.x1, sizeof(float) * nh, "hidden states", err)) ||
+    if ((!g.resid_host &&
+         ((rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
+          (rc = moeq_cuda_alloc(&g.cu, &g.x1, sizeof(float) * nh, "hidden states", err)))) ||
         (rc = moeq_cuda_alloc(&g.cu, &g.h, 2 * nh, "normed hidden states", err)) ||
-        (rc = moeq_cuda_alloc(&g.cu, &g.o, 2 * (size_t)g.n * g.qdim, "attention outputs",
-                              err)) ||
         (rc = upload_f32(&g, rope.inv_freq, (size_t)(rope.rotary_dim / 2), "RoPE frequencies",
                          &g.inv_freq, err)))
         goto done;
-    free(x);
+    if (!g.resid_host)
+        free(x);
     x = NULL;
     const int overlap = !opt->wait_for_layer;
     if (overlap && (rc = loader_start(&ld, model, g.cu.device, opt->start_layer, err)))
@@ -1379,7 +1476,9 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                     lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = now_seconds();
-        rc = gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer, &lw, err) : MOEQ_OK;
+        rc = gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
+                                        &lw, err)
+                      : MOEQ_OK;
         if (!rc)
             rc = attention_stage(&L, &lw, err);
         char point[32];
@@ -1387,8 +1486,6 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
         if (!rc)
             rc = mlp_stage(&L, &lw, err);
-        if (!rc)
-            rc = check_output(&L, err);
         /* The layer's output on the host, for the resumable record: two
          * pinned buffers taken in turn (the writer may still read the
          * other one, the previous layer's). */
@@ -1398,10 +1495,12 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             /* Both pinned at the first save: a one-time cost of one layer. */
             for (int b = 0; b < 2 && !rc; b++)
                 if (!hidden_host[b])
-                    rc = moeq_cuda_host_alloc((void **)&hidden_host[b], g.x.bytes,
+                    rc = moeq_cuda_host_alloc((void **)&hidden_host[b], sizeof(float) * nh,
                                               "the layer output", err);
             hidden = hidden_host[l & 1];
-            if (!rc)
+            if (!rc && g.resid_host)
+                memcpy(hidden, g.xh, sizeof(float) * nh); /* the next layer rewrites xh */
+            else if (!rc)
                 rc = moeq_cuda_download(&g.cu, hidden, g.x.ptr, g.x.bytes, err);
             if (!rc)
                 rc = moeq_cuda_sync(&g.cu, err);
@@ -1444,9 +1543,12 @@ done:
     moeq_cuda_host_free(hidden_host[1]);
     moeq_cuda_host_free(g.codes_host[0]); /* the writer is done with them */
     moeq_cuda_host_free(g.codes_host[1]);
-    free(x);
+    if (!g.resid_host)
+        free(x);
+    moeq_cuda_host_free(g.xh);
+    moeq_cuda_host_free(g.x1h);
     moeq_rope_cache_free(&rope);
-    moeq_cuda_buf *bufs[] = {&g.x, &g.x1, &g.h, &g.o, &g.inv_freq};
+    moeq_cuda_buf *bufs[] = {&g.x, &g.x1, &g.h, &g.o, &g.stage, &g.acc, &g.inv_freq};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moeq_cuda_free(&g.cu, bufs[i]);
     moeq_cuda_free_ctx(&g.cu);

@@ -343,6 +343,53 @@ static void test_budget_is_held(void)
     moeq_model_close(&m);
 }
 
+/* A budget below the device-resident activations (16384 tokens: the fp32
+ * residual stream twice, 32 MiB, plus the bf16 normed input and attention
+ * output, 16 MiB) but above what remains on the device when the residual
+ * stream moves to pinned host memory: the run says so, holds the budget,
+ * and matches the run without a budget (nearly all codes, as any grouping
+ * of the experts in bypass mode). */
+static void test_residual_stream_moves_to_host_memory_under_a_small_budget(void)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 64, 256, 75, &cs);
+    /* The budget's token chunk (1024) for both runs: the same GEMM shapes. */
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 1024};
+    collected a, b;
+    size_t peak_free = 0, peak_budget = 0;
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
+    opt.vram_budget = (size_t)40 << 20;
+    FILE *progress = tmpfile();
+    opt.progress = progress;
+    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    char log[4096] = {0};
+    rewind(progress);
+    size_t got = fread(log, 1, sizeof log - 1, progress);
+    log[got] = 0;
+    fclose(progress);
+    CHECK_CONTAINS(log, "the residual stream (0.03 GiB) stays in pinned host memory");
+    comparison s = compare(&b, &a);
+    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    printf("     peak without a budget %.2f MiB, with 40 MiB %.2f MiB; identical codes %.6f\n",
+           peak_free / 1048576.0, peak_budget / 1048576.0, same);
+    CHECK(peak_budget <= opt.vram_budget);
+    CHECK(peak_free > opt.vram_budget);
+    CHECK_INT_EQ(s.missing, 0);
+    CHECK(same >= 0.99);
+    collected_free(&a);
+    collected_free(&b);
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
 /* A budget below what the activations need is refused up front, naming it. */
 static void test_budget_too_small_is_refused(void)
 {
@@ -359,6 +406,7 @@ static void test_budget_too_small_is_refused(void)
     CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_OOM);
     CHECK_CONTAINS(err.msg, "--vram-budget 0.02 GiB");
     CHECK_CONTAINS(err.msg, "32768 calibration tokens");
+    CHECK_CONTAINS(err.msg, "even with the residual stream in host memory");
     CHECK_INT_EQ(a.n, 0);
     collected_free(&a);
     moeq_calib_set_free(&cs);
@@ -377,6 +425,7 @@ int main(void)
     RUN(test_hybrid_components_are_refused_by_name);
     RUN(test_expert_groups_and_reruns_are_bit_identical);
     RUN(test_budget_is_held);
+    RUN(test_residual_stream_moves_to_host_memory_under_a_small_budget);
     RUN(test_budget_too_small_is_refused);
     return test_summary();
 }
