@@ -209,8 +209,8 @@ static void test_every_expert_mode_and_dense_model_round_trips(void)
     const char *dir = test_tmpdir("quant_modes");
     moeq_expert_calib modes[] = {MOEQ_EXPERT_CALIB_ROUTED, MOEQ_EXPERT_CALIB_ALL,
                                  MOEQ_EXPERT_CALIB_WEIGHTED};
-    const char *names[] = {"qwen3_moe", "mixtral", "qwen2_moe"};
-    for (int i = 0; i < 3; i++)
+    const char *names[] = {"qwen3_moe", "mixtral", "qwen2_moe", "gpt_oss"};
+    for (int i = 0; i < 4; i++)
         for (int m = 0; m < 3; m++) {
             char out[2048];
             snprintf(out, sizeof out, "%s/%s-%d", dir, names[i], m);
@@ -309,6 +309,73 @@ static void test_fp8_source_becomes_gptq_without_fp8_tensors_or_config(void)
     CHECK(cJSON_GetObjectItem(q, "fmt") == NULL);
     cJSON_Delete(cfg);
     double kl = kl_against_original("qwen3_moe_fp8", out);
+    CHECK(kl > 0 && kl < 0.05);
+}
+
+/* The bf16 element i of a 1-D or flattened tensor. */
+static uint16_t bf16_at(const st_tensor *t, size_t i)
+{
+    uint16_t b;
+    memcpy(&b, (const char *)t->data + 2 * i, 2);
+    return b;
+}
+
+static void test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_gpt_oss"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("gpt_oss", &o, out, &err), MOEQ_OK);
+    st_checkpoint c, src;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_checkpoint_open(&src, fixture("gpt_oss"), &err), MOEQ_OK);
+    /* Per expert, under the names vLLM maps (experts.E.{gate,up,down}_proj):
+     * gate/up [32 out, 64 in] -> qweight [8, 32]; down [64, 32] -> [4, 64]. */
+    const st_tensor *t = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.gate_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 32);
+    t = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.up_proj.scales");
+    CHECK(t && t->shape[0] == 4 && t->shape[1] == 32);
+    t = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.down_proj.qweight");
+    CHECK(t && t->shape[0] == 4 && t->shape[1] == 64);
+    /* q_proj [4 heads x 24, 64]: qweight [8, 96]; o_proj [64, 96]: [12, 64]. */
+    t = st_checkpoint_find(&c, "model.layers.0.self_attn.q_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 96);
+    t = st_checkpoint_find(&c, "model.layers.0.self_attn.o_proj.qweight");
+    CHECK(t && t->shape[0] == 12 && t->shape[1] == 64);
+    /* Biases: gate from the even, up from the odd entries of gate_up_proj_bias
+     * row e; down from down_proj_bias row e; the source's bytes. */
+    const st_tensor *fgu = st_checkpoint_find(&src, "model.layers.2.mlp.experts.gate_up_proj_bias");
+    const st_tensor *fd = st_checkpoint_find(&src, "model.layers.2.mlp.experts.down_proj_bias");
+    const st_tensor *bg = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.gate_proj.bias");
+    const st_tensor *bu = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.up_proj.bias");
+    const st_tensor *bd = st_checkpoint_find(&c, "model.layers.2.mlp.experts.3.down_proj.bias");
+    CHECK(fgu && fd && bg && bu && bd && bg->dtype == ST_BF16 && bg->shape[0] == 32 &&
+          bu->shape[0] == 32 && bd->shape[0] == 64);
+    size_t differ = 0;
+    for (size_t i = 0; fgu && bg && bu && i < 32; i++)
+        differ += bf16_at(bg, i) != bf16_at(fgu, 3 * 64 + 2 * i) ||
+                  bf16_at(bu, i) != bf16_at(fgu, 3 * 64 + 2 * i + 1);
+    for (size_t i = 0; fd && bd && i < 64; i++)
+        differ += bf16_at(bd, i) != bf16_at(fd, 3 * 64 + i);
+    CHECK_INT_EQ(differ, 0);
+    /* No fused tensor is left; sinks, biases of attention and router are kept. */
+    for (size_t i = 0; i < c.n_tensors; i++)
+        CHECK(!strstr(c.tensors[i]->name, "gate_up_proj") &&
+              !strstr(c.tensors[i]->name, "experts.down_proj"));
+    const char *kept[] = {"model.layers.1.self_attn.sinks", "model.layers.1.mlp.router.bias",
+                          "model.layers.1.mlp.router.weight", "model.layers.1.self_attn.o_proj.bias"};
+    for (int i = 0; i < 4; i++)
+        CHECK(st_checkpoint_find(&c, kept[i]) != NULL);
+    int qweights = 0;
+    for (size_t i = 0; i < c.n_tensors; i++)
+        qweights += strstr(c.tensors[i]->name, ".qweight") != NULL;
+    CHECK_INT_EQ(qweights, 3 * (4 + 4 * 3));
+    st_checkpoint_close(&src);
+    st_checkpoint_close(&c);
+    /* moeq reads its own output back per expert; it stays close to the source. */
+    double kl = kl_against_original("gpt_oss", out);
+    printf("  gpt_oss 4-bit g16 routed: KL %.5f\n", kl);
     CHECK(kl > 0 && kl < 0.05);
 }
 
@@ -510,5 +577,6 @@ int main(void)
     RUN(test_existing_output_is_refused_and_failures_leave_nothing);
     RUN(test_nan_weights_and_activations_stop_the_run_naming_layer_and_module);
     RUN(test_fp8_source_becomes_gptq_without_fp8_tensors_or_config);
+    RUN(test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases);
     return test_summary();
 }

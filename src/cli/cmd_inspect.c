@@ -4,6 +4,7 @@
  * architecture expects is looked up, so a missing one is reported here. */
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "model/fused_experts.h"
 #include "model/model.h"
 #include "model/mtp.h"
 
@@ -81,11 +82,19 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
     }
     if (!moeq_model_find(m, MOEQ_T_ROUTER, l, -1, err))
         return err->code;
-    /* All experts in two fused tensors (experts_gate_up / experts_down). */
+    /* All experts in two fused tensors: gpt-oss's and Llama-4's (fused_*
+     * experts), or Qwen3.5-MoE's (experts_gate_up / experts_down). */
     char fused_name[512];
-    if (!moeq_arch_tensor_name(&m->arch, MOEQ_T_EXPERTS_GATE_UP, l, -1, fused_name,
-                               sizeof fused_name) &&
-        st_checkpoint_find(&m->ckpt, fused_name)) {
+    if (moeq_experts_fused(m)) {
+        moeq_code rc = moeq_fused_experts_check(m, l, err);
+        if (rc)
+            return rc;
+        t->quantized_params += 3 * (int64_t)c->num_experts * c->hidden_size *
+                               c->moe_intermediate_size;
+        t->quantized_tensors += 3 * (int64_t)c->num_experts;
+    } else if (!moeq_arch_tensor_name(&m->arch, MOEQ_T_EXPERTS_GATE_UP, l, -1, fused_name,
+                                      sizeof fused_name) &&
+               st_checkpoint_find(&m->ckpt, fused_name)) {
         moeq_tensor_role fused[2] = {MOEQ_T_EXPERTS_GATE_UP, MOEQ_T_EXPERTS_DOWN};
         for (int i = 0; i < 2; i++) {
             if (!(x = moeq_model_find(m, fused[i], l, -1, err)))

@@ -8,6 +8,7 @@
 #include "common/hash.h"
 #include "common/parallel.h"
 #include "model/fp8_blocks.h"
+#include "model/fused_experts.h"
 #include "quant/pack_gptq.h"
 
 #include <dirent.h>
@@ -417,6 +418,37 @@ static moeq_code pack_one(void *ctx, int i, moeq_error *err)
     return rc;
 }
 
+/* A fused-experts source: expert ql->expert's bias (when the model has
+ * expert biases) cut out of the fused bias tensor and written beside its
+ * packed weight as <base>bias, in the source's dtype. */
+static moeq_code add_fused_expert_bias(moeq_gptq_writer *w, shard *s, const char *shard_file,
+                                       const moeq_quantized_linear *ql, int layer,
+                                       const char *base, moeq_error *err)
+{
+    if (!w->src->cfg.mlp_bias)
+        return MOEQ_OK;
+    void *bias;
+    st_dtype dtype;
+    int64_t rows;
+    moeq_code rc = moeq_fused_expert_bias_raw(w->src, ql->role, layer, ql->expert, &bias, &dtype,
+                                              &rows, err);
+    if (rc || (rc = shard_own(s, bias, err)))
+        return rc;
+    char name[600];
+    snprintf(name, sizeof name, "%sbias", base);
+    return add_tensor(w, s, shard_file, name, dtype, 1, &rows, bias,
+                      (size_t)rows * st_dtype_size(dtype), err);
+}
+
+/* Marks a fused-experts source tensor as replaced by the per-expert output. */
+static void mark_written(void *ctx, const char *name)
+{
+    moeq_gptq_writer *w = ctx;
+    long idx = tensor_index(&w->src->ckpt, name);
+    if (idx >= 0)
+        w->written[idx] = 1;
+}
+
 /* Adds the next packed linear (s->packed[s->n_packed], packed from ql) to
  * the shard under its checkpoint names. */
 static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_file,
@@ -458,6 +490,8 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
         w->total_bytes += (int64_t)bytes;
         cJSON_AddStringToObject(w->weight_map, names[i], shard_file);
     }
+    if (ql->expert >= 0 && moeq_experts_fused(w->src))
+        return add_fused_expert_bias(w, s, shard_file, ql, layer, base, err);
     /* The weight is replaced; its bias, if any, is copied as it is. */
     char name[600];
     snprintf(name, sizeof name, "%sweight", base);
@@ -602,6 +636,9 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
             (idx = tensor_index(&w->src->ckpt, name)) >= 0)
             w->written[idx] = 1;
     }
+    /* gpt-oss's and Llama-4's also have biases and MXFP4 blocks and scales. */
+    if (!rc && experts && moeq_experts_fused(w->src))
+        moeq_fused_experts_each_source(w->src, r->layer, mark_written, w);
     if (!rc)
         rc = add_layer_copies(w, &s, file, a, name_layer, err);
     if (!rc)

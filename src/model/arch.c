@@ -54,6 +54,7 @@ static const char *const ROLE_KEYS[MOEQ_T_COUNT] = {
     [MOEQ_T_MTP_NORM_EMBEDDING] = "mtp_norm_embedding",
     [MOEQ_T_MTP_NORM_HIDDEN] = "mtp_norm_hidden",
     [MOEQ_T_MTP_NORM] = "mtp_norm",
+    [MOEQ_T_ATTN_SINKS] = "attn_sinks",
 };
 
 const char *moeq_tensor_role_key(moeq_tensor_role role)
@@ -98,6 +99,13 @@ static const choice LINEAR_ATTENTION_CHOICES[] = {
 static const choice NORM_CHOICES[] = {{"rmsnorm", MOEQ_NORM_RMS},
                                       {"zero_centered_rmsnorm", MOEQ_NORM_RMS_ZERO_CENTERED},
                                       {NULL, 0}};
+
+static const choice EXPERTS_CHOICES[] = {{"separate", MOEQ_EXPERTS_SEPARATE},
+                                         {"fused_interleaved", MOEQ_EXPERTS_FUSED_INTERLEAVED},
+                                         {NULL, 0}};
+static const choice MLP_ACT_CHOICES[] = {{"silu", MOEQ_MLP_ACT_SILU},
+                                         {"swiglu_clamped", MOEQ_MLP_ACT_SWIGLU_CLAMPED},
+                                         {NULL, 0}};
 
 static moeq_code parse_choice(const cJSON *components, const char *key, const choice *choices,
                               int default_value, const char *source, int *out,
@@ -154,7 +162,9 @@ static const char *const PARAM_NAMES[] = {
     "linear_num_key_heads", "linear_num_value_heads",
     "linear_key_head_dim", "linear_value_head_dim",
     "linear_conv_kernel_dim", "mtp_num_hidden_layers",
-    "mtp_use_dedicated_embeddings", NULL,
+    "mtp_use_dedicated_embeddings", "router_bias",
+    "swiglu_alpha",      "swiglu_limit",
+    NULL,
 };
 
 static moeq_code validate_params(const cJSON *params, const char *source, moeq_error *err)
@@ -251,7 +261,7 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
             return moeq_fail(err, MOEQ_ERR_FORMAT,
                              "architecture file %s: tensors.%s is required", source,
                              ROLE_KEYS[always[i]]);
-    moeq_tensor_role need[16];
+    moeq_tensor_role need[18];
     int n = 0;
     if (arch->moe_layers != MOEQ_MOE_LAYERS_NONE) {
         need[n++] = MOEQ_T_ROUTER;
@@ -282,6 +292,12 @@ static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
                              "tensors.linear_in_qkv, linear_in_z, linear_in_b and linear_in_a, "
                              "or the fused tensors.linear_in_qkvz and linear_in_ba (not both)",
                              source);
+    }
+    /* gpt-oss's and Llama-4's experts are read from their fused tensors;
+     * the per-expert names above still name the quantized output. */
+    if (arch->experts != MOEQ_EXPERTS_SEPARATE) {
+        need[n++] = MOEQ_T_EXPERTS_GATE_UP;
+        need[n++] = MOEQ_T_EXPERTS_DOWN;
     }
     for (int i = 0; i < n; i++)
         if (!arch->tensors[need[i]])
@@ -418,7 +434,8 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
     {
         const char *k = c->string;
         if (strcmp(k, "attention") && strcmp(k, "router") && strcmp(k, "shared_expert") &&
-            strcmp(k, "moe_layers") && strcmp(k, "linear_attention") && strcmp(k, "norm")) {
+            strcmp(k, "moe_layers") && strcmp(k, "linear_attention") && strcmp(k, "norm") &&
+            strcmp(k, "experts") && strcmp(k, "mlp_act")) {
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "architecture file %s: unknown component components.%s", source, k);
             goto done;
@@ -447,6 +464,13 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
     if ((rc = parse_choice(comp, "norm", NORM_CHOICES, MOEQ_NORM_RMS, source, &v, err)))
         goto done;
     arch->norm = (moeq_norm_kind)v;
+    if ((rc = parse_choice(comp, "experts", EXPERTS_CHOICES, MOEQ_EXPERTS_SEPARATE, source, &v,
+                           err)))
+        goto done;
+    arch->experts = (moeq_experts_kind)v;
+    if ((rc = parse_choice(comp, "mlp_act", MLP_ACT_CHOICES, MOEQ_MLP_ACT_SILU, source, &v, err)))
+        goto done;
+    arch->mlp_act = (moeq_mlp_act_kind)v;
     if ((rc = parse_tensors(cJSON_GetObjectItemCaseSensitive(root, "tensors"), source, arch,
                             err)))
         goto done;

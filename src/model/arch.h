@@ -22,6 +22,23 @@ typedef enum moeq_shared_expert_kind {
     MOEQ_SHARED_EXPERT_SIGMOID_GATED, /* Qwen2-MoE: sigmoid(x . g) * shared(x) */
 } moeq_shared_expert_kind;
 
+/* How routed experts are stored. */
+typedef enum moeq_experts_kind {
+    MOEQ_EXPERTS_SEPARATE,          /* one tensor per expert and projection, or (when
+                                     * experts_gate_up is named and present) Qwen3.5-MoE's
+                                     * [E, 2I, H] and [E, H, I] in nn.Linear order */
+    MOEQ_EXPERTS_FUSED_INTERLEAVED, /* gpt-oss: per layer gate_up [E, H, 2I] with gate in the
+                                     * even and up in the odd columns, down [E, I, H]
+                                     * (model/fused_experts.h) */
+} moeq_experts_kind;
+
+/* The gating of an MLP's gate and up projections. */
+typedef enum moeq_mlp_act_kind {
+    MOEQ_MLP_ACT_SILU,           /* silu(gate) * up */
+    MOEQ_MLP_ACT_SWIGLU_CLAMPED, /* gpt-oss: gate clamped above at limit, up to [-limit, limit],
+                                  * gate * sigmoid(alpha * gate) * (up + 1) */
+} moeq_mlp_act_kind;
+
 typedef enum moeq_moe_layers_kind {
     MOEQ_MOE_LAYERS_NONE,        /* dense model */
     MOEQ_MOE_LAYERS_ALL,         /* every layer is sparse (Mixtral) */
@@ -74,12 +91,14 @@ typedef enum moeq_tensor_role {
     MOEQ_T_LA_A_LOG,
     MOEQ_T_LA_NORM,
     MOEQ_T_LA_OUT_PROJ,
-    MOEQ_T_EXPERTS_GATE_UP, /* all experts of a layer in one tensor [E, 2I, H] */
-    MOEQ_T_EXPERTS_DOWN,    /* [E, H, I] */
+    MOEQ_T_EXPERTS_GATE_UP, /* all experts of a layer in one tensor: [E, 2I, H] (Qwen3.5-MoE),
+                             * [E, H, 2I] with fused_* experts (gpt-oss, Llama-4) */
+    MOEQ_T_EXPERTS_DOWN,    /* [E, H, I]; [E, I, H] with fused_* experts */
     MOEQ_T_MTP_FC,          /* multi-token prediction (mtp.h): [H, 2H] over [embedding; hidden] */
     MOEQ_T_MTP_NORM_EMBEDDING,
     MOEQ_T_MTP_NORM_HIDDEN,
     MOEQ_T_MTP_NORM,
+    MOEQ_T_ATTN_SINKS,      /* gpt-oss: per-head sink logits [Hq] */
     MOEQ_T_COUNT
 } moeq_tensor_role;
 
@@ -96,6 +115,8 @@ typedef struct moeq_arch {
     moeq_moe_layers_kind moe_layers;
     moeq_linear_attention_kind linear_attention;
     moeq_norm_kind norm;
+    moeq_experts_kind experts;
+    moeq_mlp_act_kind mlp_act;
     char *tensors[MOEQ_T_COUNT]; /* name templates; NULL where absent */
     /* Modules of the checkpoint outside the language model (a vision tower,
      * multi-token-prediction layers) that stay unquantized: named in the

@@ -139,6 +139,22 @@ static moeq_code read_bool(const reader *r, const char *param, int def, int *out
     return MOEQ_OK;
 }
 
+/* Reads a finite number parameter; def when absent. */
+static moeq_code read_number(const reader *r, const char *param, double def, double *out)
+{
+    const char *key;
+    const cJSON *v = lookup(r, param, &key);
+    if (!v) {
+        *out = def;
+        return MOEQ_OK;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT, "config.json %s: field \"%s\" must be a number",
+                         r->path, key);
+    *out = v->valuedouble;
+    return MOEQ_OK;
+}
+
 static moeq_code read_double(const cJSON *obj, const char *key, double def, const char *path,
                              const char *where, double *out, moeq_error *err)
 {
@@ -298,6 +314,40 @@ static moeq_code read_quantization(const reader *r, moeq_config *cfg)
     return MOEQ_OK;
 }
 
+/* layer_types (transformers 5.x; gpt-oss, Gemma-style alternation): which
+ * layers use sliding_window. */
+static moeq_code read_layer_types(const reader *r, moeq_config *cfg)
+{
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(r->root, "layer_types");
+    if (!types || cJSON_IsNull(types))
+        return MOEQ_OK;
+    if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->num_layers)
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: \"layer_types\" must be an array of %d strings (one "
+                         "per layer)",
+                         r->path, cfg->num_layers);
+    if (!(cfg->layer_sliding = calloc((size_t)cfg->num_layers, 1)))
+        return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
+    int l = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, types)
+    {
+        const char *s = cJSON_IsString(t) ? t->valuestring : "(not a string)";
+        /* linear_attention layers are read by read_linear_attention. */
+        int linear = !strcmp(s, "linear_attention") &&
+                     r->arch->linear_attention != MOEQ_LINEAR_ATTENTION_NONE;
+        if (!strcmp(s, "sliding_attention"))
+            cfg->layer_sliding[l] = 1;
+        else if (strcmp(s, "full_attention") && !linear)
+            return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                             "config.json %s: layer_types[%d] = %s is not supported "
+                             "(sliding_attention, full_attention)",
+                             r->path, l, s);
+        l++;
+    }
+    return MOEQ_OK;
+}
+
 static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
 {
     cfg->layer_is_moe = calloc((size_t)cfg->num_layers, 1);
@@ -422,8 +472,20 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         (rc = read_bool(r, "mlp_bias", 0, &cfg->mlp_bias)) ||
         (rc = read_bool(r, "qk_norm", 0, &cfg->qk_norm)) ||
         (rc = read_bool(r, "norm_topk_prob", 0, &cfg->norm_topk_prob)) ||
-        (rc = read_bool(r, "attn_output_gate", 0, &cfg->attn_output_gate)))
+        (rc = read_bool(r, "attn_output_gate", 0, &cfg->attn_output_gate)) ||
+        (rc = read_bool(r, "router_bias", 0, &cfg->router_bias)))
         return rc;
+    double alpha, limit;
+    if ((rc = read_number(r, "swiglu_alpha", 1.0, &alpha)) ||
+        (rc = read_number(r, "swiglu_limit", 0.0, &limit)))
+        return rc;
+    if (r->arch->mlp_act == MOEQ_MLP_ACT_SWIGLU_CLAMPED && !(limit > 0))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: the clamped SwiGLU of architecture %s needs a positive "
+                         "swiglu_limit",
+                         r->path, r->arch->name);
+    cfg->swiglu_alpha = (float)alpha;
+    cfg->swiglu_limit = r->arch->mlp_act == MOEQ_MLP_ACT_SWIGLU_CLAMPED ? (float)limit : 0.0f;
     /* Qwen configs carry a sliding_window that applies only when
      * use_sliding_window is true, and then only from max_window_layers on. */
     const cJSON *use_swa = cJSON_GetObjectItemCaseSensitive(r->root, "use_sliding_window");
@@ -468,7 +530,7 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
                          "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
     if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)) ||
-        (rc = read_linear_attention(r, cfg)))
+        (rc = read_linear_attention(r, cfg)) || (rc = read_layer_types(r, cfg)))
         return rc;
     if (r->arch->mtp_prefix_from &&
         ((rc = read_int(r, "mtp_num_hidden_layers", 0, 1, 0, 1 << 10, &cfg->mtp_num_layers)) ||
@@ -537,4 +599,13 @@ void moeq_config_free(moeq_config *cfg)
     cfg->layer_is_moe = NULL;
     free(cfg->layer_is_linear);
     cfg->layer_is_linear = NULL;
+    free(cfg->layer_sliding);
+    cfg->layer_sliding = NULL;
+}
+
+int moeq_config_layer_window(const moeq_config *cfg, int layer)
+{
+    if (cfg->layer_sliding && !cfg->layer_sliding[layer])
+        return 0;
+    return cfg->sliding_window;
 }

@@ -26,6 +26,13 @@ typedef struct moeq_config {
     int mlp_bias;
     int qk_norm;
     int sliding_window; /* 0: full attention */
+    /* [num_layers] from layer_types: 1 where the layer is "sliding_attention"
+     * (gpt-oss alternates); NULL without layer_types, when sliding_window
+     * applies to every layer. moeq_config_layer_window() reads it. */
+    unsigned char *layer_sliding;
+    int router_bias;       /* the router linear has a bias (gpt-oss) */
+    float swiglu_alpha;    /* MOEQ_MLP_ACT_SWIGLU_CLAMPED: sigmoid(alpha * gate) */
+    float swiglu_limit;    /* MOEQ_MLP_ACT_SWIGLU_CLAMPED: the clamp (> 0); 0 otherwise */
     /* MoE; num_experts == 0 for dense models */
     int num_experts;
     int num_experts_per_tok;
@@ -60,5 +67,8 @@ moeq_code moeq_config_parse(const char *json, const char *path, const moeq_arch 
 /* model_type of a config.json, without needing an architecture. */
 moeq_code moeq_config_model_type(const char *path, char *buf, size_t bytes, moeq_error *err);
 void moeq_config_free(moeq_config *cfg);
+
+/* The sliding window of layer l's attention; 0 for full attention. */
+int moeq_config_layer_window(const moeq_config *cfg, int layer);
 
 #endif

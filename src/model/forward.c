@@ -34,16 +34,24 @@ void moeq_rope_cache_free(moeq_rope_cache *rc)
     rc->inv_freq = NULL;
 }
 
-/* One SwiGLU MLP over rows tokens: out = down(silu(gate(x)) * up(x)).
- * scratch holds 2 * rows * I floats. */
-static void mlp_forward(const moeq_mlp_weights *w, const float *x, int rows, int hidden,
-                        float *scratch, float *out)
+void moeq_mlp_gate(const moeq_config *cfg, float *g, const float *u, size_t n)
 {
-    int inter = w->intermediate;
+    if (cfg->swiglu_limit > 0)
+        cpu_swiglu_clamped(g, u, n, cfg->swiglu_alpha, cfg->swiglu_limit, g);
+    else
+        cpu_silu_mul(g, u, n, g);
+}
+
+/* One SwiGLU MLP over rows tokens: out = down(act(gate(x), up(x))).
+ * scratch holds 2 * rows * I floats. */
+static void mlp_forward(const moeq_config *cfg, const moeq_mlp_weights *w, const float *x,
+                        int rows, float *scratch, float *out)
+{
+    int inter = w->intermediate, hidden = cfg->hidden_size;
     float *g = scratch, *u = scratch + (size_t)rows * inter;
     cpu_linear(x, rows, hidden, w->gate, w->gate_bias, inter, g);
     cpu_linear(x, rows, hidden, w->up, w->up_bias, inter, u);
-    cpu_silu_mul(g, u, (size_t)rows * inter, g);
+    moeq_mlp_gate(cfg, g, u, (size_t)rows * inter);
     cpu_linear(g, rows, inter, w->down, w->down_bias, hidden, out);
 }
 
@@ -69,7 +77,7 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory in the MoE block", lw->layer);
         goto done;
     }
-    cpu_linear(x, n, hidden, lw->router, NULL, n_exp, logits);
+    cpu_linear(x, n, hidden, lw->router, lw->router_bias, n_exp, logits);
     cpu_router_params router = {.scoring = CPU_ROUTER_SOFTMAX,
                                 .top_k = k,
                                 .norm_topk_prob = cfg->norm_topk_prob};
@@ -91,7 +99,7 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
         for (int i = 0; i < m; i++)
             memcpy(xs + (size_t)i * hidden, x + (size_t)rows[i] * hidden,
                    sizeof(float) * (size_t)hidden);
-        mlp_forward(&lw->experts[e], xs, m, hidden, scratch, ys);
+        mlp_forward(cfg, &lw->experts[e], xs, m, scratch, ys);
         for (int i = 0; i < m; i++) {
             float *dst = out + (size_t)rows[i] * hidden;
             const float *src = ys + (size_t)i * hidden;
@@ -100,7 +108,7 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
         }
     }
     if (lw->has_shared) {
-        mlp_forward(&lw->shared, x, n, hidden, scratch, ys);
+        mlp_forward(cfg, &lw->shared, x, n, scratch, ys);
         for (int t = 0; t < n; t++) {
             float gate = 1.0f;
             if (lw->shared_gate) {
@@ -177,7 +185,8 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
         cpu_rope_apply(kk + t0 * kvdim, seq_len, hkv, d, rope->rotary_dim, pos, rope->inv_freq,
                        rope->attention_factor, 0);
         if ((rc = cpu_attention_causal(q + t0 * qdim, kk + t0 * kvdim, v + t0 * kvdim, seq_len,
-                                       hq, hkv, d, d, scale, cfg->sliding_window, NULL,
+                                       hq, hkv, d, d, scale,
+                                       moeq_config_layer_window(cfg, lw->layer), lw->sinks,
                                        attn + t0 * qdim, err)))
             goto done;
     }
@@ -224,7 +233,7 @@ moeq_code moeq_mlp_block(const moeq_config *cfg, const moeq_layer_weights *lw, c
         if ((rc = moe_forward(cfg, lw, h, n, block, trace, err)))
             goto done;
     } else {
-        mlp_forward(&lw->dense, h, n, hidden, scratch, block);
+        mlp_forward(cfg, &lw->dense, h, n, scratch, block);
     }
     if (trace && trace->mlp_out)
         memcpy(trace->mlp_out, block, sizeof(float) * (size_t)n * hidden);

@@ -29,6 +29,11 @@ typedef struct moeq_rope_cache {
 moeq_code moeq_rope_cache_init(const moeq_config *cfg, moeq_rope_cache *rc, moeq_error *err);
 void moeq_rope_cache_free(moeq_rope_cache *rc);
 
+/* g = act(g, u) over n elements: the gating of the architecture's MLPs
+ * (silu(g) * u, or gpt-oss's clamped SwiGLU with the config's alpha and
+ * limit). */
+void moeq_mlp_gate(const moeq_config *cfg, float *g, const float *u, size_t n);
+
 /* out = x + attention(attn_norm(x)): the attention half of a layer. */
 moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
                                const moeq_rope_cache *rope, const float *x, int n_seqs,

@@ -4,6 +4,7 @@
 
 #include "common/dtype.h"
 #include "common/parallel.h"
+#include "model/fused_experts.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,9 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
         return rc;
     if (c->o_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_O_PROJ, l, -1, h, &lw->o_bias, err)))
         return rc;
+    if (m->arch.tensors[MOEQ_T_ATTN_SINKS] &&
+        (rc = moeq_model_load_f32(m, MOEQ_T_ATTN_SINKS, l, -1, c->num_heads, 0, &lw->sinks, err)))
+        return rc;
     if (c->qk_norm &&
         ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, c->head_dim, 0, &lw->q_norm, err)) ||
          (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, c->head_dim, 0, &lw->k_norm, err))))
@@ -186,6 +190,8 @@ static moeq_code load_expert(void *ctx, int e, moeq_error *err)
 {
     const expert_load *x = ctx;
     int64_t inter = x->m->cfg.moe_intermediate_size;
+    if (moeq_experts_fused(x->m))
+        return moeq_fused_expert_load(x->m, x->layer, e, &x->lw->experts[e], err);
     if (!x->fused_gate_up)
         return load_mlp(x->m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
                         MOEQ_T_EXPERT_DOWN_PROJ, x->layer, e, (int)inter, &x->lw->experts[e], err);
@@ -204,7 +210,9 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
     const moeq_config *c = &m->cfg;
     moeq_code rc;
     if ((rc = moeq_model_load_f32(m, MOEQ_T_ROUTER, l, -1, c->num_experts, c->hidden_size,
-                                  &lw->router, err)))
+                                  &lw->router, err)) ||
+        (c->router_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_ROUTER, l, -1, c->num_experts,
+                                                          &lw->router_bias, err))))
         return rc;
     lw->experts = calloc((size_t)c->num_experts, sizeof *lw->experts);
     if (!lw->experts)
@@ -213,7 +221,9 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
     lw->n_experts = c->num_experts;
     /* Experts decode in parallel: each is its own tensors and buffers. */
     expert_load x = {m, l, lw, NULL, NULL};
-    if ((rc = find_fused_experts(m, l, &x.fused_gate_up, &x.fused_down, err)) ||
+    /* gpt-oss's and Llama-4's fused experts are read by fused_experts.c. */
+    if ((!moeq_experts_fused(m) &&
+         (rc = find_fused_experts(m, l, &x.fused_gate_up, &x.fused_down, err))) ||
         (rc = moeq_parallel_for(c->num_experts, 0, load_expert, &x, err)))
         return rc;
     if (m->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE && c->shared_expert_intermediate_size) {
@@ -256,7 +266,8 @@ void moeq_layer_weights_free(moeq_layer_weights *lw)
 {
     float *singles[] = {lw->attn_norm, lw->q,      lw->k,      lw->v,      lw->o,
                         lw->q_bias,    lw->k_bias, lw->v_bias, lw->o_bias, lw->q_norm,
-                        lw->k_norm,    lw->mlp_norm, lw->router, lw->shared_gate};
+                        lw->k_norm,    lw->mlp_norm, lw->router, lw->shared_gate,
+                        lw->sinks,     lw->router_bias};
     for (size_t i = 0; i < sizeof singles / sizeof singles[0]; i++)
         free(singles[i]);
     free_mlp(&lw->dense);

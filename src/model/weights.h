@@ -7,7 +7,8 @@
 #include "model/model.h"
 
 /* One SwiGLU MLP (dense MLP, routed expert or shared expert):
- * down(silu(gate(x)) * up(x)); weights [out, in] as nn.Linear stores them. */
+ * down(act(gate(x), up(x))), act as the architecture's mlp_act (forward.h,
+ * moeq_mlp_gate); weights [out, in] as nn.Linear stores them. */
 typedef struct moeq_mlp_weights {
     int intermediate;
     float *gate, *up, *down;             /* [I, H], [I, H], [H, I] */
@@ -36,9 +37,11 @@ typedef struct moeq_layer_weights {
                                           * gate), [Hkv*D, H], [Hkv*D, H], [H, Hq*D] */
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when absent */
     float *q_norm, *k_norm;              /* [D], NULL without qk_norm */
+    float *sinks;                        /* [Hq] attention sink logits, NULL without */
     float *mlp_norm;                     /* [H] */
     moeq_mlp_weights dense;              /* dense layers */
     float *router;                       /* [E, H] */
+    float *router_bias;                  /* [E], NULL unless router_bias */
     moeq_mlp_weights *experts;           /* [n_experts] */
     int n_experts;
     int has_shared;

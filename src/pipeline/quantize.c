@@ -158,7 +158,7 @@ static moeq_code quantize_weight(layer_ctx *c, const moeq_gptq_prepared *prep,
  * tokens x [rows, H], each weighted by token_w (NULL: all 1). prep_gu, when
  * not NULL, is the gate/up factorisation shared with other experts;
  * otherwise it is built from x. down_proj's Hessian comes from
- * silu(gate(x)) * up(x) with the quantized gate/up, in token chunks. */
+ * act(gate(x), up(x)) with the quantized gate/up, in token chunks. */
 static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
                                  const moeq_tensor_role roles[3], int expert, const float *x,
                                  int rows, const float *token_w, float alpha,
@@ -211,7 +211,7 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
             const float *xc = x + (size_t)r0 * hidden;
             cpu_linear(xc, m, hidden, mlp->gate, mlp->gate_bias, inter, g);
             cpu_linear(xc, m, hidden, mlp->up, mlp->up_bias, inter, u);
-            cpu_silu_mul(g, u, (size_t)m * inter, g);
+            moeq_mlp_gate(c->cfg, g, u, (size_t)m * inter);
             if ((rc = check_finite(c, g, (size_t)m * inter,
                                    role_label(roles[2], expert, what, sizeof what), err)))
                 goto done;
@@ -443,7 +443,7 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
         goto done;
     }
     double t0 = now_seconds();
-    cpu_linear(h, n, hidden, lw->router, NULL, E, logits);
+    cpu_linear(h, n, hidden, lw->router, lw->router_bias, E, logits);
     cpu_softmax_rows(logits, n, E, probs);
     cpu_router_params rp = {.scoring = CPU_ROUTER_SOFTMAX, .top_k = k,
                             .norm_topk_prob = cfg->norm_topk_prob};

@@ -1347,6 +1347,16 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "output-gated attention (%s: q_proj with a per-head gate) is not in the "
                          "CUDA pipeline yet: use --device cpu",
                          model->arch.name);
+    if (model->arch.tensors[MOEQ_T_ATTN_SINKS])
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "attention sinks are not in the CUDA pipeline yet: use --device cpu");
+    if (cfg->router_bias)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
+    if (model->arch.mlp_act != MOEQ_MLP_ACT_SILU)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "
+                         "--device cpu");
     return MOEQ_OK;
 }
 

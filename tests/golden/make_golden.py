@@ -70,7 +70,7 @@ MODELS = {
         intermediate_size=112, tie_word_embeddings=True,
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 16}), None),
+                         "original_max_position_embeddings": 128}), None),
     # Qwen2 dense: q/k/v biases, YaRN scaling.
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", base(
         intermediate_size=112, num_key_value_heads=1, max_position_embeddings=32,
@@ -94,6 +94,16 @@ MODELS = {
         linear_value_head_dim=8, linear_conv_kernel_dim=4,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                          "partial_rotary_factor": 0.25}), None),
+    # gpt-oss: fused experts with biases (gate/up interleaved), a limit small enough that
+    # the clamped SwiGLU clamps, attention sinks, sliding window (8 < 24 tokens) on layers
+    # 0 and 2 only, q/k/v/o and router biases, YaRN without truncation, head_dim 24.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", base(
+        head_dim=24, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        swiglu_limit=0.25, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
+                         "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 128}), None),
 }
 
 # Sequence length per model where it differs from TOKENS.
@@ -168,6 +178,9 @@ def randomize_norms(model, gen, zero_centered=False):
         if name.endswith("bias"):
             with torch.no_grad():
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        if name.endswith("sinks"):  # gpt-oss: large enough to take real attention mass
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen))
 
 
 def capture(model, tokens):

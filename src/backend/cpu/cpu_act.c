@@ -35,3 +35,14 @@ void cpu_silu_mul(const float *gate, const float *up, size_t n, float *out)
         out[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
+
+void cpu_swiglu_clamped(const float *gate, const float *up, size_t n, float alpha, float limit,
+                        float *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i] > limit ? limit : gate[i];
+        float u = up[i] > limit ? limit : up[i] < -limit ? -limit : up[i];
+        float glu = g * (1.0f / (1.0f + expf(-(g * alpha))));
+        out[i] = (u + 1.0f) * glu;
+    }
+}

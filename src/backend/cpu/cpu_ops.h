@@ -53,6 +53,12 @@ void cpu_sigmoid(const float *x, size_t n, float *y);
  * computes it. out may alias gate or up. */
 void cpu_silu_mul(const float *gate, const float *up, size_t n, float *out);
 
+/* gpt-oss's clamped SwiGLU (transformers GptOssExperts._apply_gate), in
+ * fp32: g = min(gate, limit), u = clamp(up, -limit, limit),
+ * out = g * sigmoid(alpha * g) * (u + 1). out may alias gate or up. */
+void cpu_swiglu_clamped(const float *gate, const float *up, size_t n, float alpha, float limit,
+                        float *out);
+
 /* ---- attention */
 
 /* Rotates x[tokens, heads, head_dim] in place by RoPE at positions[tokens]:

@@ -1,0 +1,201 @@
+/* fused_experts.c: per-expert weights out of fused expert tensors (see
+ * fused_experts.h). */
+#include "model/fused_experts.h"
+
+#include "common/dtype.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The checkpoint tensor named by role's template at layer l plus suffix
+ * ("", "_bias"); its name goes to name. NULL when absent. */
+static const st_tensor *fused_find(const moeq_model *m, moeq_tensor_role role, int layer,
+                                   const char *suffix, char *name, size_t bytes)
+{
+    char base[512];
+    if (moeq_arch_tensor_name(&m->arch, role, layer, -1, base, sizeof base))
+        return NULL;
+    snprintf(name, bytes, "%s%s", base, suffix);
+    return st_checkpoint_find(&m->ckpt, name);
+}
+
+static moeq_code check_shape(const moeq_model *m, const st_tensor *t, int ndim,
+                             const int64_t *shape, moeq_error *err)
+{
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char got[96] = "", want[96] = "";
+        for (int i = 0; i < t->ndim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
+                     (long long)t->shape[i]);
+        for (int i = 0; i < ndim; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "",
+                     (long long)shape[i]);
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: tensor %s has shape [%s], expected [%s] from config.json", m->dir,
+                         t->name, got, want);
+    }
+    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "%s: tensor %s is %s; fused experts are read in F32, BF16 or F16",
+                         m->dir, t->name, st_dtype_name(t->dtype));
+    return MOEQ_OK;
+}
+
+/* The fused tensor of role, present and of shape [E, d1, d2] (d2 == 0:
+ * [E, d1]). */
+static moeq_code fused_tensor(const moeq_model *m, moeq_tensor_role role, int layer,
+                              const char *suffix, int64_t d1, int64_t d2, const st_tensor **out,
+                              moeq_error *err)
+{
+    char name[600];
+    const st_tensor *t = fused_find(m, role, layer, suffix, name, sizeof name);
+    if (!t)
+        return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
+                         "%s: tensor %s (%s%s of layer %d) is missing from the checkpoint",
+                         m->dir, name, moeq_tensor_role_key(role), suffix, layer);
+    int64_t shape[3] = {m->cfg.num_experts, d1, d2};
+    *out = t;
+    return check_shape(m, t, d2 ? 3 : 2, shape, err);
+}
+
+/* Expert e's [rows, cols] slice of the fused tensor t, decoded to fp32. */
+static moeq_code decode_slice(const moeq_model *m, const st_tensor *t, int expert, int64_t rows,
+                              int64_t cols, float *dst, moeq_error *err)
+{
+    size_t n = (size_t)rows * (size_t)cols;
+    const char *src = (const char *)t->data + (size_t)expert * n * st_dtype_size(t->dtype);
+    moeq_code rc = moeq_to_f32(t->dtype, src, n, dst, err);
+    return rc ? moeq_wrap(err, "%s: tensor %s: ", m->dir, t->name) : MOEQ_OK;
+}
+
+/* Expert e's projection as nn.Linear stores it, dst[out, in]: the fused
+ * tensor holds [in, out] (x @ W), so the slice is transposed. */
+static moeq_code load_projection(const moeq_model *m, moeq_tensor_role role, int layer,
+                                 int expert, int64_t out_dim, int64_t in_dim, float *dst,
+                                 moeq_error *err)
+{
+    const st_tensor *t;
+    moeq_code rc = fused_tensor(m, role, layer, "", in_dim, out_dim, &t, err);
+    float *tmp = rc ? NULL : malloc(sizeof(float) * (size_t)(in_dim * out_dim));
+    if (!rc && !tmp)
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory reading %s", m->dir, t->name);
+    if (!rc && !(rc = decode_slice(m, t, expert, in_dim, out_dim, tmp, err)))
+        for (int64_t i = 0; i < in_dim; i++)
+            for (int64_t o = 0; o < out_dim; o++)
+                dst[o * in_dim + i] = tmp[i * out_dim + o];
+    free(tmp);
+    return rc;
+}
+
+int moeq_experts_fused(const moeq_model *m)
+{
+    return m->arch.experts != MOEQ_EXPERTS_SEPARATE && !m->cfg.quant_bits;
+}
+
+moeq_code moeq_fused_expert_load(const moeq_model *m, int layer, int expert,
+                                 moeq_mlp_weights *w, moeq_error *err)
+{
+    const int64_t H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size;
+    w->intermediate = (int)I;
+    w->gate = malloc(sizeof(float) * (size_t)(I * H));
+    w->up = malloc(sizeof(float) * (size_t)(I * H));
+    w->down = malloc(sizeof(float) * (size_t)(H * I));
+    float *gu = malloc(sizeof(float) * (size_t)(2 * I * H));
+    moeq_code rc = MOEQ_OK;
+    if (!w->gate || !w->up || !w->down || !gu) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for expert %d", layer, expert);
+        goto done;
+    }
+    /* gate_up [2I, H] after the transpose: row 2i is gate row i, 2i + 1 up. */
+    if ((rc = load_projection(m, MOEQ_T_EXPERTS_GATE_UP, layer, expert, 2 * I, H, gu, err)) ||
+        (rc = load_projection(m, MOEQ_T_EXPERTS_DOWN, layer, expert, H, I, w->down, err)))
+        goto done;
+    for (int64_t i = 0; i < I; i++) {
+        memcpy(w->gate + i * H, gu + (2 * i) * H, sizeof(float) * (size_t)H);
+        memcpy(w->up + i * H, gu + (2 * i + 1) * H, sizeof(float) * (size_t)H);
+    }
+    if (!m->cfg.mlp_bias)
+        goto done;
+    const st_tensor *bgu, *bd;
+    w->gate_bias = malloc(sizeof(float) * (size_t)I);
+    w->up_bias = malloc(sizeof(float) * (size_t)I);
+    w->down_bias = malloc(sizeof(float) * (size_t)H);
+    if (!w->gate_bias || !w->up_bias || !w->down_bias) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for expert %d", layer, expert);
+        goto done;
+    }
+    if ((rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "_bias", 2 * I, 0, &bgu, err)) ||
+        (rc = fused_tensor(m, MOEQ_T_EXPERTS_DOWN, layer, "_bias", H, 0, &bd, err)) ||
+        (rc = decode_slice(m, bgu, expert, 1, 2 * I, gu, err)) ||
+        (rc = decode_slice(m, bd, expert, 1, H, w->down_bias, err)))
+        goto done;
+    for (int64_t i = 0; i < I; i++) {
+        w->gate_bias[i] = gu[2 * i];
+        w->up_bias[i] = gu[2 * i + 1];
+    }
+done:
+    free(gu);
+    return rc;
+}
+
+moeq_code moeq_fused_experts_check(const moeq_model *m, int layer, moeq_error *err)
+{
+    const int64_t H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size;
+    const st_tensor *t;
+    moeq_code rc;
+    if ((rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "", H, 2 * I, &t, err)) ||
+        (rc = fused_tensor(m, MOEQ_T_EXPERTS_DOWN, layer, "", I, H, &t, err)))
+        return rc;
+    if (m->cfg.mlp_bias &&
+        ((rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "_bias", 2 * I, 0, &t, err)) ||
+         (rc = fused_tensor(m, MOEQ_T_EXPERTS_DOWN, layer, "_bias", H, 0, &t, err))))
+        return rc;
+    return MOEQ_OK;
+}
+
+moeq_code moeq_fused_expert_bias_raw(const moeq_model *m, moeq_tensor_role role, int layer,
+                                     int expert, void **out, st_dtype *dtype, int64_t *rows,
+                                     moeq_error *err)
+{
+    const int64_t H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size;
+    int down = role == MOEQ_T_EXPERT_DOWN_PROJ;
+    const st_tensor *t;
+    *out = NULL;
+    moeq_code rc = fused_tensor(m, down ? MOEQ_T_EXPERTS_DOWN : MOEQ_T_EXPERTS_GATE_UP, layer,
+                                "_bias", down ? H : 2 * I, 0, &t, err);
+    if (rc)
+        return rc;
+    size_t es = st_dtype_size(t->dtype);
+    *rows = down ? H : I;
+    *dtype = t->dtype;
+    unsigned char *buf = malloc(es * (size_t)*rows);
+    if (!buf)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory splitting %s", t->name);
+    const unsigned char *row = (const unsigned char *)t->data +
+                               (size_t)expert * es * (size_t)t->shape[1];
+    if (down)
+        memcpy(buf, row, es * (size_t)H);
+    else /* interleaved: gate at even, up at odd positions */
+        for (int64_t i = 0; i < I; i++)
+            memcpy(buf + (size_t)i * es,
+                   row + (size_t)(2 * i + (role == MOEQ_T_EXPERT_UP_PROJ)) * es, es);
+    *out = buf;
+    return MOEQ_OK;
+}
+
+void moeq_fused_experts_each_source(const moeq_model *m, int layer,
+                                    void (*fn)(void *ctx, const char *name), void *ctx)
+{
+    static const char *const suffixes[] = {"", "_bias"};
+    const moeq_tensor_role roles[2] = {MOEQ_T_EXPERTS_GATE_UP, MOEQ_T_EXPERTS_DOWN};
+    for (int r = 0; r < 2; r++)
+        for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
+            char name[600];
+            if (fused_find(m, roles[r], layer, suffixes[s], name, sizeof name))
+                fn(ctx, name);
+        }
+}

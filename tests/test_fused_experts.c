@@ -1,0 +1,173 @@
+/* test_fused_experts.c: gpt-oss's fused expert tensors and per-layer
+ * attention settings as read from a checkpoint: bad tensors are refused by
+ * name, layer_types picks the sliding layers. The forward itself is checked
+ * against transformers in test_golden.c. */
+#include "test.h"
+
+#include "common/fileio.h"
+#include "model/fused_experts.h"
+#include "model/model.h"
+#include "model/weights.h"
+
+static const char *fixture(void)
+{
+    static char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/gpt_oss", MOEQ_SOURCE_DIR);
+    return dir;
+}
+
+/* Copies the gpt_oss fixture into dir, leaving out `drop` and replacing
+ * `reshape` (when not NULL) by a [2, 2] BF16 tensor of zeros. */
+static void rewrite_fixture(const char *dir, const char *drop, const char *reshape)
+{
+    st_checkpoint c;
+    moeq_error err = {0};
+    if (st_checkpoint_open(&c, fixture(), &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(2);
+    }
+    st_writer w;
+    st_writer_init(&w);
+    static const uint16_t zeros[4] = {0};
+    for (size_t i = 0; i < c.n_tensors; i++) {
+        const st_tensor *t = c.tensors[i];
+        const int64_t small[2] = {2, 2};
+        moeq_code rc = MOEQ_OK;
+        if (!strcmp(t->name, drop))
+            continue;
+        if (reshape && !strcmp(t->name, reshape))
+            rc = st_writer_add(&w, t->name, ST_BF16, 2, small, zeros, sizeof zeros, &err);
+        else
+            rc = st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes,
+                               &err);
+        if (rc) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(2);
+        }
+    }
+    char path[4200], cfg_src[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (st_writer_write(&w, path, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(2);
+    }
+    st_writer_free(&w);
+    st_checkpoint_close(&c);
+    snprintf(cfg_src, sizeof cfg_src, "%s/config.json", fixture());
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (moeq_copy_file(cfg_src, path, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(2);
+    }
+}
+
+static moeq_code load_layer(const char *dir, int layer, moeq_error *err)
+{
+    moeq_model m;
+    moeq_code rc = moeq_model_open(dir, NULL, &m, err);
+    if (rc)
+        return rc;
+    moeq_layer_weights lw;
+    rc = moeq_layer_weights_load(&m, layer, &lw, err);
+    if (!rc)
+        moeq_layer_weights_free(&lw);
+    moeq_model_close(&m);
+    return rc;
+}
+
+static void test_missing_fused_gate_up_is_refused_naming_it(void)
+{
+    const char *dir = test_tmpdir("fused_missing");
+    rewrite_fixture(dir, "model.layers.1.mlp.experts.gate_up_proj", NULL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(load_layer(dir, 0, &err), MOEQ_OK);
+    CHECK_INT_EQ(load_layer(dir, 1, &err), MOEQ_ERR_NOT_FOUND);
+    CHECK_CONTAINS(err.msg, "model.layers.1.mlp.experts.gate_up_proj (experts_gate_up of layer 1) "
+                            "is missing");
+}
+
+static void test_misshaped_fused_bias_is_refused_naming_it(void)
+{
+    const char *dir = test_tmpdir("fused_bias_shape");
+    rewrite_fixture(dir, "", "model.layers.0.mlp.experts.down_proj_bias");
+    moeq_error err = {0};
+    CHECK_INT_EQ(load_layer(dir, 0, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "model.layers.0.mlp.experts.down_proj_bias has shape [2, 2], "
+                            "expected [4, 64]");
+}
+
+static void test_fused_expert_is_split_into_gate_up_and_down(void)
+{
+    moeq_model m;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(fixture(), NULL, &m, &err), MOEQ_OK);
+    CHECK(moeq_experts_fused(&m));
+    moeq_mlp_weights w = {0};
+    CHECK_INT_EQ(moeq_fused_expert_load(&m, 1, 2, &w, &err), MOEQ_OK);
+    const st_tensor *gu = st_checkpoint_find(&m.ckpt, "model.layers.1.mlp.experts.gate_up_proj");
+    const st_tensor *dn = st_checkpoint_find(&m.ckpt, "model.layers.1.mlp.experts.down_proj");
+    CHECK(gu && dn && gu->dtype == ST_BF16);
+    /* gate_up[e=2][h][c]: gate row i, input h is column 2i; up is 2i + 1.
+     * down[e=2][i][h] is down row h, input i. */
+    const uint16_t *g = (const uint16_t *)gu->data + 2 * 64 * 64;
+    const uint16_t *d = (const uint16_t *)dn->data + 2 * 32 * 64;
+    int wrong = 0;
+    for (int h = 0; h < 64; h++)
+        for (int i = 0; i < 32; i++) {
+            float eg, eu, ed;
+            uint32_t bg = (uint32_t)g[h * 64 + 2 * i] << 16, bu = (uint32_t)g[h * 64 + 2 * i + 1] << 16,
+                     bd = (uint32_t)d[i * 64 + h] << 16;
+            memcpy(&eg, &bg, 4);
+            memcpy(&eu, &bu, 4);
+            memcpy(&ed, &bd, 4);
+            wrong += w.gate[i * 64 + h] != eg || w.up[i * 64 + h] != eu ||
+                     w.down[h * 32 + i] != ed;
+        }
+    CHECK_INT_EQ(wrong, 0);
+    CHECK(w.gate_bias && w.up_bias && w.down_bias);
+    free(w.gate);
+    free(w.up);
+    free(w.down);
+    free(w.gate_bias);
+    free(w.up_bias);
+    free(w.down_bias);
+    moeq_model_close(&m);
+}
+
+static void test_layer_types_pick_the_sliding_layers(void)
+{
+    moeq_model m;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(fixture(), NULL, &m, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_config_layer_window(&m.cfg, 0), 8);
+    CHECK_INT_EQ(moeq_config_layer_window(&m.cfg, 1), 0);
+    CHECK_INT_EQ(moeq_config_layer_window(&m.cfg, 2), 8);
+    CHECK(m.cfg.router_bias && m.cfg.mlp_bias);
+    CHECK(m.cfg.swiglu_limit == 0.25f && m.cfg.swiglu_alpha == 1.702f);
+    moeq_model_close(&m);
+}
+
+static void test_unknown_layer_type_is_refused_naming_it(void)
+{
+    moeq_arch arch;
+    moeq_config cfg;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_arch_for_model_type("gpt_oss", &arch, &err), MOEQ_OK);
+    const char *json = "{\"model_type\": \"gpt_oss\", \"hidden_size\": 64, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"vocab_size\": 10, \"intermediate_size\": 32, "
+                       "\"num_local_experts\": 4, \"num_experts_per_tok\": 2, \"sliding_window\": 8, "
+                       "\"layer_types\": [\"sliding_attention\", \"linear_attention\"]}";
+    CHECK_INT_EQ(moeq_config_parse(json, "cfg.json", &arch, &cfg, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "layer_types[1] = linear_attention");
+    moeq_arch_free(&arch);
+}
+
+int main(void)
+{
+    RUN(test_missing_fused_gate_up_is_refused_naming_it);
+    RUN(test_misshaped_fused_bias_is_refused_naming_it);
+    RUN(test_fused_expert_is_split_into_gate_up_and_down);
+    RUN(test_layer_types_pick_the_sliding_layers);
+    RUN(test_unknown_layer_type_is_refused_naming_it);
+    return test_summary();
+}
