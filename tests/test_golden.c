@@ -200,6 +200,8 @@ static void test_qwen3_matches_transformers(void) { check_model("qwen3"); }
 /* Sinks, alternating sliding window, fused experts with biases, clamped
  * SwiGLU, router bias. */
 static void test_gpt_oss_matches_transformers(void) { check_model("gpt_oss"); }
+/* MXFP4 experts: transformers' forward on its own dequantization. */
+static void test_gpt_oss_mxfp4_matches_transformers(void) { check_model("gpt_oss_mxfp4"); }
 /* Block-FP8 source: transformers' forward on its own dequantization. */
 static void test_qwen3_moe_fp8_matches_transformers(void) { check_model("qwen3_moe_fp8"); }
 static void test_qwen3_next_matches_transformers(void) { check_model("qwen3_next"); }
@@ -222,6 +224,7 @@ int main(void)
     RUN(test_qwen2_matches_transformers);
     RUN(test_qwen3_matches_transformers);
     RUN(test_gpt_oss_matches_transformers);
+    RUN(test_gpt_oss_mxfp4_matches_transformers);
     RUN(test_qwen3_moe_fp8_matches_transformers);
     RUN(test_qwen3_next_matches_transformers);
     RUN(test_qwen3_5_moe_matches_transformers);

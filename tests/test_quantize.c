@@ -379,6 +379,37 @@ static void test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases(
     CHECK(kl > 0 && kl < 0.05);
 }
 
+static void test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_gpt_oss_mxfp4"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("gpt_oss_mxfp4", &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    int leftovers = 0, qweights = 0;
+    for (size_t i = 0; i < c.n_tensors; i++) {
+        leftovers += strstr(c.tensors[i]->name, "_blocks") || strstr(c.tensors[i]->name, "_scales") ||
+                     strstr(c.tensors[i]->name, "gate_up_proj");
+        qweights += strstr(c.tensors[i]->name, ".qweight") != NULL;
+    }
+    CHECK_INT_EQ(leftovers, 0);
+    CHECK_INT_EQ(qweights, 3 * (4 + 4 * 3));
+    const st_tensor *t = st_checkpoint_find(&c, "model.layers.1.mlp.experts.0.down_proj.qweight");
+    CHECK(t && t->shape[0] == 4 && t->shape[1] == 64);
+    CHECK(st_checkpoint_find(&c, "model.layers.1.mlp.experts.0.up_proj.bias") != NULL);
+    st_checkpoint_close(&c);
+    cJSON *cfg = read_output_config(out);
+    cJSON *q = cJSON_GetObjectItem(cfg, "quantization_config");
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "quant_method")), "gptq");
+    CHECK(cJSON_GetObjectItem(q, "modules_to_not_convert") == NULL);
+    cJSON_Delete(cfg);
+    double kl = kl_against_original("gpt_oss_mxfp4", out);
+    printf("  gpt_oss_mxfp4 4-bit g16 all: KL %.5f\n", kl);
+    CHECK(kl > 0 && kl < 0.05);
+}
+
 static int same_file(const char *a, const char *b);
 
 static void test_true_sequential_off_calibrates_on_the_original_layer(void)
@@ -578,5 +609,6 @@ int main(void)
     RUN(test_nan_weights_and_activations_stop_the_run_naming_layer_and_module);
     RUN(test_fp8_source_becomes_gptq_without_fp8_tensors_or_config);
     RUN(test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases);
+    RUN(test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config);
     return test_summary();
 }

@@ -1,13 +1,16 @@
 /* test_source_quant.c: sources their publishers ship quantized, dequantized
- * on load: block-scaled FP8 (model/fp8_blocks.c). Expected values come from
- * transformers' own dequantization (tests/golden/quantized_sources.py wrote
- * tests/fixtures/quantized/fp8_cases.safetensors); moeq must match them bit
- * for bit. The whole-model forward on an FP8 source is in test_golden.c. */
+ * on load: block-scaled FP8 (model/fp8_blocks.c) and gpt-oss's MXFP4 experts
+ * (model/mxfp4.c). Expected values come from transformers' own
+ * dequantization (tests/golden/quantized_sources.py wrote
+ * tests/fixtures/quantized/); moeq must match them bit for bit. The
+ * whole-model forwards on these sources are in test_golden.c. */
 #include "test.h"
 
 #include "common/fileio.h"
 #include "model/fp8_blocks.h"
+#include "model/fused_experts.h"
 #include "model/model.h"
+#include "model/mxfp4.h"
 #include "moeq/safetensors.h"
 
 static const char *fixture_path(const char *rel)
@@ -266,6 +269,76 @@ static void test_fp8_quantization_config_without_blocks_or_e4m3_is_refused(void)
     CHECK_CONTAINS(err.msg, "quantization_config.fmt e5m2");
 }
 
+static void test_mxfp4_decodes_every_code_in_both_nibbles(void)
+{
+    static const float e2m1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2,
+                                   -3, -4, -6};
+    uint8_t blocks[32], scales[2] = {128, 0}; /* 2^1 and 2^-127 */
+    for (int k = 0; k < 16; k++)
+        blocks[k] = blocks[16 + k] = (uint8_t)(k | (15 - k) << 4);
+    float out[64];
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_mxfp4_dequant(blocks, scales, 1, 2, out, "t", &err), MOEQ_OK);
+    int wrong = 0;
+    for (int k = 0; k < 16; k++) {
+        wrong += out[2 * k] != 2 * e2m1[k] || out[2 * k + 1] != 2 * e2m1[15 - k];
+        wrong += out[32 + 2 * k] != ldexpf(e2m1[k], -127) ||
+                 out[32 + 2 * k + 1] != ldexpf(e2m1[15 - k], -127);
+    }
+    CHECK_INT_EQ(wrong, 0);
+    CHECK(out[32 + 2] == ldexpf(1.0f, -128) && out[32 + 2] > 0); /* 0.5 * 2^-127: subnormal */
+    CHECK(signbit(out[16]) && out[16] == 0.0f);                  /* code 8 is -0 */
+}
+
+static void test_mxfp4_nan_scale_is_refused_naming_the_tensor(void)
+{
+    uint8_t blocks[32] = {0}, scales[2] = {127, 0xFF};
+    float out[64];
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_mxfp4_dequant(blocks, scales, 2, 1, out, "tensor x_scales", &err),
+                 MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "tensor x_scales: scale of row 1, block 0 is 0xFF");
+}
+
+/* Every expert of layer 0 of the MXFP4 fixture against transformers'
+ * convert_moe_packed_tensors: gate_up_proj [E, H, 2I], down_proj [E, I, H]. */
+static void test_mxfp4_experts_match_transformers_bit_for_bit(void)
+{
+    moeq_model m;
+    st_file ref;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(fixture_path("golden/gpt_oss_mxfp4"), NULL, &m, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_file_open(&ref, fixture_path("quantized/mxfp4_reference.safetensors"), &err),
+                 MOEQ_OK);
+    CHECK(m.cfg.mxfp4);
+    const int E = m.cfg.num_experts, H = m.cfg.hidden_size, I = m.cfg.moe_intermediate_size;
+    const st_tensor *gu = st_file_find(&ref, "gate_up_proj"), *dn = st_file_find(&ref, "down_proj");
+    CHECK(gu && dn && gu->dtype == ST_F32 && gu->nbytes == sizeof(float) * E * H * 2 * I);
+    CHECK(!st_checkpoint_find(&m.ckpt, "model.layers.0.mlp.experts.gate_up_proj") &&
+          st_checkpoint_find(&m.ckpt, "model.layers.0.mlp.experts.gate_up_proj_blocks"));
+    size_t wrong = 0;
+    for (int e = 0; gu && dn && e < E; e++) {
+        moeq_mlp_weights w = {0};
+        CHECK_INT_EQ(moeq_fused_expert_load(&m, 0, e, &w, &err), MOEQ_OK);
+        const float *g = (const float *)gu->data + (size_t)e * H * 2 * I;
+        const float *d = (const float *)dn->data + (size_t)e * I * H;
+        for (int h = 0; w.gate && h < H; h++)
+            for (int i = 0; i < I; i++)
+                wrong += memcmp(&w.gate[i * H + h], &g[h * 2 * I + 2 * i], 4) != 0 ||
+                         memcmp(&w.up[i * H + h], &g[h * 2 * I + 2 * i + 1], 4) != 0 ||
+                         memcmp(&w.down[h * I + i], &d[i * H + h], 4) != 0;
+        free(w.gate);
+        free(w.up);
+        free(w.down);
+        free(w.gate_bias);
+        free(w.up_bias);
+        free(w.down_bias);
+    }
+    CHECK_INT_EQ(wrong, 0);
+    st_file_close(&ref);
+    moeq_model_close(&m);
+}
+
 int main(void)
 {
     RUN(test_fp8_whole_blocks_match_transformers_bit_for_bit);
@@ -279,5 +352,8 @@ int main(void)
     RUN(test_fp8_checkpoint_weights_equal_the_block_dequantization);
     RUN(test_fp8_quantization_config_gives_the_block_size);
     RUN(test_fp8_quantization_config_without_blocks_or_e4m3_is_refused);
+    RUN(test_mxfp4_decodes_every_code_in_both_nibbles);
+    RUN(test_mxfp4_nan_scale_is_refused_naming_the_tensor);
+    RUN(test_mxfp4_experts_match_transformers_bit_for_bit);
     return test_summary();
 }

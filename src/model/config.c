@@ -292,13 +292,24 @@ static moeq_code read_quantization(const reader *r, moeq_config *cfg)
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
     if (cJSON_IsString(method) && !strcmp(method->valuestring, "fp8"))
         return read_fp8_quantization(r, q, cfg);
+    if (cJSON_IsString(method) && !strcmp(method->valuestring, "mxfp4")) {
+        /* gpt-oss: the experts as MXFP4 blocks (model/mxfp4.h); the other
+         * tensors (modules_to_not_convert) are plain. */
+        if (r->arch->experts == MOEQ_EXPERTS_SEPARATE)
+            return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                             "config.json %s: MXFP4 sources are read for fused experts "
+                             "(gpt-oss) only, not for architecture %s",
+                             r->path, r->arch->name);
+        cfg->mxfp4 = 1;
+        return MOEQ_OK;
+    }
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
     const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
     const cJSON *group = cJSON_GetObjectItemCaseSensitive(q, "group_size");
     if (!cJSON_IsString(method) || strcmp(method->valuestring, "gptq"))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: quantization_config.quant_method %s cannot be read "
-                         "(moeq reads gptq checkpoints and fp8 sources)",
+                         "(moeq reads gptq checkpoints and fp8 and mxfp4 sources)",
                          r->path, cJSON_IsString(method) ? method->valuestring : "(missing)");
     if (format && (!cJSON_IsString(format) || strcmp(format->valuestring, "gptq")))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,

@@ -56,6 +56,7 @@ typedef struct moeq_config {
     /* A block-scaled FP8 source (quant_method "fp8"), dequantized on load:
      * weight_block_size; 0 otherwise (model/fp8_blocks.h). */
     int fp8_block_rows, fp8_block_cols;
+    int mxfp4; /* quant_method "mxfp4": fused experts as MXFP4 blocks (model/mxfp4.h) */
 } moeq_config;
 
 /* Reads path (a config.json) with arch's parameter mapping. */

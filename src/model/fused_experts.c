@@ -3,6 +3,7 @@
 #include "model/fused_experts.h"
 
 #include "common/dtype.h"
+#include "model/mxfp4.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,10 @@ static const st_tensor *fused_find(const moeq_model *m, moeq_tensor_role role, i
     return st_checkpoint_find(&m->ckpt, name);
 }
 
+/* t must have shape[ndim] and, when dtype is not ST_DTYPE_COUNT, that
+ * dtype (else a float dtype). */
 static moeq_code check_shape(const moeq_model *m, const st_tensor *t, int ndim,
-                             const int64_t *shape, moeq_error *err)
+                             const int64_t *shape, st_dtype dtype, moeq_error *err)
 {
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)
@@ -38,18 +41,22 @@ static moeq_code check_shape(const moeq_model *m, const st_tensor *t, int ndim,
                          "%s: tensor %s has shape [%s], expected [%s] from config.json", m->dir,
                          t->name, got, want);
     }
-    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
+    if (dtype != ST_DTYPE_COUNT && t->dtype != dtype)
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "%s: tensor %s is %s, expected %s", m->dir,
+                         t->name, st_dtype_name(t->dtype), st_dtype_name(dtype));
+    if (dtype == ST_DTYPE_COUNT && t->dtype != ST_F32 && t->dtype != ST_BF16 &&
+        t->dtype != ST_F16)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "%s: tensor %s is %s; fused experts are read in F32, BF16 or F16",
                          m->dir, t->name, st_dtype_name(t->dtype));
     return MOEQ_OK;
 }
 
-/* The fused tensor of role, present and of shape [E, d1, d2] (d2 == 0:
- * [E, d1]). */
-static moeq_code fused_tensor(const moeq_model *m, moeq_tensor_role role, int layer,
-                              const char *suffix, int64_t d1, int64_t d2, const st_tensor **out,
-                              moeq_error *err)
+/* The fused tensor of role plus suffix, present and of shape
+ * [E, dims[0], ...] (ndim dims) and of dtype (ST_DTYPE_COUNT: a float). */
+static moeq_code fused_tensor_typed(const moeq_model *m, moeq_tensor_role role, int layer,
+                                    const char *suffix, int ndim, const int64_t *dims,
+                                    st_dtype dtype, const st_tensor **out, moeq_error *err)
 {
     char name[600];
     const st_tensor *t = fused_find(m, role, layer, suffix, name, sizeof name);
@@ -57,9 +64,57 @@ static moeq_code fused_tensor(const moeq_model *m, moeq_tensor_role role, int la
         return moeq_fail(err, MOEQ_ERR_NOT_FOUND,
                          "%s: tensor %s (%s%s of layer %d) is missing from the checkpoint",
                          m->dir, name, moeq_tensor_role_key(role), suffix, layer);
-    int64_t shape[3] = {m->cfg.num_experts, d1, d2};
+    int64_t shape[4] = {m->cfg.num_experts};
+    for (int i = 0; i < ndim; i++)
+        shape[i + 1] = dims[i];
     *out = t;
-    return check_shape(m, t, d2 ? 3 : 2, shape, err);
+    return check_shape(m, t, ndim + 1, shape, dtype, err);
+}
+
+/* The float fused tensor of role, of shape [E, d1, d2] (d2 == 0: [E, d1]). */
+static moeq_code fused_tensor(const moeq_model *m, moeq_tensor_role role, int layer,
+                              const char *suffix, int64_t d1, int64_t d2, const st_tensor **out,
+                              moeq_error *err)
+{
+    const int64_t dims[2] = {d1, d2};
+    return fused_tensor_typed(m, role, layer, suffix, d2 ? 2 : 1, dims, ST_DTYPE_COUNT, out, err);
+}
+
+/* An MXFP4 source (model/mxfp4.h): <name>_blocks U8 [E, out, in/32, 16]
+ * and <name>_scales U8 [E, out, in/32], already in [out, in] order. With
+ * dst NULL only the tensors are checked. */
+static moeq_code load_mxfp4_projection(const moeq_model *m, moeq_tensor_role role, int layer,
+                                       int expert, int64_t out_dim, int64_t in_dim, float *dst,
+                                       moeq_error *err)
+{
+    char name[600];
+    fused_find(m, role, layer, "", name, sizeof name);
+    if (in_dim % MOEQ_MXFP4_BLOCK)
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: MXFP4 tensor %s_blocks: the input dimension %lld is not a "
+                         "multiple of %d",
+                         m->dir, name, (long long)in_dim, MOEQ_MXFP4_BLOCK);
+    const int64_t groups = in_dim / MOEQ_MXFP4_BLOCK;
+    const int64_t bdims[3] = {out_dim, groups, MOEQ_MXFP4_BLOCK / 2}, sdims[2] = {out_dim, groups};
+    const st_tensor *b = NULL, *s = NULL;
+    moeq_code rc;
+    if ((rc = fused_tensor_typed(m, role, layer, "_blocks", 3, bdims, ST_U8, &b, err)) ||
+        (rc = fused_tensor_typed(m, role, layer, "_scales", 2, sdims, ST_U8, &s, err)) || !dst)
+        return rc;
+    const uint8_t *blocks = (const uint8_t *)b->data +
+                            (size_t)expert * (size_t)(out_dim * groups * MOEQ_MXFP4_BLOCK / 2);
+    const uint8_t *scales = (const uint8_t *)s->data + (size_t)expert * (size_t)(out_dim * groups);
+    char what[700];
+    snprintf(what, sizeof what, "%s: tensor %s, expert %d", m->dir, s->name, expert);
+    return moeq_mxfp4_dequant(blocks, scales, out_dim, groups, dst, what, err);
+}
+
+/* Whether role's projection is stored as MXFP4 blocks (an mxfp4 source
+ * without the dense fused tensor). */
+static int projection_is_mxfp4(const moeq_model *m, moeq_tensor_role role, int layer)
+{
+    char name[600];
+    return m->cfg.mxfp4 && !fused_find(m, role, layer, "", name, sizeof name);
 }
 
 /* Expert e's [rows, cols] slice of the fused tensor t, decoded to fp32. */
@@ -78,6 +133,8 @@ static moeq_code load_projection(const moeq_model *m, moeq_tensor_role role, int
                                  int expert, int64_t out_dim, int64_t in_dim, float *dst,
                                  moeq_error *err)
 {
+    if (projection_is_mxfp4(m, role, layer))
+        return load_mxfp4_projection(m, role, layer, expert, out_dim, in_dim, dst, err);
     const st_tensor *t;
     moeq_code rc = fused_tensor(m, role, layer, "", in_dim, out_dim, &t, err);
     float *tmp = rc ? NULL : malloc(sizeof(float) * (size_t)(in_dim * out_dim));
@@ -147,8 +204,17 @@ moeq_code moeq_fused_experts_check(const moeq_model *m, int layer, moeq_error *e
     const int64_t H = m->cfg.hidden_size, I = m->cfg.moe_intermediate_size;
     const st_tensor *t;
     moeq_code rc;
-    if ((rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "", H, 2 * I, &t, err)) ||
-        (rc = fused_tensor(m, MOEQ_T_EXPERTS_DOWN, layer, "", I, H, &t, err)))
+    if (projection_is_mxfp4(m, MOEQ_T_EXPERTS_GATE_UP, layer))
+        rc = load_mxfp4_projection(m, MOEQ_T_EXPERTS_GATE_UP, layer, 0, 2 * I, H, NULL, err);
+    else
+        rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "", H, 2 * I, &t, err);
+    if (rc)
+        return rc;
+    if (projection_is_mxfp4(m, MOEQ_T_EXPERTS_DOWN, layer))
+        rc = load_mxfp4_projection(m, MOEQ_T_EXPERTS_DOWN, layer, 0, H, I, NULL, err);
+    else
+        rc = fused_tensor(m, MOEQ_T_EXPERTS_DOWN, layer, "", I, H, &t, err);
+    if (rc)
         return rc;
     if (m->cfg.mlp_bias &&
         ((rc = fused_tensor(m, MOEQ_T_EXPERTS_GATE_UP, layer, "_bias", 2 * I, 0, &t, err)) ||
@@ -190,7 +256,7 @@ moeq_code moeq_fused_expert_bias_raw(const moeq_model *m, moeq_tensor_role role,
 void moeq_fused_experts_each_source(const moeq_model *m, int layer,
                                     void (*fn)(void *ctx, const char *name), void *ctx)
 {
-    static const char *const suffixes[] = {"", "_bias"};
+    static const char *const suffixes[] = {"", "_bias", "_blocks", "_scales"};
     const moeq_tensor_role roles[2] = {MOEQ_T_EXPERTS_GATE_UP, MOEQ_T_EXPERTS_DOWN};
     for (int r = 0; r < 2; r++)
         for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {

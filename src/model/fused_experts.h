@@ -9,7 +9,11 @@
  * beside them gate_up_proj_bias [E, 2I] (interleaved the same way) and
  * down_proj_bias [E, H]: the template name + "_bias". Each expert becomes
  * gate, up [I, H] and down [H, I] in nn.Linear's [out, in] layout, so that
- * it is quantized and written like any per-expert checkpoint. */
+ * it is quantized and written like any per-expert checkpoint.
+ *
+ * An MXFP4 source (quantization_config quant_method "mxfp4", as gpt-oss
+ * ships) stores gate_up_proj and down_proj as _blocks and _scales in
+ * [out, in] order instead (model/mxfp4.h); biases stay bf16. */
 #ifndef MOEQ_MODEL_FUSED_EXPERTS_H
 #define MOEQ_MODEL_FUSED_EXPERTS_H
 
@@ -40,8 +44,8 @@ moeq_code moeq_fused_expert_bias_raw(const moeq_model *m, moeq_tensor_role role,
                                      moeq_error *err);
 
 /* Calls fn(ctx, name) for each source tensor name of layer l's fused
- * experts that the checkpoint holds (weights and biases): the writer
- * replaces them all. */
+ * experts that the checkpoint holds (weights, biases and, for MXFP4
+ * sources, blocks and scales): the writer replaces them all. */
 void moeq_fused_experts_each_source(const moeq_model *m, int layer,
                                     void (*fn)(void *ctx, const char *name), void *ctx);
 

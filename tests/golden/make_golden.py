@@ -241,6 +241,25 @@ def main():
     fixtures = os.path.join(out_root, "..")
     if not only or "fp8_cases" in only:
         quantized_sources.make_fp8_cases(os.path.join(fixtures, "quantized"))
+    if not only or "gpt_oss_mxfp4" in only:
+        # gpt-oss with MXFP4 experts (openai/gpt-oss's layout), from the gpt_oss config.
+        cfg_cls, model_cls, kw, _ = MODELS["gpt_oss"]
+        gen = torch.Generator().manual_seed(4321)
+        model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw)).eval()
+        randomize_norms(model, gen)
+        bf16_dir = os.path.join(out_root, "gpt_oss_mxfp4.bf16")
+        model.to(torch.bfloat16).save_pretrained(bf16_dir)
+        tokens = torch.randint(0, VOCAB, (SEQS, TOKENS), generator=gen)
+        out_dir = os.path.join(out_root, "gpt_oss_mxfp4")
+        rec = quantized_sources.mxfp4_source(
+            bf16_dir, out_dir, getattr(transformers, model_cls), capture, tokens,
+            os.path.join(fixtures, "quantized", "mxfp4_reference.safetensors"))
+        shutil.rmtree(bf16_dir)
+        rec = {k: v.float().contiguous() for k, v in rec.items()}
+        rec["tokens"] = tokens.to(torch.int32).contiguous()
+        save_file(rec, os.path.join(out_dir, "golden.safetensors"),
+                  metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+        print(f"gpt_oss_mxfp4: MXFP4 experts -> {out_dir}")
     for name, (cfg_cls, model_cls, kw, shard) in FP8_MODELS.items():
         if only and name not in only:
             continue

@@ -9,7 +9,7 @@ Used by make_golden.py. Two formats:
   function leaves unquantized; on whole blocks it is checked to give the same bytes as
   transformers'. The reference dequantization is transformers' own _dequantize_fp8_weight
   (integrations/finegrained_fp8.py), which handles partial blocks, in fp32.
-* MXFP4 (gpt-oss): see make_mxfp4 below.
+* MXFP4 (gpt-oss experts): see mxfp4_quantize and mxfp4_source below.
 """
 import json
 import os
@@ -131,5 +131,75 @@ def fp8_source(bf16_dir, out_dir, model_cls, quantize_name, capture, tokens):
     ref = model_cls.from_pretrained(deq_dir, dtype=torch.float32,
                                     attn_implementation="eager").eval()
     rec = capture(ref, tokens)
+    shutil.rmtree(deq_dir)
+    return rec
+
+
+# ---- MXFP4 (gpt-oss experts)
+# gpt-oss ships each expert projection W [out, in] (rows in the order of the bf16 model's
+# columns: gate_up interleaved) as <name>_blocks U8 [E, out, in/32, 16] and <name>_scales U8
+# [E, out, in/32]. transformers has no CPU MXFP4 quantizer (quantize_to_mxfp4 needs the triton
+# kernels), so this is a reference quantizer after the OCP Microscaling spec v1.0, section 6.3:
+# per block of 32, shared exponent floor(log2(amax)) - 2 (2 = emax of E2M1), stored + 127;
+# each element the nearest E2M1 value of x / 2^shared (ties to the smaller magnitude),
+# saturated at 6; element 2k in the low nibble, 2k + 1 in the high one. The reference
+# dequantization is transformers' own convert_moe_packed_tensors (integrations/mxfp4.py).
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w):
+    """w [..., rows, cols] (cols a multiple of 32) -> (blocks [..., rows, cols/32, 16] U8,
+    scales [..., rows, cols/32] U8)."""
+    *lead, rows, cols = w.shape
+    x = w.to(torch.float32).reshape(*lead, rows, cols // 32, 32)
+    amax = x.abs().amax(dim=-1)
+    shared = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2, torch.zeros_like(amax))
+    shared = shared.clamp(-127, 127)
+    scaled = (x / torch.exp2(shared)[..., None]).clamp(-6.0, 6.0)
+    mag = (scaled.abs()[..., None] - E2M1).abs().argmin(dim=-1)
+    codes = (mag | ((scaled < 0) & (mag > 0)).to(torch.int64) << 3).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.contiguous(), (shared + 127).to(torch.uint8).contiguous()
+
+
+def mxfp4_source(bf16_dir, out_dir, model_cls, capture, tokens, reference_path):
+    """Rewrites the bf16 gpt-oss checkpoint in bf16_dir with MXFP4 experts in out_dir; writes
+    transformers' dequantization of layer 0's experts to reference_path and returns
+    transformers' forward record on the dequantized weights."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    os.makedirs(out_dir, exist_ok=True)
+    deq_dir = out_dir + ".dequantized"
+    os.makedirs(deq_dir, exist_ok=True)
+    sd = load_file(os.path.join(bf16_dir, "model.safetensors"))
+    q_sd, deq_sd, ref = {}, {}, {}
+    for k, v in sd.items():
+        if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            blocks, scales = mxfp4_quantize(v.transpose(1, 2))  # [E, in, out] -> [E, out, in]
+            q_sd[k + "_blocks"], q_sd[k + "_scales"] = blocks, scales
+            deq = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+            assert deq.shape == v.shape
+            deq_sd[k] = deq.contiguous()
+            if k.startswith("model.layers.0."):
+                ref[k.split(".")[-1]] = deq_sd[k]
+        else:
+            q_sd[k], deq_sd[k] = v, v.float()
+    save_file(q_sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    save_file(deq_sd, os.path.join(deq_dir, "model.safetensors"), metadata={"format": "pt"})
+    save_file(ref, reference_path)
+    for f in os.listdir(bf16_dir):
+        if f.endswith(".json"):
+            shutil.copy(os.path.join(bf16_dir, f), os.path.join(out_dir, f))
+            shutil.copy(os.path.join(bf16_dir, f), os.path.join(deq_dir, f))
+    cfg_path = os.path.join(out_dir, "config.json")
+    with open(cfg_path) as fh:
+        cfg = json.load(fh)
+    # As openai/gpt-oss ships it: only the experts are MXFP4.
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    with open(cfg_path, "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    model = model_cls.from_pretrained(deq_dir, dtype=torch.float32,
+                                      attn_implementation="eager").eval()
+    rec = capture(model, tokens)
     shutil.rmtree(deq_dir)
     return rec
