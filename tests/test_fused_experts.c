@@ -1,7 +1,8 @@
-/* test_fused_experts.c: gpt-oss's fused expert tensors and per-layer
- * attention settings as read from a checkpoint: bad tensors are refused by
- * name, layer_types picks the sliding layers. The forward itself is checked
- * against transformers in test_golden.c. */
+/* test_fused_experts.c: fused expert tensors (gpt-oss, Llama-4) and the
+ * per-layer attention settings of both as read from a checkpoint: bad
+ * tensors are refused by name, layer_types, no_rope_layers and moe_layers
+ * pick their layers. The forwards themselves are checked against
+ * transformers in test_golden.c. */
 #include "test.h"
 
 #include "common/fileio.h"
@@ -162,6 +163,72 @@ static void test_unknown_layer_type_is_refused_naming_it(void)
     moeq_arch_free(&arch);
 }
 
+static void test_llama4_config_reads_its_layer_lists(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/llama4_text", MOEQ_SOURCE_DIR);
+    moeq_model m;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    const moeq_config *c = &m.cfg;
+    const unsigned char moe[4] = {1, 1, 0, 1}, rope[4] = {1, 1, 0, 1}, chunked[4] = {1, 1, 0, 1};
+    CHECK(!memcmp(c->layer_is_moe, moe, 4) && c->layer_rope && !memcmp(c->layer_rope, rope, 4) &&
+          c->layer_chunked && !memcmp(c->layer_chunked, chunked, 4));
+    CHECK_INT_EQ(moeq_config_layer_rope(c, 2), 0);
+    CHECK_INT_EQ(c->attention_chunk_size, 8);
+    CHECK(c->rope_interleaved && c->qk_l2_norm && c->attn_temperature_tuning);
+    CHECK(c->floor_scale == 4.0f && c->attn_scale == 0.5f);
+    CHECK_INT_EQ(c->router, MOEQ_ROUTER_TOPK_SIGMOID_INPUT);
+    CHECK_INT_EQ(c->intermediate_size, 96);
+    CHECK_INT_EQ(c->moe_intermediate_size, 32);
+    CHECK_INT_EQ(c->shared_expert_intermediate_size, 32);
+    /* Experts: gate is the first, up the second half of gate_up's columns. */
+    moeq_mlp_weights w = {0};
+    CHECK_INT_EQ(moeq_fused_expert_load(&m, 3, 1, &w, &err), MOEQ_OK);
+    const st_tensor *gu =
+        st_checkpoint_find(&m.ckpt, "model.layers.3.feed_forward.experts.gate_up_proj");
+    const uint16_t *g = (const uint16_t *)gu->data + 1 * 64 * 64;
+    int wrong = 0;
+    for (int h = 0; w.gate && h < 64; h++)
+        for (int i = 0; i < 32; i++) {
+            uint32_t bg = (uint32_t)g[h * 64 + i] << 16, bu = (uint32_t)g[h * 64 + 32 + i] << 16;
+            float eg, eu;
+            memcpy(&eg, &bg, 4);
+            memcpy(&eu, &bu, 4);
+            wrong += w.gate[i * 64 + h] != eg || w.up[i * 64 + h] != eu;
+        }
+    CHECK_INT_EQ(wrong, 0);
+    CHECK(!w.gate_bias);
+    free(w.gate);
+    free(w.up);
+    free(w.down);
+    moeq_model_close(&m);
+}
+
+static void test_llama4_bad_layer_lists_are_refused_naming_them(void)
+{
+    moeq_arch arch;
+    moeq_config cfg;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_arch_for_model_type("llama4_text", &arch, &err), MOEQ_OK);
+    const char *base = "{\"model_type\": \"llama4_text\", \"hidden_size\": 64, "
+                       "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, "
+                       "\"intermediate_size\": 32, \"intermediate_size_mlp\": 64, "
+                       "\"num_local_experts\": 4, \"num_experts_per_tok\": 1, %s}";
+    char json[1024];
+    snprintf(json, sizeof json, base, "\"moe_layers\": [0, 2]");
+    CHECK_INT_EQ(moeq_config_parse(json, "cfg.json", &arch, &cfg, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "\"moe_layers\"[1] must be a layer index");
+    snprintf(json, sizeof json, base, "\"moe_layers\": [0], \"no_rope_layers\": [1]");
+    CHECK_INT_EQ(moeq_config_parse(json, "cfg.json", &arch, &cfg, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "\"no_rope_layers\" must be an array of one 0/1 flag per layer");
+    snprintf(json, sizeof json, base,
+             "\"moe_layers\": [0], \"layer_types\": [\"chunked_attention\", \"full_attention\"]");
+    CHECK_INT_EQ(moeq_config_parse(json, "cfg.json", &arch, &cfg, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "layer_types[0] = chunked_attention");
+    moeq_arch_free(&arch);
+}
+
 int main(void)
 {
     RUN(test_missing_fused_gate_up_is_refused_naming_it);
@@ -169,5 +236,7 @@ int main(void)
     RUN(test_fused_expert_is_split_into_gate_up_and_down);
     RUN(test_layer_types_pick_the_sliding_layers);
     RUN(test_unknown_layer_type_is_refused_naming_it);
+    RUN(test_llama4_config_reads_its_layer_lists);
+    RUN(test_llama4_bad_layer_lists_are_refused_naming_them);
     return test_summary();
 }

@@ -209,8 +209,8 @@ static void test_every_expert_mode_and_dense_model_round_trips(void)
     const char *dir = test_tmpdir("quant_modes");
     moeq_expert_calib modes[] = {MOEQ_EXPERT_CALIB_ROUTED, MOEQ_EXPERT_CALIB_ALL,
                                  MOEQ_EXPERT_CALIB_WEIGHTED};
-    const char *names[] = {"qwen3_moe", "mixtral", "qwen2_moe", "gpt_oss"};
-    for (int i = 0; i < 4; i++)
+    const char *names[] = {"qwen3_moe", "mixtral", "qwen2_moe", "gpt_oss", "llama4_text"};
+    for (int i = 0; i < 5; i++)
         for (int m = 0; m < 3; m++) {
             char out[2048];
             snprintf(out, sizeof out, "%s/%s-%d", dir, names[i], m);
@@ -407,6 +407,43 @@ static void test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_conf
     cJSON_Delete(cfg);
     double kl = kl_against_original("gpt_oss_mxfp4", out);
     printf("  gpt_oss_mxfp4 4-bit g16 all: KL %.5f\n", kl);
+    CHECK(kl > 0 && kl < 0.05);
+}
+
+static void test_llama4_fused_experts_are_written_per_expert_beside_the_shared_expert(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_llama4"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("llama4_text", &o, out, &err), MOEQ_OK);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* Experts under vLLM's per-expert names: gate/up [32, 64] -> qweight
+     * [8, 32], down [64, 32] -> [4, 64]; the shared expert and layer 2's
+     * dense MLP [96, 64] under their own names. */
+    const st_tensor *t =
+        st_checkpoint_find(&c, "model.layers.3.feed_forward.experts.2.up_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 32);
+    t = st_checkpoint_find(&c, "model.layers.3.feed_forward.experts.2.down_proj.qweight");
+    CHECK(t && t->shape[0] == 4 && t->shape[1] == 64);
+    t = st_checkpoint_find(&c, "model.layers.0.feed_forward.shared_expert.gate_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 32);
+    t = st_checkpoint_find(&c, "model.layers.2.feed_forward.gate_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 96);
+    CHECK(st_checkpoint_find(&c, "model.layers.0.feed_forward.router.weight") != NULL);
+    int fused = 0, qweights = 0;
+    for (size_t i = 0; i < c.n_tensors; i++) {
+        fused += strstr(c.tensors[i]->name, "experts.gate_up_proj") ||
+                 strstr(c.tensors[i]->name, "experts.down_proj");
+        qweights += strstr(c.tensors[i]->name, ".qweight") != NULL;
+    }
+    CHECK_INT_EQ(fused, 0);
+    /* 4 layers x 4 attention; 3 MoE layers x (4 experts + shared) x 3; 1 dense x 3 */
+    CHECK_INT_EQ(qweights, 16 + 45 + 3);
+    st_checkpoint_close(&c);
+    double kl = kl_against_original("llama4_text", out);
+    printf("  llama4_text 4-bit g16 routed: KL %.5f\n", kl);
     CHECK(kl > 0 && kl < 0.05);
 }
 
@@ -610,5 +647,6 @@ int main(void)
     RUN(test_fp8_source_becomes_gptq_without_fp8_tensors_or_config);
     RUN(test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases);
     RUN(test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config);
+    RUN(test_llama4_fused_experts_are_written_per_expert_beside_the_shared_expert);
     return test_summary();
 }

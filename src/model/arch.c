@@ -84,13 +84,16 @@ typedef struct {
 static const choice ATTENTION_CHOICES[] = {{"gqa", MOEQ_ATTENTION_GQA}, {NULL, 0}};
 static const choice ROUTER_CHOICES[] = {{"none", MOEQ_ROUTER_NONE},
                                         {"softmax_topk", MOEQ_ROUTER_SOFTMAX_TOPK},
+                                        {"topk_sigmoid_input", MOEQ_ROUTER_TOPK_SIGMOID_INPUT},
                                         {NULL, 0}};
 static const choice SHARED_CHOICES[] = {{"none", MOEQ_SHARED_EXPERT_NONE},
                                         {"sigmoid_gated", MOEQ_SHARED_EXPERT_SIGMOID_GATED},
+                                        {"plain", MOEQ_SHARED_EXPERT_PLAIN},
                                         {NULL, 0}};
 static const choice MOE_LAYER_CHOICES[] = {{"none", MOEQ_MOE_LAYERS_NONE},
                                            {"all", MOEQ_MOE_LAYERS_ALL},
                                            {"sparse_step", MOEQ_MOE_LAYERS_SPARSE_STEP},
+                                           {"list", MOEQ_MOE_LAYERS_LIST},
                                            {NULL, 0}};
 static const choice LINEAR_ATTENTION_CHOICES[] = {
     {"none", MOEQ_LINEAR_ATTENTION_NONE},
@@ -102,6 +105,7 @@ static const choice NORM_CHOICES[] = {{"rmsnorm", MOEQ_NORM_RMS},
 
 static const choice EXPERTS_CHOICES[] = {{"separate", MOEQ_EXPERTS_SEPARATE},
                                          {"fused_interleaved", MOEQ_EXPERTS_FUSED_INTERLEAVED},
+                                         {"fused_concat", MOEQ_EXPERTS_FUSED_CONCAT},
                                          {NULL, 0}};
 static const choice MLP_ACT_CHOICES[] = {{"silu", MOEQ_MLP_ACT_SILU},
                                          {"swiglu_clamped", MOEQ_MLP_ACT_SWIGLU_CLAMPED},
@@ -164,6 +168,9 @@ static const char *const PARAM_NAMES[] = {
     "linear_conv_kernel_dim", "mtp_num_hidden_layers",
     "mtp_use_dedicated_embeddings", "router_bias",
     "swiglu_alpha",      "swiglu_limit",
+    "rope_interleaved",  "qk_l2_norm",
+    "attn_temperature_tuning", "floor_scale",
+    "attn_scale",        "attention_chunk_size",
     NULL,
 };
 

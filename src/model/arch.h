@@ -15,11 +15,14 @@ typedef enum moeq_attention_kind {
 typedef enum moeq_router_kind {
     MOEQ_ROUTER_NONE,         /* dense model */
     MOEQ_ROUTER_SOFTMAX_TOPK, /* softmax over all experts, top-k, optional renorm */
+    MOEQ_ROUTER_TOPK_SIGMOID_INPUT, /* Llama-4: top-k of the logits, sigmoid(logit) scales the
+                                     * expert's input */
 } moeq_router_kind;
 
 typedef enum moeq_shared_expert_kind {
     MOEQ_SHARED_EXPERT_NONE,
     MOEQ_SHARED_EXPERT_SIGMOID_GATED, /* Qwen2-MoE: sigmoid(x . g) * shared(x) */
+    MOEQ_SHARED_EXPERT_PLAIN,         /* Llama-4: shared(x) added ungated */
 } moeq_shared_expert_kind;
 
 /* How routed experts are stored. */
@@ -30,6 +33,8 @@ typedef enum moeq_experts_kind {
     MOEQ_EXPERTS_FUSED_INTERLEAVED, /* gpt-oss: per layer gate_up [E, H, 2I] with gate in the
                                      * even and up in the odd columns, down [E, I, H]
                                      * (model/fused_experts.h) */
+    MOEQ_EXPERTS_FUSED_CONCAT,      /* Llama-4: the same tensors with gate in the first and up
+                                     * in the second half of the columns */
 } moeq_experts_kind;
 
 /* The gating of an MLP's gate and up projections. */
@@ -43,6 +48,7 @@ typedef enum moeq_moe_layers_kind {
     MOEQ_MOE_LAYERS_NONE,        /* dense model */
     MOEQ_MOE_LAYERS_ALL,         /* every layer is sparse (Mixtral) */
     MOEQ_MOE_LAYERS_SPARSE_STEP, /* Qwen-MoE: decoder_sparse_step, mlp_only_layers */
+    MOEQ_MOE_LAYERS_LIST,        /* Llama-4: config.json moe_layers lists the sparse layers */
 } moeq_moe_layers_kind;
 
 typedef enum moeq_linear_attention_kind {

@@ -337,7 +337,8 @@ static moeq_code read_layer_types(const reader *r, moeq_config *cfg)
                          "config.json %s: \"layer_types\" must be an array of %d strings (one "
                          "per layer)",
                          r->path, cfg->num_layers);
-    if (!(cfg->layer_sliding = calloc((size_t)cfg->num_layers, 1)))
+    if (!(cfg->layer_sliding = calloc((size_t)cfg->num_layers, 1)) ||
+        !(cfg->layer_chunked = calloc((size_t)cfg->num_layers, 1)))
         return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
     int l = 0;
     const cJSON *t;
@@ -349,14 +350,69 @@ static moeq_code read_layer_types(const reader *r, moeq_config *cfg)
                      r->arch->linear_attention != MOEQ_LINEAR_ATTENTION_NONE;
         if (!strcmp(s, "sliding_attention"))
             cfg->layer_sliding[l] = 1;
+        else if (!strcmp(s, "chunked_attention") && cfg->attention_chunk_size > 0)
+            cfg->layer_chunked[l] = 1;
         else if (strcmp(s, "full_attention") && !linear)
             return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                              "config.json %s: layer_types[%d] = %s is not supported "
-                             "(sliding_attention, full_attention)",
+                             "(sliding_attention, full_attention, chunked_attention with "
+                             "attention_chunk_size)",
                              r->path, l, s);
         l++;
     }
     return MOEQ_OK;
+}
+
+/* A config.json array of layer indices (moe_layers) or of per-layer 0/1
+ * flags (no_rope_layers) as flags[num_layers]. */
+static moeq_code read_layer_list(const reader *r, const char *key, int indices,
+                                 unsigned char *flags, const moeq_config *cfg)
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(r->root, key);
+    if (!cJSON_IsArray(list) || (!indices && cJSON_GetArraySize(list) != cfg->num_layers))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: \"%s\" must be an array of %s", r->path, key,
+                         indices ? "layer indices" : "one 0/1 flag per layer");
+    int l = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list)
+    {
+        double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (v != floor(v) || v < 0 || (indices ? v >= cfg->num_layers : v > 1))
+            return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                             "config.json %s: \"%s\"[%d] must be %s", r->path, key, l,
+                             indices ? "a layer index" : "0 or 1");
+        if (indices)
+            flags[(int)v] = 1;
+        else
+            flags[l] = (unsigned char)v;
+        l++;
+    }
+    return MOEQ_OK;
+}
+
+/* Llama-4's attention settings (config.h). */
+static moeq_code read_llama4_attention(const reader *r, moeq_config *cfg)
+{
+    double floor_scale = 0, attn_scale = 0;
+    moeq_code rc;
+    if ((rc = read_bool(r, "rope_interleaved", 0, &cfg->rope_interleaved)) ||
+        (rc = read_bool(r, "qk_l2_norm", 0, &cfg->qk_l2_norm)) ||
+        (rc = read_bool(r, "attn_temperature_tuning", 0, &cfg->attn_temperature_tuning)) ||
+        (rc = read_number(r, "floor_scale", 8192, &floor_scale)) ||
+        (rc = read_number(r, "attn_scale", 0.1, &attn_scale)) ||
+        (rc = read_int(r, "attention_chunk_size", 0, 0, 0, 1 << 30, &cfg->attention_chunk_size)))
+        return rc;
+    if (cfg->attn_temperature_tuning && !(floor_scale > 0))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT, "config.json %s: floor_scale must be positive",
+                         r->path);
+    cfg->floor_scale = (float)floor_scale;
+    cfg->attn_scale = (float)attn_scale;
+    if (!cJSON_GetObjectItemCaseSensitive(r->root, "no_rope_layers"))
+        return MOEQ_OK;
+    if (!(cfg->layer_rope = calloc((size_t)cfg->num_layers, 1)))
+        return moeq_fail(r->err, MOEQ_ERR_OOM, "config.json %s: out of memory", r->path);
+    return read_layer_list(r, "no_rope_layers", 0, cfg->layer_rope, cfg);
 }
 
 static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
@@ -370,6 +426,8 @@ static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
         memset(cfg->layer_is_moe, 1, (size_t)cfg->num_layers);
         return MOEQ_OK;
     }
+    if (r->arch->moe_layers == MOEQ_MOE_LAYERS_LIST)
+        return read_layer_list(r, "moe_layers", 1, cfg->layer_is_moe, cfg);
     /* Qwen-MoE rule: layer L is sparse unless listed in mlp_only_layers,
      * and only every decoder_sparse_step-th layer ((L + 1) % step == 0). */
     int step;
@@ -486,7 +544,7 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         (rc = read_bool(r, "attn_output_gate", 0, &cfg->attn_output_gate)) ||
         (rc = read_bool(r, "router_bias", 0, &cfg->router_bias)))
         return rc;
-    double alpha, limit;
+    double alpha = 0, limit = 0;
     if ((rc = read_number(r, "swiglu_alpha", 1.0, &alpha)) ||
         (rc = read_number(r, "swiglu_limit", 0.0, &limit)))
         return rc;
@@ -540,8 +598,10 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
+    cfg->router = r->arch->router;
     if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)) ||
-        (rc = read_linear_attention(r, cfg)) || (rc = read_layer_types(r, cfg)))
+        (rc = read_linear_attention(r, cfg)) || (rc = read_llama4_attention(r, cfg)) ||
+        (rc = read_layer_types(r, cfg)))
         return rc;
     if (r->arch->mtp_prefix_from &&
         ((rc = read_int(r, "mtp_num_hidden_layers", 0, 1, 0, 1 << 10, &cfg->mtp_num_layers)) ||
@@ -612,6 +672,10 @@ void moeq_config_free(moeq_config *cfg)
     cfg->layer_is_linear = NULL;
     free(cfg->layer_sliding);
     cfg->layer_sliding = NULL;
+    free(cfg->layer_chunked);
+    cfg->layer_chunked = NULL;
+    free(cfg->layer_rope);
+    cfg->layer_rope = NULL;
 }
 
 int moeq_config_layer_window(const moeq_config *cfg, int layer)
@@ -619,4 +683,9 @@ int moeq_config_layer_window(const moeq_config *cfg, int layer)
     if (cfg->layer_sliding && !cfg->layer_sliding[layer])
         return 0;
     return cfg->sliding_window;
+}
+
+int moeq_config_layer_rope(const moeq_config *cfg, int layer)
+{
+    return !cfg->layer_rope || cfg->layer_rope[layer];
 }

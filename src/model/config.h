@@ -31,6 +31,21 @@ typedef struct moeq_config {
      * applies to every layer. moeq_config_layer_window() reads it. */
     unsigned char *layer_sliding;
     int router_bias;       /* the router linear has a bias (gpt-oss) */
+    moeq_router_kind router; /* the architecture's router, for the forward */
+    /* Llama-4 attention. layer_rope [num_layers] from no_rope_layers (1: the
+     * layer applies RoPE), NULL when every layer does; layer_chunked from
+     * layer_types "chunked_attention": causal attention within chunks of
+     * attention_chunk_size tokens. On RoPE layers qk_l2_norm normalises q
+     * and k per head (RMS, no weight) after the rotation; on the others
+     * attn_temperature_tuning scales q by
+     * log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1. */
+    unsigned char *layer_rope;
+    unsigned char *layer_chunked;
+    int attention_chunk_size;
+    int rope_interleaved; /* RoPE on adjacent pairs (2i, 2i + 1), not halves */
+    int qk_l2_norm;
+    int attn_temperature_tuning;
+    float floor_scale, attn_scale;
     float swiglu_alpha;    /* MOEQ_MLP_ACT_SWIGLU_CLAMPED: sigmoid(alpha * gate) */
     float swiglu_limit;    /* MOEQ_MLP_ACT_SWIGLU_CLAMPED: the clamp (> 0); 0 otherwise */
     /* MoE; num_experts == 0 for dense models */
@@ -68,6 +83,9 @@ moeq_code moeq_config_parse(const char *json, const char *path, const moeq_arch 
 /* model_type of a config.json, without needing an architecture. */
 moeq_code moeq_config_model_type(const char *path, char *buf, size_t bytes, moeq_error *err);
 void moeq_config_free(moeq_config *cfg);
+
+/* Whether layer l applies RoPE (Llama-4's no_rope_layers). */
+int moeq_config_layer_rope(const moeq_config *cfg, int layer);
 
 /* The sliding window of layer l's attention; 0 for full attention. */
 int moeq_config_layer_window(const moeq_config *cfg, int layer);

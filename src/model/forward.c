@@ -34,6 +34,20 @@ void moeq_rope_cache_free(moeq_rope_cache *rc)
     rc->inv_freq = NULL;
 }
 
+cpu_router_params moeq_router_params(const moeq_config *cfg)
+{
+    cpu_router_params p = {.scoring = CPU_ROUTER_SOFTMAX,
+                           .top_k = cfg->num_experts_per_tok,
+                           .norm_topk_prob = cfg->norm_topk_prob};
+    /* Llama-4 (Llama4Router): top-k of the logits, each weighted by
+     * sigmoid(logit): sigmoid scoring without bias, groups or renorm. */
+    if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT) {
+        p.scoring = CPU_ROUTER_SIGMOID;
+        p.norm_topk_prob = 0;
+    }
+    return p;
+}
+
 void moeq_mlp_gate(const moeq_config *cfg, float *g, const float *u, size_t n)
 {
     if (cfg->swiglu_limit > 0)
@@ -78,11 +92,12 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
         goto done;
     }
     cpu_linear(x, n, hidden, lw->router, lw->router_bias, n_exp, logits);
-    cpu_router_params router = {.scoring = CPU_ROUTER_SOFTMAX,
-                                .top_k = k,
-                                .norm_topk_prob = cfg->norm_topk_prob};
+    cpu_router_params router = moeq_router_params(cfg);
     if ((rc = cpu_router_topk(logits, n, n_exp, &router, weights, experts, err)))
         goto done;
+    /* Llama-4 scales the expert's input by the routing weight instead of
+     * its output (transformers Llama4TextMoe: routed_in * router_scores). */
+    const int scale_input = cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
     memset(out, 0, sizeof(float) * (size_t)n * hidden);
     /* Gather each expert's tokens, run it once over them, scatter back. */
     for (int e = 0; e < n_exp; e++) {
@@ -97,14 +112,16 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
         if (m == 0)
             continue;
         for (int i = 0; i < m; i++)
-            memcpy(xs + (size_t)i * hidden, x + (size_t)rows[i] * hidden,
-                   sizeof(float) * (size_t)hidden);
+            for (int h = 0; h < hidden; h++)
+                xs[(size_t)i * hidden + h] =
+                    x[(size_t)rows[i] * hidden + h] * (scale_input ? rows_w[i] : 1.0f);
         mlp_forward(cfg, &lw->experts[e], xs, m, scratch, ys);
         for (int i = 0; i < m; i++) {
             float *dst = out + (size_t)rows[i] * hidden;
             const float *src = ys + (size_t)i * hidden;
+            float w = scale_input ? 1.0f : rows_w[i];
             for (int h = 0; h < hidden; h++)
-                dst[h] += rows_w[i] * src[h];
+                dst[h] += w * src[h];
         }
     }
     if (lw->has_shared) {
@@ -134,6 +151,36 @@ done:
     free(ys);
     free(scratch);
     return rc;
+}
+
+/* Llama-4 after RoPE (transformers Llama4TextAttention.forward): on RoPE
+ * layers q and k are RMS-normalised per head without a weight
+ * (Llama4TextL2Norm, eps rms_norm_eps); on the others q is scaled by
+ * log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, in fp32. */
+static moeq_code llama4_qk(const moeq_config *cfg, int use_rope, float *q, float *k, int n_seqs,
+                           int seq_len, moeq_error *err)
+{
+    const int hq = cfg->num_heads, hkv = cfg->num_kv_heads, d = cfg->head_dim;
+    const int n = n_seqs * seq_len;
+    if (use_rope && cfg->qk_l2_norm) {
+        float *ones = malloc(sizeof(float) * (size_t)d);
+        if (!ones)
+            return moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the q/k norm");
+        for (int i = 0; i < d; i++)
+            ones[i] = 1.0f;
+        cpu_rmsnorm(q, ones, n * hq, d, cfg->rms_norm_eps, q);
+        cpu_rmsnorm(k, ones, n * hkv, d, cfg->rms_norm_eps, k);
+        free(ones);
+    }
+    if (!use_rope && cfg->attn_temperature_tuning)
+        for (int t = 0; t < n; t++) {
+            float pos = (float)(t % seq_len);
+            float s = log1pf(floorf((pos + 1.0f) / cfg->floor_scale)) * cfg->attn_scale + 1.0f;
+            float *row = q + (size_t)t * hq * d;
+            for (int i = 0; i < hq * d; i++)
+                row[i] *= s;
+        }
+    return MOEQ_OK;
 }
 
 moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
@@ -178,18 +225,30 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
         cpu_rmsnorm(kk, lw->k_norm, n * hkv, d, cfg->rms_norm_eps, kk);
     }
     const float scale = 1.0f / sqrtf((float)d);
-    for (int s = 0; s < n_seqs; s++) {
+    const int use_rope = moeq_config_layer_rope(cfg, lw->layer);
+    for (int s = 0; use_rope && s < n_seqs; s++) {
         size_t t0 = (size_t)s * seq_len;
         cpu_rope_apply(q + t0 * qdim, seq_len, hq, d, rope->rotary_dim, pos, rope->inv_freq,
-                       rope->attention_factor, 0);
+                       rope->attention_factor, cfg->rope_interleaved);
         cpu_rope_apply(kk + t0 * kvdim, seq_len, hkv, d, rope->rotary_dim, pos, rope->inv_freq,
-                       rope->attention_factor, 0);
-        if ((rc = cpu_attention_causal(q + t0 * qdim, kk + t0 * kvdim, v + t0 * kvdim, seq_len,
-                                       hq, hkv, d, d, scale,
-                                       moeq_config_layer_window(cfg, lw->layer), lw->sinks,
-                                       attn + t0 * qdim, err)))
-            goto done;
+                       rope->attention_factor, cfg->rope_interleaved);
     }
+    if ((rc = llama4_qk(cfg, use_rope, q, kk, n_seqs, seq_len, err)))
+        goto done;
+    /* Chunked attention (Llama-4) is causal attention within each chunk. */
+    const int chunk = cfg->layer_chunked && cfg->layer_chunked[lw->layer]
+                          ? cfg->attention_chunk_size
+                          : seq_len;
+    for (int s = 0; s < n_seqs; s++)
+        for (int c0 = 0; c0 < seq_len; c0 += chunk) {
+            size_t t0 = (size_t)s * seq_len + (size_t)c0;
+            int len = seq_len - c0 < chunk ? seq_len - c0 : chunk;
+            if ((rc = cpu_attention_causal(q + t0 * qdim, kk + t0 * kvdim, v + t0 * kvdim, len,
+                                           hq, hkv, d, d, scale,
+                                           moeq_config_layer_window(cfg, lw->layer), lw->sinks,
+                                           attn + t0 * qdim, err)))
+                goto done;
+        }
     if (gate)
         for (size_t i = 0; i < (size_t)n * qdim; i++)
             attn[i] *= 1.0f / (1.0f + expf(-gate[i]));

@@ -3,6 +3,7 @@
 #ifndef MOEQ_MODEL_FORWARD_H
 #define MOEQ_MODEL_FORWARD_H
 
+#include "backend/cpu/cpu_ops.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -28,6 +29,9 @@ typedef struct moeq_rope_cache {
 
 moeq_code moeq_rope_cache_init(const moeq_config *cfg, moeq_rope_cache *rc, moeq_error *err);
 void moeq_rope_cache_free(moeq_rope_cache *rc);
+
+/* The router settings of cfg's architecture for cpu_router_topk. */
+cpu_router_params moeq_router_params(const moeq_config *cfg);
 
 /* g = act(g, u) over n elements: the gating of the architecture's MLPs
  * (silu(g) * u, or gpt-oss's clamped SwiGLU with the config's alpha and

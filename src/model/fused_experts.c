@@ -167,13 +167,16 @@ moeq_code moeq_fused_expert_load(const moeq_model *m, int layer, int expert,
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for expert %d", layer, expert);
         goto done;
     }
-    /* gate_up [2I, H] after the transpose: row 2i is gate row i, 2i + 1 up. */
+    /* gate_up [2I, H] after the transpose: gpt-oss interleaves (row 2i is
+     * gate row i, 2i + 1 up row i), Llama-4 concatenates (gate rows 0..I-1,
+     * then up; Llama4TextExperts: gate_up.chunk(2, dim=-1)). */
+    const int concat = m->arch.experts == MOEQ_EXPERTS_FUSED_CONCAT;
     if ((rc = load_projection(m, MOEQ_T_EXPERTS_GATE_UP, layer, expert, 2 * I, H, gu, err)) ||
         (rc = load_projection(m, MOEQ_T_EXPERTS_DOWN, layer, expert, H, I, w->down, err)))
         goto done;
     for (int64_t i = 0; i < I; i++) {
-        memcpy(w->gate + i * H, gu + (2 * i) * H, sizeof(float) * (size_t)H);
-        memcpy(w->up + i * H, gu + (2 * i + 1) * H, sizeof(float) * (size_t)H);
+        memcpy(w->gate + i * H, gu + (concat ? i : 2 * i) * H, sizeof(float) * (size_t)H);
+        memcpy(w->up + i * H, gu + (concat ? I + i : 2 * i + 1) * H, sizeof(float) * (size_t)H);
     }
     if (!m->cfg.mlp_bias)
         goto done;
@@ -191,8 +194,8 @@ moeq_code moeq_fused_expert_load(const moeq_model *m, int layer, int expert,
         (rc = decode_slice(m, bd, expert, 1, H, w->down_bias, err)))
         goto done;
     for (int64_t i = 0; i < I; i++) {
-        w->gate_bias[i] = gu[2 * i];
-        w->up_bias[i] = gu[2 * i + 1];
+        w->gate_bias[i] = gu[concat ? i : 2 * i];
+        w->up_bias[i] = gu[concat ? I + i : 2 * i + 1];
     }
 done:
     free(gu);
@@ -245,6 +248,8 @@ moeq_code moeq_fused_expert_bias_raw(const moeq_model *m, moeq_tensor_role role,
                                (size_t)expert * es * (size_t)t->shape[1];
     if (down)
         memcpy(buf, row, es * (size_t)H);
+    else if (m->arch.experts == MOEQ_EXPERTS_FUSED_CONCAT) /* gate, then up */
+        memcpy(buf, row + (role == MOEQ_T_EXPERT_UP_PROJ ? (size_t)I * es : 0), es * (size_t)I);
     else /* interleaved: gate at even, up at odd positions */
         for (int64_t i = 0; i < I; i++)
             memcpy(buf + (size_t)i * es,

@@ -9,7 +9,10 @@
  * beside them gate_up_proj_bias [E, 2I] (interleaved the same way) and
  * down_proj_bias [E, H]: the template name + "_bias". Each expert becomes
  * gate, up [I, H] and down [H, I] in nn.Linear's [out, in] layout, so that
- * it is quantized and written like any per-expert checkpoint.
+ * it is quantized and written like any per-expert checkpoint. Llama-4
+ * (modeling_llama4.py, Llama4TextExperts) stores the same tensors without
+ * biases, gate in the first and up in the second half of the columns
+ * (gate_up.chunk(2, dim=-1)).
  *
  * An MXFP4 source (quantization_config quant_method "mxfp4", as gpt-oss
  * ships) stores gate_up_proj and down_proj as _blocks and _scales in

@@ -444,9 +444,14 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
     }
     double t0 = now_seconds();
     cpu_linear(h, n, hidden, lw->router, lw->router_bias, E, logits);
-    cpu_softmax_rows(logits, n, E, probs);
-    cpu_router_params rp = {.scoring = CPU_ROUTER_SOFTMAX, .top_k = k,
-                            .norm_topk_prob = cfg->norm_topk_prob};
+    /* The router's probability of each expert: softmax over all experts,
+     * or Llama-4's per-expert sigmoid. */
+    const int scale_input = cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
+    if (scale_input)
+        cpu_sigmoid(logits, (size_t)n * E, probs);
+    else
+        cpu_softmax_rows(logits, n, E, probs);
+    cpu_router_params rp = moeq_router_params(cfg);
     if ((rc = cpu_router_topk(logits, n, E, &rp, topw, tope, err)))
         goto done;
     for (size_t i = 0; i < (size_t)n * k; i++)
@@ -460,11 +465,16 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
         const moeq_gptq_prepared *shared_prep = prep_all;
         if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
             int m = 0;
+            /* Llama-4's experts see their input scaled by the routing
+             * weight: routed calibration uses what they see. */
             for (int t = 0; t < n; t++)
                 for (int j = 0; j < k; j++)
-                    if (tope[(size_t)t * k + j] == e)
-                        memcpy(xe + (size_t)m++ * hidden, h + (size_t)t * hidden,
-                               sizeof(float) * (size_t)hidden);
+                    if (tope[(size_t)t * k + j] == e) {
+                        float s = scale_input ? topw[(size_t)t * k + j] : 1.0f;
+                        for (int i = 0; i < hidden; i++)
+                            xe[(size_t)m * hidden + i] = h[(size_t)t * hidden + i] * s;
+                        m++;
+                    }
             if (m < c->opt->min_expert_tokens) {
                 fallback = 1;
                 moeq_warn_expert_fallback(c->opt, e, c->layer, m);

@@ -29,8 +29,11 @@ typedef enum moeq_method {
  *            token; gate/up of all experts share one Hessian per layer (the
  *            same inputs), down_proj's is per expert from
  *            silu(gate(x)) * up(x) over all tokens.
+ *            Llama-4's experts, whose input the router weight scales, are
+ *            calibrated on their routed tokens so scaled.
  *  weighted: every expert sees every token, token t weighted by p_e(t), the
- *            router's softmax probability of expert e over all experts:
+ *            router's softmax probability of expert e over all experts
+ *            (Llama-4: sigmoid of its logit):
  *            H_e = (2/n) sum_t p_e(t) x_t x_t^T for gate/up and likewise for
  *            down_proj's inputs. */
 typedef enum moeq_expert_calib {

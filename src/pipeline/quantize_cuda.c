@@ -1353,6 +1353,20 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (cfg->router_bias)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
+    if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "Llama-4's router (top-k sigmoid scaling the expert input) is not in "
+                         "the CUDA pipeline yet: use --device cpu");
+    if (model->arch.shared_expert == MOEQ_SHARED_EXPERT_PLAIN)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "an ungated shared expert is not in the CUDA pipeline yet: use "
+                         "--device cpu");
+    if (cfg->layer_rope || cfg->layer_chunked || cfg->rope_interleaved || cfg->qk_l2_norm ||
+        cfg->attn_temperature_tuning)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "Llama-4 attention (layers without RoPE, chunked attention, interleaved "
+                         "RoPE, q/k L2 norm, temperature tuning) is not in the CUDA pipeline yet: "
+                         "use --device cpu");
     if (model->arch.mlp_act != MOEQ_MLP_ACT_SILU)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "

@@ -104,6 +104,19 @@ MODELS = {
         rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
                          "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                          "original_max_position_embeddings": 128}), None),
+    # Llama-4 text: top-1 sigmoid router scaling the expert input, shared expert, fused
+    # experts (gate | up), layer 2 dense (moe_layers) and without RoPE (temperature-tuned q,
+    # floor_scale 4 so that 24 positions see several scales), q/k L2 norm on the RoPE layers,
+    # chunked attention (8 < 24 tokens) on layers 0, 1, 3.
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM", base(
+        num_hidden_layers=4, head_dim=24, intermediate_size=32, intermediate_size_mlp=96,
+        num_local_experts=4, num_experts_per_tok=1, moe_layers=[0, 1, 3],
+        no_rope_layers=[1, 1, 0, 1],
+        layer_types=["chunked_attention", "chunked_attention", "full_attention",
+                     "chunked_attention"],
+        attention_chunk_size=8, use_qk_norm=True, attn_temperature_tuning=True, floor_scale=4,
+        attn_scale=0.5, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), None),
 }
 
 # Sequence length per model where it differs from TOKENS.
@@ -192,7 +205,8 @@ def capture(model, tokens):
         def out_hook(mod, args, out, i=i):
             rec[f"layer.{i}.out"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
         hooks.append(layer.register_forward_hook(out_hook))
-        mlp = getattr(layer, "mlp", None) or getattr(layer, "block_sparse_moe")
+        mlp = (getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None) or
+               getattr(layer, "block_sparse_moe"))
         def mlp_hook(mod, args, out, i=i):
             rec[f"layer.{i}.mlp"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
         hooks.append(mlp.register_forward_hook(mlp_hook))
