@@ -206,7 +206,13 @@ int moeq_cmd_inspect(int argc, char **argv)
     tally t = {0};
     for (size_t i = 0; i < m.ckpt.n_tensors; i++) {
         const st_tensor *x = m.ckpt.tensors[i];
-        t.params[x->dtype] += numel(x);
+        size_t len = strlen(x->name);
+        /* MXFP4 blocks hold two parameters a byte (model/mxfp4.h). */
+        int per_byte = m.cfg.mxfp4 && x->dtype == ST_U8 && len > 7 &&
+                               !strcmp(x->name + len - 7, "_blocks")
+                           ? 2
+                           : 1;
+        t.params[x->dtype] += per_byte * numel(x);
         t.bytes[x->dtype] += (int64_t)x->nbytes;
     }
     int status = 0;

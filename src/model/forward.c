@@ -1,11 +1,15 @@
 /* forward.c: the fp32 CPU reference forward of a decoder layer: pre-norm
- * GQA attention with RoPE (optional q/k biases and per-head q/k RMSNorm),
- * then a SwiGLU MLP or a routed MoE block (softmax top-k, optional
- * renormalisation, optional sigmoid-gated shared expert). It follows the
- * transformers modeling code of the supported families operation by
- * operation, in fp32. The full attention of Qwen3-Next / Qwen3.5 gates its
- * output per head (attn * sigmoid(gate), the gate from q_proj); their linear
- * layers run the Gated DeltaNet block of deltanet.c instead. */
+ * GQA attention with RoPE (optional q/k biases and per-head q/k RMSNorm;
+ * gpt-oss's sinks and per-layer sliding window; Llama-4's interleaved RoPE,
+ * layers without RoPE, q/k L2 norm, temperature tuning and chunked
+ * attention), then a SwiGLU MLP (or gpt-oss's clamped one) or a routed MoE
+ * block (softmax top-k with optional renormalisation and router bias, or
+ * Llama-4's sigmoid top-k on the expert input; optional sigmoid-gated or
+ * plain shared expert). It follows the transformers modeling code of the
+ * supported families operation by operation, in fp32. The full attention of
+ * Qwen3-Next / Qwen3.5 gates its output per head (attn * sigmoid(gate), the
+ * gate from q_proj); their linear layers run the Gated DeltaNet block of
+ * deltanet.c instead. */
 #include "model/forward.h"
 
 #include "backend/cpu/cpu_ops.h"
