@@ -95,15 +95,20 @@ __device__ void warp_range(float xmin, float xmax, int sym, float *lo, float *hi
 
 // sum |x^ - x|^norm of the warp's values x[lane + 32 k] (k < n / 32 + 1).
 // The warp reduction sums in another order than grid.c's loop, so a
-// candidate within float rounding of the best may win on one side only.
+// candidate within float rounding of the best may win on one side only. The
+// search rounds x * (1 / scale) where grid_code divides (a value exactly
+// between two codes may round the other way: it only scores a candidate;
+// the chosen grid quantizes with grid_code).
 __device__ float warp_clip_error(grid_t g, const float *x, int n, const uint8_t *dead,
                                  int bits, float norm, int lane)
 {
     const int32_t maxq = (1 << bits) - 1;
+    const float inv = 1.0f / g.scale, lo = (float)-g.zero, hi = (float)(maxq - g.zero);
     float sum = 0.0f;
     for (int i = lane; i < n; i += 32) {
         float v = dead && dead[i] ? 0.0f : x[i];
-        float d = fabsf(__fsub_rn(__fmul_rn(g.scale, (float)(grid_code(g, v, maxq) - g.zero)), v));
+        float c = fminf(fmaxf(rintf(v * inv), lo), hi); // the code minus the zero point
+        float d = fabsf(g.scale * c - v);
         // d^norm through the special-function unit: powf's exact path costs
         // about as much as the rest of the search. Relative error ~3e-7
         // (lg2.approx's 2^-22.6 absolute error times norm ln 2).
