@@ -203,6 +203,9 @@ static void test_gpt_oss_matches_transformers(void) { check_model("gpt_oss"); }
 /* Sigmoid router on the expert input, shared expert, fused experts, dense
  * layer, chunked attention, a layer without RoPE, q/k L2 norm. */
 static void test_llama4_text_matches_transformers(void) { check_model("llama4_text"); }
+/* The released multimodal layout: the same language model under
+ * language_model.*, config in text_config, a vision model beside it. */
+static void test_llama4_multimodal_checkpoint_matches_transformers(void) { check_model("llama4"); }
 /* MXFP4 experts: transformers' forward on its own dequantization. */
 static void test_gpt_oss_mxfp4_matches_transformers(void) { check_model("gpt_oss_mxfp4"); }
 /* Block-FP8 source: transformers' forward on its own dequantization. */
@@ -229,6 +232,7 @@ int main(void)
     RUN(test_gpt_oss_matches_transformers);
     RUN(test_gpt_oss_mxfp4_matches_transformers);
     RUN(test_llama4_text_matches_transformers);
+    RUN(test_llama4_multimodal_checkpoint_matches_transformers);
     RUN(test_qwen3_moe_fp8_matches_transformers);
     RUN(test_qwen3_next_matches_transformers);
     RUN(test_qwen3_5_moe_matches_transformers);

@@ -447,6 +447,47 @@ static void test_llama4_fused_experts_are_written_per_expert_beside_the_shared_e
     CHECK(kl > 0 && kl < 0.05);
 }
 
+static void test_llama4_multimodal_checkpoint_keeps_its_vision_model(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_llama4_mm"));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run("llama4", &o, out, &err), MOEQ_OK);
+    st_checkpoint c, src;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_checkpoint_open(&src, fixture("llama4"), &err), MOEQ_OK);
+    const st_tensor *t = st_checkpoint_find(
+        &c, "language_model.model.layers.1.feed_forward.experts.3.gate_proj.qweight");
+    CHECK(t && t->shape[0] == 8 && t->shape[1] == 32);
+    CHECK(st_checkpoint_find(&c, "language_model.model.layers.2.feed_forward.down_proj.qweight"));
+    CHECK(!st_checkpoint_find(&c, "language_model.model.layers.1.feed_forward.experts.gate_up_proj"));
+    /* The vision model and projector are copied byte for byte. */
+    int vision = 0, same = 0;
+    for (size_t i = 0; i < src.n_tensors; i++) {
+        const st_tensor *s = src.tensors[i];
+        if (strncmp(s->name, "vision_model.", 13) && strncmp(s->name, "multi_modal_projector.", 22))
+            continue;
+        vision++;
+        const st_tensor *d = st_checkpoint_find(&c, s->name);
+        same += d && d->dtype == s->dtype && d->nbytes == s->nbytes &&
+                !memcmp(d->data, s->data, s->nbytes);
+    }
+    CHECK(vision > 0);
+    CHECK_INT_EQ(same, vision);
+    st_checkpoint_close(&src);
+    st_checkpoint_close(&c);
+    /* Loaders are told to leave them unquantized. */
+    cJSON *cfg = read_output_config(out);
+    cJSON *dyn = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "quantization_config"), "dynamic");
+    CHECK(cJSON_GetObjectItem(dyn, "-:(.*\\.)?vision_model\\..*") != NULL);
+    CHECK(cJSON_GetObjectItem(dyn, "-:(.*\\.)?multi_modal_projector\\..*") != NULL);
+    cJSON_Delete(cfg);
+    double kl = kl_against_original("llama4", out);
+    printf("  llama4 (multimodal) 4-bit g16 all: KL %.5f\n", kl);
+    CHECK(kl > 0 && kl < 0.05);
+}
+
 static int same_file(const char *a, const char *b);
 
 static void test_true_sequential_off_calibrates_on_the_original_layer(void)
@@ -648,5 +689,6 @@ int main(void)
     RUN(test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases);
     RUN(test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config);
     RUN(test_llama4_fused_experts_are_written_per_expert_beside_the_shared_expert);
+    RUN(test_llama4_multimodal_checkpoint_keeps_its_vision_model);
     return test_summary();
 }

@@ -297,6 +297,37 @@ def main():
         if only and name not in only:
             continue
         make_multimodal(out_root, name, cfg_cls, model_cls, text_kw)
+    if not only or "llama4" in only:
+        make_llama4_multimodal(out_root)
+
+
+# Llama-4 as released: Llama4ForConditionalGeneration with the llama4_text model above as
+# its language model (saved under language_model.*) beside a one-layer vision model.
+LLAMA4_VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, image_size=28, patch_size=14, vision_output_dim=64,
+                     projector_input_dim=64, projector_output_dim=64)
+
+
+def make_llama4_multimodal(out_root):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1234)
+    text_kw = MODELS["llama4_text"][2]
+    config = transformers.Llama4Config(text_config=text_kw, vision_config=LLAMA4_VISION)
+    model = transformers.Llama4ForConditionalGeneration(config).eval()
+    randomize_norms(model, gen)
+    out_dir = os.path.join(out_root, "llama4")
+    os.makedirs(out_dir, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    ref = transformers.Llama4ForConditionalGeneration.from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    tokens = torch.randint(0, VOCAB, (SEQS, TOKENS), generator=gen)
+    rec = capture(ref.language_model, tokens)  # text only: the language model's forward
+    rec = {k: v.float().contiguous() for k, v in rec.items()}
+    rec["tokens"] = tokens.to(torch.int32).contiguous()
+    save_file(rec, os.path.join(out_dir, "golden.safetensors"),
+              metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+    print(f"llama4: {sum(p.numel() for p in ref.parameters())} params (with the vision model) "
+          f"-> {out_dir}")
 
 
 def add_mtp_tensors(out_dir, text_kw, gen):
