@@ -218,6 +218,7 @@ static void test_qwen3_next_matches_transformers(void) { check_model("qwen3_next
  * transformers' fp32 by 2.6e-5). */
 static void test_qwen3_5_moe_matches_transformers(void) { check_model_tol("qwen3_5_moe", 1e-4); }
 static void test_qwen3_5_matches_transformers(void) { check_model("qwen3_5"); }
+static void test_qwen3_next_mtp_block_matches_reference(void) { check_mtp("qwen3_next"); }
 static void test_qwen3_5_moe_mtp_block_matches_reference(void) { check_mtp("qwen3_5_moe"); }
 static void test_qwen3_5_mtp_block_matches_reference(void) { check_mtp("qwen3_5"); }
 
@@ -237,6 +238,7 @@ int main(void)
     RUN(test_qwen3_next_matches_transformers);
     RUN(test_qwen3_5_moe_matches_transformers);
     RUN(test_qwen3_5_matches_transformers);
+    RUN(test_qwen3_next_mtp_block_matches_reference);
     RUN(test_qwen3_5_moe_mtp_block_matches_reference);
     RUN(test_qwen3_5_mtp_block_matches_reference);
     return test_summary();

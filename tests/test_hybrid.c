@@ -450,6 +450,35 @@ static float *mtp_logits(const char *name, const char *dir, size_t *count)
     return logits;
 }
 
+static void test_quantize_mtp_quantizes_qwen3_next_s_mtp_block(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_mtp_next"));
+    moeq_quantize_options o = options();
+    o.quantize_mtp = 1;
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize("qwen3_next", &o, out, &err), MOEQ_OK);
+    /* The 96 linears of the language model, the MTP block's fc + 4 + 27. */
+    CHECK_INT_EQ(check_every_tensor_reaches_output(fixture("qwen3_next"), out), 96 + 1 + 4 + 27);
+    CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
+    size_t n, nq;
+    float *ref = mtp_logits("qwen3_next", fixture("qwen3_next"), &n);
+    float *q = mtp_logits("qwen3_next", out, &nq);
+    double kl = 0;
+    const int V = 160;
+    for (size_t r = 0; r < n / V; r++) {
+        cpu_softmax_rows(ref + r * V, 1, V, ref + r * V);
+        cpu_softmax_rows(q + r * V, 1, V, q + r * V);
+        for (int v = 0; v < V; v++)
+            kl += ref[r * V + v] * (log(ref[r * V + v] + 1e-30) - log(q[r * V + v] + 1e-30));
+    }
+    kl /= (double)(n / V);
+    printf("  qwen3_next MTP drafts, 4-bit g16: KL %.5f\n", kl);
+    CHECK(n == nq && kl > 0 && kl < 0.1);
+    free(ref);
+    free(q);
+}
+
 static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
 {
     char out[2048];
@@ -694,11 +723,12 @@ static void test_cli_quantizes_the_mtp_block_or_says_there_is_none(void)
     CHECK(st_checkpoint_find(&c, "mtp.fc.qweight") != NULL);
     st_checkpoint_close(&c);
     snprintf(args, sizeof args,
-             "quantize --model tests/fixtures/golden/qwen3_next --out '%s/out2' --calib '%s' "
+             "quantize --model tests/fixtures/golden/qwen3_moe --out '%s/out2' --calib '%s' "
              "--nsamples 4 --seqlen 96 --group-size 16 --quantize-mtp true",
              dir, bin);
     CHECK(run_cli(args, out, sizeof out) != 0);
-    CHECK_CONTAINS(out, "--quantize-mtp: tests/fixtures/golden/qwen3_next has no MTP block");
+    CHECK_CONTAINS(out, "--quantize-mtp: tests/fixtures/golden/qwen3_moe has no MTP block that "
+                        "architecture qwen3_moe names");
     snprintf(path, sizeof path, "%s/out2", dir);
     CHECK(!moeq_dir_exists(path));
 }
@@ -715,6 +745,7 @@ int main(void)
     RUN(test_qwen3_5_dense_quantizes_the_language_model_and_copies_the_rest);
     RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
     RUN(test_quantize_mtp_calibrates_and_quantizes_the_mtp_block);
+    RUN(test_quantize_mtp_quantizes_qwen3_next_s_mtp_block);
     RUN(test_cli_quantizes_the_mtp_block_or_says_there_is_none);
     RUN(test_an_mtp_block_of_another_form_is_refused);
     return test_summary();

@@ -122,6 +122,10 @@ MODELS = {
 # Sequence length per model where it differs from TOKENS.
 MODEL_TOKENS = {"qwen3_next": 80}
 
+# Models that ship a multi-token-prediction block (mtp.*, added after saving;
+# the multimodal Qwen3.5 ones below get it too).
+MTP_MODELS = {"qwen3_next"}
+
 # Sources shipped quantized by their publishers (tests/golden/quantized_sources.py): the
 # model is built as above, then its linears are rewritten in that format; the reference
 # forward runs on the weights transformers' own dequantization gives.
@@ -247,6 +251,9 @@ def main():
             out_dir, dtype=torch.float32, attn_implementation="eager").eval()
         tokens = torch.randint(0, VOCAB, (SEQS, MODEL_TOKENS.get(name, TOKENS)), generator=gen)
         rec = capture(ref, tokens)
+        if name in MTP_MODELS:
+            add_mtp_tensors(out_dir, kw, torch.Generator().manual_seed(77))
+            rec.update(mtp_reference(ref, out_dir, tokens))
         rec = {k: v.float().contiguous() for k, v in rec.items()}
         rec["tokens"] = tokens.to(torch.int32).contiguous()
         save_file(rec, os.path.join(out_dir, "golden.safetensors"),
@@ -393,8 +400,8 @@ def mtp_reference(ref, out_dir, tokens):
     # concatenated [embedding; hidden], through fc, one full-attention decoder
     # layer (transformers' own layer class, loaded with mtp.layers.0.*), and
     # mtp.norm; logits from the shared lm_head.
-    lm = ref.model.language_model
-    cfg = ref.config.text_config
+    lm = getattr(ref.model, "language_model", ref.model)
+    cfg = getattr(ref.config, "text_config", ref.config)
     full = cfg.layer_types.index("full_attention")
     layer = type(lm.layers[full])(cfg, full).eval()
     w = {k: v.float() for k, v in load_file(os.path.join(out_dir, "model.safetensors")).items()
