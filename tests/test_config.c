@@ -5,6 +5,7 @@
 
 #include "model/arch.h"
 #include "model/config.h"
+#include "model/mla.h"
 
 static moeq_arch builtin(const char *type)
 {
@@ -254,7 +255,7 @@ static void test_bad_architecture_files_are_errors_naming_the_field(void)
     expect_arch_error("{\"name\": \"x\", \"model_types\": [], \"components\": {}, " DENSE_TENSORS "}",
                       "model_types");
     expect_arch_error("{\"name\": \"x\", \"model_types\": [\"x\"], \"components\":"
-                      " {\"attention\": \"mla\"}, " DENSE_TENSORS "}",
+                      " {\"attention\": \"ring\"}, " DENSE_TENSORS "}",
                       "components.attention");
     expect_arch_error("{\"name\": \"x\", \"model_types\": [\"x\"], \"components\":"
                       " {\"flux\": \"on\"}, " DENSE_TENSORS "}",
@@ -281,6 +282,182 @@ static void test_bad_architecture_files_are_errors_naming_the_field(void)
                       "tensors.embed is given twice");
 }
 
+/* DeepSeek-V3's config.json (transformers 4.x spelling, YaRN). */
+static const char *DEEPSEEK_V3 =
+    "{\"model_type\": \"%s\", \"hidden_size\": 7168, \"num_hidden_layers\": 61,"
+    " \"num_attention_heads\": 128, \"num_key_value_heads\": 128, \"vocab_size\": 129280,"
+    " \"intermediate_size\": 18432, \"moe_intermediate_size\": 2048, \"n_routed_experts\": 256,"
+    " \"n_shared_experts\": 1, \"num_experts_per_tok\": 8, \"n_group\": 8, \"topk_group\": 4,"
+    " \"routed_scaling_factor\": 2.5, \"first_k_dense_replace\": 3, \"moe_layer_freq\": 1,"
+    " \"norm_topk_prob\": true, \"scoring_func\": \"sigmoid\", \"topk_method\": \"noaux_tc\","
+    " \"q_lora_rank\": %s, \"kv_lora_rank\": 512, \"qk_nope_head_dim\": 128,"
+    " \"qk_rope_head_dim\": 64, \"v_head_dim\": 128, \"rms_norm_eps\": 1e-06,"
+    " \"max_position_embeddings\": 163840, \"rope_theta\": 10000, \"attention_bias\": false,"
+    " \"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1, \"factor\": 40, \"mscale\": 1.0,"
+    " \"mscale_all_dim\": 1.0, \"original_max_position_embeddings\": 4096, \"type\": \"yarn\"}}";
+
+static void test_deepseek_v3_and_kimi_k2_configs_give_mla_routing_and_dense_layers(void)
+{
+    const char *types[] = {"deepseek_v3", "kimi_k2"};
+    for (int i = 0; i < 2; i++) {
+        moeq_arch a = builtin(types[i]);
+        CHECK_STR_EQ(a.name, "deepseek_v3");
+        char json[2048];
+        snprintf(json, sizeof json, DEEPSEEK_V3, types[i], "1536");
+        moeq_config c;
+        moeq_error err = {0};
+        CHECK_INT_EQ(moeq_config_parse(json, "ds.json", &a, &c, &err), MOEQ_OK);
+        CHECK_INT_EQ(c.attention, MOEQ_ATTENTION_MLA);
+        CHECK_INT_EQ(c.q_lora_rank, 1536);
+        CHECK_INT_EQ(c.kv_lora_rank, 512);
+        CHECK_INT_EQ(c.qk_nope_head_dim, 128);
+        CHECK_INT_EQ(c.v_head_dim, 128);
+        CHECK_INT_EQ(c.head_dim, 64); /* RoPE turns the rope part only */
+        CHECK_INT_EQ(c.rope.rotary_dim, 64);
+        CHECK_INT_EQ(c.rope.type, MOEQ_ROPE_YARN);
+        CHECK_INT_EQ(c.rope_interleaved, 1);
+        CHECK_INT_EQ(c.router, MOEQ_ROUTER_SIGMOID_TOPK);
+        CHECK_INT_EQ(c.n_group, 8);
+        CHECK_INT_EQ(c.topk_group, 4);
+        CHECK_NEAR(c.routed_scaling_factor, 2.5, 0, 0);
+        CHECK_INT_EQ(c.num_experts, 256);
+        CHECK_INT_EQ(c.shared_expert_intermediate_size, 2048);
+        for (int l = 0; l < 61; l++)
+            CHECK_INT_EQ(c.layer_is_moe[l], l >= 3);
+        /* 192^-0.5 * (0.1 ln 40 + 1)^2 */
+        double m = 0.1 * log(40.0) + 1.0;
+        CHECK_NEAR(moeq_mla_softmax_scale(&c), m * m / sqrt(192.0), 1e-15, 0);
+        moeq_config_free(&c);
+        /* q_lora_rank null: plain q_proj (DeepSeek-V2-Lite layout). */
+        snprintf(json, sizeof json, DEEPSEEK_V3, types[i], "null");
+        CHECK_INT_EQ(moeq_config_parse(json, "ds.json", &a, &c, &err), MOEQ_OK);
+        CHECK_INT_EQ(c.q_lora_rank, 0);
+        moeq_config_free(&c);
+        moeq_arch_free(&a);
+    }
+}
+
+static void test_glm45_config_reads_partial_rotary_shared_expert_and_groups(void)
+{
+    moeq_arch a = builtin("glm4_moe");
+    /* GLM-4.5-Air's config.json. */
+    const char *json =
+        "{\"model_type\": \"glm4_moe\", \"hidden_size\": 4096, \"num_hidden_layers\": 46,"
+        " \"num_attention_heads\": 96, \"num_key_value_heads\": 8, \"head_dim\": 128,"
+        " \"partial_rotary_factor\": 0.5, \"attention_bias\": true, \"use_qk_norm\": false,"
+        " \"vocab_size\": 151552, \"intermediate_size\": 10944, \"moe_intermediate_size\": 1408,"
+        " \"n_routed_experts\": 128, \"n_shared_experts\": 1, \"num_experts_per_tok\": 8,"
+        " \"n_group\": 1, \"topk_group\": 1, \"routed_scaling_factor\": 1.0,"
+        " \"first_k_dense_replace\": 1, \"norm_topk_prob\": true, \"rope_theta\": 1000000,"
+        " \"rms_norm_eps\": 1e-05, \"max_position_embeddings\": 131072}";
+    moeq_config c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_config_parse(json, "glm.json", &a, &c, &err), MOEQ_OK);
+    CHECK_INT_EQ(c.attention, MOEQ_ATTENTION_GQA);
+    CHECK_INT_EQ(c.rope.rotary_dim, 64);
+    CHECK_INT_EQ(c.qkv_bias, 1);
+    CHECK_INT_EQ(c.o_bias, 0);
+    CHECK_INT_EQ(c.qk_norm, 0);
+    CHECK_INT_EQ(c.router, MOEQ_ROUTER_SIGMOID_TOPK);
+    CHECK_INT_EQ(c.shared_expert_intermediate_size, 1408);
+    CHECK_INT_EQ(c.layer_is_moe[0], 0);
+    CHECK_INT_EQ(c.layer_is_moe[1], 1);
+    CHECK_INT_EQ(c.layer_is_moe[45], 1);
+    moeq_config_free(&c);
+    /* Without partial_rotary_factor GLM still turns half of each head, as
+     * transformers' Glm4MoeConfig assumes. */
+    char *copy = malloc(strlen(json) + 1);
+    strcpy(copy, json);
+    char *p = strstr(copy, "\"partial_rotary_factor\"");
+    memcpy(p, "\"unrelated_option_name\"", 23);
+    CHECK_INT_EQ(moeq_config_parse(copy, "glm.json", &a, &c, &err), MOEQ_OK);
+    CHECK_INT_EQ(c.rope.rotary_dim, 64);
+    moeq_config_free(&c);
+    free(copy);
+    moeq_arch_free(&a);
+}
+
+static void test_minimax_m2_rotary_dim_and_full_qk_norm(void)
+{
+    moeq_arch a = builtin("minimax_m2");
+    const char *json =
+        "{\"model_type\": \"minimax_m2\", \"hidden_size\": 3072, \"num_hidden_layers\": 62,"
+        " \"num_attention_heads\": 48, \"num_key_value_heads\": 8, \"head_dim\": 128,"
+        " \"rotary_dim\": 64, \"rope_theta\": 5000000, \"intermediate_size\": 1536,"
+        " \"num_local_experts\": 256, \"num_experts_per_tok\": 8, \"vocab_size\": 200064,"
+        " \"use_qk_norm\": true, \"qk_norm_type\": \"per_layer\", \"scoring_func\": \"sigmoid\","
+        " \"use_routing_bias\": true}";
+    moeq_config c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_config_parse(json, "mm.json", &a, &c, &err), MOEQ_OK);
+    CHECK_INT_EQ(c.rope.rotary_dim, 64);
+    CHECK_INT_EQ(c.qk_norm, 1);
+    CHECK_INT_EQ(c.qk_norm_full, 1);
+    CHECK_INT_EQ(c.moe_intermediate_size, 1536);
+    CHECK_INT_EQ(c.n_group, 1);
+    CHECK_NEAR(c.routed_scaling_factor, 1.0, 0, 0);
+    for (int l = 0; l < 62; l++)
+        CHECK_INT_EQ(c.layer_is_moe[l], 1);
+    moeq_config_free(&c);
+    moeq_arch_free(&a);
+}
+
+static void test_deepseek_v2_greedy_topk_method_ignores_groups(void)
+{
+    moeq_arch a = builtin("deepseek_v2");
+    /* DeepSeek-V2-Lite with greedy: 16 groups of 4 experts cannot hold 6
+     * picks inside topk_group = 1 of them, but greedy ignores groups. */
+    const char *json =
+        "{\"model_type\": \"deepseek_v2\", \"hidden_size\": 2048, \"num_hidden_layers\": 27,"
+        " \"num_attention_heads\": 16, \"vocab_size\": 102400, \"intermediate_size\": 10944,"
+        " \"moe_intermediate_size\": 1408, \"n_routed_experts\": 64, \"n_shared_experts\": 2,"
+        " \"num_experts_per_tok\": 6, \"n_group\": 16, \"topk_group\": 1,"
+        " \"topk_method\": \"%s\", \"first_k_dense_replace\": 1, \"q_lora_rank\": null,"
+        " \"kv_lora_rank\": 512, \"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64,"
+        " \"v_head_dim\": 128, \"rope_theta\": 10000}";
+    char buf[2048];
+    moeq_config c;
+    moeq_error err = {0};
+    snprintf(buf, sizeof buf, json, "greedy");
+    CHECK_INT_EQ(moeq_config_parse(buf, "v2.json", &a, &c, &err), MOEQ_OK);
+    CHECK_INT_EQ(c.n_group, 1);
+    CHECK_INT_EQ(c.router, MOEQ_ROUTER_SOFTMAX_TOPK);
+    CHECK_INT_EQ(c.rope_interleaved, 1);
+    CHECK_INT_EQ(c.norm_topk_prob, 0);
+    CHECK_INT_EQ(c.shared_expert_intermediate_size, 2816);
+    CHECK_INT_EQ(c.layer_is_moe[0], 0);
+    CHECK_INT_EQ(c.layer_is_moe[1], 1);
+    moeq_config_free(&c);
+    snprintf(buf, sizeof buf, json, "group_limited_greedy");
+    CHECK_INT_EQ(moeq_config_parse(buf, "v2.json", &a, &c, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "n_group = 16");
+    snprintf(buf, sizeof buf, json, "random");
+    CHECK_INT_EQ(moeq_config_parse(buf, "v2.json", &a, &c, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "topk_method \"random\"");
+    moeq_arch_free(&a);
+}
+
+static void test_bad_groups_and_moe_layer_freq_are_errors_naming_the_field(void)
+{
+    moeq_arch a = builtin("deepseek_v3");
+    char json[2048];
+    snprintf(json, sizeof json, DEEPSEEK_V3, "deepseek_v3", "1536");
+    moeq_config c;
+    moeq_error err = {0};
+    /* 256 experts do not split into 7 groups. */
+    char *g = strstr(json, "\"n_group\": 8");
+    g[11] = '7';
+    CHECK_INT_EQ(moeq_config_parse(json, "ds.json", &a, &c, &err), MOEQ_ERR_FORMAT);
+    CHECK_CONTAINS(err.msg, "n_group = 7");
+    CHECK_CONTAINS(err.msg, "ds.json");
+    g[11] = '8';
+    char *f = strstr(json, "\"moe_layer_freq\": 1");
+    f[18] = '2';
+    CHECK_INT_EQ(moeq_config_parse(json, "ds.json", &a, &c, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "moe_layer_freq");
+    moeq_arch_free(&a);
+}
+
 int main(void)
 {
     RUN(test_v4_and_v5_spellings_give_the_same_spec);
@@ -293,5 +470,10 @@ int main(void)
     RUN(test_tensor_templates_expand_layer_and_expert);
     RUN(test_valid_user_architecture_file_parses);
     RUN(test_bad_architecture_files_are_errors_naming_the_field);
+    RUN(test_deepseek_v3_and_kimi_k2_configs_give_mla_routing_and_dense_layers);
+    RUN(test_glm45_config_reads_partial_rotary_shared_expert_and_groups);
+    RUN(test_minimax_m2_rotary_dim_and_full_qk_norm);
+    RUN(test_deepseek_v2_greedy_topk_method_ignores_groups);
+    RUN(test_bad_groups_and_moe_layer_freq_are_errors_naming_the_field);
     return test_summary();
 }

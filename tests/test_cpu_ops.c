@@ -596,6 +596,32 @@ static void test_router_group_limit_keeps_experts_of_best_groups(void)
     CHECK_INT_EQ(e[1], 3);
 }
 
+static void test_router_softmax_group_limit_ranks_groups_by_their_best_expert(void)
+{
+    /* DeepSeek-V2 group_limited_greedy: 2 groups of 3, keep 1. Group 1 holds
+     * the single best expert (logit 2) though group 0 has the larger sum;
+     * weights are the softmax over all six, not renormalised. */
+    float logits[6] = {1.5f, 1.5f, 1.5f, 2.0f, -3.0f, -3.0f};
+    float probs[6], w[2];
+    int32_t e[2];
+    cpu_softmax_rows(logits, 1, 6, probs);
+    cpu_router_params p = {0};
+    p.scoring = CPU_ROUTER_SOFTMAX;
+    p.top_k = 2;
+    p.n_group = 2;
+    p.topk_group = 1;
+    p.routed_scaling_factor = 16.0f;
+    CHECK_INT_EQ(cpu_router_topk(logits, 1, 6, &p, w, e, NULL), MOEQ_OK);
+    CHECK_INT_EQ(e[0], 3);
+    CHECK_INT_EQ(e[1], 4);
+    CHECK_NEAR(w[0], 16.0 * probs[3], 0, 1e-6);
+    CHECK_NEAR(w[1], 16.0 * probs[4], 0, 1e-6);
+    p.n_group = 1; /* without the limit: experts 3 and 0 */
+    CHECK_INT_EQ(cpu_router_topk(logits, 1, 6, &p, w, e, NULL), MOEQ_OK);
+    CHECK_INT_EQ(e[0], 3);
+    CHECK_INT_EQ(e[1], 0);
+}
+
 static void test_router_rejects_groups_that_do_not_divide_experts(void)
 {
     float logits[10] = {0}, w[2];
@@ -642,6 +668,7 @@ int main(void)
     RUN(test_router_ties_go_to_lower_index);
     RUN(test_router_sigmoid_bias_selects_but_does_not_weight);
     RUN(test_router_group_limit_keeps_experts_of_best_groups);
+    RUN(test_router_softmax_group_limit_ranks_groups_by_their_best_expert);
     RUN(test_router_rejects_groups_that_do_not_divide_experts);
     return test_summary();
 }

@@ -221,6 +221,17 @@ static void test_qwen3_5_matches_transformers(void) { check_model("qwen3_5"); }
 static void test_qwen3_next_mtp_block_matches_reference(void) { check_mtp("qwen3_next"); }
 static void test_qwen3_5_moe_mtp_block_matches_reference(void) { check_mtp("qwen3_5_moe"); }
 static void test_qwen3_5_mtp_block_matches_reference(void) { check_mtp("qwen3_5"); }
+static void test_glm4_moe_matches_transformers(void) { check_model("glm4_moe"); }
+static void test_minimax_m2_matches_transformers(void) { check_model("minimax_m2"); }
+static void test_deepseek_v3_mla_with_q_lora_matches_transformers(void)
+{
+    check_model("deepseek_v3");
+}
+static void test_deepseek_v3_mla_with_q_proj_matches_transformers(void)
+{
+    check_model("deepseek_v3_q_proj");
+}
+static void test_deepseek_v2_matches_transformers(void) { check_model("deepseek_v2"); }
 
 int main(void)
 {
@@ -241,5 +252,10 @@ int main(void)
     RUN(test_qwen3_next_mtp_block_matches_reference);
     RUN(test_qwen3_5_moe_mtp_block_matches_reference);
     RUN(test_qwen3_5_mtp_block_matches_reference);
+    RUN(test_glm4_moe_matches_transformers);
+    RUN(test_minimax_m2_matches_transformers);
+    RUN(test_deepseek_v3_mla_with_q_lora_matches_transformers);
+    RUN(test_deepseek_v3_mla_with_q_proj_matches_transformers);
+    RUN(test_deepseek_v2_matches_transformers);
     return test_summary();
 }

@@ -675,6 +675,219 @@ static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_modul
     CHECK(!moeq_dir_exists(out));
 }
 
+/* The four GPTQ tensors of a quantized linear `base` (its name without
+ * "weight") of shape [out, in] at 4 bits, groups of 16, and no base.weight. */
+static void expect_gptq(const st_checkpoint *c, const char *base, int out, int in)
+{
+    char name[512];
+    const struct {
+        const char *suffix;
+        st_dtype dtype;
+        int64_t rows, cols;
+    } parts[] = {{"qweight", ST_I32, in / 8, out},
+                 {"qzeros", ST_I32, in / 16, out / 8},
+                 {"scales", ST_F16, in / 16, out},
+                 {"g_idx", ST_I32, in, 0}};
+    for (int i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, "%s%s", base, parts[i].suffix);
+        const st_tensor *t = st_checkpoint_find(c, name);
+        int ok = t && t->dtype == parts[i].dtype && t->ndim == (parts[i].cols ? 2 : 1) &&
+                 t->shape[0] == parts[i].rows && (!parts[i].cols || t->shape[1] == parts[i].cols);
+        if (!ok) {
+            fprintf(stderr, "  %s: %s, expected [%lld, %lld]\n", name,
+                    t ? "wrong dtype or shape" : "missing", (long long)parts[i].rows,
+                    (long long)parts[i].cols);
+            test_failures_in_current++;
+        }
+    }
+    snprintf(name, sizeof name, "%sweight", base);
+    if (st_checkpoint_find(c, name)) {
+        fprintf(stderr, "  %s is still in the output\n", name);
+        test_failures_in_current++;
+    }
+}
+
+/* A tensor copied unquantized, with its shape ([n] or [rows, cols]). */
+static void expect_kept(const st_checkpoint *c, const char *name, int64_t rows, int64_t cols)
+{
+    const st_tensor *t = st_checkpoint_find(c, name);
+    if (!t || t->ndim != (cols ? 2 : 1) || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        fprintf(stderr, "  %s: %s\n", name, t ? "wrong shape" : "missing");
+        test_failures_in_current++;
+    }
+}
+
+static int count_qweights(const st_checkpoint *c)
+{
+    int n = 0;
+    for (size_t i = 0; i < c->n_tensors; i++)
+        n += strstr(c->tensors[i]->name, ".qweight") != NULL;
+    return n;
+}
+
+/* Quantizes fixture name in each expert mode; each output stays close to
+ * the original. The first (all) is left in dir/NAME-1 for the layout checks. */
+static void quantize_in_every_mode(const char *name, const char *dir)
+{
+    moeq_expert_calib modes[] = {MOEQ_EXPERT_CALIB_ROUTED, MOEQ_EXPERT_CALIB_ALL,
+                                 MOEQ_EXPERT_CALIB_WEIGHTED};
+    for (int m = 0; m < 3; m++) {
+        char out[2048];
+        snprintf(out, sizeof out, "%s/%s-%d", dir, name, m);
+        moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, modes[m]);
+        moeq_error err = {0};
+        CHECK_INT_EQ(run(name, &o, out, &err), MOEQ_OK);
+        double kl = kl_against_original(name, out);
+        printf("  %s %s: KL %.5f\n", name, moeq_expert_calib_name(modes[m]), kl);
+        if (!(kl > 0 && kl < 0.05)) {
+            fprintf(stderr, "  %s mode %d: KL %g\n", name, m, kl);
+            test_failures_in_current++;
+        }
+    }
+}
+
+static void test_glm4_moe_quantizes_to_vllm_tensor_names(void)
+{
+    const char *dir = test_tmpdir("quant_glm4_moe");
+    quantize_in_every_mode("glm4_moe", dir);
+    char out[2048];
+    snprintf(out, sizeof out, "%s/glm4_moe-1", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* Layer 0 dense (first_k_dense_replace 1), layers 1-2 MoE: 8 experts,
+     * two shared experts' width (64). Heads 4 x 24, kv heads 2. */
+    expect_gptq(&c, "model.layers.0.self_attn.q_proj.", 96, 64);
+    expect_gptq(&c, "model.layers.0.self_attn.k_proj.", 48, 64);
+    expect_gptq(&c, "model.layers.0.self_attn.o_proj.", 64, 96);
+    expect_gptq(&c, "model.layers.0.mlp.down_proj.", 64, 96);
+    expect_gptq(&c, "model.layers.2.mlp.experts.7.gate_proj.", 32, 64);
+    expect_gptq(&c, "model.layers.2.mlp.experts.7.down_proj.", 64, 32);
+    expect_gptq(&c, "model.layers.1.mlp.shared_experts.up_proj.", 64, 64);
+    expect_gptq(&c, "model.layers.1.mlp.shared_experts.down_proj.", 64, 64);
+    expect_kept(&c, "model.layers.1.self_attn.q_proj.bias", 96, 0);
+    expect_kept(&c, "model.layers.1.self_attn.q_norm.weight", 24, 0);
+    expect_kept(&c, "model.layers.1.mlp.gate.weight", 8, 64);
+    expect_kept(&c, "model.layers.1.mlp.gate.e_score_correction_bias", 8, 0);
+    /* 3 x 4 attention + 3 dense + 2 x (8 x 3 + 3) */
+    CHECK_INT_EQ(count_qweights(&c), 69);
+    st_checkpoint_close(&c);
+}
+
+static void test_minimax_m2_quantizes_to_vllm_tensor_names(void)
+{
+    const char *dir = test_tmpdir("quant_minimax_m2");
+    quantize_in_every_mode("minimax_m2", dir);
+    char out[2048];
+    snprintf(out, sizeof out, "%s/minimax_m2-1", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* Every layer MoE: 6 experts w1 (gate), w3 (up), w2 (down) of width 48. */
+    expect_gptq(&c, "model.layers.0.block_sparse_moe.experts.5.w1.", 48, 64);
+    expect_gptq(&c, "model.layers.0.block_sparse_moe.experts.5.w3.", 48, 64);
+    expect_gptq(&c, "model.layers.2.block_sparse_moe.experts.0.w2.", 64, 48);
+    expect_gptq(&c, "model.layers.2.self_attn.v_proj.", 64, 64);
+    expect_kept(&c, "model.layers.0.self_attn.q_norm.weight", 128, 0);
+    expect_kept(&c, "model.layers.0.self_attn.k_norm.weight", 64, 0);
+    expect_kept(&c, "model.layers.0.block_sparse_moe.gate.weight", 6, 64);
+    expect_kept(&c, "model.layers.0.block_sparse_moe.e_score_correction_bias", 6, 0);
+    CHECK_INT_EQ(count_qweights(&c), 3 * (4 + 6 * 3));
+    st_checkpoint_close(&c);
+}
+
+static void test_deepseek_v3_quantizes_every_mla_linear(void)
+{
+    const char *dir = test_tmpdir("quant_deepseek_v3");
+    quantize_in_every_mode("deepseek_v3", dir);
+    char out[2048];
+    snprintf(out, sizeof out, "%s/deepseek_v3-1", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* 4 heads, nope 16 + rope 8, v 24, q_lora 48, kv_lora 32. */
+    for (int l = 0; l < 3; l++) {
+        char base[256];
+        snprintf(base, sizeof base, "model.layers.%d.self_attn.q_a_proj.", l);
+        expect_gptq(&c, base, 48, 64);
+        snprintf(base, sizeof base, "model.layers.%d.self_attn.q_b_proj.", l);
+        expect_gptq(&c, base, 96, 48);
+        snprintf(base, sizeof base, "model.layers.%d.self_attn.kv_a_proj_with_mqa.", l);
+        expect_gptq(&c, base, 40, 64);
+        snprintf(base, sizeof base, "model.layers.%d.self_attn.kv_b_proj.", l);
+        expect_gptq(&c, base, 160, 32);
+        snprintf(base, sizeof base, "model.layers.%d.self_attn.o_proj.", l);
+        expect_gptq(&c, base, 64, 96);
+    }
+    expect_gptq(&c, "model.layers.0.mlp.gate_proj.", 96, 64);
+    expect_gptq(&c, "model.layers.2.mlp.experts.3.up_proj.", 32, 64);
+    expect_gptq(&c, "model.layers.1.mlp.shared_experts.down_proj.", 64, 32);
+    expect_kept(&c, "model.layers.1.self_attn.q_a_proj.bias", 48, 0);
+    expect_kept(&c, "model.layers.1.self_attn.kv_a_proj_with_mqa.bias", 40, 0);
+    expect_kept(&c, "model.layers.1.self_attn.o_proj.bias", 64, 0);
+    expect_kept(&c, "model.layers.1.self_attn.q_a_layernorm.weight", 48, 0);
+    expect_kept(&c, "model.layers.1.self_attn.kv_a_layernorm.weight", 32, 0);
+    expect_kept(&c, "model.layers.2.mlp.gate.e_score_correction_bias", 8, 0);
+    /* 3 x 5 attention + 3 dense + 2 x (8 x 3 + 3) */
+    CHECK_INT_EQ(count_qweights(&c), 72);
+    st_checkpoint_close(&c);
+    /* The MLA Hessians come from real inputs: GPTQ beats round-to-nearest. */
+    char rtn[2048];
+    snprintf(rtn, sizeof rtn, "%s/rtn", dir);
+    moeq_quantize_options o = options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL);
+    CHECK_INT_EQ(run("deepseek_v3", &o, rtn, &err), MOEQ_OK);
+    double kl_gptq = kl_against_original("deepseek_v3", out);
+    double kl_rtn = kl_against_original("deepseek_v3", rtn);
+    printf("  deepseek_v3 4-bit g16: KL gptq %.5f, rtn %.5f\n", kl_gptq, kl_rtn);
+    CHECK(kl_gptq < kl_rtn);
+}
+
+static void test_deepseek_v3_without_q_lora_quantizes_q_proj(void)
+{
+    const char *dir = test_tmpdir("quant_deepseek_v3_q_proj");
+    quantize_in_every_mode("deepseek_v3_q_proj", dir);
+    char out[2048];
+    snprintf(out, sizeof out, "%s/deepseek_v3_q_proj-1", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* 4 heads, nope 8 + rope 16, v 16, kv_lora 32; layers 0-1 dense. */
+    expect_gptq(&c, "model.layers.3.self_attn.q_proj.", 96, 64);
+    expect_gptq(&c, "model.layers.3.self_attn.kv_a_proj_with_mqa.", 48, 64);
+    expect_gptq(&c, "model.layers.3.self_attn.kv_b_proj.", 96, 32);
+    expect_gptq(&c, "model.layers.3.self_attn.o_proj.", 64, 64);
+    expect_gptq(&c, "model.layers.1.mlp.up_proj.", 80, 64);
+    CHECK(st_checkpoint_find(&c, "model.layers.0.self_attn.q_a_proj.qweight") == NULL);
+    /* 4 x 4 attention + 2 x 3 dense + 2 x (6 x 3 + 3) */
+    CHECK_INT_EQ(count_qweights(&c), 64);
+    st_checkpoint_close(&c);
+}
+
+static void test_deepseek_v2_quantizes_every_mla_linear(void)
+{
+    const char *dir = test_tmpdir("quant_deepseek_v2");
+    quantize_in_every_mode("deepseek_v2", dir);
+    char out[2048];
+    snprintf(out, sizeof out, "%s/deepseek_v2-1", dir);
+    st_checkpoint c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    /* 4 heads, nope 16 + rope 8, v 16, q_lora 48, kv_lora 32; 8 experts and
+     * two shared experts' width (64) from layer 1. */
+    expect_gptq(&c, "model.layers.2.self_attn.q_a_proj.", 48, 64);
+    expect_gptq(&c, "model.layers.2.self_attn.q_b_proj.", 96, 48);
+    expect_gptq(&c, "model.layers.2.self_attn.kv_a_proj_with_mqa.", 40, 64);
+    expect_gptq(&c, "model.layers.2.self_attn.kv_b_proj.", 128, 32);
+    expect_gptq(&c, "model.layers.2.self_attn.o_proj.", 64, 64);
+    expect_gptq(&c, "model.layers.2.mlp.shared_experts.gate_proj.", 64, 64);
+    expect_gptq(&c, "model.layers.1.mlp.experts.6.down_proj.", 64, 32);
+    expect_kept(&c, "model.layers.1.mlp.gate.weight", 8, 64);
+    CHECK(st_checkpoint_find(&c, "model.layers.1.mlp.gate.e_score_correction_bias") == NULL);
+    /* 3 x 5 attention + 3 dense + 2 x (8 x 3 + 3) */
+    CHECK_INT_EQ(count_qweights(&c), 72);
+    st_checkpoint_close(&c);
+}
+
 int main(void)
 {
     RUN(test_output_has_gptq_tensors_configs_and_report);
@@ -690,5 +903,10 @@ int main(void)
     RUN(test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config);
     RUN(test_llama4_fused_experts_are_written_per_expert_beside_the_shared_expert);
     RUN(test_llama4_multimodal_checkpoint_keeps_its_vision_model);
+    RUN(test_glm4_moe_quantizes_to_vllm_tensor_names);
+    RUN(test_minimax_m2_quantizes_to_vllm_tensor_names);
+    RUN(test_deepseek_v3_quantizes_every_mla_linear);
+    RUN(test_deepseek_v3_without_q_lora_quantizes_q_proj);
+    RUN(test_deepseek_v2_quantizes_every_mla_linear);
     return test_summary();
 }

@@ -47,6 +47,15 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
         MOEQ_T_LA_IN_QKV,  MOEQ_T_LA_IN_Z,  MOEQ_T_LA_OUT_PROJ, MOEQ_T_LA_IN_B,
         MOEQ_T_LA_IN_A,    MOEQ_T_LA_CONV,  MOEQ_T_LA_DT_BIAS,  MOEQ_T_LA_A_LOG,
         MOEQ_T_LA_NORM,    MOEQ_T_ATTN_NORM, MOEQ_T_MLP_NORM};
+    /* MLA: its quantized linears first (q_proj alone without q_lora_rank,
+     * else the q_a/q_b pair), then its norms. */
+    static const moeq_tensor_role mla_lora[] = {
+        MOEQ_T_Q_A_PROJ,  MOEQ_T_Q_B_PROJ,  MOEQ_T_KV_A_PROJ, MOEQ_T_KV_B_PROJ, MOEQ_T_O_PROJ,
+        MOEQ_T_Q_A_NORM,  MOEQ_T_KV_A_NORM, MOEQ_T_ATTN_NORM, MOEQ_T_MLP_NORM};
+    static const moeq_tensor_role mla_q_proj[] = {MOEQ_T_Q_PROJ,    MOEQ_T_KV_A_PROJ,
+                                                  MOEQ_T_KV_B_PROJ, MOEQ_T_O_PROJ,
+                                                  MOEQ_T_KV_A_NORM, MOEQ_T_ATTN_NORM,
+                                                  MOEQ_T_MLP_NORM};
     const moeq_config *c = &m->cfg;
     const st_tensor *x;
     const moeq_tensor_role *mixer = attention;
@@ -59,6 +68,14 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
         mixer = linear_separate;
         n_mixer = sizeof linear_separate / sizeof linear_separate[0];
         n_quantized = 3;
+    } else if (c->attention == MOEQ_ATTENTION_MLA && c->q_lora_rank) {
+        mixer = mla_lora;
+        n_mixer = sizeof mla_lora / sizeof mla_lora[0];
+        n_quantized = 5;
+    } else if (c->attention == MOEQ_ATTENTION_MLA) {
+        mixer = mla_q_proj;
+        n_mixer = sizeof mla_q_proj / sizeof mla_q_proj[0];
+        n_quantized = 4;
     }
     for (size_t i = 0; i < n_mixer; i++) {
         if (!(x = moeq_model_find(m, mixer[i], l, -1, err)))
@@ -80,7 +97,9 @@ static moeq_code check_layer(const moeq_model *m, int l, tally *t, moeq_error *e
         }
         return MOEQ_OK;
     }
-    if (!moeq_model_find(m, MOEQ_T_ROUTER, l, -1, err))
+    if (!moeq_model_find(m, MOEQ_T_ROUTER, l, -1, err) ||
+        (c->router == MOEQ_ROUTER_SIGMOID_TOPK &&
+         !moeq_model_find(m, MOEQ_T_ROUTER_CORRECTION, l, -1, err)))
         return err->code;
     /* All experts in two fused tensors: gpt-oss's and Llama-4's (fused_*
      * experts), or Qwen3.5-MoE's (experts_gate_up / experts_down). */
@@ -134,10 +153,17 @@ static void print_model(const moeq_model *m, const tally *t)
            c->num_layers - moe_layers);
     printf("hidden        %d; vocabulary %d; tied embeddings %s\n", c->hidden_size,
            c->vocab_size, c->tie_word_embeddings ? "yes" : "no");
-    printf("attention     %d heads, %d kv heads, head_dim %d%s%s; RoPE theta %g, rotary dim "
-           "%d\n",
-           c->num_heads, c->num_kv_heads, c->head_dim, c->qkv_bias ? ", q/k/v bias" : "",
-           c->qk_norm ? ", q/k norm" : "", c->rope.theta, c->rope.rotary_dim);
+    if (c->attention == MOEQ_ATTENTION_MLA)
+        printf("attention     MLA, %d heads, q_lora_rank %d, kv_lora_rank %d, qk dims %d nope "
+               "+ %d rope, v %d; RoPE theta %g\n",
+               c->num_heads, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_head_dim,
+               c->qk_rope_head_dim, c->v_head_dim, c->rope.theta);
+    else
+        printf("attention     %d heads, %d kv heads, head_dim %d%s%s; RoPE theta %g, rotary dim "
+               "%d\n",
+               c->num_heads, c->num_kv_heads, c->head_dim, c->qkv_bias ? ", q/k/v bias" : "",
+               c->qk_norm ? (c->qk_norm_full ? ", q/k norm over all heads" : ", q/k norm") : "",
+               c->rope.theta, c->rope.rotary_dim);
     int linear_layers = 0;
     for (int l = 0; l < c->num_layers; l++)
         linear_layers += c->layer_is_linear[l];
@@ -152,10 +178,12 @@ static void print_model(const moeq_model *m, const tally *t)
                "calibrated and quantized with --quantize-mtp\n",
                c->mtp_num_layers, m->arch.mtp_prefix_to);
     if (c->num_experts)
-        printf("experts       %d per MoE layer, top-%d, intermediate %d, norm_topk_prob %s; "
-               "shared expert %s\n",
-               c->num_experts, c->num_experts_per_tok, c->moe_intermediate_size,
-               c->norm_topk_prob ? "on" : "off",
+        printf("experts       %d per MoE layer, top-%d (%s%s), intermediate %d, norm_topk_prob "
+               "%s, scaling %g; shared expert %s\n",
+               c->num_experts, c->num_experts_per_tok,
+               c->router == MOEQ_ROUTER_SIGMOID_TOPK ? "sigmoid" : "softmax",
+               c->n_group > 1 ? ", grouped" : "", c->moe_intermediate_size,
+               c->norm_topk_prob ? "on" : "off", c->routed_scaling_factor,
                c->shared_expert_intermediate_size ? "yes" : "none");
     if (moe_layers < c->num_layers)
         printf("dense MLP     intermediate %d\n", c->intermediate_size);
@@ -171,11 +199,12 @@ static void print_model(const moeq_model *m, const tally *t)
     }
     printf("  %-10s  %14lld parameters %16lld bytes\n", "total", (long long)total,
            (long long)total_bytes);
-    printf("quantized     %lld linear weights, %lld parameters (%.1f%%): q/k/v/o, MLP and "
+    printf("quantized     %lld linear weights, %lld parameters (%.1f%%): attention, MLP and "
            "expert gate/up/down\n",
            (long long)t->quantized_tensors, (long long)t->quantized_params,
            total ? 100.0 * (double)t->quantized_params / (double)total : 0.0);
-    printf("kept          embeddings, norms, router%s, lm_head, and every other tensor\n",
+    printf("kept          embeddings, norms, router%s%s, lm_head, and every other tensor\n",
+           m->cfg.router == MOEQ_ROUTER_SIGMOID_TOPK ? " and its correction bias" : "",
            m->arch.shared_expert == MOEQ_SHARED_EXPERT_SIGMOID_GATED ? ", shared expert gate"
                                                                       : "");
 }

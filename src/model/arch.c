@@ -55,6 +55,13 @@ static const char *const ROLE_KEYS[MOEQ_T_COUNT] = {
     [MOEQ_T_MTP_NORM_HIDDEN] = "mtp_norm_hidden",
     [MOEQ_T_MTP_NORM] = "mtp_norm",
     [MOEQ_T_ATTN_SINKS] = "attn_sinks",
+    [MOEQ_T_ROUTER_CORRECTION] = "router_correction_bias",
+    [MOEQ_T_Q_A_PROJ] = "q_a_proj",
+    [MOEQ_T_Q_A_NORM] = "q_a_norm",
+    [MOEQ_T_Q_B_PROJ] = "q_b_proj",
+    [MOEQ_T_KV_A_PROJ] = "kv_a_proj",
+    [MOEQ_T_KV_A_NORM] = "kv_a_norm",
+    [MOEQ_T_KV_B_PROJ] = "kv_b_proj",
 };
 
 const char *moeq_tensor_role_key(moeq_tensor_role role)
@@ -81,10 +88,13 @@ typedef struct {
     int value;
 } choice;
 
-static const choice ATTENTION_CHOICES[] = {{"gqa", MOEQ_ATTENTION_GQA}, {NULL, 0}};
+static const choice ATTENTION_CHOICES[] = {{"gqa", MOEQ_ATTENTION_GQA},
+                                           {"mla", MOEQ_ATTENTION_MLA},
+                                           {NULL, 0}};
 static const choice ROUTER_CHOICES[] = {{"none", MOEQ_ROUTER_NONE},
                                         {"softmax_topk", MOEQ_ROUTER_SOFTMAX_TOPK},
                                         {"topk_sigmoid_input", MOEQ_ROUTER_TOPK_SIGMOID_INPUT},
+                                        {"sigmoid_topk", MOEQ_ROUTER_SIGMOID_TOPK},
                                         {NULL, 0}};
 static const choice SHARED_CHOICES[] = {{"none", MOEQ_SHARED_EXPERT_NONE},
                                         {"sigmoid_gated", MOEQ_SHARED_EXPERT_SIGMOID_GATED},
@@ -94,6 +104,7 @@ static const choice MOE_LAYER_CHOICES[] = {{"none", MOEQ_MOE_LAYERS_NONE},
                                            {"all", MOEQ_MOE_LAYERS_ALL},
                                            {"sparse_step", MOEQ_MOE_LAYERS_SPARSE_STEP},
                                            {"list", MOEQ_MOE_LAYERS_LIST},
+                                           {"first_k_dense", MOEQ_MOE_LAYERS_FIRST_K_DENSE},
                                            {NULL, 0}};
 static const choice LINEAR_ATTENTION_CHOICES[] = {
     {"none", MOEQ_LINEAR_ATTENTION_NONE},
@@ -171,6 +182,12 @@ static const char *const PARAM_NAMES[] = {
     "rope_interleaved",  "qk_l2_norm",
     "attn_temperature_tuning", "floor_scale",
     "attn_scale",        "attention_chunk_size",
+    "n_group",           "topk_group",
+    "routed_scaling_factor", "first_k_dense_replace",
+    "n_shared_experts",  "qk_norm_full",
+    "q_lora_rank",       "kv_lora_rank",
+    "qk_nope_head_dim",  "qk_rope_head_dim",
+    "v_head_dim",        "partial_rotary_factor",
     NULL,
 };
 
@@ -260,16 +277,29 @@ static moeq_code parse_tensors(const cJSON *tensors, const char *source, moeq_ar
 static moeq_code check_required_roles(const moeq_arch *arch, const char *source,
                                       moeq_error *err)
 {
-    moeq_tensor_role always[] = {MOEQ_T_EMBED,  MOEQ_T_FINAL_NORM, MOEQ_T_ATTN_NORM,
-                                 MOEQ_T_Q_PROJ, MOEQ_T_K_PROJ,     MOEQ_T_V_PROJ,
-                                 MOEQ_T_O_PROJ, MOEQ_T_MLP_NORM};
+    moeq_tensor_role always[] = {MOEQ_T_EMBED, MOEQ_T_FINAL_NORM, MOEQ_T_ATTN_NORM,
+                                 MOEQ_T_Q_PROJ, MOEQ_T_O_PROJ, MOEQ_T_MLP_NORM};
     for (size_t i = 0; i < sizeof always / sizeof always[0]; i++)
         if (!arch->tensors[always[i]])
             return moeq_fail(err, MOEQ_ERR_FORMAT,
                              "architecture file %s: tensors.%s is required", source,
                              ROLE_KEYS[always[i]]);
-    moeq_tensor_role need[18];
+    moeq_tensor_role need[MOEQ_T_COUNT];
     int n = 0;
+    if (arch->attention == MOEQ_ATTENTION_GQA) {
+        need[n++] = MOEQ_T_K_PROJ;
+        need[n++] = MOEQ_T_V_PROJ;
+    } else {
+        /* q_proj serves q_lora_rank = null; the a/b pair the others. */
+        need[n++] = MOEQ_T_Q_A_PROJ;
+        need[n++] = MOEQ_T_Q_A_NORM;
+        need[n++] = MOEQ_T_Q_B_PROJ;
+        need[n++] = MOEQ_T_KV_A_PROJ;
+        need[n++] = MOEQ_T_KV_A_NORM;
+        need[n++] = MOEQ_T_KV_B_PROJ;
+    }
+    if (arch->router == MOEQ_ROUTER_SIGMOID_TOPK)
+        need[n++] = MOEQ_T_ROUTER_CORRECTION;
     if (arch->moe_layers != MOEQ_MOE_LAYERS_NONE) {
         need[n++] = MOEQ_T_ROUTER;
         need[n++] = MOEQ_T_EXPERT_GATE_PROJ;

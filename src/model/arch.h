@@ -10,6 +10,7 @@
 
 typedef enum moeq_attention_kind {
     MOEQ_ATTENTION_GQA, /* grouped-query attention, RoPE on q and k */
+    MOEQ_ATTENTION_MLA, /* DeepSeek-V2/V3 multi-head latent attention (mla.c) */
 } moeq_attention_kind;
 
 typedef enum moeq_router_kind {
@@ -17,12 +18,14 @@ typedef enum moeq_router_kind {
     MOEQ_ROUTER_SOFTMAX_TOPK, /* softmax over all experts, top-k, optional renorm */
     MOEQ_ROUTER_TOPK_SIGMOID_INPUT, /* Llama-4: top-k of the logits, sigmoid(logit) scales the
                                      * expert's input */
+    MOEQ_ROUTER_SIGMOID_TOPK, /* sigmoid scores, top-k of score + correction bias within
+                               * the best groups, routed_scaling_factor (DeepSeek-V3) */
 } moeq_router_kind;
 
 typedef enum moeq_shared_expert_kind {
     MOEQ_SHARED_EXPERT_NONE,
     MOEQ_SHARED_EXPERT_SIGMOID_GATED, /* Qwen2-MoE: sigmoid(x . g) * shared(x) */
-    MOEQ_SHARED_EXPERT_PLAIN,         /* Llama-4: shared(x) added ungated */
+    MOEQ_SHARED_EXPERT_PLAIN,         /* Llama-4, DeepSeek, GLM-4.5: shared(x) added ungated */
 } moeq_shared_expert_kind;
 
 /* How routed experts are stored. */
@@ -49,6 +52,7 @@ typedef enum moeq_moe_layers_kind {
     MOEQ_MOE_LAYERS_ALL,         /* every layer is sparse (Mixtral) */
     MOEQ_MOE_LAYERS_SPARSE_STEP, /* Qwen-MoE: decoder_sparse_step, mlp_only_layers */
     MOEQ_MOE_LAYERS_LIST,        /* Llama-4: config.json moe_layers lists the sparse layers */
+    MOEQ_MOE_LAYERS_FIRST_K_DENSE, /* DeepSeek, GLM-4.5: dense below first_k_dense_replace */
 } moeq_moe_layers_kind;
 
 typedef enum moeq_linear_attention_kind {
@@ -105,6 +109,13 @@ typedef enum moeq_tensor_role {
     MOEQ_T_MTP_NORM_HIDDEN,
     MOEQ_T_MTP_NORM,
     MOEQ_T_ATTN_SINKS,      /* gpt-oss: per-head sink logits [Hq] */
+    MOEQ_T_ROUTER_CORRECTION, /* e_score_correction_bias of a sigmoid router */
+    MOEQ_T_Q_A_PROJ,    /* MLA: q_lora_rank compression of q */
+    MOEQ_T_Q_A_NORM,
+    MOEQ_T_Q_B_PROJ,
+    MOEQ_T_KV_A_PROJ,   /* MLA: kv_a_proj_with_mqa, latent kv and the shared rope key */
+    MOEQ_T_KV_A_NORM,
+    MOEQ_T_KV_B_PROJ,
     MOEQ_T_COUNT
 } moeq_tensor_role;
 

@@ -59,6 +59,18 @@ static const struct {
     {"linear_conv_kernel_dim", {"linear_conv_kernel_dim"}},
     {"mtp_num_hidden_layers", {"mtp_num_hidden_layers"}},
     {"mtp_use_dedicated_embeddings", {"mtp_use_dedicated_embeddings"}},
+    {"n_group", {"n_group"}},
+    {"topk_group", {"topk_group"}},
+    {"routed_scaling_factor", {"routed_scaling_factor"}},
+    {"first_k_dense_replace", {"first_k_dense_replace"}},
+    {"n_shared_experts", {"n_shared_experts"}},
+    {"qk_norm_full", {NULL}},
+    {"q_lora_rank", {"q_lora_rank"}},
+    {"kv_lora_rank", {"kv_lora_rank"}},
+    {"qk_nope_head_dim", {"qk_nope_head_dim"}},
+    {"qk_rope_head_dim", {"qk_rope_head_dim"}},
+    {"v_head_dim", {"v_head_dim"}},
+    {"partial_rotary_factor", {"partial_rotary_factor"}},
 };
 
 /* Finds the JSON value for param: the arch's fixed value, the first present
@@ -205,13 +217,27 @@ static moeq_code read_rope(const reader *r, moeq_config *cfg)
     if ((rc = read_double(theta_obj, "rope_theta", 10000.0, r->path,
                           theta_obj == params ? where : "", &theta, r->err)))
         return rc;
+    /* The rotated fraction of each head: rope_parameters (5.x), else the
+     * parameter partial_rotary_factor (top level, or the architecture's
+     * default: transformers' Glm4MoeConfig assumes 0.5), else MiniMax-M2's
+     * rotary_dim (MiniMaxM2Config.convert_rope_params_to_dict turns it into
+     * rotary_dim / head_dim), else 1. */
     double partial = 1.0;
-    const cJSON *pobj = params && cJSON_GetObjectItemCaseSensitive(params, "partial_rotary_factor")
-                            ? params
-                            : r->root;
-    if ((rc = read_double(pobj, "partial_rotary_factor", 1.0, r->path, pobj == params ? where : "",
-                          &partial, r->err)))
-        return rc;
+    const char *key = "partial_rotary_factor";
+    const cJSON *pv = params ? cJSON_GetObjectItemCaseSensitive(params, key) : NULL;
+    if (!pv)
+        pv = lookup(r, key, &key);
+    const cJSON *rotary_dim = cJSON_GetObjectItemCaseSensitive(r->root, "rotary_dim");
+    if (!pv && rotary_dim && !cJSON_IsNull(rotary_dim)) {
+        pv = rotary_dim;
+        key = "rotary_dim";
+    }
+    if (pv && !cJSON_IsNull(pv)) {
+        if (!cJSON_IsNumber(pv))
+            return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                             "config.json %s: field \"%s\" must be a number", r->path, key);
+        partial = pv == rotary_dim ? pv->valuedouble / cfg->head_dim : pv->valuedouble;
+    }
     if (!(partial > 0.0 && partial <= 1.0))
         return moeq_fail(r->err, MOEQ_ERR_FORMAT,
                          "config.json %s: partial_rotary_factor must be in (0, 1]", r->path);
@@ -428,6 +454,19 @@ static moeq_code read_moe_layers(const reader *r, moeq_config *cfg)
     }
     if (r->arch->moe_layers == MOEQ_MOE_LAYERS_LIST)
         return read_layer_list(r, "moe_layers", 1, cfg->layer_is_moe, cfg);
+    if (r->arch->moe_layers == MOEQ_MOE_LAYERS_FIRST_K_DENSE) {
+        /* DeepseekV3DecoderLayer / Glm4MoeDecoderLayer: MoE from layer
+         * first_k_dense_replace on. transformers ignores moe_layer_freq;
+         * a value other than 1 would mean another layout, so it is refused. */
+        const cJSON *freq = cJSON_GetObjectItemCaseSensitive(r->root, "moe_layer_freq");
+        if (freq && !cJSON_IsNull(freq) && !(cJSON_IsNumber(freq) && freq->valuedouble == 1))
+            return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                             "config.json %s: moe_layer_freq other than 1 is not supported",
+                             r->path);
+        for (int l = 0; l < cfg->num_layers; l++)
+            cfg->layer_is_moe[l] = l >= cfg->first_k_dense_replace;
+        return MOEQ_OK;
+    }
     /* Qwen-MoE rule: layer L is sparse unless listed in mlp_only_layers,
      * and only every decoder_sparse_step-th layer ((L + 1) % step == 0). */
     int step;
@@ -504,6 +543,80 @@ static moeq_code read_linear_attention(const reader *r, moeq_config *cfg)
                              r->path, key, l, cJSON_IsString(t) ? t->valuestring : "not a string");
         cfg->layer_is_linear[l++] = (unsigned char)linear;
     }
+    return MOEQ_OK;
+}
+
+/* The DeepSeek-V3 family's routing and layout parameters: sigmoid-router
+ * groups and scaling, dense first layers, shared experts counted in units of
+ * moe_intermediate_size (DeepseekV3MoE: moe_intermediate_size *
+ * n_shared_experts). Every architecture reads them; their defaults change
+ * nothing. */
+static moeq_code read_routing(const reader *r, moeq_config *cfg)
+{
+    const int E = cfg->num_experts;
+    int n_shared;
+    moeq_code rc;
+    double scaling = 1.0;
+    if ((rc = read_int(r, "n_group", 0, 1, 1, 1 << 16, &cfg->n_group)) ||
+        (rc = read_int(r, "topk_group", 0, 1, 1, 1 << 16, &cfg->topk_group)) ||
+        (rc = read_number(r, "routed_scaling_factor", 1.0, &scaling)) ||
+        (rc = read_int(r, "first_k_dense_replace", 0, 0, 0, cfg->num_layers,
+                       &cfg->first_k_dense_replace)) ||
+        (rc = read_int(r, "n_shared_experts", 0, 0, 0, 1 << 16, &n_shared)) ||
+        (rc = read_bool(r, "qk_norm_full", 0, &cfg->qk_norm_full)))
+        return rc;
+    if (!(scaling > 0))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: routed_scaling_factor must be positive", r->path);
+    cfg->routed_scaling_factor = (float)scaling;
+    if (cfg->shared_expert_intermediate_size == 0 &&
+        r->arch->shared_expert != MOEQ_SHARED_EXPERT_NONE)
+        cfg->shared_expert_intermediate_size = n_shared * cfg->moe_intermediate_size;
+    /* DeepSeek's topk_method says whether n_group applies: "greedy" is the
+     * plain top-k whatever n_group says (DeepseekV2TopkRouter). */
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(r->root, "topk_method");
+    if (method && !cJSON_IsNull(method)) {
+        const char *m = cJSON_IsString(method) ? method->valuestring : "";
+        int greedy = !strcmp(m, "greedy");
+        if (!greedy && strcmp(m, "group_limited_greedy") && strcmp(m, "noaux_tc"))
+            return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                             "config.json %s: topk_method \"%s\" is not supported (known: "
+                             "greedy, group_limited_greedy, noaux_tc)",
+                             r->path, m);
+        if (greedy)
+            cfg->n_group = cfg->topk_group = 1;
+    }
+    if (E > 0 && cfg->n_group > 1) {
+        int size = E / cfg->n_group;
+        if (E % cfg->n_group || size < 2 || cfg->topk_group > cfg->n_group ||
+            cfg->num_experts_per_tok > cfg->topk_group * size)
+            return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                             "config.json %s: %d experts do not split into n_group = %d groups "
+                             "of at least 2 with num_experts_per_tok = %d inside topk_group = "
+                             "%d of them",
+                             r->path, E, cfg->n_group, cfg->num_experts_per_tok,
+                             cfg->topk_group);
+    }
+    return MOEQ_OK;
+}
+
+/* Multi-head latent attention sizes (DeepseekV3Config). RoPE turns the
+ * qk_rope_head_dim part of each head only, so that is head_dim here, as
+ * transformers sets it (DeepseekV3Config.__post_init__). */
+static moeq_code read_mla(const reader *r, moeq_config *cfg)
+{
+    cfg->attention = r->arch->attention;
+    moeq_code rc;
+    if (cfg->attention != MOEQ_ATTENTION_MLA)
+        return MOEQ_OK;
+    const int BIG = 1 << 20;
+    if ((rc = read_int(r, "q_lora_rank", 0, 0, 0, BIG, &cfg->q_lora_rank)) ||
+        (rc = read_int(r, "kv_lora_rank", 1, 0, 1, BIG, &cfg->kv_lora_rank)) ||
+        (rc = read_int(r, "qk_nope_head_dim", 1, 0, 1, BIG, &cfg->qk_nope_head_dim)) ||
+        (rc = read_int(r, "qk_rope_head_dim", 1, 0, 2, BIG, &cfg->qk_rope_head_dim)) ||
+        (rc = read_int(r, "v_head_dim", 1, 0, 1, BIG, &cfg->v_head_dim)))
+        return rc;
+    cfg->head_dim = cfg->qk_rope_head_dim;
     return MOEQ_OK;
 }
 
@@ -599,6 +712,8 @@ static moeq_code read_all(const reader *r, moeq_config *cfg)
                          "config.json %s: \"%s\" = %s is not supported (only silu)", r->path, key,
                          cJSON_IsString(act) ? act->valuestring : "(not a string)");
     cfg->router = r->arch->router;
+    if ((rc = read_routing(r, cfg)) || (rc = read_mla(r, cfg)))
+        return rc;
     if ((rc = read_rope(r, cfg)) || (rc = read_quantization(r, cfg)) ||
         (rc = read_linear_attention(r, cfg)) || (rc = read_llama4_attention(r, cfg)) ||
         (rc = read_layer_types(r, cfg)))

@@ -54,6 +54,14 @@ typedef struct moeq_config {
     int moe_intermediate_size;
     int shared_expert_intermediate_size; /* 0: no shared expert */
     int norm_topk_prob;
+    int n_group, topk_group;       /* sigmoid router: group-limited selection (1: none) */
+    float routed_scaling_factor;   /* multiplies the routed experts' weights (1: none) */
+    int first_k_dense_replace;     /* first_k_dense layers: layers below it are dense */
+    int qk_norm_full;              /* q/k RMSNorm over the whole projection (MiniMax-M2) */
+    /* MLA (attention == MOEQ_ATTENTION_MLA); head_dim is qk_rope_head_dim there */
+    moeq_attention_kind attention;
+    int q_lora_rank;               /* 0: q_proj instead of q_a/q_b */
+    int kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     unsigned char *layer_is_moe; /* [num_layers] */
     moeq_rope_params rope;
     /* Hybrid models (Gated DeltaNet linear attention beside full attention);

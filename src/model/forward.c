@@ -1,11 +1,13 @@
 /* forward.c: the fp32 CPU reference forward of a decoder layer: pre-norm
- * GQA attention with RoPE (optional q/k biases and per-head q/k RMSNorm;
- * gpt-oss's sinks and per-layer sliding window; Llama-4's interleaved RoPE,
- * layers without RoPE, q/k L2 norm, temperature tuning and chunked
- * attention), then a SwiGLU MLP (or gpt-oss's clamped one) or a routed MoE
- * block (softmax top-k with optional renormalisation and router bias, or
- * Llama-4's sigmoid top-k on the expert input; optional sigmoid-gated or
- * plain shared expert). It follows the transformers modeling code of the
+ * GQA attention with RoPE (optional q/k biases, q/k RMSNorm per head or over
+ * the whole projection; gpt-oss's sinks and per-layer sliding window;
+ * Llama-4's interleaved RoPE, layers without RoPE, q/k L2 norm, temperature
+ * tuning and chunked attention) or multi-head latent attention (mla.c),
+ * then a SwiGLU MLP (or gpt-oss's clamped one) or a routed MoE block
+ * (softmax top-k with optional renormalisation, router bias and groups;
+ * DeepSeek-V3's sigmoid scores with a bias-corrected, group-limited choice;
+ * Llama-4's sigmoid top-k on the expert input; optional scaling; optional
+ * sigmoid-gated or plain shared expert). It follows the transformers modeling code of the
  * supported families operation by operation, in fp32. The full attention of
  * Qwen3-Next / Qwen3.5 gates its output per head (attn * sigmoid(gate), the
  * gate from q_proj); their linear layers run the Gated DeltaNet block of
@@ -14,6 +16,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "model/deltanet.h"
+#include "model/mla.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,7 +45,14 @@ cpu_router_params moeq_router_params(const moeq_config *cfg)
 {
     cpu_router_params p = {.scoring = CPU_ROUTER_SOFTMAX,
                            .top_k = cfg->num_experts_per_tok,
-                           .norm_topk_prob = cfg->norm_topk_prob};
+                           .norm_topk_prob = cfg->norm_topk_prob,
+                           .n_group = cfg->n_group,
+                           .topk_group = cfg->topk_group,
+                           .routed_scaling_factor = cfg->routed_scaling_factor};
+    /* DeepSeek-V3 (noaux_tc), GLM-4.5, MiniMax-M2: sigmoid scores; the
+     * layer's e_score_correction_bias joins in moeq_route. */
+    if (cfg->router == MOEQ_ROUTER_SIGMOID_TOPK)
+        p.scoring = CPU_ROUTER_SIGMOID;
     /* Llama-4 (Llama4Router): top-k of the logits, each weighted by
      * sigmoid(logit): sigmoid scoring without bias, groups or renorm. */
     if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT) {
@@ -73,6 +83,30 @@ static void mlp_forward(const moeq_config *cfg, const moeq_mlp_weights *w, const
     cpu_linear(g, rows, inter, w->down, w->down_bias, hidden, out);
 }
 
+moeq_code moeq_route(const moeq_config *cfg, const moeq_layer_weights *lw, const float *x, int n,
+                     float *weights, int32_t *experts, float *scores, moeq_error *err)
+{
+    const int E = cfg->num_experts;
+    float *logits = malloc(sizeof(float) * (size_t)n * E);
+    if (!logits)
+        return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the router logits",
+                         lw->layer);
+    cpu_linear(x, n, cfg->hidden_size, lw->router, lw->router_bias, E, logits);
+    cpu_router_params p = moeq_router_params(cfg);
+    p.e_score_correction_bias = lw->router_correction_bias;
+    moeq_code rc = cpu_router_topk(logits, n, E, &p, weights, experts, err);
+    if (!rc && scores) {
+        if (p.scoring == CPU_ROUTER_SIGMOID)
+            cpu_sigmoid(logits, (size_t)n * E, scores);
+        else
+            cpu_softmax_rows(logits, n, E, scores);
+    }
+    free(logits);
+    if (rc)
+        return moeq_wrap(err, "layer %d: ", lw->layer);
+    return MOEQ_OK;
+}
+
 /* Routed experts plus the shared expert; out[N, H] is overwritten. */
 static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *lw,
                              const float *x, int n, float *out, moeq_layer_trace *trace,
@@ -82,7 +116,6 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
     int inter = cfg->moe_intermediate_size > cfg->shared_expert_intermediate_size
                     ? cfg->moe_intermediate_size
                     : cfg->shared_expert_intermediate_size;
-    float *logits = malloc(sizeof(float) * (size_t)n * n_exp);
     float *weights = malloc(sizeof(float) * (size_t)n * k);
     int32_t *experts = malloc(sizeof(int32_t) * (size_t)n * k);
     int32_t *rows = malloc(sizeof(int32_t) * (size_t)n);
@@ -91,13 +124,11 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
     float *ys = malloc(sizeof(float) * (size_t)n * hidden);
     float *scratch = malloc(sizeof(float) * 2 * (size_t)n * inter);
     moeq_code rc = MOEQ_OK;
-    if (!logits || !weights || !experts || !rows || !rows_w || !xs || !ys || !scratch) {
+    if (!weights || !experts || !rows || !rows_w || !xs || !ys || !scratch) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory in the MoE block", lw->layer);
         goto done;
     }
-    cpu_linear(x, n, hidden, lw->router, lw->router_bias, n_exp, logits);
-    cpu_router_params router = moeq_router_params(cfg);
-    if ((rc = cpu_router_topk(logits, n, n_exp, &router, weights, experts, err)))
+    if ((rc = moeq_route(cfg, lw, x, n, weights, experts, NULL, err)))
         goto done;
     /* Llama-4 scales the expert's input by the routing weight instead of
      * its output (transformers Llama4TextMoe: routed_in * router_scores). */
@@ -146,7 +177,6 @@ static moeq_code moe_forward(const moeq_config *cfg, const moeq_layer_weights *l
     if (trace && trace->topk_weights)
         memcpy(trace->topk_weights, weights, sizeof(float) * (size_t)n * k);
 done:
-    free(logits);
     free(weights);
     free(experts);
     free(rows);
@@ -187,35 +217,31 @@ static moeq_code llama4_qk(const moeq_config *cfg, int use_rope, float *q, float
     return MOEQ_OK;
 }
 
-moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
-                               const moeq_rope_cache *rope, const float *x, int n_seqs,
-                               int seq_len, float *out, moeq_layer_trace *trace,
-                               moeq_error *err)
+/* attn[N, Hq*D] = grouped-query attention of the normed input h[N, H],
+ * gated per head when attn_output_gate. */
+static moeq_code gqa_attention(const moeq_config *cfg, const moeq_layer_weights *lw,
+                               const moeq_rope_cache *rope, const float *h, int n_seqs,
+                               int seq_len, float *attn, moeq_error *err)
 {
     const int hidden = cfg->hidden_size, hq = cfg->num_heads, hkv = cfg->num_kv_heads,
               d = cfg->head_dim;
     const int n = n_seqs * seq_len;
     const size_t qdim = (size_t)hq * d, kvdim = (size_t)hkv * d;
-    float *h = malloc(sizeof(float) * (size_t)n * hidden);
     /* With the output gate, q_proj yields [query | gate] per head. */
     const size_t qrows = cfg->attn_output_gate ? 2 * qdim : qdim;
     float *q = malloc(sizeof(float) * (size_t)n * qrows);
     float *gate = cfg->attn_output_gate ? malloc(sizeof(float) * (size_t)n * qdim) : NULL;
     float *kk = malloc(sizeof(float) * (size_t)n * kvdim);
     float *v = malloc(sizeof(float) * (size_t)n * kvdim);
-    float *attn = malloc(sizeof(float) * (size_t)n * qdim);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)(seq_len > 0 ? seq_len : 1));
     moeq_code rc = MOEQ_OK;
-    if (!h || !q || !kk || !v || !attn || !pos || (cfg->attn_output_gate && !gate)) {
+    if (!q || !kk || !v || !pos || (cfg->attn_output_gate && !gate)) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the attention of %d tokens",
                        lw->layer, n);
         goto done;
     }
     for (int t = 0; t < seq_len; t++)
         pos[t] = t;
-    cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
-    if (trace && trace->attn_in)
-        memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * hidden);
     cpu_linear(h, n, hidden, lw->q, lw->q_bias, (int)qrows, q);
     if (gate) /* Qwen3NextAttention: chunk(view(..., heads, 2 D), 2) per head */
         for (size_t i = 0; i < (size_t)n * hq; i++) {
@@ -224,7 +250,11 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
         }
     cpu_linear(h, n, hidden, lw->k, lw->k_bias, (int)kvdim, kk);
     cpu_linear(h, n, hidden, lw->v, lw->v_bias, (int)kvdim, v);
-    if (lw->q_norm) {
+    if (lw->q_norm && cfg->qk_norm_full) {
+        /* MiniMaxM2Attention: one RMSNorm over all heads of q, one over k. */
+        cpu_rmsnorm(q, lw->q_norm, n, (int)qdim, cfg->rms_norm_eps, q);
+        cpu_rmsnorm(kk, lw->k_norm, n, (int)kvdim, cfg->rms_norm_eps, kk);
+    } else if (lw->q_norm) {
         cpu_rmsnorm(q, lw->q_norm, n * hq, d, cfg->rms_norm_eps, q);
         cpu_rmsnorm(kk, lw->k_norm, n * hkv, d, cfg->rms_norm_eps, kk);
     }
@@ -256,22 +286,56 @@ moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights 
     if (gate)
         for (size_t i = 0; i < (size_t)n * qdim; i++)
             attn[i] *= 1.0f / (1.0f + expf(-gate[i]));
+done:
+    free(q);
+    free(gate);
+    free(kk);
+    free(v);
+    free(pos);
+    return rc;
+}
+
+
+int moeq_o_proj_in_dim(const moeq_config *cfg)
+{
+    return cfg->num_heads *
+           (cfg->attention == MOEQ_ATTENTION_MLA ? cfg->v_head_dim : cfg->head_dim);
+}
+
+moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
+                               const moeq_rope_cache *rope, const float *x, int n_seqs,
+                               int seq_len, float *out, moeq_layer_trace *trace,
+                               moeq_error *err)
+{
+    const int hidden = cfg->hidden_size, n = n_seqs * seq_len;
+    const size_t odim = (size_t)moeq_o_proj_in_dim(cfg);
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *attn = malloc(sizeof(float) * (size_t)n * odim);
+    moeq_code rc = MOEQ_OK;
+    if (!h || !attn) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the attention of %d tokens",
+                       lw->layer, n);
+        goto done;
+    }
+    cpu_rmsnorm(x, lw->attn_norm, n, hidden, cfg->rms_norm_eps, h);
+    if (trace && trace->attn_in)
+        memcpy(trace->attn_in, h, sizeof(float) * (size_t)n * hidden);
+    rc = cfg->attention == MOEQ_ATTENTION_MLA
+             ? moeq_mla_attention(cfg, lw, rope, h, n_seqs, seq_len, attn, trace, err)
+             : gqa_attention(cfg, lw, rope, h, n_seqs, seq_len, attn, err);
+    if (rc)
+        goto done;
     if (trace && trace->o_in)
-        memcpy(trace->o_in, attn, sizeof(float) * (size_t)n * qdim);
+        memcpy(trace->o_in, attn, sizeof(float) * (size_t)n * odim);
     /* h is free again: it takes the block output before the residual. */
-    cpu_linear(attn, n, (int)qdim, lw->o, lw->o_bias, hidden, h);
+    cpu_linear(attn, n, (int)odim, lw->o, lw->o_bias, hidden, h);
     if (trace && trace->attn_out)
         memcpy(trace->attn_out, h, sizeof(float) * (size_t)n * hidden);
     for (size_t i = 0; i < (size_t)n * hidden; i++)
         out[i] = x[i] + h[i];
 done:
     free(h);
-    free(q);
-    free(gate);
-    free(kk);
-    free(v);
     free(attn);
-    free(pos);
     return rc;
 }
 

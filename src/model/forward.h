@@ -12,7 +12,10 @@
  * optional: NULL skips it. Sizes use N = n_seqs * seq_len tokens. */
 typedef struct moeq_layer_trace {
     float *attn_in;   /* [N, H]      normed input of q/k/v */
-    float *o_in;      /* [N, Hq*D]   input of o_proj (linear layers: out_proj, [N, Hv*Dv]) */
+    float *o_in;      /* [N, Hq*D]   input of o_proj (linear layers: out_proj, [N, Hv*Dv];
+                       * MLA: [N, Hq*v_head_dim]) */
+    float *q_b_in;    /* [N, q_lora_rank]  MLA: input of q_b_proj */
+    float *kv_b_in;   /* [N, kv_lora_rank] MLA: input of kv_b_proj */
     float *attn_out;  /* [N, H]      attention block output before the residual */
     float *mlp_in;    /* [N, H]      normed input of the MLP / router / experts */
     float *mlp_out;   /* [N, H]      MLP / MoE block output before the residual */
@@ -37,12 +40,23 @@ cpu_router_params moeq_router_params(const moeq_config *cfg);
  * (silu(g) * u, or gpt-oss's clamped SwiGLU with the config's alpha and
  * limit). */
 void moeq_mlp_gate(const moeq_config *cfg, float *g, const float *u, size_t n);
+/* Width of o_proj's input: heads * head_dim, or heads * v_head_dim for MLA. */
+int moeq_o_proj_in_dim(const moeq_config *cfg);
 
 /* out = x + attention(attn_norm(x)): the attention half of a layer. */
 moeq_code moeq_attention_block(const moeq_config *cfg, const moeq_layer_weights *lw,
                                const moeq_rope_cache *rope, const float *x, int n_seqs,
                                int seq_len, float *out, moeq_layer_trace *trace,
                                moeq_error *err);
+/* The router of a MoE layer on its normed input x[n, H]: the top-k experts
+ * of each token and their weights [n, k] as the model's router picks them
+ * (softmax_topk or sigmoid_topk with its correction bias, groups and
+ * scaling), and, when scores is not NULL, every expert's score [n, E]: the
+ * softmax probability or the sigmoid of the logit (the weights before
+ * renormalisation and scaling). */
+moeq_code moeq_route(const moeq_config *cfg, const moeq_layer_weights *lw, const float *x, int n,
+                     float *weights, int32_t *experts, float *scores, moeq_error *err);
+
 /* out = x + mlp(mlp_norm(x)) over n tokens, the MoE block with real top-k
  * routing on MoE layers: the MLP half of a layer. */
 moeq_code moeq_mlp_block(const moeq_config *cfg, const moeq_layer_weights *lw, const float *x,

@@ -97,6 +97,47 @@ static moeq_code load_linear_attention(const moeq_model *m, int l, moeq_layer_we
     return MOEQ_OK;
 }
 
+/* Multi-head latent attention's weights (DeepseekV3Attention). */
+static moeq_code load_mla(const moeq_model *m, int l, moeq_layer_weights *lw, moeq_error *err)
+{
+    const moeq_config *c = &m->cfg;
+    int64_t h = c->hidden_size, heads = c->num_heads;
+    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int64_t kv_a = c->kv_lora_rank + c->qk_rope_head_dim;
+    moeq_code rc;
+    if (c->q_lora_rank == 0) {
+        if ((rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, heads * qk, h, &lw->q, err)))
+            return rc;
+    } else if ((rc = moeq_model_load_f32(m, MOEQ_T_Q_A_PROJ, l, -1, c->q_lora_rank, h, &lw->q_a,
+                                         err)) ||
+               (rc = moeq_model_load_f32(m, MOEQ_T_Q_A_NORM, l, -1, c->q_lora_rank, 0,
+                                         &lw->q_a_norm, err)) ||
+               (rc = moeq_model_load_f32(m, MOEQ_T_Q_B_PROJ, l, -1, heads * qk, c->q_lora_rank,
+                                         &lw->q_b, err)) ||
+               (c->qkv_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_Q_A_PROJ, l, -1,
+                                                              c->q_lora_rank, &lw->q_a_bias,
+                                                              err)))) {
+        return rc;
+    }
+    if ((rc = moeq_model_load_f32(m, MOEQ_T_KV_A_PROJ, l, -1, kv_a, h, &lw->kv_a, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_KV_A_NORM, l, -1, c->kv_lora_rank, 0, &lw->kv_a_norm,
+                                  err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_KV_B_PROJ, l, -1,
+                                  heads * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
+                                  &lw->kv_b, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_O_PROJ, l, -1, h, heads * c->v_head_dim, &lw->o,
+                                  err)))
+        return rc;
+    if (c->qkv_bias &&
+        (rc = moeq_model_load_bias_f32(m, MOEQ_T_KV_A_PROJ, l, -1, kv_a, &lw->kv_a_bias, err)))
+        return rc;
+    if (c->o_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_O_PROJ, l, -1, h, &lw->o_bias, err)))
+        return rc;
+    moeq_model_center_norm(m, lw->q_a_norm, c->q_lora_rank);
+    moeq_model_center_norm(m, lw->kv_a_norm, c->kv_lora_rank);
+    return MOEQ_OK;
+}
+
 static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *lw,
                                 moeq_error *err)
 {
@@ -107,11 +148,16 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
     int64_t q_rows = c->attn_output_gate ? 2 * qd : qd;
     moeq_code rc;
     if ((rc = moeq_model_load_f32(m, MOEQ_T_ATTN_NORM, l, -1, h, 0, &lw->attn_norm, err)) ||
-        (rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, q_rows, h, &lw->q, err)) ||
+        (rc = moeq_model_load_f32(m, MOEQ_T_MLP_NORM, l, -1, h, 0, &lw->mlp_norm, err)))
+        return rc;
+    moeq_model_center_norm(m, lw->attn_norm, h);
+    moeq_model_center_norm(m, lw->mlp_norm, h);
+    if (c->attention == MOEQ_ATTENTION_MLA)
+        return load_mla(m, l, lw, err);
+    if ((rc = moeq_model_load_f32(m, MOEQ_T_Q_PROJ, l, -1, q_rows, h, &lw->q, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_K_PROJ, l, -1, kvd, h, &lw->k, err)) ||
         (rc = moeq_model_load_f32(m, MOEQ_T_V_PROJ, l, -1, kvd, h, &lw->v, err)) ||
-        (rc = moeq_model_load_f32(m, MOEQ_T_O_PROJ, l, -1, h, qd, &lw->o, err)) ||
-        (rc = moeq_model_load_f32(m, MOEQ_T_MLP_NORM, l, -1, h, 0, &lw->mlp_norm, err)))
+        (rc = moeq_model_load_f32(m, MOEQ_T_O_PROJ, l, -1, h, qd, &lw->o, err)))
         return rc;
     if (c->qkv_bias &&
         ((rc = moeq_model_load_bias_f32(m, MOEQ_T_Q_PROJ, l, -1, qd, &lw->q_bias, err)) ||
@@ -123,14 +169,14 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
     if (m->arch.tensors[MOEQ_T_ATTN_SINKS] &&
         (rc = moeq_model_load_f32(m, MOEQ_T_ATTN_SINKS, l, -1, c->num_heads, 0, &lw->sinks, err)))
         return rc;
+    /* Per-head norms are [head_dim]; MiniMax-M2's span the projection. */
+    int64_t qn = c->qk_norm_full ? qd : c->head_dim, kn = c->qk_norm_full ? kvd : c->head_dim;
     if (c->qk_norm &&
-        ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, c->head_dim, 0, &lw->q_norm, err)) ||
-         (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, c->head_dim, 0, &lw->k_norm, err))))
+        ((rc = moeq_model_load_f32(m, MOEQ_T_Q_NORM, l, -1, qn, 0, &lw->q_norm, err)) ||
+         (rc = moeq_model_load_f32(m, MOEQ_T_K_NORM, l, -1, kn, 0, &lw->k_norm, err))))
         return rc;
-    moeq_model_center_norm(m, lw->attn_norm, h);
-    moeq_model_center_norm(m, lw->mlp_norm, h);
-    moeq_model_center_norm(m, lw->q_norm, c->head_dim);
-    moeq_model_center_norm(m, lw->k_norm, c->head_dim);
+    moeq_model_center_norm(m, lw->q_norm, qn);
+    moeq_model_center_norm(m, lw->k_norm, kn);
     return MOEQ_OK;
 }
 
@@ -214,6 +260,10 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
         (c->router_bias && (rc = moeq_model_load_bias_f32(m, MOEQ_T_ROUTER, l, -1, c->num_experts,
                                                           &lw->router_bias, err))))
         return rc;
+    if (c->router == MOEQ_ROUTER_SIGMOID_TOPK &&
+        (rc = moeq_model_load_f32(m, MOEQ_T_ROUTER_CORRECTION, l, -1, c->num_experts, 0,
+                                  &lw->router_correction_bias, err)))
+        return rc;
     lw->experts = calloc((size_t)c->num_experts, sizeof *lw->experts);
     if (!lw->experts)
         return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for %d experts", l,
@@ -267,7 +317,9 @@ void moeq_layer_weights_free(moeq_layer_weights *lw)
     float *singles[] = {lw->attn_norm, lw->q,      lw->k,      lw->v,      lw->o,
                         lw->q_bias,    lw->k_bias, lw->v_bias, lw->o_bias, lw->q_norm,
                         lw->k_norm,    lw->mlp_norm, lw->router, lw->shared_gate,
-                        lw->sinks,     lw->router_bias};
+                        lw->sinks,     lw->router_bias, lw->router_correction_bias,
+                        lw->q_a,       lw->q_a_bias, lw->q_a_norm, lw->q_b,
+                        lw->kv_a,      lw->kv_a_bias, lw->kv_a_norm, lw->kv_b};
     for (size_t i = 0; i < sizeof singles / sizeof singles[0]; i++)
         free(singles[i]);
     free_mlp(&lw->dense);

@@ -36,17 +36,27 @@ typedef struct moeq_layer_weights {
     float *q, *k, *v, *o;                /* [Hq*D, H] ([2*Hq*D, H] with the output
                                           * gate), [Hkv*D, H], [Hkv*D, H], [H, Hq*D] */
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when absent */
-    float *q_norm, *k_norm;              /* [D], NULL without qk_norm */
+    float *q_norm, *k_norm;              /* [D] ([Hq*D], [Hkv*D] with qk_norm_full), NULL
+                                          * without qk_norm */
     float *sinks;                        /* [Hq] attention sink logits, NULL without */
+    /* MLA (q is q_proj when q_lora_rank is 0, else q_b(norm(q_a(x)))):
+     * q_a [R_q, H], q_a_norm [R_q], q_b [Hq*(N+P), R_q],
+     * kv_a [R_kv+P, H], kv_a_norm [R_kv], kv_b [Hq*(N+V), R_kv], o [H, Hq*V]
+     * with N, P, V the nope, rope and v head dims; q_a/kv_a biases with
+     * attention_bias. NULL for GQA. */
+    float *q_a, *q_a_bias, *q_a_norm, *q_b;
+    float *kv_a, *kv_a_bias, *kv_a_norm, *kv_b;
     float *mlp_norm;                     /* [H] */
     moeq_mlp_weights dense;              /* dense layers */
     float *router;                       /* [E, H] */
     float *router_bias;                  /* [E], NULL unless router_bias */
+    float *router_correction_bias;       /* [E] e_score_correction_bias of sigmoid_topk */
     moeq_mlp_weights *experts;           /* [n_experts] */
     int n_experts;
     int has_shared;
     moeq_mlp_weights shared;
-    float *shared_gate;                  /* [1, H], NULL unless sigmoid-gated */
+    float *shared_gate;                  /* [1, H], NULL unless sigmoid-gated (a plain
+                                          * shared expert is added ungated) */
 } moeq_layer_weights;
 
 /* A norm weight w[n] as the forward applies it: 1 + w for architectures

@@ -1,7 +1,8 @@
 /* quantize.c: the CPU layer loop (see quantize.h for the expert
  * calibration modes). True-sequential order inside a layer: q/k/v (one
  * shared Hessian), then o_proj from the attention output of the quantized
- * q/k/v, then the MLP or experts from the normed output of the quantized
+ * q/k/v (MLA: the a-projections, then q_b/kv_b_proj on their latents, then
+ * o_proj), then the MLP or experts from the normed output of the quantized
  * attention block; gate/up before down, down's inputs computed with the
  * quantized gate/up. The layer output uses every quantized weight and the
  * real top-k routing, in every mode. */
@@ -267,6 +268,34 @@ const moeq_tensor_role MOEQ_EXPERT_ROLES[3] = {MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_E
 const moeq_tensor_role MOEQ_SHARED_ROLES[3] = {MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
                                                MOEQ_T_SHARED_DOWN_PROJ};
 
+/* Quantizes w [rows, cols] against the Hessian (2/n) in^T in of its
+ * captured inputs in [n, cols] (checked finite; H has room for cols^2). */
+static moeq_code quantize_on_inputs(layer_ctx *c, const float *in, int n, int cols,
+                                    moeq_tensor_role role, float *w, int rows, float *H,
+                                    moeq_error *err)
+{
+    char what[96];
+    const char *name = role_label(role, -1, what, sizeof what);
+    char input[128];
+    snprintf(input, sizeof input, "the input of %s", name);
+    moeq_gptq_prepared prep = {0};
+    moeq_code rc = check_finite(c, in, (size_t)n * cols, input, err);
+    if (!rc && c->opt->method == MOEQ_METHOD_GPTQ) {
+        double t0 = now_seconds();
+        if (!(rc = hessian(H, in, n, cols, NULL, 2.0f / (float)n, err))) {
+            c->res->seconds_hessian += now_seconds() - t0;
+            rc = prepare(c, H, cols, name, &prep, err);
+        }
+    }
+    if (!rc) {
+        double t0 = now_seconds();
+        rc = quantize_weight(c, &prep, role, -1, w, rows, cols, n, 0, err);
+        c->res->seconds_solve += now_seconds() - t0;
+    }
+    moeq_gptq_prepared_free(&prep);
+    return rc;
+}
+
 /* q/k/v against one Hessian of the normed input, then o_proj against the
  * attention output computed with the quantized q/k/v; x1 = x + attn(x). */
 static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
@@ -302,22 +331,11 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
 
     t0 = now_seconds();
     moeq_layer_trace trace = {.o_in = o_in};
-    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err)) ||
-        (rc = check_finite(c, o_in, (size_t)n * qdim, "the input of o_proj", err)))
+    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err)))
         goto done;
     res->seconds_capture += now_seconds() - t0;
-    if (c->opt->method == MOEQ_METHOD_GPTQ) {
-        t0 = now_seconds();
-        if ((rc = hessian(H, o_in, n, qdim, NULL, 2.0f / (float)n, err)))
-            goto done;
-        res->seconds_hessian += now_seconds() - t0;
-        if ((rc = prepare(c, H, qdim, "o_proj", &prep, err)))
-            goto done;
-    }
-    t0 = now_seconds();
-    if ((rc = quantize_weight(c, &prep, MOEQ_T_O_PROJ, -1, lw->o, hidden, qdim, n, 0, err)))
+    if ((rc = quantize_on_inputs(c, o_in, n, qdim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
         goto done;
-    res->seconds_solve += now_seconds() - t0;
     /* x1 = x + o_q(o_in): the attention output with every weight quantized. */
     t0 = now_seconds();
     cpu_linear(o_in, n, qdim, lw->o, lw->o_bias, hidden, h);
@@ -419,6 +437,81 @@ done:
     return rc;
 }
 
+/* Multi-head latent attention: the a-projections (q_a_proj, or q_proj
+ * without q_lora_rank, and kv_a_proj_with_mqa) share the Hessian of the
+ * normed input; q_b_proj and kv_b_proj are calibrated on their normed
+ * latents computed with the quantized a-projections, o_proj on the attention
+ * output of all of them. x1 = x + attn(x). */
+static moeq_code quantize_mla(layer_ctx *c, moeq_layer_weights *lw, const moeq_rope_cache *rope,
+                              const float *x, int S, int T, float *x1, moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int n = S * T, hidden = cfg->hidden_size, heads = cfg->num_heads;
+    const int rq = cfg->q_lora_rank, rkv = cfg->kv_lora_rank;
+    const int q_rows = heads * (cfg->qk_nope_head_dim + cfg->qk_rope_head_dim);
+    const int kv_a_rows = rkv + cfg->qk_rope_head_dim;
+    const int kv_b_rows = heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
+    const int odim = moeq_o_proj_in_dim(cfg);
+    int wide = hidden > odim ? hidden : odim;
+    wide = wide > rq ? wide : rq;
+    wide = wide > rkv ? wide : rkv;
+    moeq_layer_result *res = c->res;
+    float *h = malloc(sizeof(float) * (size_t)n * hidden);
+    float *H = malloc(sizeof(float) * (size_t)wide * wide);
+    float *q_b_in = rq ? malloc(sizeof(float) * (size_t)n * rq) : NULL;
+    float *kv_b_in = malloc(sizeof(float) * (size_t)n * rkv);
+    float *o_in = malloc(sizeof(float) * (size_t)n * odim);
+    moeq_gptq_prepared prep = {0};
+    moeq_code rc = MOEQ_OK;
+    if (!h || !H || (rq && !q_b_in) || !kv_b_in || !o_in) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for the MLA stage", c->layer);
+        goto done;
+    }
+    if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of the MLA a-projections",
+                           rq ? "q_a_proj/kv_a_proj" : "q_proj/kv_a_proj", &prep, err)))
+        goto done;
+    double t0 = now_seconds();
+    if ((rc = rq ? quantize_weight(c, &prep, MOEQ_T_Q_A_PROJ, -1, lw->q_a, rq, hidden, n, 0, err)
+                 : quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, q_rows, hidden, n, 0,
+                                   err)) ||
+        (rc = quantize_weight(c, &prep, MOEQ_T_KV_A_PROJ, -1, lw->kv_a, kv_a_rows, hidden, n, 0,
+                              err)))
+        goto done;
+    res->seconds_solve += now_seconds() - t0;
+
+    t0 = now_seconds();
+    moeq_layer_trace latents = {.q_b_in = q_b_in, .kv_b_in = kv_b_in};
+    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &latents, err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    if ((rq && (rc = quantize_on_inputs(c, q_b_in, n, rq, MOEQ_T_Q_B_PROJ, lw->q_b, q_rows, H,
+                                        err))) ||
+        (rc = quantize_on_inputs(c, kv_b_in, n, rkv, MOEQ_T_KV_B_PROJ, lw->kv_b, kv_b_rows, H,
+                                 err)))
+        goto done;
+
+    t0 = now_seconds();
+    moeq_layer_trace out = {.o_in = o_in};
+    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &out, err)))
+        goto done;
+    res->seconds_capture += now_seconds() - t0;
+    if ((rc = quantize_on_inputs(c, o_in, n, odim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
+        goto done;
+    t0 = now_seconds();
+    cpu_linear(o_in, n, odim, lw->o, lw->o_bias, hidden, h);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        x1[i] = x[i] + h[i];
+    res->seconds_forward += now_seconds() - t0;
+done:
+    moeq_gptq_prepared_free(&prep);
+    free(h);
+    free(H);
+    free(q_b_in);
+    free(kv_b_in);
+    free(o_in);
+    return rc;
+}
+
 /* Experts of a MoE layer by the chosen calibration mode, plus the shared
  * expert on all tokens. h [n, H] is the normed MLP input; prep_all the
  * factorisation of its all-token Hessian. */
@@ -429,30 +522,23 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
     const int hidden = cfg->hidden_size, E = cfg->num_experts, k = cfg->num_experts_per_tok;
     const moeq_expert_calib mode = c->opt->expert_calib;
     moeq_layer_result *res = c->res;
-    float *logits = malloc(sizeof(float) * (size_t)n * E);
-    float *probs = malloc(sizeof(float) * (size_t)n * E);
+    float *probs = mode == MOEQ_EXPERT_CALIB_WEIGHTED ? malloc(sizeof(float) * (size_t)n * E)
+                                                      : NULL;
     float *topw = malloc(sizeof(float) * (size_t)n * k);
     int32_t *tope = malloc(sizeof(int32_t) * (size_t)n * k);
     float *xe = mode == MOEQ_EXPERT_CALIB_ROUTED ? malloc(sizeof(float) * (size_t)n * hidden) : NULL;
     float *pe = mode == MOEQ_EXPERT_CALIB_WEIGHTED ? malloc(sizeof(float) * (size_t)n) : NULL;
     res->expert_tokens = calloc((size_t)E, sizeof(int64_t));
     moeq_code rc = MOEQ_OK;
-    if (!logits || !probs || !topw || !tope || !res->expert_tokens ||
+    if ((mode == MOEQ_EXPERT_CALIB_WEIGHTED && !probs) || !topw || !tope || !res->expert_tokens ||
         (mode == MOEQ_EXPERT_CALIB_ROUTED && !xe) || (mode == MOEQ_EXPERT_CALIB_WEIGHTED && !pe)) {
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for routing", c->layer);
         goto done;
     }
     double t0 = now_seconds();
-    cpu_linear(h, n, hidden, lw->router, lw->router_bias, E, logits);
-    /* The router's probability of each expert: softmax over all experts,
-     * or Llama-4's per-expert sigmoid. */
+    /* Llama-4 scales each expert's input by its routing weight. */
     const int scale_input = cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
-    if (scale_input)
-        cpu_sigmoid(logits, (size_t)n * E, probs);
-    else
-        cpu_softmax_rows(logits, n, E, probs);
-    cpu_router_params rp = moeq_router_params(cfg);
-    if ((rc = cpu_router_topk(logits, n, E, &rp, topw, tope, err)))
+    if ((rc = moeq_route(cfg, lw, h, n, topw, tope, probs, err)))
         goto done;
     for (size_t i = 0; i < (size_t)n * k; i++)
         res->expert_tokens[tope[i]]++;
@@ -501,7 +587,6 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
         rc = quantize_swiglu(c, &lw->shared, MOEQ_SHARED_ROLES, -1, h, n, NULL, 2.0f / (float)n,
                              prep_all, n, 0, res, err);
 done:
-    free(logits);
     free(probs);
     free(topw);
     free(tope);
@@ -672,8 +757,12 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                     lw.is_linear ? (lw.is_moe ? "linear attention and experts"
                                               : "linear attention and MLP")
                                  : lw.is_moe ? "attention and experts" : "attention and MLP");
-        rc = lw.is_linear ? quantize_linear_attention(&c, &lw, x, S, T, x1, err)
-                          : quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
+        if (lw.is_linear)
+            rc = quantize_linear_attention(&c, &lw, x, S, T, x1, err);
+        else if (cfg->attention == MOEQ_ATTENTION_MLA)
+            rc = quantize_mla(&c, &lw, &rope, x, S, T, x1, err);
+        else
+            rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */

@@ -33,7 +33,8 @@ typedef enum moeq_method {
  *            calibrated on their routed tokens so scaled.
  *  weighted: every expert sees every token, token t weighted by p_e(t), the
  *            router's softmax probability of expert e over all experts
- *            (Llama-4: sigmoid of its logit):
+ *            (a sigmoid router's score sigmoid(logit_e), the weight before
+ *            renormalisation; Llama-4's sigmoid of its logit):
  *            H_e = (2/n) sum_t p_e(t) x_t x_t^T for gate/up and likewise for
  *            down_proj's inputs. */
 typedef enum moeq_expert_calib {

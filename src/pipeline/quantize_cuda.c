@@ -1357,10 +1357,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "Llama-4's router (top-k sigmoid scaling the expert input) is not in "
                          "the CUDA pipeline yet: use --device cpu");
-    if (model->arch.shared_expert == MOEQ_SHARED_EXPERT_PLAIN)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "an ungated shared expert is not in the CUDA pipeline yet: use "
-                         "--device cpu");
     if (cfg->layer_rope || cfg->layer_chunked || cfg->rope_interleaved || cfg->qk_l2_norm ||
         cfg->attn_temperature_tuning)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
@@ -1371,6 +1367,25 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "
                          "--device cpu");
+    /* Components of the CPU loop (DeepSeek, GLM-4.5, MiniMax-M2) that the
+     * GPU loop does not have yet. */
+    const char *component = NULL;
+    if (cfg->attention == MOEQ_ATTENTION_MLA)
+        component = "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2)";
+    else if (cfg->qk_norm && cfg->qk_norm_full)
+        component = "q/k RMSNorm over the whole projection (MiniMax-M2)";
+    else if (cfg->num_experts > 0 && cfg->router == MOEQ_ROUTER_SIGMOID_TOPK)
+        component = "the sigmoid router with e_score_correction_bias and expert groups "
+                    "(DeepSeek-V3, GLM-4.5, MiniMax-M2)";
+    else if (cfg->num_experts > 0 && cfg->n_group > 1)
+        component = "group-limited expert choice (n_group > 1, DeepSeek-V2)";
+    else if (cfg->num_experts > 0 && cfg->routed_scaling_factor != 1.0f)
+        component = "routed_scaling_factor";
+    else if (model->arch.shared_expert == MOEQ_SHARED_EXPERT_PLAIN)
+        component = "an ungated shared expert (DeepSeek, GLM-4.5, Llama-4)";
+    if (component)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "%s is not in the CUDA pipeline yet: use --device cpu", component);
     return MOEQ_OK;
 }
 

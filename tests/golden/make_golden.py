@@ -4,7 +4,10 @@ saved with transformers' save_pretrained exactly as the hub ships checkpoints
 (bf16 safetensors, config.json), and their per-layer outputs and logits from
 transformers' own forward in fp32 (eager attention).
 
-    python3 tests/golden/make_golden.py [OUT_DIR]     (default tests/fixtures/golden)
+    python3 tests/golden/make_golden.py [OUT_DIR [NAME...]]   (default tests/fixtures/golden)
+
+Each model of MODELS takes its random weights from its own seed (a CRC of its
+name), so rebuilding some by NAME gives the fixtures a full run gives.
 
 Each model directory gets golden.safetensors with:
   tokens            I32 [S, T]   input ids (S sequences of T tokens, positions 0..T-1)
@@ -25,10 +28,12 @@ from hidden/heads, several experts with top-k > 1, shared experts, dense
 layers among sparse ones, each RoPE variant, biases, tied embeddings, and a
 sharded checkpoint with model.safetensors.index.json.
 """
+import json
 import os
 import re
 import shutil
 import sys
+import zlib
 
 import torch
 import transformers
@@ -117,6 +122,59 @@ MODELS = {
         attention_chunk_size=8, use_qk_norm=True, attn_temperature_tuning=True, floor_scale=4,
         attn_scale=0.5, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), None),
+    # GLM-4.5: partial rotary (half of head_dim 24), q/k/v biases, per-head
+    # q/k-norm, sigmoid router with correction bias choosing inside 2 of 4
+    # groups, top-3, routed_scaling_factor, two shared experts' width, first
+    # layer dense.
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM", base(
+        head_dim=24, intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8,
+        num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+        n_shared_experts=2, first_k_dense_replace=1, norm_topk_prob=True, attention_bias=True,
+        use_qk_norm=True, num_mtp_layers=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5}), None),
+    # MiniMax-M2: q/k RMSNorm over the whole projection, partial rotary given
+    # as the checkpoints do (rotary_dim), sigmoid router with correction bias,
+    # every layer MoE, experts w1/w2/w3.
+    "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", base(
+        head_dim=32, intermediate_size=48, num_local_experts=6, num_experts_per_tok=2,
+        rotary_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0}), None),
+    # DeepSeek-V3 with q_lora_rank: MLA (q_a/q_b, kv_a/kv_b, nope 16 + rope 8,
+    # v 24), attention biases, interleaved YaRN with mscale and mscale_all_dim
+    # (cos/sin factor and softmax scale), groups, scaling, dense first layer.
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", base(
+        num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=32,
+        n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+        routed_scaling_factor=2.5, n_shared_experts=1, first_k_dense_replace=1,
+        norm_topk_prob=True, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=24, attention_bias=True, rope_interleave=True,
+        max_position_embeddings=32, num_mtp_layers=0,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 8, "mscale": 0.8,
+                         "mscale_all_dim": 0.9, "beta_fast": 32, "beta_slow": 1}), None),
+    # DeepSeek-V3 layout without q_lora_rank (q_proj, as DeepSeek-V2-Lite),
+    # rotate_half RoPE, no groups, no renormalisation, two dense layers.
+    "deepseek_v3_q_proj": ("DeepseekV3Config", "DeepseekV3ForCausalLM", base(
+        num_key_value_heads=4, intermediate_size=80, moe_intermediate_size=32,
+        n_routed_experts=6, num_experts_per_tok=2, n_group=1, topk_group=1,
+        routed_scaling_factor=1.5, n_shared_experts=1, first_k_dense_replace=2,
+        num_hidden_layers=4, norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=32,
+        qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=16, rope_interleave=False,
+        num_mtp_layers=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), None),
+    # DeepSeek-V2: MLA with q_lora_rank and complex (interleaved) YaRN whose
+    # mscale = mscale_all_dim leaves cos/sin unscaled but not the softmax
+    # scale; softmax router limited to the one of 2 groups with the best
+    # expert (top-3 of its 4), not renormalised, scaled; two shared experts'
+    # width.
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", base(
+        num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=32,
+        n_routed_experts=8, num_experts_per_tok=3, topk_method="group_limited_greedy",
+        n_group=2, topk_group=1, routed_scaling_factor=2.0, n_shared_experts=2,
+        first_k_dense_replace=1, norm_topk_prob=False, q_lora_rank=48, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=32,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 8, "mscale": 0.707,
+                         "mscale_all_dim": 0.707}), None),
 }
 
 # Sequence length per model where it differs from TOKENS.
@@ -178,6 +236,16 @@ MULTIMODAL_MODELS = {
 }
 MODEL_TOKENS.update({"qwen3_5_moe": 80, "qwen3_5": 80})
 
+def drop_partial_rotary_factor(config):
+    # MiniMax-M2's own checkpoints state only rotary_dim.
+    del config["rope_parameters"]["partial_rotary_factor"]
+
+
+# config.json edits after saving, so the fixture reads as the hub's does; the
+# reference is loaded from the edited file.
+CONFIG_EDITS = {"minimax_m2": drop_partial_rotary_factor}
+
+
 # Models whose RMSNorms scale by (1 + weight) (zero-centered; the gated norm
 # of their linear attention and the vision tower's LayerNorms excepted).
 ZERO_CENTERED_NORMS = {"qwen3_next", "qwen3_5_moe", "qwen3_5"}
@@ -198,6 +266,12 @@ def randomize_norms(model, gen, zero_centered=False):
         if name.endswith("sinks"):  # gpt-oss: large enough to take real attention mass
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen))
+    # Sigmoid routers' correction bias is a buffer that starts at zero; it
+    # must move the choice away from the plain top-k to be tested.
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            with torch.no_grad():
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen))
 
 
 def capture(model, tokens):
@@ -233,10 +307,10 @@ def main():
     out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "golden")
     only = set(sys.argv[2:])  # model names to rebuild; none: all
-    torch.manual_seed(0)
     for name, (cfg_cls, model_cls, kw, shard) in MODELS.items():
         if only and name not in only:
             continue
+        torch.manual_seed(zlib.crc32(name.encode()))
         gen = torch.Generator().manual_seed(1234)
         config = getattr(transformers, cfg_cls)(**kw)
         config._attn_implementation = "eager"
@@ -246,6 +320,14 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         model.to(torch.bfloat16).save_pretrained(
             out_dir, **({"max_shard_size": shard} if shard else {}))
+        if name in CONFIG_EDITS:
+            path = os.path.join(out_dir, "config.json")
+            with open(path) as f:
+                saved = json.load(f)
+            CONFIG_EDITS[name](saved)
+            with open(path, "w") as f:
+                json.dump(saved, f, indent=2, sort_keys=True)
+                f.write("\n")
         # The reference reads back what is on disk, in fp32.
         ref = getattr(transformers, model_cls).from_pretrained(
             out_dir, dtype=torch.float32, attn_implementation="eager").eval()

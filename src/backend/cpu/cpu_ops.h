@@ -91,7 +91,9 @@ moeq_code cpu_attention_causal(const float *q, const float *k, const float *v, i
 
 typedef enum cpu_router_scoring {
     /* softmax over all experts in fp32, top-k of the probabilities
-     * (Mixtral, Qwen2-MoE, Qwen3-MoE). */
+     * (Mixtral, Qwen2-MoE, Qwen3-MoE); with n_group > 1 within the
+     * topk_group groups of highest maximum probability (DeepSeek-V2's
+     * group_limited_greedy). */
     CPU_ROUTER_SOFTMAX,
     /* sigmoid of each logit; experts chosen by sigmoid + e_score_correction_bias
      * within the topk_group best of n_group groups (a group's score is the sum
@@ -108,7 +110,7 @@ typedef struct cpu_router_params {
      * as DeepSeek-V3 does. */
     int norm_topk_prob;
     const float *e_score_correction_bias; /* [E] or NULL; sigmoid only, for selection only */
-    int n_group;                          /* sigmoid only; 0 or 1 = no group limit */
+    int n_group;                          /* 0 or 1 = no group limit */
     int topk_group;                       /* groups kept when n_group > 1 */
     float routed_scaling_factor;          /* multiplies the final weights; 0 = 1 */
 } cpu_router_params;

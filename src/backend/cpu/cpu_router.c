@@ -1,8 +1,9 @@
 /* cpu_router.c: MoE top-k routing from router logits, the two schemes in use:
  * softmax then top-k (Mixtral, Qwen2/3-MoE: their *TopKRouter.forward in
- * transformers) and sigmoid with bias-corrected, group-limited selection
- * (DeepSeek-V3 section 2.1.2 "auxiliary-loss-free load balancing"; GLM-4.5;
- * DeepseekV3TopkRouter.forward). */
+ * transformers; DeepSeek-V2 with group_limited_greedy limits it to the groups
+ * of highest maximum probability, DeepseekV2TopkRouter.forward) and sigmoid
+ * with bias-corrected, group-limited selection (DeepSeek-V3 section 2.1.2
+ * "auxiliary-loss-free load balancing"; GLM-4.5; DeepseekV3TopkRouter.forward). */
 #include "backend/cpu/cpu_ops.h"
 
 #include <math.h>
@@ -20,9 +21,10 @@ static int argmax_free(const float *score, const unsigned char *taken, int n)
 }
 
 /* Masks (taken = 1) every expert outside the topk_group groups with the
- * highest sum of their two best choice scores. */
+ * highest group score: the sum of a group's two best choice scores
+ * (best_two, DeepSeek-V3) or its best one (DeepSeek-V2). */
 static void limit_to_best_groups(const float *choice, int E, int n_group, int topk_group,
-                                 float *group_score, unsigned char *group_taken,
+                                 int best_two, float *group_score, unsigned char *group_taken,
                                  unsigned char *taken)
 {
     int size = E / n_group;
@@ -36,7 +38,7 @@ static void limit_to_best_groups(const float *choice, int E, int n_group, int to
         for (int i = 0; i < size; i++)
             if (i != first && c[i] > c[second])
                 second = i;
-        group_score[g] = c[first] + c[second];
+        group_score[g] = best_two ? c[first] + c[second] : c[first];
         group_taken[g] = 0;
     }
     /* group_taken marks the kept groups here. */
@@ -53,7 +55,7 @@ static moeq_code check_router(int T, int E, const cpu_router_params *p, moeq_err
                          p->top_k);
     if (p->scoring != CPU_ROUTER_SOFTMAX && p->scoring != CPU_ROUTER_SIGMOID)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "router: unknown scoring %d", (int)p->scoring);
-    if (p->scoring == CPU_ROUTER_SIGMOID && p->n_group > 1) {
+    if (p->n_group > 1) {
         int size = E / p->n_group;
         if (E % p->n_group || size < 2 || p->topk_group < 1 || p->topk_group > p->n_group ||
             p->top_k > p->topk_group * size)
@@ -71,7 +73,7 @@ moeq_code cpu_router_topk(const float *logits, int T, int E, const cpu_router_pa
     moeq_code rc = check_router(T, E, p, err);
     if (rc)
         return rc;
-    int grouped = p->scoring == CPU_ROUTER_SIGMOID && p->n_group > 1;
+    int grouped = p->n_group > 1;
     int n_group = grouped ? p->n_group : 1;
     /* One block: score[E], choice[E], group_score[n_group], taken[E], group_taken[n_group]. */
     float *score = malloc((2 * (size_t)E + n_group) * sizeof(float) + (size_t)E + n_group);
@@ -99,7 +101,8 @@ moeq_code cpu_router_topk(const float *logits, int T, int E, const cpu_router_pa
                                                                    : 0.0f);
         }
         if (grouped)
-            limit_to_best_groups(choice, E, n_group, p->topk_group, group_score, group_taken,
+            limit_to_best_groups(choice, E, n_group, p->topk_group,
+                                 p->scoring == CPU_ROUTER_SIGMOID, group_score, group_taken,
                                  taken);
         else
             for (int e = 0; e < E; e++)
