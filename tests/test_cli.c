@@ -161,6 +161,10 @@ static void test_quantize_bad_settings_are_clear_errors_and_write_nothing(void)
         {"--vram-budget 24XB", 2, "--vram-budget must be a size such as 24GiB"},
         {"--expert-batch -2", 2, "--expert-batch must be positive"},
         {"--device cpu --mse 0.5", 2, "--mse 0.5 must be 0 (off) or a norm in [1, 8]"},
+        {"--format safetensors", 2, "--format must be gptq, awq or compressed-tensors"},
+        {"--format awq --bits 3", 1, "the AWQ GEMM format holds 4-bit weights only, not 3-bit"},
+        {"--format compressed-tensors --desc-act true", 1,
+         "--format compressed-tensors stores no g_idx, so act-order needs --static-groups true"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char extra[4200];

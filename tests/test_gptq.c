@@ -163,15 +163,15 @@ static void test_codes_lie_on_the_grid_and_scales_are_fp16(void)
 static void test_symmetric_zero_is_the_midpoint(void)
 {
     float x[4] = {-0.5f, 0.25f, 0.1f, 0.0f};
-    moeq_grid g = moeq_grid_fit(x, 4, 4, 1);
+    moeq_grid g = moeq_grid_fit(x, 4, 4, 1, 0);
     CHECK_INT_EQ(g.zero, 8);
     CHECK_NEAR(g.scale, 1.0 / 15.0, 1e-4, 0); /* (0.5 - -0.5) / 15, fp16-rounded */
     CHECK_INT_EQ(moeq_grid_code(g, -0.5f, 15), 0);
-    moeq_grid a = moeq_grid_fit(x, 4, 4, 0);
+    moeq_grid a = moeq_grid_fit(x, 4, 4, 0, 0);
     CHECK_NEAR(a.scale, 0.75 / 15.0, 1e-4, 0);
     CHECK_INT_EQ(a.zero, 10); /* round(0.5 / 0.05) */
     float zeros[3] = {0, 0, 0};
-    moeq_grid z = moeq_grid_fit(zeros, 3, 4, 0);
+    moeq_grid z = moeq_grid_fit(zeros, 3, 4, 0, 0);
     CHECK_NEAR(z.scale, 2.0 / 15.0, 1e-4, 0); /* an empty range becomes [-1, 1] */
 }
 
@@ -180,14 +180,14 @@ static void test_asymmetric_zero_point_is_never_zero(void)
     /* All non-negative: the reference grid would put the zero at 0, which
      * GPTQ v1 cannot store; moeq uses zero 1 and keeps xmax on the grid. */
     float x[4] = {0.0f, 0.3f, 0.7f, 1.4f};
-    moeq_grid g = moeq_grid_fit(x, 4, 4, 0);
+    moeq_grid g = moeq_grid_fit(x, 4, 4, 0, 0);
     CHECK_INT_EQ(g.zero, 1);
     CHECK_NEAR(g.scale, 1.4 / 14.0, 1e-4, 0);
     CHECK_NEAR(moeq_grid_value(g, moeq_grid_code(g, 1.4f, 15)), 1.4, 1e-3, 0);
     CHECK_NEAR(moeq_grid_value(g, moeq_grid_code(g, 0.0f, 15)), 0.0, 0, 0);
     /* Slightly negative minimum (within half a step): also zero 1. */
     float y[3] = {-0.01f, 0.5f, 1.5f};
-    g = moeq_grid_fit(y, 3, 4, 0);
+    g = moeq_grid_fit(y, 3, 4, 0, 0);
     CHECK_INT_EQ(g.zero, 1);
     CHECK(moeq_grid_value(g, moeq_grid_code(g, 1.5f, 15)) >= 1.49f);
     /* Fresh random groups never get zero 0, at any width. */
@@ -197,7 +197,7 @@ static void test_asymmetric_zero_point_is_never_zero(void)
             float shift = test_rng_uniform(&rng);
             for (int i = 0; i < 16; i++)
                 v[i] = test_rng_uniform(&rng) + shift;
-            CHECK(moeq_grid_fit(v, 16, bits, 0).zero >= 1);
+            CHECK(moeq_grid_fit(v, 16, bits, 0, 0).zero >= 1);
         }
     }
 }
@@ -216,14 +216,14 @@ static void test_clipping_search_picks_the_best_candidate(void)
                 for (int i = 0; i < n; i++)
                     x[i] = 0.05f * test_rng_uniform(&rng);
                 x[trial % n] *= 6.0f; /* an outlier: clipping should pay */
-                moeq_grid best = moeq_grid_fit_mse(x, n, bits, sym, 2.4f);
+                moeq_grid best = moeq_grid_fit_mse(x, n, bits, sym, 0, 2.4f);
                 float best_err = moeq_grid_clip_error(best, x, n, bits, 2.4f);
                 int found = 0;
                 for (int i = 0; i < MOEQ_GRID_MSE_STEPS; i++) {
                     float p = 1.0f - (float)i / (float)MOEQ_GRID_MSE_GRID;
                     for (int k = 0; k < n; k++)
                         px[k] = p * x[k];
-                    moeq_grid g = moeq_grid_fit(px, n, bits, sym);
+                    moeq_grid g = moeq_grid_fit(px, n, bits, sym, 0);
                     CHECK(best_err <= moeq_grid_clip_error(g, x, n, bits, 2.4f));
                     found += g.scale == best.scale && g.zero == best.zero;
                 }
@@ -242,10 +242,10 @@ static void test_clipping_search_clips_heavy_tails(void)
         double u = (i + 0.5) / 128.0;
         x[i] = (float)(0.02 * (u < 0.5 ? log(2.0 * u) : -log(2.0 * (1.0 - u))));
     }
-    moeq_grid plain = moeq_grid_fit(x, 128, 3, 1);
-    moeq_grid off = moeq_grid_fit_mse(x, 128, 3, 1, 0.0f);
+    moeq_grid plain = moeq_grid_fit(x, 128, 3, 1, 0);
+    moeq_grid off = moeq_grid_fit_mse(x, 128, 3, 1, 0, 0.0f);
     CHECK(off.scale == plain.scale && off.zero == plain.zero);
-    moeq_grid clip = moeq_grid_fit_mse(x, 128, 3, 1, 2.4f);
+    moeq_grid clip = moeq_grid_fit_mse(x, 128, 3, 1, 0, 2.4f);
     CHECK(clip.scale > 0.75f * plain.scale && clip.scale < 0.85f * plain.scale);
     CHECK_INT_EQ(clip.zero, 4);
     float e_plain = moeq_grid_clip_error(plain, x, 128, 3, 2.4f);
@@ -462,6 +462,29 @@ static void test_many_rows_sharing_a_hessian_equal_separate_sweeps(void)
     free(ab);
 }
 
+/* scale_bf16: every fitted scale is a value fp16 and bf16 both hold, also
+ * below fp16's normal range, and stays within bf16's rounding of the plain
+ * fp16 scale. */
+static void test_bf16_scales_are_exact_in_fp16_and_bf16(void)
+{
+    test_rng r = {4242};
+    int bad = 0;
+    for (int t = 0; t < 2000; t++) {
+        float x[32], mag = powf(10.0f, -7.0f + 6.0f * test_rng_uniform(&r));
+        for (int i = 0; i < 32; i++)
+            x[i] = mag * (2.0f * test_rng_uniform(&r) - 1.0f);
+        for (int sym = 0; sym < 2; sym++) {
+            moeq_grid g = moeq_grid_fit_mse(x, 32, 4, sym, 1, 2.4f);
+            moeq_grid h = moeq_grid_fit(x, 32, 4, sym, 0);
+            moeq_grid b = moeq_grid_fit(x, 32, 4, sym, 1);
+            bad += moeq_bf16_to_f32(moeq_f32_to_bf16(g.scale)) != g.scale;
+            bad += moeq_f16_to_f32(moeq_f32_to_f16(g.scale)) != g.scale;
+            bad += h.scale >= 6.2e-5f && fabsf(b.scale - h.scale) > h.scale / 128.0f;
+        }
+    }
+    CHECK_INT_EQ(bad, 0);
+}
+
 int main(void)
 {
     const char *s = getenv("MOEQ_TEST_SEED");
@@ -481,5 +504,6 @@ int main(void)
     RUN(test_non_finite_inputs_are_numeric_errors);
     RUN(test_bad_settings_are_rejected);
     RUN(test_many_rows_sharing_a_hessian_equal_separate_sweeps);
+    RUN(test_bf16_scales_are_exact_in_fp16_and_bf16);
     return test_summary();
 }

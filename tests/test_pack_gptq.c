@@ -271,7 +271,7 @@ static void test_values_the_tensors_cannot_hold_exactly_are_rejected(void)
     q.zeros[1 * 8 + 2] = 0;
     q.scales[7] = 0.1f;
     CHECK_INT_EQ(moeq_pack_gptq(&q, &p, &err), MOEQ_ERR_INVALID_ARG);
-    CHECK_CONTAINS(err.msg, "(group 0, row 7) is not exactly representable in fp16");
+    CHECK_CONTAINS(err.msg, "(group 0, row 7) is not exactly representable in F16");
     q.scales[7] = 0.125f;
     q.g_idx[9] = 2;
     CHECK_INT_EQ(moeq_pack_gptq(&q, &p, &err), MOEQ_ERR_INVALID_ARG);

@@ -1,5 +1,6 @@
 /* cmd_quantize.c: `moeq quantize`: the main job. Reads the calibration
- * text, runs the layer loop, writes the GPTQ checkpoint, prints a progress
+ * text, runs the layer loop, writes the checkpoint (GPTQ, AWQ or
+ * compressed-tensors), prints a progress
  * line per layer and a summary table at the end. */
 #include "calib/calib_set.h"
 #include "calib/documents.h"
@@ -11,7 +12,7 @@
 #include "common/hash.h"
 #include "model/mtp.h"
 #include "pipeline/quantize.h"
-#include "quant/pack_gptq.h"
+#include "quant/pack_format.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -119,9 +120,10 @@ static void quantize_help(FILE *out, const arg_spec *specs)
     fprintf(out,
             "usage: moeq quantize --model DIR --out DIR [options]\n"
             "\n"
-            "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ\n"
-            "checkpoint (quantization_config in config.json, quantize_config.json, report.json)\n"
-            "that vLLM and transformers load. The output appears only when complete.\n"
+            "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ,\n"
+            "AWQ or compressed-tensors checkpoint (quantization_config in config.json,\n"
+            "report.json) that vLLM and transformers load. The output appears only when\n"
+            "complete.\n"
             "True-sequential by default: each linear is calibrated on inputs computed with\n"
             "the already-quantized linears before it in the layer.\n"
             "\n"
@@ -209,6 +211,7 @@ static cJSON *run_fingerprint(const moeq_model *m, const moeq_calib_set *set,
     snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
     cJSON_AddStringToObject(fp, "calibration tokens", hex);
     cJSON_AddStringToObject(fp, "method", moeq_method_name(opt->method));
+    cJSON_AddStringToObject(fp, "format", moeq_format_name(opt->format));
     cJSON_AddNumberToObject(fp, "bits", g->bits);
     cJSON_AddNumberToObject(fp, "group size", g->group_size);
     cJSON_AddBoolToObject(fp, "sym", g->sym);
@@ -300,7 +303,8 @@ static int parse_device(const char *s, int *cuda, int *index)
 int moeq_cmd_quantize(int argc, char **argv)
 {
     const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
-               *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL;
+               *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL,
+               *format = "gptq";
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
     int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0, state_every = 1;
@@ -310,6 +314,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
         {"method", ARG_STRING, &method, "gptq|rtn", "GPTQ, or round-to-nearest (default gptq)"},
+        {"format", ARG_STRING, &format, "gptq|awq|compressed-tensors", "output checkpoint format (default gptq; awq: 4 bits only; awq and compressed-tensors store no g_idx)"},
         {"bits", ARG_INT, &g.bits, "N", "2, 3, 4 or 8 (default 4)"},
         {"group-size", ARG_INT, &g.group_size, "N", "-1 (per row) or a divisor of each input dim (default 128)"},
         {"sym", ARG_BOOL, &g.sym, "true|false", "symmetric grid (default true)"},
@@ -363,6 +368,8 @@ int moeq_cmd_quantize(int argc, char **argv)
     if (parse_choice(expert_calib, modes, 3, &choice))
         return moeq_cli_report("quantize", 2, "--expert-calib must be routed, all or weighted");
     opt.expert_calib = (moeq_expert_calib)choice;
+    if (moeq_format_parse(format, &opt.format))
+        return moeq_cli_report("quantize", 2, "--format must be gptq, awq or compressed-tensors");
     if (g.static_groups && !g.desc_act)
         return moeq_cli_report("quantize", 2, "--static-groups only applies with --desc-act true");
     if (min_expert_tokens < 1)
@@ -452,7 +459,7 @@ int moeq_cmd_quantize(int argc, char **argv)
                    quantize_linear_ba ? mc->la_num_v_heads : 0};
     for (int i = 0; i < 9; i++)
         if (dims[i] > 0 && ((i < 6 && moeq_gptq_check_config(&opt.gptq, dims[i], &err)) ||
-                            moeq_gptq_check_dims(opt.gptq.bits, dims[i], dims[i], &err)))
+                            moeq_format_check(opt.format, &opt.gptq, dims[i], dims[i], &err)))
             goto done;
     if (opt.quantize_mtp && !moeq_mtp_present(&model)) {
         moeq_fail(&err, MOEQ_ERR_INVALID_ARG,
@@ -461,9 +468,26 @@ int moeq_cmd_quantize(int argc, char **argv)
                   model_dir, model.arch.name);
         goto done;
     }
+    /* Their configs name no hybrid or kept-aside modules yet. */
+    int linear_layers = 0;
+    for (int l = 0; l < mc->num_layers; l++)
+        linear_layers += mc->layer_is_linear[l];
+    if (opt.format != MOEQ_FORMAT_GPTQ && (linear_layers || model.arch.n_keep_modules)) {
+        moeq_fail(&err, MOEQ_ERR_UNSUPPORTED,
+                  "--format %s is not implemented for architecture %s (linear-attention layers "
+                  "or modules kept unquantized): use --format gptq",
+                  moeq_format_name(opt.format), model.arch.name);
+        goto done;
+    }
+    /* Scales the format keeps in (or a loader casts to) a bf16 model's dtype
+     * must be exact in bf16 too. */
+    const st_tensor *embed = moeq_model_find(&model, MOEQ_T_EMBED, -1, -1, &err);
+    if (!embed)
+        goto done;
+    opt.gptq.scale_bf16 = moeq_format_needs_bf16_scales(opt.format, embed->dtype);
     if (model.cfg.quant_bits) {
-        moeq_fail(&err, MOEQ_ERR_INVALID_ARG, "%s is already quantized (%d-bit GPTQ)", model_dir,
-                  model.cfg.quant_bits);
+        moeq_fail(&err, MOEQ_ERR_INVALID_ARG, "%s is already quantized (%d-bit %s)", model_dir,
+                  model.cfg.quant_bits, moeq_format_name((moeq_format)model.cfg.quant_format));
         goto done;
     }
 #ifdef MOEQ_HAVE_CUDA
@@ -485,10 +509,11 @@ int moeq_cmd_quantize(int argc, char **argv)
         goto done;
     if (progress)
         fprintf(progress,
-                "moeq quantize: %s (%s, %d layers) -> %s\n  %s %d-bit group %d %s, experts: %s; "
-                "calibration %d x %d tokens from %s (%zu tokens available); backend %s\n",
+                "moeq quantize: %s (%s, %d layers) -> %s (%s)\n  %s %d-bit group %d %s, experts: "
+                "%s; calibration %d x %d tokens from %s (%zu tokens available); backend %s\n",
                 model_dir, model.arch.name, model.cfg.num_layers, out_dir,
-                moeq_method_name(opt.method), g.bits, g.group_size, g.sym ? "sym" : "asym",
+                moeq_format_name(opt.format), moeq_method_name(opt.method), g.bits, g.group_size,
+                g.sym ? "sym" : "asym",
                 model.cfg.num_experts ? moeq_expert_calib_name(opt.expert_calib) : "none",
                 nsamples, seqlen, calib, set.stream_tokens, use_cuda ? "cuda" : "cpu");
     cJSON *fingerprint = run_fingerprint(&model, &set, &opt, use_cuda, &err);
@@ -526,6 +551,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddStringToObject(settings, "model", model_dir);
     cJSON_AddStringToObject(settings, "architecture", model.arch.name);
     cJSON_AddStringToObject(settings, "method", moeq_method_name(opt.method));
+    cJSON_AddStringToObject(settings, "format", moeq_format_name(opt.format));
     cJSON_AddStringToObject(settings, "expert_calib", moeq_expert_calib_name(opt.expert_calib));
     cJSON_AddBoolToObject(settings, "quantize_linear_ba", opt.quantize_linear_ba);
     cJSON_AddBoolToObject(settings, "quantize_mtp", opt.quantize_mtp);

@@ -9,7 +9,7 @@
 #include "common/parallel.h"
 #include "model/fp8_blocks.h"
 #include "model/fused_experts.h"
-#include "quant/pack_gptq.h"
+#include "quant/pack_format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -290,7 +290,7 @@ static long tensor_index(const st_checkpoint *c, const char *name)
 /* Everything one shard needs to stay alive until it is written. */
 typedef struct shard {
     st_writer st;
-    moeq_packed_gptq *packed;
+    moeq_packed_linear *packed;
     int n_packed;
     char (*names)[4][600];
     void **owned; /* buffers made for this shard (dequantized copies) */
@@ -399,18 +399,51 @@ static moeq_code add_copy(moeq_gptq_writer *w, shard *s, const char *shard_file,
     return rc;
 }
 
-/* The packed GPTQ tensors of one linear, named after its weight's template
- * with "weight" replaced by qweight, qzeros, scales and g_idx. */
+static const moeq_arch *names_of(const moeq_gptq_writer *w, const moeq_layer_result *r,
+                                 int *layer);
+
+/* The checkpoint name of a quantized linear's weight, without its final
+ * "weight" (the packed tensors' suffixes replace it). */
+static moeq_code linear_base_name(const moeq_arch *a, const moeq_quantized_linear *ql, int layer,
+                                  char *base, size_t bytes, moeq_error *err)
+{
+    if (moeq_arch_tensor_name(a, ql->role, layer, ql->expert, base, bytes))
+        return moeq_fail(err, MOEQ_ERR_FORMAT, "layer %d: cannot name %s", layer,
+                         moeq_tensor_role_key(ql->role));
+    size_t len = strlen(base);
+    if (len < 6 || strcmp(base + len - 6, "weight"))
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "architecture %s: tensors.%s = %s must end in \"weight\" to name its "
+                         "quantized tensors",
+                         a->name, moeq_tensor_role_key(ql->role), base);
+    base[len - 6] = '\0';
+    return MOEQ_OK;
+}
+
+/* The packed tensors of one linear, in the output format, named after its
+ * weight's template with "weight" replaced by each tensor's suffix. */
 typedef struct pack_job {
+    const moeq_gptq_writer *w;
     const moeq_layer_result *r;
-    moeq_packed_gptq *packed; /* [n_linears] */
+    moeq_packed_linear *packed; /* [n_linears] */
 } pack_job;
 
 static moeq_code pack_one(void *ctx, int i, moeq_error *err)
 {
     const pack_job *j = ctx;
     const moeq_quantized_linear *ql = &j->r->linears[i];
-    moeq_code rc = moeq_pack_gptq(&ql->q, &j->packed[i], err);
+    char name[600];
+    int layer;
+    const moeq_arch *a = names_of(j->w, j->r, &layer);
+    moeq_code rc = linear_base_name(a, ql, layer, name, 512, err);
+    if (rc)
+        return rc;
+    /* compressed-tensors stores scales in the dtype of the weight replaced. */
+    strcat(name, "weight");
+    long widx = tensor_index(&j->w->src->ckpt, name);
+    st_dtype dtype = widx >= 0 ? j->w->src->ckpt.tensors[widx]->dtype : ST_BF16;
+    rc = moeq_pack_linear(j->w->opt->format, &ql->q, j->w->opt->gptq.sym, dtype, &j->packed[i],
+                          err);
     if (rc && ql->expert >= 0)
         moeq_wrap(err, "expert %d %s: ", ql->expert, moeq_tensor_role_key(ql->role));
     else if (rc)
@@ -456,39 +489,18 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
                                moeq_error *err)
 {
     char base[512];
-    if (moeq_arch_tensor_name(a, ql->role, layer, ql->expert, base, sizeof base))
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "layer %d: cannot name %s", layer,
-                         moeq_tensor_role_key(ql->role));
-    size_t len = strlen(base);
-    if (len < 6 || strcmp(base + len - 6, "weight"))
-        return moeq_fail(err, MOEQ_ERR_FORMAT,
-                         "architecture %s: tensors.%s = %s must end in \"weight\" to name its "
-                         "GPTQ tensors",
-                         a->name, moeq_tensor_role_key(ql->role), base);
-    base[len - 6] = '\0';
-    const moeq_packed_gptq *p = &s->packed[s->n_packed];
+    moeq_code rc = linear_base_name(a, ql, layer, base, sizeof base, err);
+    if (rc)
+        return rc;
+    const moeq_packed_linear *p = &s->packed[s->n_packed];
     char (*names)[600] = s->names[s->n_packed];
     s->n_packed++;
-    moeq_code rc;
-    const char *suffix[4] = {"qweight", "qzeros", "scales", "g_idx"};
-    int64_t shapes[4][2] = {
-        {moeq_gptq_qweight_rows(p->bits, p->in_features), p->out_features},
-        {p->n_groups, moeq_gptq_qzeros_cols(p->bits, p->out_features)},
-        {p->n_groups, p->out_features},
-        {p->in_features, 0},
-    };
-    const void *data[4] = {p->qweight, p->qzeros, p->scales, p->g_idx};
-    st_dtype dtypes[4] = {ST_I32, ST_I32, ST_F16, ST_I32};
-    for (int i = 0; i < 4; i++) {
-        snprintf(names[i], 600, "%s%s", base, suffix[i]);
-        int ndim = i == 3 ? 1 : 2;
-        size_t bytes = (size_t)shapes[i][0] * (ndim == 2 ? (size_t)shapes[i][1] : 1) *
-                       st_dtype_size(dtypes[i]);
-        if ((rc = st_writer_add(&s->st, names[i], dtypes[i], ndim, shapes[i], data[i], bytes,
-                                err)))
+    for (int i = 0; i < p->n; i++) {
+        const moeq_packed_tensor *t = &p->t[i];
+        snprintf(names[i], 600, "%s%s", base, t->suffix);
+        if ((rc = add_tensor(w, s, shard_file, names[i], t->dtype, t->ndim, t->shape, t->data,
+                             t->bytes, err)))
             return rc;
-        w->total_bytes += (int64_t)bytes;
-        cJSON_AddStringToObject(w->weight_map, names[i], shard_file);
     }
     if (ql->expert >= 0 && moeq_experts_fused(w->src))
         return add_fused_expert_bias(w, s, shard_file, ql, layer, base, err);
@@ -617,7 +629,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory packing", r->layer);
     /* Pack every linear first, in parallel (each packs into its own slot),
      * then add them to the shard in order. */
-    pack_job job = {r, s.packed};
+    pack_job job = {w, r, s.packed};
     if (!rc && (rc = moeq_parallel_for(r->n_linears, 0, pack_one, &job, err)))
         moeq_wrap(err, "layer %d: ", r->layer);
     int experts = 0, name_layer;
@@ -649,14 +661,25 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     if (!rc)
         cJSON_AddItemToArray(w->report_layers, layer_report(w, r, now_seconds() - t0));
     for (int i = 0; s.packed && i < r->n_linears; i++)
-        moeq_packed_gptq_free(&s.packed[i]);
+        moeq_packed_linear_free(&s.packed[i]);
     free(s.packed);
     free(s.names);
     shard_free(&s);
     return rc;
 }
 
-static cJSON *quantization_config(const moeq_gptq_writer *w)
+/* What moeq did, under quantization_config.meta (loaders ignore it). */
+static void add_meta(const moeq_gptq_writer *w, cJSON *q)
+{
+    cJSON *meta = cJSON_AddObjectToObject(q, "meta");
+    cJSON_AddStringToObject(meta, "quantizer", "moeq:" MOEQ_VERSION);
+    cJSON_AddStringToObject(meta, "method", moeq_method_name(w->opt->method));
+    cJSON_AddStringToObject(meta, "expert_calib", moeq_expert_calib_name(w->opt->expert_calib));
+}
+
+/* GPTQ v1 as AutoGPTQ/GPTQModel write it (quantize_config.json, the same
+ * object under config.json's quantization_config). */
+static cJSON *gptq_config(const moeq_gptq_writer *w)
 {
     const moeq_gptq_config *g = &w->opt->gptq;
     cJSON *q = cJSON_CreateObject();
@@ -703,10 +726,90 @@ static cJSON *quantization_config(const moeq_gptq_writer *w)
         if (!cJSON_GetArraySize(dynamic))
             cJSON_DeleteItemFromObjectCaseSensitive(q, "dynamic");
     }
-    cJSON *meta = cJSON_AddObjectToObject(q, "meta");
-    cJSON_AddStringToObject(meta, "quantizer", "moeq:" MOEQ_VERSION);
-    cJSON_AddStringToObject(meta, "method", moeq_method_name(w->opt->method));
-    cJSON_AddStringToObject(meta, "expert_calib", moeq_expert_calib_name(w->opt->expert_calib));
+    return q;
+}
+
+/* AutoAWQ's GEMM config (transformers AwqConfig, vLLM AWQConfig and
+ * AWQMarlinConfig read quant_method, bits, group_size, zero_point, version
+ * and modules_to_not_convert). Zero points are always stored, so
+ * zero_point is true for symmetric grids too (their zeros are 8). */
+static cJSON *awq_config(const moeq_gptq_writer *w)
+{
+    const moeq_gptq_config *g = &w->opt->gptq;
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(q, "quant_method", "awq");
+    cJSON_AddNumberToObject(q, "bits", g->bits);
+    cJSON_AddNumberToObject(q, "group_size", g->group_size);
+    cJSON_AddBoolToObject(q, "zero_point", 1);
+    cJSON_AddStringToObject(q, "version", "gemm");
+    cJSON_AddNullToObject(q, "modules_to_not_convert");
+    return q;
+}
+
+/* Adds the module name (the tensor name without ".weight") of role in
+ * every layer that has it to list. */
+static void add_module_names(const moeq_gptq_writer *w, moeq_tensor_role role, cJSON *list)
+{
+    for (int l = 0; l < w->src->cfg.num_layers; l++) {
+        char name[512];
+        if (moeq_arch_tensor_name(&w->src->arch, role, l, -1, name, sizeof name) ||
+            tensor_index(&w->src->ckpt, name) < 0)
+            continue;
+        size_t len = strlen(name);
+        if (len > 7 && !strcmp(name + len - 7, ".weight"))
+            name[len - 7] = '\0';
+        cJSON_AddItemToArray(list, cJSON_CreateString(name));
+    }
+}
+
+/* compressed-tensors as llm-compressor writes a W{4,8}A16 group scheme
+ * (compressed_tensors.config / quantization.quant_config): one config group
+ * targeting Linear, and the Linear modules left unquantized in "ignore"
+ * (lm_head, routers, shared-expert gates) so that loaders do not look for
+ * packed tensors there. */
+static cJSON *ct_config(const moeq_gptq_writer *w)
+{
+    const moeq_gptq_config *g = &w->opt->gptq;
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(q, "quant_method", "compressed-tensors");
+    cJSON_AddStringToObject(q, "format", "pack-quantized");
+    cJSON_AddStringToObject(q, "quantization_status", "compressed");
+    cJSON *group = cJSON_AddObjectToObject(cJSON_AddObjectToObject(q, "config_groups"), "group_0");
+    cJSON *targets = cJSON_AddArrayToObject(group, "targets");
+    cJSON_AddItemToArray(targets, cJSON_CreateString("Linear"));
+    cJSON *wt = cJSON_AddObjectToObject(group, "weights");
+    cJSON_AddNumberToObject(wt, "num_bits", g->bits);
+    cJSON_AddStringToObject(wt, "type", "int");
+    cJSON_AddBoolToObject(wt, "symmetric", g->sym);
+    cJSON_AddStringToObject(wt, "strategy", g->group_size > 0 ? "group" : "channel");
+    if (g->group_size > 0)
+        cJSON_AddNumberToObject(wt, "group_size", g->group_size);
+    else
+        cJSON_AddNullToObject(wt, "group_size");
+    cJSON_AddBoolToObject(wt, "dynamic", 0);
+    /* Act-order with static groups leaves groups of consecutive columns:
+     * compressed-tensors calls that actorder "weight" (no g_idx stored). */
+    if (g->desc_act)
+        cJSON_AddStringToObject(wt, "actorder", "weight");
+    else
+        cJSON_AddNullToObject(wt, "actorder");
+    cJSON_AddNullToObject(group, "input_activations");
+    cJSON_AddNullToObject(group, "output_activations");
+    cJSON_AddStringToObject(group, "format", "pack-quantized");
+    cJSON *ignore = cJSON_AddArrayToObject(q, "ignore");
+    cJSON_AddItemToArray(ignore, cJSON_CreateString("lm_head"));
+    add_module_names(w, MOEQ_T_ROUTER, ignore);
+    add_module_names(w, MOEQ_T_SHARED_EXPERT_GATE, ignore);
+    cJSON_AddNullToObject(q, "kv_cache_scheme");
+    return q;
+}
+
+static cJSON *quantization_config(const moeq_gptq_writer *w)
+{
+    cJSON *q = w->opt->format == MOEQ_FORMAT_AWQ                  ? awq_config(w)
+               : w->opt->format == MOEQ_FORMAT_COMPRESSED_TENSORS ? ct_config(w)
+                                                                  : gptq_config(w);
+    add_meta(w, q);
     return q;
 }
 
@@ -742,7 +845,8 @@ static moeq_code write_config(const moeq_gptq_writer *w, moeq_error *err)
     cJSON *q = quantization_config(w);
     cJSON_AddItemToObject(cfg, "quantization_config", cJSON_Duplicate(q, 1));
     rc = write_json(w->tmp_dir, "config.json", cfg, err);
-    if (!rc)
+    /* AutoGPTQ's and GPTQModel's own copy of the config. */
+    if (!rc && w->opt->format == MOEQ_FORMAT_GPTQ)
         rc = write_json(w->tmp_dir, "quantize_config.json", q, err);
     cJSON_Delete(q);
     cJSON_Delete(cfg);

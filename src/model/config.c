@@ -4,6 +4,8 @@
  * below. Values that are absent or null take the default. */
 #include "model/config.h"
 
+#include "quant/pack_format.h"
+
 #include "common/fileio.h"
 
 #include <cjson/cJSON.h>
@@ -307,6 +309,41 @@ static moeq_code read_fp8_quantization(const reader *r, const cJSON *q, moeq_con
 /* quantization_config of a GPTQ v1 checkpoint: bits and group size are
  * what reading its weights needs. Other methods and formats are refused
  * here, naming them, rather than misread later. */
+/* compressed-tensors (quant_method "compressed-tensors"): the weights of
+ * the first config group, in the pack-quantized format only. */
+static moeq_code read_ct_quantization(const reader *r, const cJSON *q, moeq_config *cfg)
+{
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(q, "format");
+    if (!cJSON_IsString(format) || strcmp(format->valuestring, "pack-quantized"))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: compressed-tensors format %s cannot be read (moeq "
+                         "reads pack-quantized)",
+                         r->path, cJSON_IsString(format) ? format->valuestring : "(missing)");
+    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(q, "config_groups");
+    const cJSON *group = cJSON_IsObject(groups) ? groups->child : NULL;
+    const cJSON *w = group ? cJSON_GetObjectItemCaseSensitive(group, "weights") : NULL;
+    const cJSON *bits = cJSON_GetObjectItemCaseSensitive(w, "num_bits");
+    const cJSON *gs = cJSON_GetObjectItemCaseSensitive(w, "group_size");
+    const cJSON *sym = cJSON_GetObjectItemCaseSensitive(w, "symmetric");
+    const cJSON *strategy = cJSON_GetObjectItemCaseSensitive(w, "strategy");
+    if (!cJSON_IsNumber(bits) || !cJSON_IsBool(sym) || !cJSON_IsString(strategy) ||
+        (!cJSON_IsNumber(gs) && !strcmp(strategy->valuestring, "group")))
+        return moeq_fail(r->err, MOEQ_ERR_FORMAT,
+                         "config.json %s: quantization_config.config_groups needs a group with "
+                         "weights.num_bits, symmetric, strategy (and group_size for \"group\")",
+                         r->path);
+    if (strcmp(strategy->valuestring, "group") && strcmp(strategy->valuestring, "channel"))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: compressed-tensors weight strategy %s cannot be read "
+                         "(group or channel)",
+                         r->path, strategy->valuestring);
+    cfg->quant_format = MOEQ_FORMAT_COMPRESSED_TENSORS;
+    cfg->quant_bits = bits->valueint;
+    cfg->quant_group_size = strcmp(strategy->valuestring, "group") ? -1 : gs->valueint;
+    cfg->quant_sym = cJSON_IsTrue(sym);
+    return MOEQ_OK;
+}
+
 static moeq_code read_quantization(const reader *r, moeq_config *cfg)
 {
     /* A multimodal checkpoint carries it at the top, beside text_config. */
@@ -330,22 +367,32 @@ static moeq_code read_quantization(const reader *r, moeq_config *cfg)
         return MOEQ_OK;
     }
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
+    const cJSON *version = cJSON_GetObjectItemCaseSensitive(q, "version");
     const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
     const cJSON *group = cJSON_GetObjectItemCaseSensitive(q, "group_size");
-    if (!cJSON_IsString(method) || strcmp(method->valuestring, "gptq"))
+    const char *m = cJSON_IsString(method) ? method->valuestring : "(missing)";
+    if (!strcmp(m, "compressed-tensors"))
+        return read_ct_quantization(r, q, cfg);
+    if (strcmp(m, "gptq") && strcmp(m, "awq"))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: quantization_config.quant_method %s cannot be read "
-                         "(moeq reads gptq checkpoints and fp8 and mxfp4 sources)",
-                         r->path, cJSON_IsString(method) ? method->valuestring : "(missing)");
-    if (format && (!cJSON_IsString(format) || strcmp(format->valuestring, "gptq")))
+                         "(moeq reads gptq, awq and compressed-tensors checkpoints and fp8 and mxfp4 sources)",
+                         r->path, m);
+    int awq = !strcmp(m, "awq");
+    if (!awq && format && (!cJSON_IsString(format) || strcmp(format->valuestring, "gptq")))
         return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
                          "config.json %s: quantization_config.checkpoint_format %s cannot be "
                          "read (moeq reads the gptq v1 format)",
                          r->path, cJSON_IsString(format) ? format->valuestring : "(not a string)");
+    if (awq && version && (!cJSON_IsString(version) || strcmp(version->valuestring, "gemm")))
+        return moeq_fail(r->err, MOEQ_ERR_UNSUPPORTED,
+                         "config.json %s: AWQ version %s cannot be read (moeq reads gemm)",
+                         r->path, cJSON_IsString(version) ? version->valuestring : "(not a string)");
     if (!cJSON_IsNumber(bits) || !cJSON_IsNumber(group))
         return moeq_fail(r->err, MOEQ_ERR_FORMAT,
                          "config.json %s: quantization_config needs numeric bits and group_size",
                          r->path);
+    cfg->quant_format = awq ? MOEQ_FORMAT_AWQ : MOEQ_FORMAT_GPTQ;
     cfg->quant_bits = bits->valueint;
     cfg->quant_group_size = group->valueint;
     return MOEQ_OK;

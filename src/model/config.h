@@ -72,14 +72,16 @@ typedef struct moeq_config {
     /* Multi-token prediction (architectures with mtp_layer_prefix). */
     int mtp_num_layers;          /* mtp_num_hidden_layers (default 1) */
     int mtp_dedicated_embedding; /* mtp_use_dedicated_embeddings */
-    /* From quantization_config (a GPTQ checkpoint moeq or another tool
-     * wrote); quant_bits == 0 for an unquantized checkpoint. */
+    /* From quantization_config (a GPTQ, AWQ or compressed-tensors checkpoint
+     * moeq or another tool wrote); quant_bits == 0 for an unquantized one. */
     int quant_bits;
     int quant_group_size;
     /* A block-scaled FP8 source (quant_method "fp8"), dequantized on load:
      * weight_block_size; 0 otherwise (model/fp8_blocks.h). */
     int fp8_block_rows, fp8_block_cols;
     int mxfp4; /* quant_method "mxfp4": fused experts as MXFP4 blocks (model/mxfp4.h) */
+    int quant_format; /* moeq_format: gptq, awq or compressed-tensors */
+    int quant_sym;    /* compressed-tensors: symmetric (no zero point tensors) */
 } moeq_config;
 
 /* Reads path (a config.json) with arch's parameter mapping. */

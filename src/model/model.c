@@ -5,6 +5,9 @@
 #include "common/dtype.h"
 #include "common/fileio.h"
 #include "model/fp8_blocks.h"
+#include "quant/pack_awq.h"
+#include "quant/pack_ct.h"
+#include "quant/pack_format.h"
 #include "quant/pack_gptq.h"
 
 #include <stdio.h>
@@ -166,7 +169,7 @@ static const st_tensor *packed_part(const moeq_model *model, const char *name, s
              (!cols || t->shape[1] == cols);
     if (!ok)
         moeq_fail(err, t ? MOEQ_ERR_FORMAT : MOEQ_ERR_NOT_FOUND,
-                  "%s: GPTQ tensor %s is %s (expected %s [%lld%s%lld])", model->dir, name,
+                  "%s: quantized tensor %s is %s (expected %s [%lld%s%lld])", model->dir, name,
                   t ? "mis-shaped or of another dtype" : "missing", st_dtype_name(dtype),
                   (long long)rows, cols ? ", " : "", (long long)cols);
     return ok ? t : NULL;
@@ -222,6 +225,97 @@ static moeq_code load_gptq(const moeq_model *model, const char *base, int64_t ro
     return rc;
 }
 
+/* A mapped tensor copied out (the map may be unaligned). */
+static void *copy_out(const st_tensor *t)
+{
+    void *p = malloc(t->nbytes ? t->nbytes : 1);
+    if (p)
+        memcpy(p, t->data, t->nbytes);
+    return p;
+}
+
+/* Dequantizes the AWQ GEMM tensors <base>qweight/qzeros/scales. */
+static moeq_code load_awq(const moeq_model *model, const char *base, int64_t rows, int64_t cols,
+                          float *out, moeq_error *err)
+{
+    const moeq_config *c = &model->cfg;
+    moeq_code rc = moeq_awq_check_dims(c->quant_bits, (int)cols, (int)rows, err);
+    if (rc)
+        return moeq_wrap(err, "%s: %sweight: ", model->dir, base);
+    int gs = c->quant_group_size;
+    int64_t groups = gs > 0 ? cols / gs : 1;
+    char name[3][600];
+    const char *suffix[3] = {"qweight", "qzeros", "scales"};
+    for (int i = 0; i < 3; i++)
+        snprintf(name[i], sizeof name[i], "%s%s", base, suffix[i]);
+    const st_tensor *qw = packed_part(model, name[0], ST_I32, cols, rows / 8, err);
+    const st_tensor *qz = qw ? packed_part(model, name[1], ST_I32, groups, rows / 8, err) : NULL;
+    const st_tensor *sc = qz ? packed_part(model, name[2], ST_F16, groups, rows, err) : NULL;
+    if (!sc)
+        return err ? err->code : MOEQ_ERR_FORMAT;
+    moeq_packed_awq p = {.in_features = (int)cols, .out_features = (int)rows,
+                         .n_groups = (int)groups, .group_size = gs};
+    p.qweight = copy_out(qw);
+    p.qzeros = copy_out(qz);
+    p.scales = copy_out(sc);
+    moeq_quantized q = {0};
+    if (!p.qweight || !p.qzeros || !p.scales)
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory reading %sqweight", model->dir, base);
+    else if ((rc = moeq_unpack_awq(&p, &q, err)))
+        moeq_wrap(err, "%s: %sqweight: ", model->dir, base);
+    else
+        moeq_quantized_dequantize(&q, out);
+    moeq_quantized_free(&q);
+    moeq_packed_awq_free(&p);
+    return rc;
+}
+
+/* Dequantizes the compressed-tensors pack-quantized tensors
+ * <base>weight_packed/weight_scale/weight_zero_point. */
+static moeq_code load_ct(const moeq_model *model, const char *base, int64_t rows, int64_t cols,
+                         float *out, moeq_error *err)
+{
+    const moeq_config *c = &model->cfg;
+    const int bits = c->quant_bits;
+    moeq_code rc = moeq_gptq_check_dims(bits, (int)cols, (int)rows, err);
+    if (rc)
+        return moeq_wrap(err, "%s: %sweight: ", model->dir, base);
+    int gs = c->quant_group_size;
+    int64_t groups = gs > 0 ? cols / gs : 1;
+    char name[3][600];
+    const char *suffix[3] = {"weight_packed", "weight_scale", "weight_zero_point"};
+    for (int i = 0; i < 3; i++)
+        snprintf(name[i], sizeof name[i], "%s%s", base, suffix[i]);
+    const st_tensor *sc = st_checkpoint_find(&model->ckpt, name[1]);
+    st_dtype sd = sc && (sc->dtype == ST_F32 || sc->dtype == ST_F16) ? sc->dtype : ST_BF16;
+    const st_tensor *wp = packed_part(model, name[0], ST_I32, rows,
+                                      moeq_ct_packed_cols(bits, (int)cols), err);
+    sc = wp ? packed_part(model, name[1], sd, rows, groups, err) : NULL;
+    const st_tensor *zp = sc && !c->quant_sym
+                              ? packed_part(model, name[2], ST_I32,
+                                            moeq_ct_zero_point_rows(bits, (int)rows), groups, err)
+                              : NULL;
+    if (!sc || (!c->quant_sym && !zp))
+        return err ? err->code : MOEQ_ERR_FORMAT;
+    moeq_packed_ct p = {.bits = bits, .in_features = (int)cols, .out_features = (int)rows,
+                        .n_groups = (int)groups, .group_size = gs, .sym = c->quant_sym,
+                        .scale_dtype = sd};
+    p.weight_packed = copy_out(wp);
+    p.weight_scale = copy_out(sc);
+    p.weight_zero_point = zp ? copy_out(zp) : NULL;
+    moeq_quantized q = {0};
+    if (!p.weight_packed || !p.weight_scale || (zp && !p.weight_zero_point))
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory reading %sweight_packed", model->dir,
+                       base);
+    else if ((rc = moeq_unpack_ct(&p, &q, err)))
+        moeq_wrap(err, "%s: %sweight_packed: ", model->dir, base);
+    else
+        moeq_quantized_dequantize(&q, out);
+    moeq_quantized_free(&q);
+    moeq_packed_ct_free(&p);
+    return rc;
+}
+
 moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, int layer,
                               int expert, int64_t rows, int64_t cols, float **out,
                               moeq_error *err)
@@ -229,7 +323,7 @@ moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, in
     *out = NULL;
     char name[600];
     size_t len;
-    /* A quantized checkpoint stores a linear's weight as GPTQ tensors. */
+    /* A quantized checkpoint stores a linear's weight as packed tensors. */
     if (model->cfg.quant_bits && cols &&
         !moeq_arch_tensor_name(&model->arch, role, layer, expert, name, sizeof name) &&
         !st_checkpoint_find(&model->ckpt, name) && (len = strlen(name)) > 6 &&
@@ -238,7 +332,11 @@ moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, in
         float *buf = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
         if (!buf)
             return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory", model->dir);
-        moeq_code rc = load_gptq(model, name, rows, cols, buf, err);
+        moeq_code rc =
+            model->cfg.quant_format == MOEQ_FORMAT_AWQ ? load_awq(model, name, rows, cols, buf, err)
+            : model->cfg.quant_format == MOEQ_FORMAT_COMPRESSED_TENSORS
+                ? load_ct(model, name, rows, cols, buf, err)
+                : load_gptq(model, name, rows, cols, buf, err);
         if (rc) {
             free(buf);
             return rc;

@@ -10,6 +10,7 @@
 #include "calib/calib_set.h"
 #include "model/model.h"
 #include "quant/gptq.h"
+#include "quant/pack_format.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +50,7 @@ const char *moeq_method_name(moeq_method method);
 typedef struct moeq_quantize_options {
     moeq_method method;
     moeq_gptq_config gptq;
+    moeq_format format;     /* of the output checkpoint (the writer's concern) */
     moeq_expert_calib expert_calib;
     int min_expert_tokens;  /* routed mode: fewer tokens -> all-token fallback */
     int true_sequential;    /* each stage calibrated on the quantized earlier ones

@@ -1386,6 +1386,11 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (component)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "%s is not in the CUDA pipeline yet: use --device cpu", component);
+    if (opt->method == MOEQ_METHOD_GPTQ && opt->gptq.scale_bf16)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "the CUDA GPTQ sweep rounds scales to fp16 only, and --format %s on a "
+                         "bf16 model needs scales exact in bf16 as well: use --device cpu",
+                         moeq_format_name(opt->format));
     return MOEQ_OK;
 }
 

@@ -297,7 +297,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
                     int col = g * gs + c;
                     slice[c] = p->dead[col] ? 0.0f : W[(size_t)r * cols + col];
                 }
-                moeq_grid gr = moeq_grid_fit_mse(slice, gs, cfg->bits, cfg->sym, (float)cfg->mse);
+                moeq_grid gr = moeq_grid_fit_mse(slice, gs, cfg->bits, cfg->sym, cfg->scale_bf16, (float)cfg->mse);
                 out->scales[(size_t)g * rows + r] = gr.scale;
                 out->zeros[(size_t)g * rows + r] = gr.zero;
             }
@@ -312,7 +312,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
             float *wr = w + (size_t)r * cols;
             moeq_grid gr = {0, 0};
             if (gs <= 0 && i1 == 0) {
-                gr = moeq_grid_fit_mse(wr, cols, cfg->bits, cfg->sym, (float)cfg->mse);
+                gr = moeq_grid_fit_mse(wr, cols, cfg->bits, cfg->sym, cfg->scale_bf16, (float)cfg->mse);
                 out->scales[r] = gr.scale;
                 out->zeros[r] = gr.zero;
             }
@@ -327,7 +327,7 @@ moeq_code moeq_gptq_sweep(const moeq_gptq_prepared *p, const moeq_gptq_config *c
                     for (int c = 0; c < gs; c++)
                         block_start[c] = i + c < i2 ? w_block0[(size_t)r * B + (i - i1) + c]
                                                     : wr[i + c];
-                    gr = moeq_grid_fit_mse(block_start, gs, cfg->bits, cfg->sym, (float)cfg->mse);
+                    gr = moeq_grid_fit_mse(block_start, gs, cfg->bits, cfg->sym, cfg->scale_bf16, (float)cfg->mse);
                     out->scales[(size_t)g * rows + r] = gr.scale;
                     out->zeros[(size_t)g * rows + r] = gr.zero;
                 } else {
@@ -381,7 +381,7 @@ moeq_code moeq_rtn_quantize(const float *W, int rows, int cols, const moeq_gptq_
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < out->n_groups; g++) {
             const float *x = W + (size_t)r * cols + (size_t)g * gs;
-            moeq_grid gr = moeq_grid_fit_mse(x, gs, cfg->bits, cfg->sym, (float)cfg->mse);
+            moeq_grid gr = moeq_grid_fit_mse(x, gs, cfg->bits, cfg->sym, cfg->scale_bf16, (float)cfg->mse);
             out->scales[(size_t)g * rows + r] = gr.scale;
             out->zeros[(size_t)g * rows + r] = gr.zero;
             for (int c = 0; c < gs; c++)

@@ -22,6 +22,8 @@ typedef struct moeq_gptq_config {
     int static_groups;      /* with desc_act: groups fitted on the original
                              * weights in natural column order, before the sweep */
     double mse;             /* > 0: clipping search with this norm (grid.h), 0: min/max grids */
+    int scale_bf16;         /* scales exact in bf16 as well as fp16 (grid.h); set
+                             * from the output format and the model's dtype */
     double damp_percent;    /* damping, a fraction of the mean diagonal */
     double damp_increment;  /* added to damp_percent while Cholesky fails */
     double damp_max;        /* give up (MOEQ_ERR_NUMERIC) past this fraction */

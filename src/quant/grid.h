@@ -12,7 +12,9 @@
  *   q = clamp(round(x / scale) + zero, 0, maxq), x^ = scale (q - zero)
  * The scale is rounded to fp16 before use, because checkpoints store it in
  * fp16: the values GPTQ feeds its error back from are then exactly the ones a
- * loader reconstructs.
+ * loader reconstructs. With scale_bf16 it is rounded to a value both fp16
+ * and bf16 hold (formats that store or run their scales in a bf16 model's
+ * dtype: compressed-tensors, vLLM's AWQ kernels; see pack_format.h).
  *
  * Clipping search (moeq_grid_fit_mse, GPTQ's reference quantizer with
  * mse=True, GPTQModel's `mse` option): the range is shrunk to p [xmin, xmax]
@@ -32,13 +34,17 @@ typedef struct moeq_grid {
 } moeq_grid;
 
 /* Fits the grid to x[0..n) (one row's slice of a group). */
-moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym);
+moeq_grid moeq_grid_fit(const float *x, int n, int bits, int sym, int scale_bf16);
+
+/* The grid of x's range shrunk to p [xmin, xmax] (0 < p <= 1): one
+ * candidate of a clipping search. */
+moeq_grid moeq_grid_fit_shrunk(const float *x, int n, int bits, int sym, int scale_bf16, float p);
 
 #define MOEQ_GRID_MSE_GRID 100
 #define MOEQ_GRID_MSE_STEPS 80 /* max shrink 0.8 of grid 100 */
 
 /* The clipping search above; norm <= 0 is moeq_grid_fit. */
-moeq_grid moeq_grid_fit_mse(const float *x, int n, int bits, int sym, float norm);
+moeq_grid moeq_grid_fit_mse(const float *x, int n, int bits, int sym, int scale_bf16, float norm);
 
 /* sum |x^ - x|^norm over x[0..n) on grid g (summed in order, in float). */
 float moeq_grid_clip_error(moeq_grid g, const float *x, int n, int bits, float norm);

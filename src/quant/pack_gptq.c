@@ -12,6 +12,7 @@
 #include "quant/pack_gptq.h"
 
 #include "common/dtype.h"
+#include "quant/bitstream.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -55,27 +56,6 @@ moeq_code moeq_gptq_check_dims(int bits, int in_features, int out_features, moeq
     return MOEQ_OK;
 }
 
-/* ORs field i (value v < 2^bits) into the stream whose word k is
- * words[k * stride]. */
-static void put_field(uint32_t *words, size_t stride, size_t i, int bits, uint32_t v)
-{
-    size_t bit = i * (size_t)bits, k = bit / 32;
-    unsigned shift = (unsigned)(bit % 32);
-    words[k * stride] |= v << shift;
-    if (shift + (unsigned)bits > 32)
-        words[(k + 1) * stride] |= v >> (32 - shift);
-}
-
-static uint32_t get_field(const uint32_t *words, size_t stride, size_t i, int bits)
-{
-    size_t bit = i * (size_t)bits, k = bit / 32;
-    unsigned shift = (unsigned)(bit % 32);
-    uint32_t v = words[k * stride] >> shift;
-    if (shift + (unsigned)bits > 32)
-        v |= words[(k + 1) * stride] << (32 - shift);
-    return v & ((1u << bits) - 1u);
-}
-
 void moeq_packed_gptq_free(moeq_packed_gptq *p)
 {
     free(p->qweight);
@@ -85,11 +65,22 @@ void moeq_packed_gptq_free(moeq_packed_gptq *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Whether v survives a round trip through the stored scale dtype. */
+static int scale_exact(float v, st_dtype dtype)
+{
+    if (dtype == ST_F32)
+        return 1;
+    if (dtype == ST_BF16)
+        return moeq_bf16_to_f32(moeq_f32_to_bf16(v)) == v;
+    return moeq_f16_to_f32(moeq_f32_to_f16(v)) == v;
+}
+
 /* Every value the tensors cannot hold exactly is an error, not a silent
- * wrap: a code or zero masked to `bits` bits, or a scale rounded to fp16,
- * would dequantize to something other than what GPTQ fed its error back
- * from. */
-static moeq_code check_quantized(const moeq_quantized *q, moeq_error *err)
+ * wrap: a code or zero masked to `bits` bits, or a scale rounded to the
+ * stored dtype, would dequantize to something other than what the solver
+ * fed its error back from. */
+moeq_code moeq_check_packable(const moeq_quantized *q, st_dtype scale_dtype, int natural_groups,
+                              moeq_error *err)
 {
     const int32_t levels = 1 << q->bits;
     const int rows = q->rows, cols = q->cols;
@@ -106,16 +97,24 @@ static moeq_code check_quantized(const moeq_quantized *q, moeq_error *err)
                 return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
                                  "zero point %d at (group %d, row %d) is outside [0, %d)",
                                  q->zeros[i], g, r, levels);
-            if (moeq_f16_to_f32(moeq_f32_to_f16(q->scales[i])) != q->scales[i])
+            if (!scale_exact(q->scales[i], scale_dtype))
                 return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
                                  "scale %.9g at (group %d, row %d) is not exactly representable "
-                                 "in fp16",
-                                 q->scales[i], g, r);
+                                 "in %s",
+                                 q->scales[i], g, r, st_dtype_name(scale_dtype));
         }
-    for (int c = 0; c < cols; c++)
+    for (int c = 0; c < cols; c++) {
         if (q->g_idx[c] < 0 || q->g_idx[c] >= q->n_groups)
             return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "g_idx[%d] = %d is outside [0, %d)", c,
                              q->g_idx[c], q->n_groups);
+        int natural = q->group_size > 0 ? c / q->group_size : 0;
+        if (natural_groups && q->g_idx[c] != natural)
+            return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                             "g_idx[%d] = %d, but this format stores no g_idx and needs group %d "
+                             "(act-order with dynamic groups: use --static-groups true or the "
+                             "gptq format)",
+                             c, q->g_idx[c], natural);
+    }
     return MOEQ_OK;
 }
 
@@ -124,7 +123,7 @@ moeq_code moeq_pack_gptq(const moeq_quantized *q, moeq_packed_gptq *out, moeq_er
     memset(out, 0, sizeof *out);
     const int bits = q->bits, in = q->cols, outf = q->rows, ng = q->n_groups;
     moeq_code rc = moeq_gptq_check_dims(bits, in, outf, err);
-    if (rc || (rc = check_quantized(q, err)))
+    if (rc || (rc = moeq_check_packable(q, ST_F16, 0, err)))
         return rc;
     const int qw_rows = moeq_gptq_qweight_rows(bits, in);
     const int qz_cols = moeq_gptq_qzeros_cols(bits, outf);
@@ -149,13 +148,13 @@ moeq_code moeq_pack_gptq(const moeq_quantized *q, moeq_packed_gptq *out, moeq_er
      * input dimension. */
     for (int o = 0; o < outf; o++)
         for (int c = 0; c < in; c++)
-            put_field(qweight + o, (size_t)outf, (size_t)c, bits, q->codes[(size_t)o * in + c]);
+            moeq_stream_put(qweight + o, (size_t)outf, (size_t)c, bits, q->codes[(size_t)o * in + c]);
     /* qzeros: the stream of group g runs along row g, over output columns. */
     for (int g = 0; g < ng; g++)
         for (int o = 0; o < outf; o++) {
             int32_t z = q->zeros[(size_t)g * outf + o];
             out->wrapped_zero_points += z == 0;
-            put_field(qzeros + (size_t)g * qz_cols, 1, (size_t)o, bits, (uint32_t)(z - 1) & mask);
+            moeq_stream_put(qzeros + (size_t)g * qz_cols, 1, (size_t)o, bits, (uint32_t)(z - 1) & mask);
         }
     for (size_t i = 0; i < (size_t)ng * outf; i++)
         out->scales[i] = moeq_f32_to_f16(q->scales[i]);
@@ -192,11 +191,11 @@ moeq_code moeq_unpack_gptq(const moeq_packed_gptq *p, moeq_quantized *out, moeq_
     for (int o = 0; o < outf; o++)
         for (int c = 0; c < in; c++)
             out->codes[(size_t)o * in + c] =
-                (uint8_t)get_field(qweight + o, (size_t)outf, (size_t)c, bits);
+                (uint8_t)moeq_stream_get(qweight + o, (size_t)outf, (size_t)c, bits);
     for (int g = 0; g < ng; g++)
         for (int o = 0; o < outf; o++)
             out->zeros[(size_t)g * outf + o] =
-                (int32_t)((get_field(qzeros + (size_t)g * qz_cols, 1, (size_t)o, bits) + 1u) &
+                (int32_t)((moeq_stream_get(qzeros + (size_t)g * qz_cols, 1, (size_t)o, bits) + 1u) &
                           mask);
     for (size_t i = 0; i < (size_t)ng * outf; i++)
         out->scales[i] = moeq_f16_to_f32(p->scales[i]);

@@ -15,6 +15,7 @@
 #define MOEQ_QUANT_PACK_GPTQ_H
 
 #include "moeq/moeq.h"
+#include "moeq/safetensors.h"
 #include "quant/gptq.h"
 
 #include <stdint.h>
@@ -46,6 +47,14 @@ int moeq_gptq_qzeros_cols(int bits, int out_features);
  * 4 and 8 bits (16, 8, 4) and of 32 for 3 bits (3 words per 32 fields).
  * MOEQ_ERR_INVALID_ARG names the dimension, its value and the multiple. */
 moeq_code moeq_gptq_check_dims(int bits, int in_features, int out_features, moeq_error *err);
+
+/* Checks that q's values fit a packed format exactly: codes below 2^bits,
+ * zero points in [0, 2^bits), g_idx in [0, n_groups) and every scale
+ * exactly representable in scale_dtype (F16, BF16 or F32); with
+ * natural_groups, g_idx[c] must be c / group_size (formats that store no
+ * g_idx). Anything else is MOEQ_ERR_INVALID_ARG naming the element. */
+moeq_code moeq_check_packable(const moeq_quantized *q, st_dtype scale_dtype, int natural_groups,
+                              moeq_error *err);
 
 /* Packs q into freshly allocated tensors in *out (free with
  * moeq_packed_gptq_free). Every code must be below 2^bits, every zero point
