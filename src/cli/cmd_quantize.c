@@ -313,14 +313,14 @@ int moeq_cmd_quantize(int argc, char **argv)
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
-        {"method", ARG_STRING, &method, "gptq|rtn", "GPTQ, or round-to-nearest (default gptq)"},
+        {"method", ARG_STRING, &method, "gptq|awq|rtn", "GPTQ, AWQ (CPU only) or round-to-nearest (default gptq)"},
         {"format", ARG_STRING, &format, "gptq|awq|compressed-tensors", "output checkpoint format (default gptq; awq: 4 bits only; awq and compressed-tensors store no g_idx)"},
         {"bits", ARG_INT, &g.bits, "N", "2, 3, 4 or 8 (default 4)"},
         {"group-size", ARG_INT, &g.group_size, "N", "-1 (per row) or a divisor of each input dim (default 128)"},
         {"sym", ARG_BOOL, &g.sym, "true|false", "symmetric grid (default true)"},
         {"desc-act", ARG_BOOL, &g.desc_act, "true|false", "act-order: columns by decreasing Hessian diagonal (default false)"},
         {"static-groups", ARG_BOOL, &g.static_groups, "true|false", "with act-order: fit groups before the sweep (default false)"},
-        {"mse", ARG_DOUBLE, &g.mse, "NORM", "clip each grid to the range minimising sum |error|^NORM, 0 = min/max grids (default 2.4, as GPTQ's reference quantizer with mse)"},
+        {"mse", ARG_DOUBLE, &g.mse, "NORM", "GPTQ and RTN: clip each grid to the range minimising sum |error|^NORM, 0 = min/max grids (default 2.4, as GPTQ's reference quantizer with mse); AWQ clips by its own output-error search"},
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
         {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
@@ -355,15 +355,15 @@ int moeq_cmd_quantize(int argc, char **argv)
     }
     if (!model_dir || !out_dir)
         return moeq_cli_report("quantize", 2, "--model and --out are required (see --help)");
-    static const char *const methods[] = {"gptq", "rtn"};
+    static const char *const methods[] = {"gptq", "rtn", "awq"};
     static const char *const modes[] = {"routed", "all", "weighted"};
     moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
                                  .true_sequential = true_sequential, .token_chunk = 4096,
                                  .quantize_linear_ba = quantize_linear_ba,
                                  .quantize_mtp = quantize_mtp};
     int choice;
-    if (parse_choice(method, methods, 2, &choice))
-        return moeq_cli_report("quantize", 2, "--method must be gptq or rtn");
+    if (parse_choice(method, methods, 3, &choice))
+        return moeq_cli_report("quantize", 2, "--method must be gptq, awq or rtn");
     opt.method = (moeq_method)choice;
     if (parse_choice(expert_calib, modes, 3, &choice))
         return moeq_cli_report("quantize", 2, "--expert-calib must be routed, all or weighted");

@@ -522,8 +522,58 @@ static moeq_code add_quantized(moeq_gptq_writer *w, shard *s, const char *shard_
 
 /* Copies every unquantized tensor the architecture names for layer l (norms,
  * router, q/k-norm, shared expert gate, biases) into the layer's shard. */
+/* A tensor the quantization changed (moeq_replaced_tensor) in place of the
+ * source's, encoded in the source's dtype; a value that dtype does not hold
+ * exactly is an error (the producer makes them exact). */
+static moeq_code add_replaced(moeq_gptq_writer *w, shard *s, const char *shard_file, long idx,
+                              const moeq_replaced_tensor *rep, moeq_error *err)
+{
+    const st_tensor *t = w->src->ckpt.tensors[idx];
+    size_t count = t->nbytes / st_dtype_size(t->dtype);
+    if (count != rep->count || (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16))
+        return moeq_fail(err, MOEQ_ERR_FORMAT,
+                         "%s: cannot write the changed %s (%zu values as %s, %zu expected)",
+                         w->src->dir, t->name, rep->count, st_dtype_name(t->dtype), count);
+    void *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf)
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory writing %s", t->name);
+    for (size_t i = 0; i < count; i++) {
+        float v = rep->data[i], back = v;
+        if (t->dtype == ST_F32) {
+            ((float *)buf)[i] = v;
+        } else {
+            uint16_t h = t->dtype == ST_F16 ? moeq_f32_to_f16(v) : moeq_f32_to_bf16(v);
+            ((uint16_t *)buf)[i] = h;
+            back = t->dtype == ST_F16 ? moeq_f16_to_f32(h) : moeq_bf16_to_f32(h);
+        }
+        if (back != v) {
+            free(buf);
+            return moeq_fail(err, MOEQ_ERR_NUMERIC,
+                             "%s: the changed %s holds %.9g at %zu, which %s cannot store exactly",
+                             w->src->dir, t->name, v, i, st_dtype_name(t->dtype));
+        }
+    }
+    moeq_code rc = shard_own(s, buf, err);
+    if (!rc)
+        rc = add_tensor(w, s, shard_file, t->name, t->dtype, t->ndim, t->shape, buf, t->nbytes,
+                        err);
+    if (!rc)
+        w->written[idx] = 1;
+    return rc;
+}
+
+static const moeq_replaced_tensor *find_replaced(const moeq_layer_result *r,
+                                                 moeq_tensor_role role, int expert)
+{
+    for (int i = 0; i < r->n_replaced; i++)
+        if (r->replaced[i].role == role && r->replaced[i].expert == expert)
+            return &r->replaced[i];
+    return NULL;
+}
+
 static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *shard_file,
-                                  const moeq_arch *a, int l, moeq_error *err)
+                                  const moeq_arch *a, int l, const moeq_layer_result *r,
+                                  moeq_error *err)
 {
     int n_exp = w->src->cfg.num_experts;
     for (int role = 0; role < MOEQ_T_COUNT; role++) {
@@ -545,8 +595,11 @@ static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *sha
                     memcpy(name + len - 6, "bias", 5);
                 }
                 long idx = tensor_index(&w->src->ckpt, name);
+                const moeq_replaced_tensor *rep =
+                    bias ? NULL : find_replaced(r, (moeq_tensor_role)role, expert_role ? e : -1);
                 if (idx >= 0 && !w->written[idx]) {
-                    moeq_code rc = add_copy(w, s, shard_file, idx, err);
+                    moeq_code rc = rep ? add_replaced(w, s, shard_file, idx, rep, err)
+                                       : add_copy(w, s, shard_file, idx, err);
                     if (rc)
                         return rc;
                 }
@@ -595,6 +648,8 @@ static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r
         for (int e = 0; e < w->src->cfg.num_experts; e++)
             cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)r->expert_tokens[e]));
     }
+    if (w->opt->method == MOEQ_METHOD_AWQ && r->routing_changes >= 0)
+        cJSON_AddNumberToObject(o, "awq_routing_changes", (double)r->routing_changes);
     cJSON *mods = cJSON_AddArrayToObject(o, "modules");
     for (int i = 0; i < r->n_linears; i++) {
         const moeq_quantized_linear *ql = &r->linears[i];
@@ -607,6 +662,8 @@ static cJSON *layer_report(const moeq_gptq_writer *w, const moeq_layer_result *r
         cJSON_AddNumberToObject(m, "tokens", (double)ql->tokens);
         if (ql->fallback)
             cJSON_AddBoolToObject(m, "all_token_fallback", 1);
+        if (w->opt->method == MOEQ_METHOD_AWQ && ql->awq_alpha >= 0)
+            cJSON_AddNumberToObject(m, "awq_alpha", ql->awq_alpha);
         cJSON_AddItemToArray(mods, m);
     }
     return o;
@@ -652,7 +709,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     if (!rc && experts && moeq_experts_fused(w->src))
         moeq_fused_experts_each_source(w->src, r->layer, mark_written, w);
     if (!rc)
-        rc = add_layer_copies(w, &s, file, a, name_layer, err);
+        rc = add_layer_copies(w, &s, file, a, name_layer, r, err);
     if (!rc)
         rc = st_writer_write(&s.st, path, err);
     char point[32];

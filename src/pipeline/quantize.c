@@ -14,6 +14,7 @@
 #include "model/forward.h"
 #include "model/mtp.h"
 #include "model/weights.h"
+#include "pipeline/quantize_awq.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -43,7 +44,12 @@ void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int
 
 const char *moeq_method_name(moeq_method method)
 {
-    return method == MOEQ_METHOD_GPTQ ? "gptq" : "rtn";
+    switch (method) {
+    case MOEQ_METHOD_GPTQ: return "gptq";
+    case MOEQ_METHOD_RTN: return "rtn";
+    case MOEQ_METHOD_AWQ: return "awq";
+    }
+    return "?";
 }
 
 static double now_seconds(void)
@@ -717,6 +723,9 @@ void moeq_layer_result_free(moeq_layer_result *r)
     for (int i = 0; i < r->n_linears; i++)
         moeq_quantized_free(&r->linears[i].q);
     free(r->linears);
+    for (int i = 0; i < r->n_replaced; i++)
+        free(r->replaced[i].data);
+    free(r->replaced);
     free(r->expert_tokens);
     memset(r, 0, sizeof *r);
 }
@@ -728,6 +737,30 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
     const moeq_config *cfg = &model->cfg;
     const int S = calib->nsamples, T = calib->seqlen, n = S * T;
     const size_t nh = (size_t)n * cfg->hidden_size;
+    if (opt->method == MOEQ_METHOD_AWQ) {
+        int linear_layers = 0;
+        for (int l = 0; l < cfg->num_layers; l++)
+            linear_layers += cfg->layer_is_linear[l];
+        const char *missing = !opt->true_sequential ? "calibration that is not true-sequential"
+                              : cfg->mlp_bias ? "MLP biases (down_proj's scale would fold into "
+                                                "up_proj's bias)"
+                              : linear_layers ? "linear-attention layers"
+                              : cfg->attn_output_gate ? "output-gated attention"
+                              : cfg->attention == MOEQ_ATTENTION_MLA ? "multi-head latent attention"
+                              : cfg->qk_norm && cfg->qk_norm_full ? "q/k norms over the whole projection"
+                              : cfg->num_experts && cfg->router != MOEQ_ROUTER_SOFTMAX_TOPK
+                                  ? "routers other than softmax top-k"
+                              : cfg->router_bias ? "routers with a bias"
+                              : model->arch.mlp_act != MOEQ_MLP_ACT_SILU
+                                  ? "MLP activations other than SiLU"
+                              : model->arch.tensors[MOEQ_T_ATTN_SINKS] ? "attention sinks"
+                              : opt->quantize_mtp ? "--quantize-mtp"
+                                                  : NULL;
+        if (missing)
+            return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                             "--method awq is not implemented for %s: use --method gptq",
+                             missing);
+    }
     float *x = malloc(sizeof(float) * nh), *x1 = malloc(sizeof(float) * nh);
     float *y = malloc(sizeof(float) * nh);
     moeq_rope_cache rope = {0};
@@ -744,7 +777,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
     if ((rc = moeq_rope_cache_init(cfg, &rope, err)))
         goto done;
     for (int l = opt->start_layer; l < cfg->num_layers; l++) {
-        moeq_layer_result res = {.layer = l};
+        moeq_layer_result res = {.layer = l, .routing_changes = -1};
         layer_ctx c = {cfg, opt, l, &res, 0, NULL};
         moeq_layer_weights lw;
         double t0 = now_seconds(), t_layer = t0;
@@ -757,17 +790,21 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                     lw.is_linear ? (lw.is_moe ? "linear attention and experts"
                                               : "linear attention and MLP")
                                  : lw.is_moe ? "attention and experts" : "attention and MLP");
+        const int awq = opt->method == MOEQ_METHOD_AWQ;
         if (lw.is_linear)
             rc = quantize_linear_attention(&c, &lw, x, S, T, x1, err);
         else if (cfg->attention == MOEQ_ATTENTION_MLA)
             rc = quantize_mla(&c, &lw, &rope, x, S, T, x1, err);
+        else if (awq)
+            rc = moeq_awq_attention(model, opt, &lw, &rope, x, S, T, x1, &res, err);
         else
             rc = quantize_attention(&c, &lw, &rope, x, S, T, x1, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
         if (!rc)
-            rc = quantize_mlp(&c, &lw, x1, n, err);
+            rc = awq ? moeq_awq_mlp(model, opt, &lw, x1, n, &res, err)
+                     : quantize_mlp(&c, &lw, x1, n, err);
         /* The output for the next layer: every weight quantized, real
          * routing. True-sequential already has x1 from the quantized
          * attention; otherwise the whole layer runs again. */

@@ -18,6 +18,8 @@
 typedef enum moeq_method {
     MOEQ_METHOD_GPTQ,
     MOEQ_METHOD_RTN, /* round to nearest on the same grid: the baseline */
+    MOEQ_METHOD_AWQ, /* activation-aware scales, then RTN on clipped grids
+                      * (src/pipeline/quantize_awq.c) */
 } moeq_method;
 
 /* How experts are calibrated (the router always decides the layer output).
@@ -83,11 +85,24 @@ typedef struct moeq_quantized_linear {
     moeq_tensor_role role;
     int expert; /* -1 unless an expert role */
     moeq_quantized q;
-    double loss; /* GPTQ objective; 0 for RTN */
-    double damp; /* damping used; 0 for RTN */
+    double loss; /* GPTQ objective; AWQ: output error of the chosen grids
+                  * (sum e^T H e); 0 for RTN */
+    double damp; /* damping used; 0 for RTN and AWQ */
+    double awq_alpha; /* AWQ: the exponent of the input scale folded into this
+                       * weight; -1 when it has none (o_proj) */
     int64_t tokens; /* calibration tokens (routed: routed tokens) */
     int fallback;   /* routed mode: used the all-token Hessians */
 } moeq_quantized_linear;
+
+/* An unquantized tensor the quantization changed (AWQ folds its scales
+ * into norms and compensates routers): written in place of the source's,
+ * in the source's dtype, in which data is exact. */
+typedef struct moeq_replaced_tensor {
+    moeq_tensor_role role;
+    int expert; /* -1 unless an expert role */
+    float *data;
+    size_t count;
+} moeq_replaced_tensor;
 
 typedef struct moeq_layer_result {
     int layer;              /* num_layers for the MTP block */
@@ -95,6 +110,12 @@ typedef struct moeq_layer_result {
                              * architecture, the MTP block's view (with {L} = 0) */
     int n_linears;
     moeq_quantized_linear *linears;
+    int n_replaced;
+    moeq_replaced_tensor *replaced;
+    /* AWQ on a MoE layer: calibration tokens whose top-k experts or weights
+     * differ between the original router and norm and the scaled ones
+     * (exact compensation: 0); -1 when not measured. */
+    int64_t routing_changes;
     int64_t *expert_tokens; /* [num_experts] routed token counts; NULL for dense layers */
     double seconds_load; /* reading and decoding the layer's weights */
     double seconds_wall; /* the layer's time on the critical path before the

@@ -1386,6 +1386,9 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (component)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "%s is not in the CUDA pipeline yet: use --device cpu", component);
+    if (opt->method == MOEQ_METHOD_AWQ)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");
     if (opt->method == MOEQ_METHOD_GPTQ && opt->gptq.scale_bf16)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "the CUDA GPTQ sweep rounds scales to fp16 only, and --format %s on a "

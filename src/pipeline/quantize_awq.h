@@ -1,0 +1,28 @@
+/* quantize_awq.h: AWQ on the CPU layer loop (src/pipeline/quantize_awq.c),
+ * in two halves so that the loop can run its hooks between them. Both
+ * quantize true-sequentially: the MLP half sees the quantized attention. */
+#ifndef MOEQ_PIPELINE_QUANTIZE_AWQ_H
+#define MOEQ_PIPELINE_QUANTIZE_AWQ_H
+
+#include "model/forward.h"
+#include "model/model.h"
+#include "pipeline/quantize.h"
+
+/* q/k/v scaled by AWQ (the scale folded into input_layernorm), o_proj on
+ * clipped grids; lw's q/k/v/o become their quantized values and its
+ * attn_norm the folded one (also in res->replaced). x1 = x + attention of
+ * the quantized block. */
+moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_options *opt,
+                             moeq_layer_weights *lw, const moeq_rope_cache *rope, const float *x,
+                             int S, int T, float *x1, moeq_layer_result *res, moeq_error *err);
+
+/* The MLP half on x1 [n, H]: dense MLP, or the experts with ONE gate/up
+ * scale shared by all of them (and the shared expert) folded into
+ * post_attention_layernorm, the router (and shared-expert gate) compensated
+ * exactly, and each expert's own down_proj scale folded into its up_proj.
+ * lw's weights become their quantized (and folded) values. */
+moeq_code moeq_awq_mlp(const moeq_model *model, const moeq_quantize_options *opt,
+                       moeq_layer_weights *lw, const float *x1, int n, moeq_layer_result *res,
+                       moeq_error *err);
+
+#endif
