@@ -1353,20 +1353,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (cfg->router_bias)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
-    if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "Llama-4's router (top-k sigmoid scaling the expert input) is not in "
-                         "the CUDA pipeline yet: use --device cpu");
-    if (cfg->layer_rope || cfg->layer_chunked || cfg->rope_interleaved || cfg->qk_l2_norm ||
-        cfg->attn_temperature_tuning)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "Llama-4 attention (layers without RoPE, chunked attention, interleaved "
-                         "RoPE, q/k L2 norm, temperature tuning) is not in the CUDA pipeline yet: "
-                         "use --device cpu");
-    if (model->arch.mlp_act != MOEQ_MLP_ACT_SILU)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "
-                         "--device cpu");
     /* Components of the CPU loop (DeepSeek, GLM-4.5, MiniMax-M2) that the
      * GPU loop does not have yet. */
     const char *component = NULL;
@@ -1386,6 +1372,25 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (component)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "%s is not in the CUDA pipeline yet: use --device cpu", component);
+    if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "Llama-4's router (top-k sigmoid scaling the expert input) is not in "
+                         "the CUDA pipeline yet: use --device cpu");
+    int no_rope = 0, chunked = 0; /* the arrays exist whenever their config keys do */
+    for (int l = 0; l < cfg->num_layers; l++) {
+        no_rope += !moeq_config_layer_rope(cfg, l);
+        chunked += cfg->layer_chunked && cfg->layer_chunked[l];
+    }
+    if (no_rope || chunked || cfg->rope_interleaved || cfg->qk_l2_norm ||
+        cfg->attn_temperature_tuning)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "Llama-4 attention (layers without RoPE, chunked attention, interleaved "
+                         "RoPE, q/k L2 norm, temperature tuning) is not in the CUDA pipeline yet: "
+                         "use --device cpu");
+    if (model->arch.mlp_act != MOEQ_MLP_ACT_SILU)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "
+                         "--device cpu");
     if (opt->method == MOEQ_METHOD_AWQ)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");

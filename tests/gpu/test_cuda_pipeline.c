@@ -241,29 +241,6 @@ static void test_golden_architectures(void)
     }
 }
 
-/* Hybrid components the CUDA loop does not have are refused up front,
- * naming them (the CLI then runs --device auto on the CPU). */
-static void test_hybrid_components_are_refused_by_name(void)
-{
-    const struct {
-        const char *arch, *names;
-        int quantize_mtp;
-    } cases[] = {{"qwen3_next", "Gated DeltaNet linear attention (qwen3_next)", 0},
-                 {"qwen3_5_moe", "Gated DeltaNet linear attention (qwen3_5_moe)", 1}};
-    for (int i = 0; i < 2; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, cases[i].arch);
-        moeq_model m;
-        moeq_error err = {0};
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_quantize_options opt = {.gptq = moeq_gptq_default_config(), .true_sequential = 1,
-                                     .quantize_mtp = cases[i].quantize_mtp};
-        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
-        CHECK_CONTAINS(err.msg, cases[i].names);
-        moeq_model_close(&m);
-    }
-}
-
 /* A second identical run gives the same bytes; expert groups of 3 (a
  * ragged last group of 1) give the same bytes as one group of all 16
  * experts where experts are swept one by one, nearly all the same codes in
@@ -413,31 +390,6 @@ static void test_budget_too_small_is_refused(void)
     moeq_model_close(&m);
 }
 
-/* Architectures with components only the CPU loop has are refused before
- * anything starts, naming the component (--device auto then runs them on
- * the CPU). */
-static void test_cpu_only_components_are_refused_naming_them(void)
-{
-    const struct {
-        const char *arch, *component;
-    } cases[] = {{"deepseek_v3", "multi-head latent attention"},
-                 {"deepseek_v2", "multi-head latent attention"},
-                 {"glm4_moe", "sigmoid router"},
-                 {"minimax_m2", "q/k RMSNorm over the whole projection"}};
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .true_sequential = 1};
-    for (int i = 0; i < 4; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, cases[i].arch);
-        moeq_error err = {0};
-        moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
-        CHECK_CONTAINS(err.msg, cases[i].component);
-        moeq_model_close(&m);
-    }
-}
-
 int main(void)
 {
     snprintf(demo_dir, sizeof demo_dir, "%s/demo/qwen3-moe-demo", MOEQ_SOURCE_DIR);
@@ -447,11 +399,9 @@ int main(void)
     }
     RUN(test_demo_model_all_modes);
     RUN(test_golden_architectures);
-    RUN(test_hybrid_components_are_refused_by_name);
     RUN(test_expert_groups_and_reruns_are_bit_identical);
     RUN(test_budget_is_held);
     RUN(test_residual_stream_moves_to_host_memory_under_a_small_budget);
     RUN(test_budget_too_small_is_refused);
-    RUN(test_cpu_only_components_are_refused_naming_them);
     return test_summary();
 }

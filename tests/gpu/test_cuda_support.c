@@ -1,0 +1,138 @@
+/* test_cuda_support.c: which models and settings the CUDA layer loop takes
+ * (moeq_cuda_pipeline_supports). The check reads the configuration only, so
+ * this runs in every CUDA build, with or without a GPU: a model the loop
+ * has must pass, and one it lacks must be refused naming the component
+ * (--device auto then runs it on the CPU). */
+#include "model/model.h"
+#include "pipeline/quantize.h"
+#include "../test.h"
+
+#include <stdio.h>
+
+static void golden_dir(char *buf, size_t n, const char *arch)
+{
+    snprintf(buf, n, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, arch);
+}
+
+static moeq_quantize_options default_options(void)
+{
+    return (moeq_quantize_options){.method = MOEQ_METHOD_GPTQ,
+                                   .gptq = moeq_gptq_default_config(),
+                                   .expert_calib = MOEQ_EXPERT_CALIB_ALL,
+                                   .min_expert_tokens = 16,
+                                   .true_sequential = 1};
+}
+
+/* The architectures the CUDA loop implements pass, whatever keys their
+ * config.json carries (transformers 5 writes layer_types for every model). */
+static void test_supported_architectures_pass(void)
+{
+    const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "llama",
+                           "qwen2",     "qwen3",     "qwen3_moe_fp8"};
+    moeq_quantize_options opt = default_options();
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, archs[i]);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_code rc = moeq_cuda_pipeline_supports(&m, &opt, &err);
+        if (rc)
+            fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
+        CHECK_INT_EQ(rc, MOEQ_OK);
+        moeq_model_close(&m);
+    }
+}
+
+/* A setting the loop lacks is refused the same way. */
+static void test_true_sequential_false_is_refused(void)
+{
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "qwen3_moe");
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    moeq_quantize_options opt = default_options();
+    opt.true_sequential = 0;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "true-sequentially only");
+    moeq_model_close(&m);
+}
+
+/* Hybrid components the CUDA loop does not have are refused up front,
+ * naming them (the CLI then runs --device auto on the CPU). */
+static void test_hybrid_components_are_refused_by_name(void)
+{
+    const struct {
+        const char *arch, *names;
+        int quantize_mtp;
+    } cases[] = {{"qwen3_next", "Gated DeltaNet linear attention (qwen3_next)", 0},
+                 {"qwen3_5_moe", "Gated DeltaNet linear attention (qwen3_5_moe)", 1}};
+    for (int i = 0; i < 2; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        moeq_model m;
+        moeq_error err = {0};
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_quantize_options opt = {.gptq = moeq_gptq_default_config(), .true_sequential = 1,
+                                     .quantize_mtp = cases[i].quantize_mtp};
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+        CHECK_CONTAINS(err.msg, cases[i].names);
+        moeq_model_close(&m);
+    }
+}
+
+/* Architectures with components only the CPU loop has are refused before
+ * anything starts, naming the component (--device auto then runs them on
+ * the CPU). */
+static void test_cpu_only_components_are_refused_naming_them(void)
+{
+    const struct {
+        const char *arch, *component;
+    } cases[] = {{"deepseek_v3", "multi-head latent attention"},
+                 {"deepseek_v2", "multi-head latent attention"},
+                 {"glm4_moe", "sigmoid router"},
+                 {"minimax_m2", "q/k RMSNorm over the whole projection"}};
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .true_sequential = 1};
+    for (int i = 0; i < 4; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+        CHECK_CONTAINS(err.msg, cases[i].component);
+        moeq_model_close(&m);
+    }
+}
+
+/* Components of gpt-oss and Llama-4 are refused by name too. */
+static void test_gpt_oss_and_llama4_components_are_refused_naming_them(void)
+{
+    const struct {
+        const char *arch, *component;
+    } cases[] = {{"gpt_oss", "not in the CUDA pipeline"},
+                 {"llama4_text", "not in the CUDA pipeline"}};
+    moeq_quantize_options opt = default_options();
+    for (int i = 0; i < 2; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+        CHECK_CONTAINS(err.msg, cases[i].component);
+        moeq_model_close(&m);
+    }
+}
+
+int main(void)
+{
+    RUN(test_supported_architectures_pass);
+    RUN(test_true_sequential_false_is_refused);
+    RUN(test_hybrid_components_are_refused_by_name);
+    RUN(test_cpu_only_components_are_refused_naming_them);
+    RUN(test_gpt_oss_and_llama4_components_are_refused_naming_them);
+    return test_summary();
+}
