@@ -302,6 +302,33 @@ static moeq_code quantize_on_inputs(layer_ctx *c, const float *in, int n, int co
     return rc;
 }
 
+/* The last step of an attention stage: the attention block once more with
+ * every earlier projection quantized, its o_proj inputs o_in [n, odim]
+ * captured; o_proj quantized on them; x1 = x + o_q(o_in). h [n, H] and H
+ * (odim^2) are scratch. */
+static moeq_code quantize_o_proj(layer_ctx *c, moeq_layer_weights *lw,
+                                 const moeq_rope_cache *rope, const float *x, int S, int T,
+                                 int odim, float *o_in, float *h, float *H, float *x1,
+                                 moeq_error *err)
+{
+    const moeq_config *cfg = c->cfg;
+    const int n = S * T, hidden = cfg->hidden_size;
+    double t0 = now_seconds();
+    moeq_layer_trace trace = {.o_in = o_in};
+    moeq_code rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err);
+    if (rc)
+        return rc;
+    c->res->seconds_capture += now_seconds() - t0;
+    if ((rc = quantize_on_inputs(c, o_in, n, odim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
+        return rc;
+    t0 = now_seconds();
+    cpu_linear(o_in, n, odim, lw->o, lw->o_bias, hidden, h);
+    for (size_t i = 0; i < (size_t)n * hidden; i++)
+        x1[i] = x[i] + h[i];
+    c->res->seconds_forward += now_seconds() - t0;
+    return MOEQ_OK;
+}
+
 /* q/k/v against one Hessian of the normed input, then o_proj against the
  * attention output computed with the quantized q/k/v; x1 = x + attn(x). */
 static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
@@ -334,20 +361,7 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
         goto done;
     res->seconds_solve += now_seconds() - t0;
     moeq_gptq_prepared_free(&prep);
-
-    t0 = now_seconds();
-    moeq_layer_trace trace = {.o_in = o_in};
-    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err)))
-        goto done;
-    res->seconds_capture += now_seconds() - t0;
-    if ((rc = quantize_on_inputs(c, o_in, n, qdim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
-        goto done;
-    /* x1 = x + o_q(o_in): the attention output with every weight quantized. */
-    t0 = now_seconds();
-    cpu_linear(o_in, n, qdim, lw->o, lw->o_bias, hidden, h);
-    for (size_t i = 0; i < (size_t)n * hidden; i++)
-        x1[i] = x[i] + h[i];
-    res->seconds_forward += now_seconds() - t0;
+    rc = quantize_o_proj(c, lw, rope, x, S, T, qdim, o_in, h, H, x1, err);
 done:
     moeq_gptq_prepared_free(&prep);
     free(h);
@@ -495,19 +509,7 @@ static moeq_code quantize_mla(layer_ctx *c, moeq_layer_weights *lw, const moeq_r
         (rc = quantize_on_inputs(c, kv_b_in, n, rkv, MOEQ_T_KV_B_PROJ, lw->kv_b, kv_b_rows, H,
                                  err)))
         goto done;
-
-    t0 = now_seconds();
-    moeq_layer_trace out = {.o_in = o_in};
-    if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &out, err)))
-        goto done;
-    res->seconds_capture += now_seconds() - t0;
-    if ((rc = quantize_on_inputs(c, o_in, n, odim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
-        goto done;
-    t0 = now_seconds();
-    cpu_linear(o_in, n, odim, lw->o, lw->o_bias, hidden, h);
-    for (size_t i = 0; i < (size_t)n * hidden; i++)
-        x1[i] = x[i] + h[i];
-    res->seconds_forward += now_seconds() - t0;
+    rc = quantize_o_proj(c, lw, rope, x, S, T, odim, o_in, h, H, x1, err);
 done:
     moeq_gptq_prepared_free(&prep);
     free(h);
