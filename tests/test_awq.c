@@ -4,6 +4,7 @@
  * exactly that routing does not change, the folded checkpoint closer to the
  * original than round-to-nearest. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "backend/cpu/cpu_ops.h"
 #include "common/dtype.h"
@@ -148,55 +149,16 @@ static const char *with_outliers(const char *name, const char *dir)
     return path;
 }
 
+/* Quantizes model_dir into out on 16 windows of 32 tokens. */
 static moeq_code run(const char *model_dir, const moeq_quantize_options *opt, const char *out,
                      moeq_error *err)
 {
-    moeq_model m;
-    moeq_code rc = moeq_model_open(model_dir, NULL, &m, err);
-    if (rc)
-        return rc;
-    enum { N = 64 * 32 };
-    static int32_t stream[N];
-    test_rng r = {99};
-    for (int i = 0; i < N; i++)
-        stream[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
-    moeq_calib_set set;
-    if (!(rc = moeq_calib_set_sample(stream, N, 16, 32, 7, &set, err))) {
-        moeq_gptq_writer w;
-        if (!(rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err))) {
-            moeq_layer_sink sink = {moeq_gptq_writer_write_layer, NULL, &w};
-            rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
-            if (!rc)
-                rc = moeq_gptq_writer_finish(&w, NULL, err);
-            moeq_gptq_writer_close(&w);
-        }
-        moeq_calib_set_free(&set);
-    }
-    moeq_model_close(&m);
-    if (rc)
-        fprintf(stderr, "  (%s: %s)\n", model_dir, err->msg);
-    return rc;
+    return quantize_dir(model_dir, opt, out, 64 * 32, 99, 16, 32, err);
 }
 
 static double kl_against_original(const char *model_dir, const char *out)
 {
-    moeq_model orig, q;
-    moeq_error err = {0};
-    moeq_eval_result r = {0};
-    if (moeq_model_open(model_dir, NULL, &orig, &err) ||
-        moeq_model_open(out, NULL, &q, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return INFINITY;
-    }
-    int32_t tokens[512];
-    test_rng g = {12345};
-    for (int i = 0; i < 512; i++)
-        tokens[i] = (int32_t)(test_rng_next(&g) % (uint64_t)orig.cfg.vocab_size);
-    if (moeq_evaluate(&q, &orig, tokens, 512, 32, 0, NULL, NULL, &r, &err))
-        fprintf(stderr, "  %s\n", err.msg);
-    moeq_model_close(&q);
-    moeq_model_close(&orig);
-    return r.kl;
+    return kl_on_random_tokens(model_dir, out, 12345, 32);
 }
 
 /* On every MoE layer: the written post_attention_layernorm and router,

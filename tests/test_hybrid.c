@@ -6,6 +6,7 @@
  * reaches the output (byte for byte where it is not quantized), and that the
  * quantized checkpoint reads back through moeq close to the original. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
@@ -40,53 +41,13 @@ static moeq_quantize_options options(void)
 static moeq_code quantize(const char *name, const moeq_quantize_options *opt, const char *out,
                           moeq_error *err)
 {
-    moeq_model m;
-    moeq_code rc = moeq_model_open(fixture(name), NULL, &m, err);
-    if (rc)
-        return rc;
-    enum { N = 16 * 96 };
-    static int32_t stream[N];
-    test_rng r = {77};
-    for (int i = 0; i < N; i++)
-        stream[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
-    moeq_calib_set set;
-    if (!(rc = moeq_calib_set_sample(stream, N, 8, 96, 7, &set, err))) {
-        moeq_gptq_writer w;
-        if (!(rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err))) {
-            moeq_layer_sink sink = {moeq_gptq_writer_write_layer, NULL, &w};
-            rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
-            if (!rc)
-                rc = moeq_gptq_writer_finish(&w, NULL, err);
-            moeq_gptq_writer_close(&w);
-        }
-        moeq_calib_set_free(&set);
-    }
-    moeq_model_close(&m);
-    if (rc)
-        fprintf(stderr, "  (%s: %s)\n", name, err->msg);
-    return rc;
+    return quantize_dir(fixture(name), opt, out, 16 * 96, 77, 8, 96, err);
 }
 
 /* KL of the checkpoint at out against the fixture over 512 tokens. */
 static double kl_against_original(const char *name, const char *out)
 {
-    moeq_model orig, q;
-    moeq_error err = {0};
-    moeq_eval_result r = {0};
-    if (moeq_model_open(fixture(name), NULL, &orig, &err) ||
-        moeq_model_open(out, NULL, &q, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return INFINITY;
-    }
-    int32_t tokens[512];
-    test_rng g = {4242};
-    for (int i = 0; i < 512; i++)
-        tokens[i] = (int32_t)(test_rng_next(&g) % (uint64_t)orig.cfg.vocab_size);
-    if (moeq_evaluate(&q, &orig, tokens, 512, 128, 0, NULL, NULL, &r, &err))
-        fprintf(stderr, "  %s\n", err.msg);
-    moeq_model_close(&q);
-    moeq_model_close(&orig);
-    return r.kl;
+    return kl_on_random_tokens(fixture(name), out, 4242, 128);
 }
 
 /* How many per-expert GPTQ linears replace t when it is a fused expert

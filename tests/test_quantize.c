@@ -5,6 +5,7 @@
  * loop, runs are byte-for-byte deterministic, and bad settings leave
  * nothing behind. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "common/dtype.h"
 #include "common/fileio.h"
@@ -53,25 +54,7 @@ static moeq_quantize_options options(moeq_method method, moeq_expert_calib mode)
 static moeq_code run(const char *name, const moeq_quantize_options *opt, const char *out,
                      moeq_error *err)
 {
-    moeq_model m;
-    moeq_code rc = moeq_model_open(fixture(name), NULL, &m, err);
-    if (rc)
-        return rc;
-    moeq_calib_set set = calib_for(&m, 99);
-    moeq_gptq_writer w;
-    rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err);
-    if (!rc) {
-        moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done, &w};
-        rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
-        if (!rc)
-            rc = moeq_gptq_writer_finish(&w, NULL, err);
-        moeq_gptq_writer_close(&w);
-    }
-    moeq_calib_set_free(&set);
-    moeq_model_close(&m);
-    if (rc)
-        fprintf(stderr, "  (%s: %s)\n", name, err->msg);
-    return rc;
+    return quantize_dir(fixture(name), opt, out, 64 * 32, 99, 16, 32, err); /* calib_for's */
 }
 
 /* KL of the quantized checkpoint at out against the fixture, on the

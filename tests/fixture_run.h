@@ -1,0 +1,85 @@
+/* fixture_run.h: what the pipeline tests do with a model directory:
+ * quantize it through the writer on windows of a pseudo-random token
+ * stream, and measure the KL of the result against the original on
+ * pseudo-random tokens. Include after test.h. */
+#ifndef MOEQ_TESTS_FIXTURE_RUN_H
+#define MOEQ_TESTS_FIXTURE_RUN_H
+
+#include "io/gptq_writer.h"
+#include "model/model.h"
+#include "pipeline/evaluate.h"
+#include "pipeline/quantize.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Quantizes model_dir into out, calibrated on `windows` windows of `seqlen`
+ * tokens sampled (seed 7) from a stream of stream_tokens pseudo-random ids
+ * (stream_seed). */
+static inline moeq_code quantize_dir(const char *model_dir, const moeq_quantize_options *opt,
+                                     const char *out, int stream_tokens, uint64_t stream_seed,
+                                     int windows, int seqlen, moeq_error *err)
+{
+    moeq_model m;
+    moeq_code rc = moeq_model_open(model_dir, NULL, &m, err);
+    if (rc)
+        return rc;
+    int32_t *stream = malloc(sizeof(int32_t) * (size_t)stream_tokens);
+    if (!stream) {
+        moeq_model_close(&m);
+        return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+    }
+    test_rng r = {stream_seed};
+    for (int i = 0; i < stream_tokens; i++)
+        stream[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
+    moeq_calib_set set;
+    if (!(rc = moeq_calib_set_sample(stream, (size_t)stream_tokens, windows, seqlen, 7, &set,
+                                     err))) {
+        moeq_gptq_writer w;
+        if (!(rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err))) {
+            moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done,
+                                    &w};
+            rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
+            if (!rc)
+                rc = moeq_gptq_writer_finish(&w, NULL, err);
+            moeq_gptq_writer_close(&w);
+        }
+        moeq_calib_set_free(&set);
+    }
+    free(stream);
+    moeq_model_close(&m);
+    if (rc)
+        fprintf(stderr, "  (%s: %s)\n", model_dir, err->msg);
+    return rc;
+}
+
+/* KL of the checkpoint at out against model_dir over 512 pseudo-random
+ * tokens (seed) in windows of seqlen; INFINITY when either does not open. */
+static inline double kl_on_random_tokens(const char *model_dir, const char *out,
+                                         uint64_t seed, int seqlen)
+{
+    moeq_model orig, q;
+    moeq_error err = {0};
+    moeq_eval_result r = {0};
+    if (moeq_model_open(model_dir, NULL, &orig, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return INFINITY;
+    }
+    if (moeq_model_open(out, NULL, &q, &err)) {
+        fprintf(stderr, "  %s\n", err.msg);
+        moeq_model_close(&orig);
+        return INFINITY;
+    }
+    int32_t tokens[512];
+    test_rng g = {seed};
+    for (int i = 0; i < 512; i++)
+        tokens[i] = (int32_t)(test_rng_next(&g) % (uint64_t)orig.cfg.vocab_size);
+    if (moeq_evaluate(&q, &orig, tokens, 512, seqlen, 0, NULL, NULL, &r, &err))
+        fprintf(stderr, "  %s\n", err.msg);
+    moeq_model_close(&q);
+    moeq_model_close(&orig);
+    return r.kl;
+}
+
+#endif
