@@ -9,6 +9,7 @@
 #          MEMORY=overlapped  (or wait: --wait-for-layer)
 #          STATE=1      (--state-every: the resume record after every layer;
 #                        0: none, the time without it)
+#          DEVICES=     (e.g. 0,1: passed as --devices, tag -<n>gpu)
 #          WORK=/tmp/moeq-bench (checkpoints, outputs; several GiB)
 # Writes bench/results/<shape>-<mode>-<memory>[-<budget>].json (summarize.py) and
 # a table on stdout; logs to build/gpu/bench-logs; with $OUT set, both go
@@ -70,6 +71,8 @@ for shape in "${SHAPES[@]}"; do
         extra+=(--state-every "$STATE")
         [ "$STATE" = 1 ] || tag=$tag-state$STATE
         [ -n "$BUDGET" ] && { extra+=(--vram-budget "$BUDGET"); tag=$tag-$BUDGET; }
+        [ -n "${DEVICES:-}" ] &&
+            { extra+=(--devices "$DEVICES"); tag=$tag-$(echo "$DEVICES" | tr , '\n' | wc -l)gpu; }
         "$BUILD/moeq" quantize --model "$ckpt" --out "$out" --device cuda \
             --calib "$ckpt/tokens.bin" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
             --expert-calib "$mode" "${extra[@]}" > "$LOGS/quantize-$tag.log" 2>&1 ||

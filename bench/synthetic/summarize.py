@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns one `moeq quantize` report.json into a benchmark record:
-per-layer seconds by stage, the GEMM FLOPs of the layer (counted from the
+the GPUs used, per-layer seconds by stage (stages of the primary GPU; with
+several, the wait for the others is in "forward"), the GEMM FLOPs of the layer (counted from the
 shapes, see flops() below), the achieved fraction of the measured bf16
 cuBLAS peak, and the run's peak device memory.
 
@@ -79,12 +80,17 @@ def main():
            "nsamples": rep["nsamples"], "seqlen": rep["seqlen"], "gpu": a.gpu,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "backend": rep["backend"], "bf16_peak_flops": a.peak,
-           "peak_device_bytes": rep["peak_device_bytes"], "peak_host_bytes": rep["peak_host_bytes"],
+           "devices": rep.get("devices", [rep.get("device", 0)]),
+           "peak_device_bytes": rep["peak_device_bytes"],
+           "peak_device_bytes_per_device": rep.get("peak_device_bytes_per_device",
+                                                   [rep["peak_device_bytes"]]),
+           "peak_host_bytes": rep["peak_host_bytes"],
            "total_seconds": rep["total_seconds"],
            "steady_state_seconds_per_layer": sum(l["total_seconds"] for l in steady) / len(steady),
            "layers": layers}
     json.dump(rec, open(a.out, "w"), indent=1)
-    print(f"{a.shape} {a.mode} {rec['memory_mode']} budget {a.budget}: {n} tokens, peak device "
+    print(f"{a.shape} {a.mode} {rec['memory_mode']} budget {a.budget} on "
+          f"{len(rec['devices'])} GPU(s): {n} tokens, peak device "
           f"{rec['peak_device_bytes'] / 2**30:.2f} GiB, steady state "
           f"{rec['steady_state_seconds_per_layer']:.2f} s/layer")
     for l in layers:

@@ -270,6 +270,30 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
+/* --devices: distinct device numbers separated by commas, at most
+ * MOEQ_MAX_DEVICES of them. */
+static int parse_devices(const char *s, int *out, int *count)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 1024 || n == MOEQ_MAX_DEVICES || (*end && *end != ','))
+            return -1;
+        for (int i = 0; i < n; i++)
+            if (out[i] == v)
+                return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s)
+            return -1; /* a trailing comma */
+    }
+    if (!n)
+        return -1;
+    *count = n;
+    return 0;
+}
+
 /* --device: "auto" (the first GPU if there is one), "cpu", "cuda" or
  * "cuda:N". Sets *cuda and *index. */
 static int parse_device(const char *s, int *cuda, int *index)
@@ -309,7 +333,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
     int true_sequential = 1, expert_batch = 0, wait_for_layer = 0, resume = 0, state_every = 1;
     int quantize_linear_ba = 0, quantize_mtp = 0;
-    const char *device = "auto", *vram_budget = NULL;
+    const char *device = "auto", *devices = NULL, *vram_budget = NULL;
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
@@ -333,7 +357,8 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"seqlen", ARG_INT, &seqlen, "N", "tokens per window (default 512)"},
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
         {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
-        {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold, e.g. 24GiB (default: no limit)"},
+        {"devices", ARG_STRING, &devices, "N,N,...", "CUDA: several GPUs of this host, e.g. 0,1: experts split over them by FLOPs (NCCL); the first also runs attention and holds the residual stream"},
+        {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold on each GPU, e.g. 24GiB (default: no limit)"},
         {"resume", ARG_FLAG, &resume, NULL, "continue an interrupted run of the same --out from its last completed layer (same model, data and settings)"},
         {"state-every", ARG_INT, &state_every, "N", "save the state --resume needs after every N layers (default 1; 0: never); each save writes the calibration set's hidden states (tokens x hidden x 4 bytes)"},
         {"wait-for-layer", ARG_FLAG, &wait_for_layer, NULL, "CUDA: read, quantize and write one layer after the other (lowest memory); default: read the next layer and write the previous one beside the GPU work"},
@@ -377,26 +402,41 @@ int moeq_cmd_quantize(int argc, char **argv)
                                "--min-expert-tokens must be at least 1: an expert calibrated on "
                                "no token would have an all-zero Hessian and be zeroed");
     int use_cuda = 0;
-    if (parse_device(device, &use_cuda, &opt.device))
+    if (parse_device(device, &use_cuda, &opt.devices[0]))
         return moeq_cli_report("quantize", 2, "--device must be auto, cpu, cuda or cuda:N");
+    opt.n_devices = 1;
+    if (devices) {
+        if (strcmp(device, "auto") && strcmp(device, "cuda"))
+            return moeq_cli_report("quantize", 2,
+                                   "--devices and --device name the GPUs twice: give one of them");
+        if (parse_devices(devices, opt.devices, &opt.n_devices))
+            return moeq_cli_report("quantize", 2,
+                                   "--devices must list distinct CUDA device numbers, e.g. 0,1 "
+                                   "(at most 16)");
+        use_cuda = 1;
+        device = "cuda";
+    }
     if (use_cuda) {
         char msg[512];
 #ifdef MOEQ_HAVE_CUDA
         int count = moeq_cuda_device_count();
-        if (opt.device >= count) {
-            if (count)
-                snprintf(msg, sizeof msg, "--device %s: no such CUDA device (%d found)", device,
-                         count);
-            else
-                snprintf(msg, sizeof msg,
-                         "--device %s: no CUDA device is available (use --device cpu)", device);
-            return moeq_cli_report("quantize", 2, msg);
-        }
+        for (int i = 0; i < opt.n_devices; i++)
+            if (opt.devices[i] >= count) {
+                if (count)
+                    snprintf(msg, sizeof msg, "%s %s: no CUDA device %d (%d found)",
+                             devices ? "--devices" : "--device", devices ? devices : device,
+                             opt.devices[i], count);
+                else
+                    snprintf(msg, sizeof msg,
+                             "%s %s: no CUDA device is available (use --device cpu)",
+                             devices ? "--devices" : "--device", devices ? devices : device);
+                return moeq_cli_report("quantize", 2, msg);
+            }
 #else
         snprintf(msg, sizeof msg,
-                 "--device %s: this moeq was built without the CUDA backend (no CUDA compiler "
+                 "%s %s: this moeq was built without the CUDA backend (no CUDA compiler "
                  "was found at build time)",
-                 device);
+                 devices ? "--devices" : "--device", devices ? devices : device);
         return moeq_cli_report("quantize", 2, msg);
 #endif
     }
@@ -534,10 +574,10 @@ int moeq_cmd_quantize(int argc, char **argv)
     }
     ctx.start = ctx.last = now_seconds();
     moeq_layer_sink sink = {on_layer, on_layer_done, &ctx};
-    size_t peak_device = 0;
+    size_t peak_device[MOEQ_MAX_DEVICES] = {0};
 #ifdef MOEQ_HAVE_CUDA
     if (use_cuda) {
-        if (moeq_quantize_layers_cuda(&model, &set, &opt, &sink, &peak_device, &err))
+        if (moeq_quantize_layers_cuda(&model, &set, &opt, &sink, peak_device, &err))
             goto done;
     } else
 #endif
@@ -564,15 +604,25 @@ int moeq_cmd_quantize(int argc, char **argv)
     cJSON_AddNumberToObject(settings, "seed", seed);
     cJSON_AddNumberToObject(settings, "calib_stream_tokens", (double)set.stream_tokens);
     cJSON_AddStringToObject(settings, "backend", use_cuda ? "cuda" : "cpu");
-    if (use_cuda)
-        cJSON_AddNumberToObject(settings, "device", opt.device);
+    if (use_cuda) {
+        cJSON_AddNumberToObject(settings, "device", opt.devices[0]);
+        cJSON_AddItemToObject(settings, "devices", cJSON_CreateIntArray(opt.devices, opt.n_devices));
+    }
     if (opt.vram_budget)
         cJSON_AddNumberToObject(settings, "vram_budget_bytes", (double)opt.vram_budget);
     cJSON_AddStringToObject(settings, "memory_mode",
                             opt.wait_for_layer ? "wait-for-layer" : "overlapped");
     cJSON_AddNumberToObject(settings, "total_seconds", total);
     cJSON_AddNumberToObject(settings, "peak_host_bytes", peak_rss_mib() * 1048576.0);
-    cJSON_AddNumberToObject(settings, "peak_device_bytes", (double)peak_device);
+    /* Each GPU has its own budget: the largest peak, and each one's. */
+    size_t peak_max = 0;
+    cJSON *peaks = cJSON_CreateArray();
+    for (int i = 0; i < (use_cuda ? opt.n_devices : 0); i++) {
+        peak_max = peak_device[i] > peak_max ? peak_device[i] : peak_max;
+        cJSON_AddItemToArray(peaks, cJSON_CreateNumber((double)peak_device[i]));
+    }
+    cJSON_AddNumberToObject(settings, "peak_device_bytes", (double)peak_max);
+    cJSON_AddItemToObject(settings, "peak_device_bytes_per_device", peaks);
     moeq_code rc = moeq_gptq_writer_finish(&writer, settings, &err);
     cJSON_Delete(settings);
     if (rc)

@@ -49,6 +49,9 @@ typedef enum moeq_expert_calib {
 const char *moeq_expert_calib_name(moeq_expert_calib mode);
 const char *moeq_method_name(moeq_method method);
 
+/* The most CUDA devices one run uses (--devices). */
+#define MOEQ_MAX_DEVICES 16
+
 typedef struct moeq_quantize_options {
     moeq_method method;
     moeq_gptq_config gptq;
@@ -60,7 +63,10 @@ typedef struct moeq_quantize_options {
                              * the original layer's activations */
     int token_chunk;        /* tokens per chunk of expert activations (CUDA: 0 =
                              * automatic, else at most this many) */
-    int device;             /* CUDA device for moeq_quantize_layers_cuda */
+    int devices[MOEQ_MAX_DEVICES]; /* CUDA devices of moeq_quantize_layers_cuda: */
+    int n_devices;          /* devices[0] (the primary) runs attention and holds the
+                             * residual stream; experts are spread over all of them.
+                             * 0 means 1 */
     int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
     size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */
     int wait_for_layer;     /* CUDA: load, quantize, write one layer after the other;
@@ -152,9 +158,10 @@ extern const moeq_tensor_role MOEQ_DENSE_ROLES[3], MOEQ_EXPERT_ROLES[3], MOEQ_SH
 void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int layer,
                                int tokens);
 
-/* The same loop on CUDA device opt->device (src/pipeline/quantize_cuda.c;
+/* The same loop on CUDA devices opt->devices (src/pipeline/quantize_cuda.c;
  * built only with the CUDA backend). True-sequential only. peak_device_bytes
- * (optional) receives the most device memory the run held. */
+ * (optional, [max(1, opt->n_devices)]) receives the most device memory the
+ * run held on each device. */
 moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
                                     const moeq_quantize_options *opt, const moeq_layer_sink *sink,
                                     size_t *peak_device_bytes, moeq_error *err);

@@ -24,6 +24,7 @@
  * most once per expert, so the sums are deterministic). */
 #include "pipeline/quantize.h"
 
+#include "backend/cuda/cuda_comm.h"
 #include "backend/cuda/cuda_ctx.h"
 #include "backend/cuda/cuda_gptq.h"
 #include "backend/cuda/cuda_hessian.h"
@@ -46,10 +47,70 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The run: device context, sizes and the activations that live across
- * layers. */
+/* The GPUs of a run (--devices): their communicators, and a meeting point
+ * of their host threads. */
+struct gpu_run;
+typedef struct team {
+    moeq_cuda_comm comm;
+    struct gpu_run *run[MOEQ_MAX_DEVICES]; /* each rank's device; run[0]: the primary */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int arrived, generation, failed;
+    int gate; /* a layer's rank threads: 0 wait, 1 go, -1 give up (one was not started) */
+} team;
+
+/* Rank threads wait here until the primary has started all of them (go: 1)
+ * or failed to (-1: they return at once). */
+static int team_wait_gate(team *t)
+{
+    pthread_mutex_lock(&t->mu);
+    while (!t->gate)
+        pthread_cond_wait(&t->cv, &t->mu);
+    int go = t->gate > 0;
+    pthread_mutex_unlock(&t->mu);
+    return go;
+}
+
+static void team_set_gate(team *t, int gate)
+{
+    pthread_mutex_lock(&t->mu);
+    t->gate = gate;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* Waits until every rank has arrived, each with its status rc; returns 1
+ * when any of them failed. A collective starts only after this says every
+ * rank will reach it, so a rank that fails never leaves another waiting in
+ * NCCL. */
+static int team_agree(team *t, moeq_code rc)
+{
+    if (t->comm.n <= 1)
+        return rc != MOEQ_OK;
+    pthread_mutex_lock(&t->mu);
+    t->failed |= rc != MOEQ_OK;
+    int gen = t->generation;
+    if (++t->arrived == t->comm.n) {
+        t->arrived = 0;
+        t->generation++;
+        pthread_cond_broadcast(&t->cv);
+    } else {
+        while (gen == t->generation)
+            pthread_cond_wait(&t->cv, &t->mu);
+    }
+    int failed = t->failed;
+    pthread_mutex_unlock(&t->mu);
+    return failed;
+}
+
+/* The run on one device: its context, sizes and the activations that live
+ * across layers (the primary, rank 0), or what a layer's experts need (a
+ * peer: x is the block accumulator of its experts, h the broadcast normed
+ * input, both during the MLP stage only). */
 typedef struct gpu_run {
     moeq_cuda_ctx cu;
+    int rank;
+    team *team;
     const moeq_config *cfg;
     const moeq_quantize_options *opt;
     int S, T, n;     /* windows, tokens per window, tokens */
@@ -545,15 +606,21 @@ typedef struct routing {
     moeq_cuda_buf d_idx, d_wts, probs_t, logits, topw, tope;
 } routing;
 
+/* The device arrays of r (a rank's own; the host arrays may be borrowed). */
+static void routing_free_device(gpu_run *g, routing *r)
+{
+    moeq_cuda_buf *b[] = {&r->d_idx, &r->d_wts, &r->probs_t, &r->logits, &r->topw, &r->tope};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++)
+        moeq_cuda_free(&g->cu, b[i]);
+}
+
 static void routing_free(gpu_run *g, routing *r)
 {
     free(r->count);
     free(r->offset);
     free(r->idx);
     free(r->wts);
-    moeq_cuda_buf *b[] = {&r->d_idx, &r->d_wts, &r->probs_t, &r->logits, &r->topw, &r->tope};
-    for (size_t i = 0; i < sizeof b / sizeof *b; i++)
-        moeq_cuda_free(&g->cu, b[i]);
+    routing_free_device(g, r);
     memset(r, 0, sizeof *r);
 }
 
@@ -842,20 +909,25 @@ typedef struct expert_cal {
     int64_t tokens; /* calibration tokens, for the report */
 } expert_cal;
 
-static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
-                               const moeq_cuda_gptq_prepared *prep_all, moeq_error *err)
+/* Experts [e_begin, e_end) of a MoE layer on L's device, in groups:
+ * quantized, their down_proj Hessians from their quantized gate/up, and
+ * their outputs on their routed tokens (rt, on this device) added into the
+ * device's block accumulator. */
+static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
+                               const moeq_cuda_gptq_prepared *prep_all, const routing *rt,
+                               int e_begin, int e_end, moeq_error *err)
 {
     gpu_run *g = L->g;
     const moeq_config *cfg = g->cfg;
     const moeq_expert_calib mode = g->opt->expert_calib;
-    const int H = cfg->hidden_size, E = cfg->num_experts, n = g->n;
+    const int H = cfg->hidden_size, E = e_end - e_begin, n = g->n;
     const int inter = cfg->moe_intermediate_size;
-    routing r = {0};
     mlp_scratch s = {0};
     moeq_cuda_buf wgu = {0}, wd = {0};
     moeq_code rc;
-    if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)) ||
-        (rc = scratch_alloc(g, inter, &s, err)))
+    if (E <= 0)
+        return MOEQ_OK;
+    if ((rc = scratch_alloc(g, inter, &s, err)))
         goto done;
     /* Expert groups: as many as the budget left allows (at least one). */
     int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
@@ -883,8 +955,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
         goto group_done;
     }
-    for (int e0 = 0; e0 < E; e0 += G) {
-        int ng = E - e0 < G ? E - e0 : G;
+    for (int e0 = e_begin; e0 < e_end; e0 += G) {
+        int ng = e_end - e0 < G ? e_end - e0 : G;
         /* gate/up: one sweep for the whole group against the shared
          * Hessian (all; GPTQ), or per expert against its own. */
         int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L);
@@ -904,7 +976,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
         }
         /* The calibration tokens of each expert of the group. */
         for (int i = 0; i < ng; i++) {
-            const int e = e0 + i, count = r.count[e];
+            const int e = e0 + i, count = rt->count[e];
             expert_cal *c = &cal[i];
             *c = (expert_cal){NULL, n, NULL, 2.0f / (float)n, 0, n};
             if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
@@ -912,12 +984,12 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
                     c->fallback = 1;
                     moeq_warn_expert_fallback(g->opt, e, L->res->layer, count);
                 } else {
-                    c->idx = (const int32_t *)r.d_idx.ptr + r.offset[e];
+                    c->idx = (const int32_t *)rt->d_idx.ptr + rt->offset[e];
                     c->count = c->tokens = count;
                     c->alpha = 2.0f / (float)count;
                 }
             } else if (mode == MOEQ_EXPERT_CALIB_WEIGHTED) {
-                c->w = (const float *)r.probs_t.ptr + (size_t)e * n;
+                c->w = (const float *)rt->probs_t.ptr + (size_t)e * n;
             }
             pieces[i] = (piece){MOEQ_EXPERT_ROLES[2], e, lw->experts[e].down, H, c->tokens,
                                 c->fallback};
@@ -1029,8 +1101,8 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
             const int e = e0 + i;
             rc = mlp_forward(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
                              (const uint16_t *)wd.ptr + (size_t)i * H * inter, inter,
-                             (const int32_t *)r.d_idx.ptr + r.offset[e],
-                             (const float *)r.d_wts.ptr + r.offset[e], r.count[e], NULL, err);
+                             (const int32_t *)rt->d_idx.ptr + rt->offset[e],
+                             (const float *)rt->d_wts.ptr + rt->offset[e], rt->count[e], NULL, err);
         }
         if (!rc)
             rc = sync_time(L, &L->res->seconds_forward, err);
@@ -1052,12 +1124,299 @@ group_done:
     free(preps);
     free(prep_ptrs);
     free(pieces);
-    if (!rc && lw->has_shared)
-        rc = all_token_mlp(L, &lw->shared, MOEQ_SHARED_ROLES, prep_all, lw->shared_gate, err);
 done:
     moeq_cuda_free(&g->cu, &wgu);
     moeq_cuda_free(&g->cu, &wd);
     scratch_free(g, &s);
+    return rc;
+}
+
+/* ---- experts over the GPUs of the run */
+
+/* The work of expert e in FLOPs (what the split over GPUs balances): its
+ * forward on its routed tokens and, with GPTQ, the products and Hessians
+ * over its calibration tokens and its sweeps' lazy updates. */
+static double expert_flops(const gpu_run *g, const routing *r, int e)
+{
+    const double H = g->cfg->hidden_size, I = g->cfg->moe_intermediate_size;
+    const moeq_expert_calib mode = g->opt->expert_calib;
+    double f = 6.0 * H * I * r->count[e];
+    if (g->opt->method != MOEQ_METHOD_GPTQ)
+        return f;
+    double calib = g->n;
+    int own = mode != MOEQ_EXPERT_CALIB_ALL; /* its own gate/up Hessian */
+    if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
+        own = r->count[e] >= g->opt->min_expert_tokens;
+        calib = own ? r->count[e] : g->n;
+    }
+    f += calib * (4.0 * H * I + 2.0 * I * I) + (own ? calib * 2.0 * H * H : 0.0);
+    return f + 4.0 * I * H * H + 2.0 * H * I * I;
+}
+
+/* The FLOPs of a SwiGLU MLP of width I on all n tokens (the shared expert,
+ * which the primary runs beside its experts). */
+static double all_token_mlp_flops(const gpu_run *g, int inter)
+{
+    const double H = g->cfg->hidden_size, I = inter, n = g->n;
+    return n * (10.0 * H * I + 2.0 * I * I) + 4.0 * I * H * H + 2.0 * H * I * I;
+}
+
+/* Splits the experts into ranks contiguous ranges of about equal FLOPs,
+ * rank 0 counting extra (its shared expert): rank k gets [bounds[k],
+ * bounds[k + 1]). */
+static void split_experts(const gpu_run *g, const routing *r, double extra, int ranks,
+                          int *bounds)
+{
+    double total = extra;
+    for (int e = 0; e < r->E; e++)
+        total += expert_flops(g, r, e);
+    double done = extra;
+    int e = 0;
+    bounds[0] = 0;
+    for (int k = 1; k < ranks; k++) {
+        const double target = total * k / ranks;
+        while (e < r->E && done + 0.5 * expert_flops(g, r, e) < target)
+            done += expert_flops(g, r, e++);
+        bounds[k] = e;
+    }
+    bounds[ranks] = r->E;
+}
+
+/* One rank's share of a MoE layer's experts, run on its own host thread
+ * (rank 0: the caller's). */
+typedef struct rank_job {
+    gpu_run *g;
+    const moeq_layer_weights *lw;
+    const moeq_cuda_gptq_prepared *prep_all; /* rank 0's */
+    const routing *rt;                       /* rank 0's */
+    int e_begin, e_end;
+    uint8_t *codes_next, *codes_end;         /* its slice of the layer's codes buffer */
+    uint8_t *shared_next, *shared_end;       /* rank 0: the shared expert's */
+    moeq_layer_result part;                  /* what it quantized (and, rank 0, its times) */
+    pthread_t thread;
+    int started, stopped;                    /* stopped: because another rank failed */
+    moeq_code rc;
+    moeq_error err;
+} rank_job;
+
+static moeq_code stopped_by_other(rank_job *j, moeq_error *err)
+{
+    j->stopped = 1;
+    return moeq_fail(err, MOEQ_ERR_IO, "stopped: another GPU of the run failed");
+}
+
+/* A rank's experts: a peer first takes a copy of what they read from rank 0
+ * (routing from the host arrays; the normed input, the router
+ * probabilities and the shared gate/up preparation by NCCL broadcast),
+ * every rank runs its range (rank 0 then the shared expert), and the
+ * block outputs are summed into rank 0's accumulator by an NCCL reduce. A
+ * run of one GPU does the same with nothing to copy or sum. */
+static moeq_code rank_experts(rank_job *j, moeq_error *err)
+{
+    gpu_run *g = j->g;
+    const moeq_cuda_comm *comm = &g->team->comm;
+    const int peer = g->rank > 0, gptq_on = g->opt->method == MOEQ_METHOD_GPTQ;
+    const int weighted = g->opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED;
+    const size_t nh = (size_t)g->n * g->cfg->hidden_size;
+    gpu_layer W = {.g = g, .res = &j->part, .t_stage = now_seconds()};
+    routing own = {0};
+    const routing *rt = j->rt;
+    moeq_cuda_gptq_prepared mirror = {0};
+    const moeq_cuda_gptq_prepared *prep_all = j->prep_all;
+    moeq_code rc = MOEQ_OK;
+    g->codes_next = j->codes_next;
+    g->codes_end = j->codes_end;
+    if (peer) {
+        own = *j->rt; /* the host arrays, borrowed; the device ones are this rank's */
+        own.d_idx = own.d_wts = own.probs_t = own.logits = own.topw = own.tope =
+            (moeq_cuda_buf){0};
+        rt = &own;
+        const size_t nk = (size_t)g->n * own.k;
+        if ((rc = moeq_cuda_alloc(&g->cu, &g->h, 2 * nh, "normed hidden states", err)) ||
+            (rc = moeq_cuda_alloc(&g->cu, &g->x, sizeof(float) * nh, "MLP block outputs",
+                                  err)) ||
+            (rc = MOEQ_CU(cudaMemsetAsync(g->x.ptr, 0, g->x.bytes, g->cu.stream))) ||
+            (rc = moeq_cuda_alloc(&g->cu, &own.d_idx, sizeof(int32_t) * nk, "expert tokens",
+                                  err)) ||
+            (rc = moeq_cuda_alloc(&g->cu, &own.d_wts, sizeof(float) * nk,
+                                  "expert token weights", err)) ||
+            (rc = moeq_cuda_upload(&g->cu, own.d_idx.ptr, own.idx, own.d_idx.bytes, err)) ||
+            (rc = moeq_cuda_upload(&g->cu, own.d_wts.ptr, own.wts, own.d_wts.bytes, err)) ||
+            (weighted && (rc = moeq_cuda_alloc(&g->cu, &own.probs_t, j->rt->probs_t.bytes,
+                                               "router probabilities", err))) ||
+            (gptq_on && (rc = moeq_cuda_gptq_prepared_mirror(&g->cu, j->prep_all, &mirror, err))))
+            goto done;
+        prep_all = &mirror;
+    }
+    if (team_agree(g->team, rc)) {
+        rc = rc ? rc : stopped_by_other(j, err);
+        goto done;
+    }
+    if (comm->n > 1) {
+        const cudaStream_t st = g->cu.stream;
+        moeq_error end_err = {0};
+        int grouped = !(rc = moeq_cuda_comm_group_start(err));
+        if (grouped)
+            rc = moeq_cuda_comm_bcast(comm, g->rank, g->h.ptr, 2 * nh, st, err);
+        if (!rc && weighted)
+            rc = moeq_cuda_comm_bcast(comm, g->rank, rt->probs_t.ptr, rt->probs_t.bytes, st, err);
+        if (!rc && gptq_on &&
+            !(rc = moeq_cuda_comm_bcast(comm, g->rank, prep_all->hinv.ptr, prep_all->hinv.bytes,
+                                        st, err)) &&
+            !(rc = moeq_cuda_comm_bcast(comm, g->rank, prep_all->perm.ptr, prep_all->perm.bytes,
+                                        st, err)))
+            rc = moeq_cuda_comm_bcast(comm, g->rank, prep_all->dead.ptr, prep_all->dead.bytes, st,
+                                      err);
+        moeq_code end = grouped ? moeq_cuda_comm_group_end(&end_err) : MOEQ_OK;
+        if (!rc && end) {
+            *err = end_err;
+            rc = end;
+        }
+        if (!rc)
+            rc = sync_time(&W, &W.res->seconds_capture, err);
+    }
+    /* From here on every rank reaches the agreement before the reduce. */
+    if (!rc)
+        rc = experts_range(&W, j->lw, prep_all, rt, j->e_begin, j->e_end, err);
+    if (!rc && !peer && j->lw->has_shared) {
+        g->codes_next = j->shared_next;
+        g->codes_end = j->shared_end;
+        rc = all_token_mlp(&W, &j->lw->shared, MOEQ_SHARED_ROLES, prep_all, j->lw->shared_gate,
+                           err);
+    }
+    if (comm->n > 1) {
+        if (team_agree(g->team, rc)) {
+            rc = rc ? rc : stopped_by_other(j, err);
+            goto done;
+        }
+        float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
+        if (!(rc = moeq_cuda_comm_reduce_sum(comm, g->rank, acc, nh, g->cu.stream, err)))
+            rc = sync_time(&W, &W.res->seconds_forward, err);
+    }
+done:
+    if (peer) {
+        moeq_cuda_gptq_prepared_free(&g->cu, &mirror);
+        routing_free_device(g, &own);
+        moeq_cuda_free(&g->cu, &g->h);
+        moeq_cuda_free(&g->cu, &g->x);
+    }
+    g->codes_next = g->codes_end = NULL;
+    return rc;
+}
+
+static void *rank_main(void *arg)
+{
+    rank_job *j = arg;
+    if (!team_wait_gate(j->g->team))
+        return NULL;
+    if (cudaSetDevice(j->g->cu.device) != cudaSuccess) {
+        moeq_error *err = &j->err;
+        j->rc = MOEQ_CU(cudaSetDevice(j->g->cu.device));
+        team_agree(j->g->team, j->rc); /* the others stop at their first agreement */
+        return NULL;
+    }
+    j->rc = rank_experts(j, &j->err);
+    return NULL;
+}
+
+/* The MoE block of a layer: routing on the primary, the experts split over
+ * the run's GPUs by FLOPs, their outputs summed into the primary's block
+ * accumulator, their linears in expert order (the shared expert's last). */
+static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
+                               const moeq_cuda_gptq_prepared *prep_all, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    team *t = g->team;
+    const int ranks = t->comm.n, E = g->cfg->num_experts;
+    const size_t per_expert = 3 * (size_t)g->cfg->hidden_size * g->cfg->moe_intermediate_size;
+    routing r = {0};
+    rank_job jobs[MOEQ_MAX_DEVICES];
+    int bounds[MOEQ_MAX_DEVICES + 1];
+    memset(jobs, 0, sizeof jobs);
+    moeq_code rc;
+    if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    split_experts(g, &r, lw->has_shared ? all_token_mlp_flops(g, lw->shared.intermediate) : 0,
+                  ranks, bounds);
+    if (g->opt->progress && ranks > 1) {
+        fprintf(g->opt->progress, "layer %d: experts", L->res->layer + 1);
+        for (int k = 0; k < ranks; k++)
+            fprintf(g->opt->progress, "%s %d-%d on GPU %d", k ? "," : "", bounds[k],
+                    bounds[k + 1] - 1, t->run[k]->cu.device);
+        fprintf(g->opt->progress, "%s\n", lw->has_shared ? " (and the shared expert on the first)" : "");
+    }
+    /* The codes of expert e go to its place in the layer's buffer whichever
+     * rank quantizes it; the shared expert's after all of them. */
+    uint8_t *base = g->codes_next;
+    const int fits = base && (size_t)(g->codes_end - base) >= (size_t)E * per_expert;
+    for (int k = 0; k < ranks; k++) {
+        rank_job *j = &jobs[k];
+        *j = (rank_job){.g = t->run[k], .lw = lw, .prep_all = prep_all, .rt = &r,
+                        .e_begin = bounds[k], .e_end = bounds[k + 1]};
+        j->part.layer = L->res->layer;
+        if (fits) {
+            j->codes_next = base + (size_t)bounds[k] * per_expert;
+            j->codes_end = base + (size_t)bounds[k + 1] * per_expert;
+        }
+    }
+    if (fits) {
+        jobs[0].shared_next = base + (size_t)E * per_expert;
+        jobs[0].shared_end = g->codes_end;
+    }
+    t->gate = 0;
+    int started = 1;
+    for (int k = 1; k < ranks && started; k++)
+        started = jobs[k].started = !pthread_create(&jobs[k].thread, NULL, rank_main, &jobs[k]);
+    team_set_gate(t, started ? 1 : -1);
+    if (!started) {
+        rc = moeq_fail(err, MOEQ_ERR_OOM, "cannot start a host thread for each GPU");
+    } else {
+        jobs[0].rc = rank_experts(&jobs[0], &jobs[0].err);
+    }
+    for (int k = 1; k < ranks; k++)
+        if (jobs[k].started)
+            pthread_join(jobs[k].thread, NULL);
+    if (!rc) { /* the first failure that was not only a consequence of another */
+        for (int k = 0; k < ranks && !rc; k++)
+            if (jobs[k].rc && !jobs[k].stopped) {
+                *err = jobs[k].err;
+                rc = jobs[k].rc;
+                if (k > 0)
+                    moeq_wrap(err, "CUDA device %d: ", t->run[k]->cu.device);
+            }
+        for (int k = 0; k < ranks && !rc; k++)
+            if (jobs[k].rc) {
+                *err = jobs[k].err;
+                rc = jobs[k].rc;
+            }
+    }
+    /* Rank 0's stage times are the layer's; the wait for the others went
+     * into its forward time (before the reduce). */
+    moeq_layer_result *p0 = &jobs[0].part;
+    L->res->seconds_capture += p0->seconds_capture;
+    L->res->seconds_hessian += p0->seconds_hessian;
+    L->res->seconds_prepare += p0->seconds_prepare;
+    L->res->seconds_solve += p0->seconds_solve;
+    L->res->seconds_forward += p0->seconds_forward;
+    L->t_stage = now_seconds();
+    for (int pass = 0; pass < 2 && !rc; pass++)
+        for (int k = 0; k < ranks && !rc; k++) {
+            moeq_layer_result *p = &jobs[k].part;
+            for (int i = 0; i < p->n_linears && !rc; i++) {
+                if ((p->linears[i].expert >= 0) != (pass == 0))
+                    continue;
+                moeq_quantized_linear *ql = new_linear(L, err);
+                if (!ql) {
+                    rc = MOEQ_ERR_OOM;
+                    break;
+                }
+                *ql = p->linears[i];
+                memset(&p->linears[i], 0, sizeof p->linears[i]);
+            }
+        }
+done:
+    for (int k = 0; k < ranks; k++)
+        moeq_layer_result_free(&jobs[k].part);
     routing_free(g, &r);
     return rc;
 }
@@ -1145,7 +1504,8 @@ done:
 /* ---- overlapped memory mode: helper threads */
 
 /* Pins (page-locks) or unpins the large host arrays of a layer so that
- * their uploads run at full speed and asynchronously. Pinning is an
+ * their uploads run at full speed and asynchronously, to every GPU of the
+ * run (portable). Pinning is an
  * optimisation: an array that cannot be pinned is uploaded from pageable
  * memory, so failures are ignored (and the sticky-free error cleared). */
 static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int pin)
@@ -1158,7 +1518,7 @@ static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int 
         if (attn[i]) {
             if (pin)
                 (void)cudaHostRegister(attn[i], sizeof(float) * attn_n[i],
-                                       cudaHostRegisterDefault);
+                                       cudaHostRegisterPortable);
             else
                 (void)cudaHostUnregister(attn[i]);
         }
@@ -1173,7 +1533,7 @@ static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int 
             if (ps[i]) {
                 size_t bytes = sizeof(float) * H * (size_t)w->intermediate;
                 if (pin)
-                    (void)cudaHostRegister(ps[i], bytes, cudaHostRegisterDefault);
+                    (void)cudaHostRegister(ps[i], bytes, cudaHostRegisterPortable);
                 else
                     (void)cudaHostUnregister(ps[i]);
             }
@@ -1434,13 +1794,68 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     loader ld = {0};
     writer wr = {0};
     float *hidden_host[2] = {NULL, NULL};
+    const int ranks = opt->n_devices > 1 ? opt->n_devices : 1;
+    team tm = {.run = {&g}};
+    gpu_run *peers = NULL; /* ranks 1.. */
     moeq_code rc;
     if ((rc = moeq_cuda_pipeline_supports(model, opt, err)))
         return rc;
-    if ((rc = moeq_cuda_init(&g.cu, opt->device, err)))
-        return rc;
-    g.cu.budget_bytes = opt->vram_budget;
+    pthread_mutex_init(&tm.mu, NULL);
+    pthread_cond_init(&tm.cv, NULL);
+    g.team = &tm;
     const size_t nh = (size_t)g.n * cfg->hidden_size;
+    /* The primary, each further GPU, then NCCL over all of them; the
+     * primary is this thread's device from then on. */
+    if ((rc = moeq_cuda_init(&g.cu, opt->devices[0], err)))
+        goto done;
+    g.cu.budget_bytes = opt->vram_budget;
+    if (ranks > 1) {
+        if (!(peers = calloc((size_t)ranks, sizeof *peers))) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+            goto done;
+        }
+        for (int k = 1; k < ranks; k++) {
+            gpu_run *p = &peers[k];
+            *p = (gpu_run){.cfg = cfg, .opt = opt, .S = g.S, .T = g.T, .n = g.n,
+                           .chunk = g.chunk, .qdim = g.qdim, .kvdim = g.kvdim, .rank = k,
+                           .team = &tm};
+            tm.run[k] = p;
+            if ((rc = moeq_cuda_init(&p->cu, opt->devices[k], err)))
+                goto done;
+            p->cu.budget_bytes = opt->vram_budget;
+        }
+    }
+    if ((rc = moeq_cuda_comm_init(&tm.comm, opt->devices, ranks, err)) ||
+        (rc = MOEQ_CU(cudaSetDevice(g.cu.device))))
+        goto done;
+    if (ranks > 1 && cfg->num_experts > 0 && opt->vram_budget) {
+        /* What a further GPU holds during a MoE layer besides its experts:
+         * the normed input and its block output, the routing, the router
+         * probabilities (weighted) and the shared gate/up preparation. */
+        const size_t H = (size_t)cfg->hidden_size, nk = (size_t)g.n * cfg->num_experts_per_tok;
+        size_t need = nh * 6 + nk * 8 + sizeof(float) * H * H +
+                      (opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED
+                           ? sizeof(float) * (size_t)g.n * cfg->num_experts
+                           : 0) +
+                      expert_bytes(&g, cfg->moe_intermediate_size);
+        if (need > opt->vram_budget) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM,
+                           "--vram-budget %.2f GiB is below the %.2f GiB that each further GPU "
+                           "needs for one expert and the layer's shared inputs and outputs "
+                           "(%d calibration tokens, hidden %d): raise the budget, lower "
+                           "--nsamples or --seqlen, or use one GPU",
+                           opt->vram_budget / 1073741824.0, need / 1073741824.0, g.n,
+                           cfg->hidden_size);
+            goto done;
+        }
+    }
+    if (opt->progress && ranks > 1) {
+        fprintf(opt->progress, "GPUs:");
+        for (int k = 0; k < ranks; k++)
+            fprintf(opt->progress, " %d (%s)%s", tm.run[k]->cu.device, tm.run[k]->cu.device_name,
+                    k ? "" : " primary: attention, routing, residual stream");
+        fprintf(opt->progress, "; experts split over all by FLOPs, NCCL between them\n");
+    }
     if ((rc = moeq_rope_cache_init(cfg, &rope, err)))
         goto done;
     g.rotary_dim = rope.rotary_dim;
@@ -1590,7 +2005,8 @@ done:
         }
     }
     if (peak_device_bytes)
-        *peak_device_bytes = g.cu.peak_bytes;
+        for (int k = 0; k < ranks; k++)
+            peak_device_bytes[k] = k == 0 ? g.cu.peak_bytes : peers ? peers[k].cu.peak_bytes : 0;
     moeq_cuda_host_free(hidden_host[0]);
     moeq_cuda_host_free(hidden_host[1]);
     moeq_cuda_host_free(g.codes_host[0]); /* the writer is done with them */
@@ -1604,5 +2020,11 @@ done:
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moeq_cuda_free(&g.cu, bufs[i]);
     moeq_cuda_free_ctx(&g.cu);
+    for (int k = 1; peers && k < ranks; k++)
+        moeq_cuda_free_ctx(&peers[k].cu);
+    free(peers);
+    moeq_cuda_comm_free(&tm.comm);
+    pthread_mutex_destroy(&tm.mu);
+    pthread_cond_destroy(&tm.cv);
     return rc;
 }

@@ -22,10 +22,13 @@ fi
 
 # Builds moeq with the CUDA backend for Hopper (sm_90 only, to save time;
 # the default build covers sm_80/86/89/90) into $BUILD, logging to $1.
+# NCCL (for --devices) from the CUDA toolkit, else from PyTorch's
+# nvidia-nccl wheel.
 build_moeq_cuda() {
-    local gen=()
+    local gen=() nccl
     command -v ninja >/dev/null && gen=(-G Ninja)
+    nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
     cmake -S . -B "$BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DMOEQ_CUDA=ON \
-        -DCMAKE_CUDA_ARCHITECTURES=90 > "$1" 2>&1 &&
+        -DCMAKE_CUDA_ARCHITECTURES=90 ${nccl:+-DNCCL_ROOT="$nccl"} > "$1" 2>&1 &&
         cmake --build "$BUILD" -j "$(nproc)" >> "$1" 2>&1
 }

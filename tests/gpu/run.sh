@@ -40,6 +40,33 @@ print('report:', s['backend'], s['total_seconds'], s['peak_device_bytes'], s['pe
     tail -n 12 "$LOGS/demo-$dev.log"
 done
 
+# The main job on every GPU of the machine (--devices), when it has several:
+# evaluated like the runs above; its KL must stay within 2% of the
+# one-GPU run's (tests/gpu/test_cuda_pipeline.c checks the codes).
+gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+if [[ "$gpus" == *,* ]]; then
+    q=$BUILD/demo-multi
+    rm -rf "$q"
+    { "$BUILD/moeq" quantize --model demo/qwen3-moe-demo --out "$q" --devices "$gpus" 2>&1 |
+          grep -v "^layer" &&
+      "$BUILD/moeq" eval "$q" --reference demo/qwen3-moe-demo --text demo/eval-sample.jsonl \
+          --quiet > "$q.eval" && cat "$q.eval" &&
+      "$BUILD/moeq" eval "$BUILD/demo-cuda" --reference demo/qwen3-moe-demo \
+          --text demo/eval-sample.jsonl --quiet > "$q.eval1" &&
+      python3 - "$q.eval" "$q.eval1" "$q/report.json" <<'PY'
+import json, sys
+kl = [float(l.split()[1]) for f in sys.argv[1:3] for l in open(f) if l.startswith("kl")]
+rep = json.load(open(sys.argv[3]))
+print(f"devices {rep['devices']}: KL {kl[0]:.4f} vs {kl[1]:.4f} on one GPU; peaks "
+      f"{[round(b / 2**20, 1) for b in rep['peak_device_bytes_per_device']]} MiB")
+assert abs(kl[0] / kl[1] - 1) <= 0.02, "KL on several GPUs differs from one GPU's by over 2%"
+PY
+    } > "$LOGS/demo-multi.log" 2>&1 || status=1
+    tail -n 4 "$LOGS/demo-multi.log"
+else
+    echo "NOT RUN: the demo on several GPUs (this machine has one)"
+fi
+
 # Kill a CUDA run mid-layer (test hook, src/common/failpoint.h), resume it,
 # and compare with an uninterrupted CUDA run: same files (report.json aside).
 r=$BUILD/resume

@@ -87,11 +87,14 @@ typedef struct comparison {
     double loss_gpu, loss_cpu;
 } comparison;
 
-static comparison compare(const collected *gpu, const collected *cpu)
+/* The linears of one layer (layer >= 0) or of all of them (-1). */
+static comparison compare_layer(const collected *gpu, const collected *cpu, int layer)
 {
     comparison s = {0};
-    s.missing = gpu->n != cpu->n;
+    s.missing = layer < 0 && gpu->n != cpu->n;
     for (int i = 0; i < cpu->n; i++) {
+        if (layer >= 0 && cpu->layer[i] != layer)
+            continue;
         const moeq_quantized_linear *a = &cpu->linears[i];
         const moeq_quantized_linear *b = find(gpu, cpu->layer[i], a->role, a->expert);
         if (!b || b->q.rows != a->q.rows || b->q.cols != a->q.cols ||
@@ -110,6 +113,11 @@ static comparison compare(const collected *gpu, const collected *cpu)
         s.loss_gpu += b->loss;
     }
     return s;
+}
+
+static comparison compare(const collected *gpu, const collected *cpu)
+{
+    return compare_layer(gpu, cpu, -1);
 }
 
 static int same_bytes(const collected *a, const collected *b)
@@ -390,6 +398,115 @@ static void test_budget_too_small_is_refused(void)
     moeq_model_close(&m);
 }
 
+
+/* Several GPUs (--devices 0,1): each layer's experts are split over them.
+ * Layer 0 has the same input as on one GPU and every expert runs the same
+ * kernels on the same shapes, so its routed and weighted codes are the
+ * same bytes, and its bypass codes nearly all the same (a GPU's stack of
+ * gate/up rows has another row count, as with --expert-batch). The block
+ * output is summed per GPU and then across them, so from layer 1 on the
+ * input differs in its last bits and nearly all codes agree. Two runs on
+ * two GPUs give the same bytes (the reduce of two ranks is one addition).
+ * Under a budget that moves the residual stream to host memory, each GPU's
+ * peak stays under it. */
+static void test_several_gpus_match_one(void)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 8, 256, 76, &cs);
+    for (int mode = 0; mode < 3; mode++) {
+        moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ,
+                                     .gptq = moeq_gptq_default_config(),
+                                     .expert_calib = (moeq_expert_calib)mode,
+                                     .min_expert_tokens = 16, .true_sequential = 1,
+                                     .token_chunk = 4096};
+        collected one, two, again;
+        size_t peak1[2] = {0}, peak2[2] = {0};
+        CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, peak1, &err), MOEQ_OK);
+        opt.n_devices = 2;
+        opt.devices[0] = 0;
+        opt.devices[1] = 1;
+        moeq_code rc = run(&m, &cs, opt, 1, &two, peak2, &err);
+        if (rc)
+            fprintf(stderr, "  %s\n", err.msg);
+        CHECK_INT_EQ(rc, MOEQ_OK);
+        opt.wait_for_layer = 1;
+        CHECK_INT_EQ(run(&m, &cs, opt, 1, &again, NULL, &err), MOEQ_OK);
+        comparison l0 = compare_layer(&two, &one, 0), all = compare(&two, &one);
+        double same0 = l0.codes ? (double)l0.same_codes / (double)l0.codes : 0;
+        double same = all.codes ? (double)all.same_codes / (double)all.codes : 0;
+        printf("     %-8s 2 GPUs vs 1: layer 0 identical codes %.6f, all layers %.6f, loss "
+               "2/1 - 1 = %+.4f; peak %.1f + %.1f MiB (one GPU %.1f MiB); rerun identical %d\n",
+               moeq_expert_calib_name((moeq_expert_calib)mode), same0, same,
+               all.loss_cpu > 0 ? all.loss_gpu / all.loss_cpu - 1 : 0, peak2[0] / 1048576.0,
+               peak2[1] / 1048576.0, peak1[0] / 1048576.0, same_bytes(&two, &again));
+        CHECK_INT_EQ(all.missing, 0);
+        CHECK(l0.codes > 0);
+        if (mode == MOEQ_EXPERT_CALIB_ALL)
+            CHECK(same0 >= 0.99);
+        else
+            CHECK_INT_EQ(l0.same_codes, l0.codes);
+        CHECK(same >= 0.97);
+        CHECK_NEAR(all.loss_gpu, all.loss_cpu, 0, 0.01);
+        CHECK(same_bytes(&two, &again));
+        CHECK(peak2[1] > 0);
+        collected_free(&one);
+        collected_free(&two);
+        collected_free(&again);
+    }
+    moeq_calib_set_free(&cs);
+    /* The residual stream in host memory (as in the test above), 2 GPUs. */
+    random_calib(&m, 64, 256, 75, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 1024,
+                                 .vram_budget = (size_t)40 << 20};
+    collected one, two;
+    size_t peak[2] = {0};
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
+    opt.n_devices = 2;
+    opt.devices[1] = 1;
+    moeq_code rc = run(&m, &cs, opt, 1, &two, peak, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    comparison s = compare(&two, &one);
+    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    printf("     residual stream in host memory, 40 MiB budget: peaks %.1f and %.1f MiB, "
+           "identical codes %.6f\n",
+           peak[0] / 1048576.0, peak[1] / 1048576.0, same);
+    CHECK_INT_EQ(s.missing, 0);
+    CHECK(same >= 0.97);
+    CHECK(peak[0] > 0 && peak[0] <= opt.vram_budget);
+    CHECK(peak[1] > 0 && peak[1] <= opt.vram_budget);
+    collected_free(&one);
+    collected_free(&two);
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
+/* A device listed twice is refused before anything runs. */
+static void test_device_listed_twice_is_refused(void)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 2, 64, 77, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .n_devices = 2};
+    collected a;
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_INVALID_ARG);
+    CHECK_CONTAINS(err.msg, "CUDA device 0 is listed twice");
+    CHECK_INT_EQ(a.n, 0);
+    collected_free(&a);
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
 int main(void)
 {
     snprintf(demo_dir, sizeof demo_dir, "%s/demo/qwen3-moe-demo", MOEQ_SOURCE_DIR);
@@ -403,5 +520,11 @@ int main(void)
     RUN(test_budget_is_held);
     RUN(test_residual_stream_moves_to_host_memory_under_a_small_budget);
     RUN(test_budget_too_small_is_refused);
+    RUN(test_device_listed_twice_is_refused);
+    if (moeq_cuda_device_count() >= 2)
+        RUN(test_several_gpus_match_one);
+    else
+        printf("NOT RUN: test_several_gpus_match_one needs 2 GPUs (%d found)\n",
+               moeq_cuda_device_count());
     return test_summary();
 }

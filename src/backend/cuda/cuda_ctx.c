@@ -90,6 +90,10 @@ moeq_code moeq_cuda_init(moeq_cuda_ctx *ctx, int device, moeq_error *err)
 
 void moeq_cuda_free_ctx(moeq_cuda_ctx *ctx)
 {
+    /* Handles and stream-ordered frees belong to the context's device,
+     * which need not be the calling thread's current one. */
+    if (ctx->stream && cudaSetDevice(ctx->device) != cudaSuccess)
+        (void)cudaGetLastError();
     if (ctx->stream)
         cudaStreamSynchronize(ctx->stream);
     for (int i = 0; i < MOEQ_CUDA_SOLVER_LANES; i++) {
@@ -174,10 +178,11 @@ moeq_code moeq_cuda_sync(moeq_cuda_ctx *ctx, moeq_error *err)
 
 moeq_code moeq_cuda_host_alloc(void **ptr, size_t bytes, const char *what, moeq_error *err)
 {
-    cudaError_t status = cudaMallocHost(ptr, bytes);
+    /* Portable: pinned for every GPU of the run, not only the current one. */
+    cudaError_t status = cudaHostAlloc(ptr, bytes, cudaHostAllocPortable);
     if (status != cudaSuccess) {
         *ptr = NULL;
-        return moeq_fail(err, MOEQ_ERR_OOM, "cudaMallocHost of %zu bytes for %s failed: %s",
+        return moeq_fail(err, MOEQ_ERR_OOM, "cudaHostAlloc of %zu bytes for %s failed: %s",
                          bytes, what, cudaGetErrorString(status));
     }
     return MOEQ_OK;

@@ -69,7 +69,7 @@ moeq_code moeq_cusolver_check(cusolverStatus_t status, const char *call, const c
  * made so far is released. MOEQ_ERR_UNSUPPORTED when no device exists. */
 moeq_code moeq_cuda_init(moeq_cuda_ctx *ctx, int device, moeq_error *err);
 /* Waits for the stream, then frees what init and the workspace made. Safe on
- * a zeroed or half-initialised context. */
+ * a zeroed or half-initialised context. Leaves ctx's device current. */
 void moeq_cuda_free_ctx(moeq_cuda_ctx *ctx);
 
 /* Device allocation of bytes (what names it in the error). bytes == 0 gives

@@ -246,6 +246,21 @@ moeq_code moeq_cuda_gptq_prepared_upload(moeq_cuda_ctx *ctx, const moeq_gptq_pre
     return rc;
 }
 
+moeq_code moeq_cuda_gptq_prepared_mirror(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *src,
+                                         moeq_cuda_gptq_prepared *prep, moeq_error *err)
+{
+    moeq_code rc = alloc_prepared(ctx, src->cols, prep, err);
+    if (rc) {
+        moeq_cuda_gptq_prepared_free(ctx, prep);
+        return rc;
+    }
+    memcpy(prep->perm_host, src->perm_host, sizeof(int32_t) * (size_t)src->cols);
+    memcpy(prep->dead_host, src->dead_host, (size_t)src->cols);
+    prep->dead_columns = src->dead_columns;
+    prep->damp_used = src->damp_used;
+    return MOEQ_OK;
+}
+
 void moeq_cuda_gptq_prepared_free(moeq_cuda_ctx *ctx, moeq_cuda_gptq_prepared *prep)
 {
     moeq_cuda_free(ctx, &prep->hinv);

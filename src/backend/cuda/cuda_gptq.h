@@ -47,6 +47,11 @@ moeq_code moeq_cuda_gptq_prepare_many(moeq_cuda_ctx *ctx, const float *const *H,
 /* Copies a CPU preparation to the device (a CPU solve feeding a GPU sweep). */
 moeq_code moeq_cuda_gptq_prepared_upload(moeq_cuda_ctx *ctx, const moeq_gptq_prepared *host,
                                          moeq_cuda_gptq_prepared *prep, moeq_error *err);
+/* A preparation on ctx's device with src's host half (column order, dead
+ * columns, damping) and room for its device half (hinv, perm, dead), which
+ * the caller fills: a broadcast from the GPU that prepared src. */
+moeq_code moeq_cuda_gptq_prepared_mirror(moeq_cuda_ctx *ctx, const moeq_cuda_gptq_prepared *src,
+                                         moeq_cuda_gptq_prepared *prep, moeq_error *err);
 void moeq_cuda_gptq_prepared_free(moeq_cuda_ctx *ctx, moeq_cuda_gptq_prepared *prep);
 
 /* A quantized weight on the device; the layout of moeq_quantized. */
