@@ -12,6 +12,7 @@
 // block-start copy gptq.c fits dynamic groups on.
 #include "kernels.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
 
@@ -26,10 +27,20 @@ struct grid_t {
     int32_t zero;
 };
 
+// round_scale of src/quant/grid.c: v rounded to fp16, or (scale_bf16) to
+// bf16 first and then to fp16, so the scale is a value both formats hold.
+// Both roundings are to nearest, ties to even, as common/dtype.c's.
+__device__ float round_scale(float v, int scale_bf16)
+{
+    if (scale_bf16)
+        v = __bfloat162float(__float2bfloat16_rn(v));
+    return __half2float(__float2half_rn(v));
+}
+
 // moeq_grid_fit of src/quant/grid.c given the slice's min and max (each
 // started at 0, so the range always contains 0). Keep the two in step: the
 // parity test fails on any difference.
-__device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym)
+__device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym, int scale_bf16)
 {
     const int32_t maxq = (1 << bits) - 1;
     if (sym) {
@@ -42,7 +53,7 @@ __device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym)
         xmax = 1.0f;
     }
     grid_t g;
-    g.scale = __half2float(__float2half_rn(__fdiv_rn(__fsub_rn(xmax, xmin), (float)maxq)));
+    g.scale = round_scale(__fdiv_rn(__fsub_rn(xmax, xmin), (float)maxq), scale_bf16);
     if (g.scale == 0.0f) // below fp16's smallest subnormal
         g.scale = __half2float(__ushort_as_half((unsigned short)1));
     if (sym) {
@@ -52,7 +63,7 @@ __device__ grid_t grid_from_range(float xmin, float xmax, int bits, int sym)
         g.zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int32_t)z;
         if (g.zero == 0) { // GPTQ v1 cannot store zero 0: grid.c's zero 1, stretched scale
             g.zero = 1;
-            g.scale = __half2float(__float2half_rn(__fdiv_rn(xmax, (float)(maxq - 1))));
+            g.scale = round_scale(__fdiv_rn(xmax, (float)(maxq - 1)), scale_bf16);
             if (g.scale == 0.0f)
                 g.scale = __half2float(__ushort_as_half((unsigned short)1));
         }
@@ -120,7 +131,7 @@ __device__ float warp_clip_error(grid_t g, const float *x, int n, const uint8_t 
 // The grid of x[0..n) (stride 1; dead[i] marks values read as 0), with the
 // clipping search when norm > 0: moeq_grid_fit_mse of grid.c.
 __device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits, int sym,
-                           float norm, int lane)
+                           int scale_bf16, float norm, int lane)
 {
     float xmin = 0.0f, xmax = 0.0f;
     for (int i = lane; i < n; i += 32) {
@@ -129,13 +140,13 @@ __device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits,
         xmax = v > xmax ? v : xmax;
     }
     warp_range(xmin, xmax, sym, &xmin, &xmax);
-    grid_t best = grid_from_range(xmin, xmax, bits, sym);
+    grid_t best = grid_from_range(xmin, xmax, bits, sym, scale_bf16);
     if (norm <= 0.0f)
         return best;
     float best_err = warp_clip_error(best, x, n, dead, bits, norm, lane);
     for (int i = 1; i < MOEQ_K_GRID_MSE_STEPS; i++) {
         float p = 1.0f - (float)i / (float)MOEQ_K_GRID_MSE_GRID;
-        grid_t g = grid_from_range(p * xmin, p * xmax, bits, sym);
+        grid_t g = grid_from_range(p * xmin, p * xmax, bits, sym, scale_bf16);
         float e = warp_clip_error(g, x, n, dead, bits, norm, lane);
         if (e < best_err) { // the same value in every lane after warp_sum
             best_err = e;
@@ -196,8 +207,7 @@ __global__ void fit_static_kernel(const float *W, moeq_k_gptq_args a)
     int g = (int)(task / a.rows), r = (int)(task % a.rows);
     const float *x = W + (size_t)r * a.cols + (size_t)g * a.group_size;
     grid_t gr = warp_fit(x, a.group_size, dead_of(a, segment_of(a, r)) + (size_t)g * a.group_size,
-                         a.bits, a.sym,
-                         a.mse, lane);
+                         a.bits, a.sym, a.scale_bf16, a.mse, lane);
     if (lane == 0) {
         a.scales[(size_t)g * a.rows + r] = gr.scale;
         a.zeros[(size_t)g * a.rows + r] = gr.zero;
@@ -247,7 +257,8 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
             const int g = group_of(a, perm, i);
             const bool fit = gs > 0 ? !a.static_groups && i % gs == 0 : i == 0;
             if (fit) {
-                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, nullptr, a.bits, a.sym, a.mse, lane);
+                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, nullptr, a.bits, a.sym,
+                              a.scale_bf16, a.mse, lane);
                 if (lane == 0) {
                     a.scales[(size_t)g * a.rows + r] = gr.scale;
                     a.zeros[(size_t)g * a.rows + r] = gr.zero;

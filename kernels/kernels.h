@@ -53,6 +53,7 @@ typedef struct moeq_k_gptq_args {
     int group_size;     /* -1: one group per row */
     int static_groups;  /* groups of perm[i] / group_size, fitted before the sweep */
     float mse;          /* > 0: grids by the clipping search of src/quant/grid.h */
+    int scale_bf16;     /* scales exact in bf16 as well as fp16 (grid.h) */
     int block_size;     /* lazy-update block, at most MOEQ_K_GPTQ_MAX_BLOCK */
     const int32_t *perm;/* [segments, cols] processing order -> original column */
     const uint8_t *dead;/* [segments, cols] */

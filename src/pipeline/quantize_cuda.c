@@ -1754,11 +1754,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (opt->method == MOEQ_METHOD_AWQ)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");
-    if (opt->method == MOEQ_METHOD_GPTQ && opt->gptq.scale_bf16)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "the CUDA GPTQ sweep rounds scales to fp16 only, and --format %s on a "
-                         "bf16 model needs scales exact in bf16 as well: use --device cpu",
-                         moeq_format_name(opt->format));
     return MOEQ_OK;
 }
 

@@ -480,6 +480,15 @@ static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, 
     CHECK(s.first_block_diff <= (cfg.mse > 0 ? (size_t)rows * cfg.block_size / 1000 : 0));
     CHECK((double)s.same_codes / (double)s.codes >= 0.98);
     CHECK_NEAR(s.loss_gpu, s.loss_cpu, 0, 1e-2);
+    if (cfg.scale_bf16) { /* every GPU scale survives bf16 and fp16 unchanged */
+        size_t inexact = 0;
+        for (size_t k = 0; k < (size_t)qg.n_groups * rows; k++) {
+            float v = qg.scales[k];
+            inexact += moeq_bf16_to_f32(moeq_f32_to_bf16(v)) != v ||
+                       moeq_f16_to_f32(moeq_f32_to_f16(v)) != v;
+        }
+        CHECK_INT_EQ((long long)inexact, 0);
+    }
     moeq_quantized_free(&qc);
     moeq_quantized_free(&qg);
     moeq_cuda_quantized_free(&ctx, &dq);
@@ -575,6 +584,30 @@ static void test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2(void)
     cfg.group_size = -1;
     cfg.mse = 2.0;
     sweep_case("4-bit per-row mse 2", cfg, 256, 512, 39);
+}
+
+/* Scales exact in bf16 as well as fp16 (--format awq / compressed-tensors on
+ * a bf16 model): the same rounding as grid.c, so the first blocks agree
+ * exactly; a sweep that rounded to fp16 only would move codes there. */
+static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order_bf16_scales(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
+    cfg.sym = 0;
+    cfg.desc_act = 1;
+    cfg.scale_bf16 = 1;
+    sweep_case("4-bit g128 asym act-order bf16 scales", cfg, 512, 640, 40);
+}
+
+static void test_gptq_sweep_matches_cpu_4bit_g32_sym_static_clipping_search_bf16_scales(void)
+{
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    cfg.group_size = 32;
+    cfg.desc_act = 1;
+    cfg.static_groups = 1;
+    cfg.mse = 2.4;
+    cfg.scale_bf16 = 1;
+    sweep_case("4-bit g32 sym static mse 2.4 bf16 scales", cfg, 256, 512, 41);
 }
 
 /* Three weights with three Hessians (act-order: three permutations) in one
@@ -1139,6 +1172,8 @@ int main(void)
     RUN(test_gptq_sweep_matches_cpu_4bit_g128_sym_clipping_search);
     RUN(test_gptq_sweep_matches_cpu_3bit_asym_static_clipping_search);
     RUN(test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2);
+    RUN(test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order_bf16_scales);
+    RUN(test_gptq_sweep_matches_cpu_4bit_g32_sym_static_clipping_search_bf16_scales);
     RUN(test_gptq_segmented_sweep_matches_separate_cpu_sweeps);
     RUN(test_gptq_sweep_rejects_blocks_over_128);
     RUN(test_gptq_gpu_pipeline_matches_cpu);

@@ -21,6 +21,7 @@
  *    another row count, so there nearly all codes must agree. */
 #include "../test.h"
 
+#include "common/dtype.h"
 #include "pipeline/quantize.h"
 #include "model/model.h"
 
@@ -161,10 +162,27 @@ static void random_calib(const moeq_model *m, int S, int T, uint64_t seed, moeq_
         cs->tokens[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)m->cfg.vocab_size);
 }
 
-/* One model, one setting: CPU vs CUDA. */
-static void pipeline_case(const char *dir, const char *name, int group_size, int S, int T,
-                          moeq_method method, moeq_expert_calib mode, double min_same)
+/* The number of GPU scales that bf16 or fp16 would change. */
+static size_t scales_not_bf16_and_fp16(const collected *c)
 {
+    size_t inexact = 0;
+    for (int i = 0; i < c->n; i++) {
+        const moeq_quantized *q = &c->linears[i].q;
+        for (size_t k = 0; k < (size_t)q->n_groups * q->rows; k++) {
+            float v = q->scales[k];
+            inexact += moeq_bf16_to_f32(moeq_f32_to_bf16(v)) != v ||
+                       moeq_f16_to_f32(moeq_f32_to_f16(v)) != v;
+        }
+    }
+    return inexact;
+}
+
+/* One model, one setting: CPU vs CUDA. */
+static void pipeline_case_opt(const char *dir, const char *name, int S, int T,
+                              moeq_quantize_options opt, double min_same)
+{
+    const moeq_method method = opt.method;
+    const moeq_expert_calib mode = opt.expert_calib;
     moeq_error err = {0};
     moeq_model m;
     moeq_code opened = moeq_model_open(dir, NULL, &m, &err);
@@ -175,10 +193,6 @@ static void pipeline_case(const char *dir, const char *name, int group_size, int
     }
     moeq_calib_set cs = {0};
     random_calib(&m, S, T, 71, &cs);
-    moeq_quantize_options opt = {.method = method, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = mode, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
-    opt.gptq.group_size = group_size;
     collected cpu, gpu;
     size_t peak = 0;
     CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
@@ -194,9 +208,10 @@ static void pipeline_case(const char *dir, const char *name, int group_size, int
         tok_total_gpu += gpu.tokens[i];
         tok_diff += llabs(cpu.tokens[i] - gpu.tokens[i]);
     }
-    printf("     %-10s %-4s %-8s %3d linears: identical codes %.5f, grids %.5f, loss gpu/cpu "
+    printf("     %-10s %-4s %-8s%s %3d linears: identical codes %.5f, grids %.5f, loss gpu/cpu "
            "- 1 = %+.3f, routed-count moves %lld of %lld, peak device %.1f MiB\n",
-           name, moeq_method_name(method), moeq_expert_calib_name(mode), cpu.n, same,
+           name, moeq_method_name(method), moeq_expert_calib_name(mode),
+           opt.gptq.scale_bf16 ? " bf16-scales" : "", cpu.n, same,
            s.grids ? (double)s.same_grids / (double)s.grids : 0,
            s.loss_cpu > 0 ? s.loss_gpu / s.loss_cpu - 1 : 0, (long long)tok_diff,
            (long long)tok_total_cpu, peak / 1048576.0);
@@ -208,10 +223,22 @@ static void pipeline_case(const char *dir, const char *name, int group_size, int
     CHECK_INT_EQ(tok_total_gpu, tok_total_cpu);
     CHECK(tok_diff <= tok_total_cpu / 20);
     CHECK(peak > 0);
+    if (opt.gptq.scale_bf16)
+        CHECK_INT_EQ((long long)scales_not_bf16_and_fp16(&gpu), 0);
     collected_free(&cpu);
     collected_free(&gpu);
     moeq_calib_set_free(&cs);
     moeq_model_close(&m);
+}
+
+static void pipeline_case(const char *dir, const char *name, int group_size, int S, int T,
+                          moeq_method method, moeq_expert_calib mode, double min_same)
+{
+    moeq_quantize_options opt = {.method = method, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = mode, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 4096};
+    opt.gptq.group_size = group_size;
+    pipeline_case_opt(dir, name, S, T, opt, min_same);
 }
 
 static char demo_dir[1024];
@@ -233,6 +260,21 @@ static void test_demo_model_all_modes(void)
                   0.70);
     pipeline_case(demo_dir, "demo", 128, 8, 256, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
                   0.85);
+}
+
+/* Scales exact in bf16 as well as fp16, as --format awq or compressed-tensors
+ * asks of a bf16 model (the demo model is bf16): the same floors as the
+ * fp16-only runs, and every GPU scale bf16- and fp16-exact. */
+static void test_demo_model_bf16_scales(void)
+{
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 4096};
+    opt.gptq.scale_bf16 = 1;
+    pipeline_case_opt(demo_dir, "demo", 8, 256, opt, 0.85);
+    opt.gptq.sym = 0;
+    opt.gptq.desc_act = 1;
+    pipeline_case_opt(demo_dir, "demo", 8, 256, opt, 0.85);
 }
 
 static void test_golden_architectures(void)
@@ -515,6 +557,7 @@ int main(void)
         return 2;
     }
     RUN(test_demo_model_all_modes);
+    RUN(test_demo_model_bf16_scales);
     RUN(test_golden_architectures);
     RUN(test_expert_groups_and_reruns_are_bit_identical);
     RUN(test_budget_is_held);

@@ -44,6 +44,30 @@ static void test_supported_architectures_pass(void)
     }
 }
 
+/* Scales exact in bf16 as well as fp16 (--format awq or compressed-tensors on
+ * a bf16 model) are the CUDA sweep's as well: GPTQ and RTN pass. */
+static void test_bf16_exact_scales_pass(void)
+{
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "qwen3_moe");
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    moeq_quantize_options opt = default_options();
+    opt.gptq.scale_bf16 = 1;
+    for (int f = 0; f < 2; f++) {
+        opt.format = f ? MOEQ_FORMAT_AWQ : MOEQ_FORMAT_COMPRESSED_TENSORS;
+        opt.method = MOEQ_METHOD_GPTQ;
+        moeq_code rc = moeq_cuda_pipeline_supports(&m, &opt, &err);
+        if (rc)
+            fprintf(stderr, "  %s\n", err.msg);
+        CHECK_INT_EQ(rc, MOEQ_OK);
+        opt.method = MOEQ_METHOD_RTN;
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_OK);
+    }
+    moeq_model_close(&m);
+}
+
 /* A setting the loop lacks is refused the same way. */
 static void test_true_sequential_false_is_refused(void)
 {
@@ -130,6 +154,7 @@ static void test_gpt_oss_and_llama4_components_are_refused_naming_them(void)
 int main(void)
 {
     RUN(test_supported_architectures_pass);
+    RUN(test_bf16_exact_scales_pass);
     RUN(test_true_sequential_false_is_refused);
     RUN(test_hybrid_components_are_refused_by_name);
     RUN(test_cpu_only_components_are_refused_naming_them);

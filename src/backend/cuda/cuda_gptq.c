@@ -352,6 +352,7 @@ static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int
         .group_size = gs,
         .static_groups = gs > 0 && cfg->static_groups,
         .mse = (float)cfg->mse,
+        .scale_bf16 = cfg->scale_bf16,
         .block_size = B,
         .perm = perm,
         .dead = dead,
