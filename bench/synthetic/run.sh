@@ -10,6 +10,7 @@
 #          STATE=1      (--state-every: the resume record after every layer;
 #                        0: none, the time without it)
 #          DEVICES=     (e.g. 0,1: passed as --devices, tag -<n>gpu)
+#          SUFFIX=      (appended to the tag, e.g. -h200 for another GPU model)
 #          WORK=/tmp/moeq-bench (checkpoints, outputs; several GiB)
 # Writes bench/results/<shape>-<mode>-<memory>[-<budget>].json (summarize.py) and
 # a table on stdout; logs to build/gpu/bench-logs; with $OUT set, both go
@@ -73,6 +74,7 @@ for shape in "${SHAPES[@]}"; do
         [ -n "$BUDGET" ] && { extra+=(--vram-budget "$BUDGET"); tag=$tag-$BUDGET; }
         [ -n "${DEVICES:-}" ] &&
             { extra+=(--devices "$DEVICES"); tag=$tag-$(echo "$DEVICES" | tr , '\n' | wc -l)gpu; }
+        tag=$tag${SUFFIX:-}
         "$BUILD/moeq" quantize --model "$ckpt" --out "$out" --device cuda \
             --calib "$ckpt/tokens.bin" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
             --expert-calib "$mode" "${extra[@]}" > "$LOGS/quantize-$tag.log" 2>&1 ||
