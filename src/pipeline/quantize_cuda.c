@@ -30,6 +30,7 @@
 #include "backend/cuda/cuda_hessian.h"
 #include "backend/cuda/cuda_layer.h"
 #include "common/failpoint.h"
+#include "common/parallel.h"
 #include "kernels.h"
 #include "model/forward.h"
 #include "model/weights.h"
@@ -1505,40 +1506,66 @@ done:
 
 /* Pins (page-locks) or unpins the large host arrays of a layer so that
  * their uploads run at full speed and asynchronously, to every GPU of the
- * run (portable). Pinning is an
- * optimisation: an array that cannot be pinned is uploaded from pageable
- * memory, so failures are ignored (and the sticky-free error cleared). */
-static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int pin)
+ * run (portable). Pinning is an optimisation: an array that cannot be
+ * pinned is uploaded from pageable memory, so failures are ignored (and
+ * the sticky-free error cleared). The experts' arrays are pinned on
+ * several threads: page-locking gigabytes costs about as much as reading
+ * them. */
+typedef struct pin_job {
+    const moeq_config *cfg;
+    const moeq_layer_weights *lw;
+    int pin, device;
+} pin_job;
+
+static void pin_array(float *p, size_t count, int pin)
 {
+    if (!p)
+        return;
+    if (pin)
+        (void)cudaHostRegister(p, sizeof(float) * count, cudaHostRegisterPortable);
+    else
+        (void)cudaHostUnregister(p);
+}
+
+/* Item i: MLP i of the layer (its experts, then the shared expert or the
+ * dense MLP), or, last, the attention projections. */
+static moeq_code pin_item(void *ctx, int i, moeq_error *err)
+{
+    (void)err;
+    const pin_job *j = ctx;
+    const moeq_config *cfg = j->cfg;
+    const moeq_layer_weights *lw = j->lw;
     const size_t H = (size_t)cfg->hidden_size, qd = (size_t)cfg->num_heads * cfg->head_dim,
                  kvd = (size_t)cfg->num_kv_heads * cfg->head_dim;
-    float *attn[4] = {lw->q, lw->k, lw->v, lw->o};
-    const size_t attn_n[4] = {qd * H, kvd * H, kvd * H, H * qd};
-    for (int i = 0; i < 4; i++)
-        if (attn[i]) {
-            if (pin)
-                (void)cudaHostRegister(attn[i], sizeof(float) * attn_n[i],
-                                       cudaHostRegisterPortable);
-            else
-                (void)cudaHostUnregister(attn[i]);
-        }
-    const moeq_mlp_weights *mlps = lw->is_moe ? lw->experts : &lw->dense;
-    int n_mlps = lw->is_moe ? lw->n_experts : 1;
-    for (int m = 0; m <= n_mlps; m++) {
-        const moeq_mlp_weights *w = m < n_mlps ? &mlps[m] : lw->has_shared ? &lw->shared : NULL;
-        if (!w)
-            break;
-        float *ps[3] = {w->gate, w->up, w->down};
-        for (int i = 0; i < 3; i++)
-            if (ps[i]) {
-                size_t bytes = sizeof(float) * H * (size_t)w->intermediate;
-                if (pin)
-                    (void)cudaHostRegister(ps[i], bytes, cudaHostRegisterPortable);
-                else
-                    (void)cudaHostUnregister(ps[i]);
-            }
+    const int n_mlps = lw->is_moe ? lw->n_experts + lw->has_shared : 1;
+    if (cudaSetDevice(j->device) != cudaSuccess) { /* the threads are new */
+        (void)cudaGetLastError();
+        return MOEQ_OK;
+    }
+    if (i == n_mlps) {
+        pin_array(lw->q, qd * H, j->pin);
+        pin_array(lw->k, kvd * H, j->pin);
+        pin_array(lw->v, kvd * H, j->pin);
+        pin_array(lw->o, H * qd, j->pin);
+    } else {
+        const moeq_mlp_weights *w = !lw->is_moe ? &lw->dense
+                                    : i < lw->n_experts ? &lw->experts[i]
+                                                        : &lw->shared;
+        const size_t count = H * (size_t)w->intermediate;
+        pin_array(w->gate, count, j->pin);
+        pin_array(w->up, count, j->pin);
+        pin_array(w->down, count, j->pin);
     }
     (void)cudaGetLastError();
+    return MOEQ_OK;
+}
+
+static void layer_pin(const moeq_config *cfg, const moeq_layer_weights *lw, int device, int pin)
+{
+    pin_job j = {cfg, lw, pin, device};
+    const int n_items = (lw->is_moe ? lw->n_experts + lw->has_shared : 1) + 1;
+    moeq_error ignored = {0};
+    (void)moeq_parallel_for(n_items, 0, pin_item, &j, &ignored);
 }
 
 /* Reads one layer's weights on a helper thread, and pins them. */
@@ -1549,7 +1576,7 @@ typedef struct loader {
     const moeq_model *model;
     int layer;
     moeq_layer_weights lw;
-    double seconds;
+    double seconds, seconds_pin; /* all of it; pinning the weights (part of it) */
     moeq_code rc;
     moeq_error err;
 } loader;
@@ -1559,10 +1586,12 @@ static void *loader_main(void *arg)
     loader *ld = arg;
     double t0 = now_seconds();
     ld->rc = moeq_layer_weights_load(ld->model, ld->layer, &ld->lw, &ld->err);
+    double t1 = now_seconds();
     if (!ld->rc && cudaSetDevice(ld->device) == cudaSuccess)
-        layer_pin(&ld->model->cfg, &ld->lw, 1);
+        layer_pin(&ld->model->cfg, &ld->lw, ld->device, 1);
     (void)cudaGetLastError();
     ld->seconds = now_seconds() - t0;
+    ld->seconds_pin = now_seconds() - t1;
     return NULL;
 }
 
@@ -1605,6 +1634,7 @@ typedef struct writer {
     int running;
     const moeq_layer_sink *sink;
     const moeq_config *cfg;
+    int device; /* the primary GPU (unpinning) */
     moeq_layer_result res;
     moeq_layer_weights lw;
     const float *hidden; /* the layer's output on the host, for layer_done (borrowed) */
@@ -1621,7 +1651,7 @@ static void writer_work(writer *w, moeq_error *err)
         w->rc = w->sink->layer_done(w->sink->ctx, layer, w->hidden, w->hidden_count, err);
     w->hidden = NULL;
     moeq_layer_result_free(&w->res);
-    layer_pin(w->cfg, &w->lw, 0);
+    layer_pin(w->cfg, &w->lw, w->device, 0);
     moeq_layer_weights_free(&w->lw);
 }
 
@@ -1804,6 +1834,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
     if ((rc = moeq_cuda_init(&g.cu, opt->devices[0], err)))
         goto done;
     g.cu.budget_bytes = opt->vram_budget;
+    wr.device = g.cu.device;
     if (ranks > 1) {
         if (!(peers = calloc((size_t)ranks, sizeof *peers))) {
             rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
@@ -1916,13 +1947,16 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
         moeq_layer_result res = {.layer = l};
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
+        char pin_note[96] = "";
         double t_layer = now_seconds();
         if (overlap) {
             if ((rc = loader_finish(&ld, &lw, &res.seconds_load, err)))
                 goto done;
+            snprintf(pin_note, sizeof pin_note, " (%.2f s of it pinning; beside the previous layer)",
+                     ld.seconds_pin);
             if (l + 1 < cfg->num_layers &&
                 (rc = loader_start(&ld, model, g.cu.device, l + 1, err))) {
-                layer_pin(cfg, &lw, 0);
+                layer_pin(cfg, &lw, g.cu.device, 0);
                 moeq_layer_weights_free(&lw);
                 goto done;
             }
@@ -1932,9 +1966,10 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             res.seconds_load = now_seconds() - t_layer;
         }
         if (opt->progress)
-            fprintf(opt->progress, "layer %d/%d: weights read in %.2f s%s, quantizing %s on %s\n",
-                    l + 1, cfg->num_layers, res.seconds_load,
-                    overlap ? " (beside the previous layer)" : "",
+            fprintf(opt->progress,
+                    "layer %d/%d: weights read in %.2f s%s, quantizing %s on %s\n", l + 1,
+                    cfg->num_layers, res.seconds_load,
+                    overlap ? pin_note : "",
                     lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = now_seconds();
@@ -1981,7 +2016,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                 rc = sink->layer_done(sink->ctx, l, hidden, nh, err);
         }
         if (overlap)
-            layer_pin(cfg, &lw, 0); /* lw is empty unless writer_start did not run */
+            layer_pin(cfg, &lw, g.cu.device, 0); /* lw is empty unless writer_start did not run */
         moeq_layer_weights_free(&lw);
         moeq_layer_result_free(&res);
         if (rc)
@@ -1995,7 +2030,7 @@ done:
         moeq_layer_weights lw;
         double unused;
         if (ld.running && loader_finish(&ld, &lw, &unused, &ignored) == MOEQ_OK) {
-            layer_pin(cfg, &lw, 0);
+            layer_pin(cfg, &lw, g.cu.device, 0);
             moeq_layer_weights_free(&lw);
         }
     }
