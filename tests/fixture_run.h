@@ -10,9 +10,11 @@
 #include "pipeline/evaluate.h"
 #include "pipeline/quantize.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Quantizes model_dir into out, calibrated on `windows` windows of `seqlen`
  * tokens sampled (seed 7) from a stream of stream_tokens pseudo-random ids
@@ -80,6 +82,61 @@ static inline double kl_on_random_tokens(const char *model_dir, const char *out,
     moeq_model_close(&q);
     moeq_model_close(&orig);
     return r.kl;
+}
+
+/* A copy of model directory src in dst (which must exist) whose bf16
+ * tensor `name` has the bits `bits` as its element `at` (0x7FC0: NaN,
+ * 0x7F7F: the largest finite bf16, about 3.39e38). */
+static inline void copy_poisoned(const char *src, const char *dst, const char *name, size_t at,
+                                 uint16_t bits)
+{
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "cp -r '%s'/. '%s'/", src, dst);
+    CHECK(system(cmd) == 0);
+    DIR *d = opendir(src);
+    CHECK(d != NULL);
+    int found = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors"))
+            continue;
+        char in[4200], out[4200];
+        snprintf(in, sizeof in, "%s/%s", src, e->d_name);
+        snprintf(out, sizeof out, "%s/%s", dst, e->d_name);
+        st_file f;
+        moeq_error err = {0};
+        CHECK_INT_EQ(st_file_open(&f, in, &err), MOEQ_OK);
+        int here = 0;
+        for (size_t i = 0; i < f.n_tensors; i++)
+            here |= !strcmp(f.tensors[i].name, name);
+        if (here) {
+            st_writer w;
+            st_writer_init(&w);
+            unsigned char *copy = NULL;
+            for (size_t i = 0; i < f.n_tensors; i++) {
+                const st_tensor *t = &f.tensors[i];
+                const void *data = t->data;
+                if (!strcmp(t->name, name)) {
+                    CHECK(t->dtype == ST_BF16 && 2 * at < t->nbytes);
+                    copy = malloc(t->nbytes);
+                    memcpy(copy, t->data, t->nbytes);
+                    memcpy(copy + 2 * at, &bits, 2); /* little-endian, as the file */
+                    data = copy;
+                }
+                CHECK_INT_EQ(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, data,
+                                           t->nbytes, &err),
+                             MOEQ_OK);
+            }
+            CHECK_INT_EQ(st_writer_write(&w, out, &err), MOEQ_OK);
+            st_writer_free(&w);
+            free(copy);
+            found = 1;
+        }
+        st_file_close(&f);
+    }
+    if (d)
+        closedir(d);
+    CHECK(found);
 }
 
 #endif

@@ -583,40 +583,6 @@ static void test_existing_output_is_refused_and_failures_leave_nothing(void)
     CHECK(system(cmd) == 0);
 }
 
-/* A copy of the llama fixture whose tensor `poison` has a NaN (bf16 0x7FC0)
- * as its element `at`. */
-static void write_poisoned(const char *dir, const char *poison, size_t at)
-{
-    char cmd[8400], src[4200], dst[4200];
-    snprintf(cmd, sizeof cmd, "cp '%s/config.json' '%s/'", fixture("llama"), dir);
-    CHECK(system(cmd) == 0);
-    snprintf(src, sizeof src, "%s/model.safetensors", fixture("llama"));
-    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
-    st_file f;
-    st_writer w;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_file_open(&f, src, &err), MOEQ_OK);
-    st_writer_init(&w);
-    unsigned char *copy = NULL;
-    for (size_t i = 0; i < f.n_tensors; i++) {
-        const st_tensor *t = &f.tensors[i];
-        const void *data = t->data;
-        if (!strcmp(t->name, poison)) {
-            copy = malloc(t->nbytes);
-            memcpy(copy, t->data, t->nbytes);
-            copy[2 * at] = 0xC0;
-            copy[2 * at + 1] = 0x7F;
-            data = copy;
-        }
-        CHECK_INT_EQ(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, data, t->nbytes, &err),
-                     MOEQ_OK);
-    }
-    CHECK_INT_EQ(st_writer_write(&w, dst, &err), MOEQ_OK);
-    st_writer_free(&w);
-    free(copy);
-    st_file_close(&f);
-}
-
 static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_module(void)
 {
     const char *dir = test_tmpdir("quant_nan");
@@ -626,7 +592,7 @@ static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_modul
     /* A NaN in a quantized weight: the solver names it. */
     snprintf(src, sizeof src, "%s/weight", dir);
     CHECK(mkdir(src, 0755) == 0);
-    write_poisoned(src, "model.layers.1.self_attn.k_proj.weight", 70);
+    copy_poisoned(fixture("llama"), src, "model.layers.1.self_attn.k_proj.weight", 70, 0x7FC0);
     moeq_model m;
     CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
     moeq_calib_set set = calib_for(&m, 5);
@@ -643,7 +609,8 @@ static void test_nan_weights_and_activations_stop_the_run_naming_layer_and_modul
     /* A NaN in a norm weight (not quantized) poisons the activations. */
     snprintf(src, sizeof src, "%s/norm", dir);
     CHECK(mkdir(src, 0755) == 0);
-    write_poisoned(src, "model.layers.2.post_attention_layernorm.weight", 3);
+    copy_poisoned(fixture("llama"), src, "model.layers.2.post_attention_layernorm.weight", 3,
+                  0x7FC0);
     CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
     set = calib_for(&m, 5);
     snprintf(out, sizeof out, "%s/out-norm", dir);

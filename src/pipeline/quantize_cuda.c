@@ -1422,34 +1422,13 @@ done:
     return rc;
 }
 
-/* Counts the non-finite values of the layer output y[count] (device) into
- * *bad (host, added to). */
-static moeq_code count_nonfinite(gpu_run *g, const float *y, size_t count, int *bad,
-                                 moeq_error *err)
-{
-    moeq_cuda_buf c = {0};
-    int found = 0;
-    moeq_code rc = moeq_cuda_alloc(&g->cu, &c, sizeof(int), "non-finite count", err);
-    if (!rc)
-        rc = MOEQ_CU(cudaMemsetAsync(c.ptr, 0, sizeof(int), g->cu.stream));
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_count_nonfinite(y, count, c.ptr, g->cu.stream));
-    if (!rc)
-        rc = moeq_cuda_download(&g->cu, &found, c.ptr, sizeof(int), err);
-    if (!rc)
-        rc = moeq_cuda_sync(&g->cu, err);
-    moeq_cuda_free(&g->cu, &c);
-    *bad += found;
-    return rc;
-}
-
 static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
 {
     gpu_run *g = L->g;
     const moeq_config *cfg = g->cfg;
     const int H = cfg->hidden_size, n = g->n;
     const size_t nh = (size_t)n * H;
-    moeq_cuda_buf norm = {0};
+    moeq_cuda_buf norm = {0}, bad_count = {0};
     moeq_cuda_gptq_prepared prep = {0};
     int bad = 0;
     moeq_code rc;
@@ -1475,10 +1454,13 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
         rc = experts_stage(L, lw, &prep, err);
     else
         rc = all_token_mlp(L, &lw->dense, MOEQ_DENSE_ROLES, &prep, NULL, err);
-    /* The layer output x = x1 + block, checked for NaN/Inf. */
+    /* The layer output x = x1 + block, its non-finite values counted on
+     * the device (chunk by chunk in host mode) and read once. */
+    if (!rc && !(rc = moeq_cuda_alloc(&g->cu, &bad_count, sizeof(int), "non-finite count", err)))
+        rc = MOEQ_CU(cudaMemsetAsync(bad_count.ptr, 0, sizeof(int), g->cu.stream));
     if (!rc && !g->resid_host) {
         if (!(rc = MOEQ_CU(moeq_k_gated_add(g->x1.ptr, NULL, n, H, acc, g->cu.stream))))
-            rc = count_nonfinite(g, acc, nh, &bad, err);
+            rc = MOEQ_CU(moeq_k_count_nonfinite(acc, nh, bad_count.ptr, g->cu.stream));
     }
     for (int c0 = 0; !rc && g->resid_host && c0 < n; c0 += g->chunk) {
         int m = n - c0 < g->chunk ? n - c0 : g->chunk;
@@ -1488,8 +1470,10 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
             !(rc = MOEQ_CU(moeq_k_gated_add(g->stage.ptr, NULL, m, H, out, g->cu.stream))) &&
             !(rc = moeq_cuda_download(&g->cu, g->xh + (size_t)c0 * H, out,
                                       sizeof(float) * (size_t)m * H, err)))
-            rc = count_nonfinite(g, out, (size_t)m * H, &bad, err);
+            rc = MOEQ_CU(moeq_k_count_nonfinite(out, (size_t)m * H, bad_count.ptr, g->cu.stream));
     }
+    if (!rc && !(rc = moeq_cuda_download(&g->cu, &bad, bad_count.ptr, sizeof(int), err)))
+        rc = moeq_cuda_sync(&g->cu, err);
     if (!rc && bad)
         rc = moeq_fail(err, MOEQ_ERR_NUMERIC,
                        "layer %d: %d non-finite values in the layer output: the model or the "
@@ -1498,6 +1482,7 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_free(&g->cu, &norm);
+    moeq_cuda_free(&g->cu, &bad_count);
     moeq_cuda_free(&g->cu, &g->acc);
     return rc;
 }

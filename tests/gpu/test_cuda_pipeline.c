@@ -20,12 +20,14 @@
  *    one sweep whose lazy-update GEMM cuBLAS may tile differently for
  *    another row count, so there nearly all codes must agree. */
 #include "../test.h"
+#include "../fixture_run.h"
 
 #include "common/dtype.h"
 #include "pipeline/quantize.h"
 #include "model/model.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct collected {
     int n;
@@ -529,6 +531,40 @@ static void test_several_gpus_match_one(void)
     moeq_model_close(&m);
 }
 
+/* A norm weight of about 1e30 (finite, not quantized) in layer 1 makes the
+ * expert products overflow: with RTN no Hessian sees it first, and the
+ * layer output check stops the run with MOEQ_ERR_NUMERIC naming the layer,
+ * with the residual stream on the device and in host memory. */
+static void test_nonfinite_layer_output_stops_the_run(void)
+{
+    const char *dir = test_tmpdir("cuda_nonfinite");
+    char src[2048];
+    snprintf(src, sizeof src, "%s/model", dir);
+    CHECK(mkdir(src, 0755) == 0);
+    copy_poisoned(demo_dir, src, "model.layers.1.post_attention_layernorm.weight", 5, 0x7149);
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 64, 256, 78, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 1024};
+    for (int host = 0; host < 2; host++) {
+        opt.vram_budget = host ? (size_t)40 << 20 : 0;
+        collected a;
+        CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_NUMERIC);
+        printf("     residual stream %s: %s\n", host ? "in host memory" : "on the device",
+               err.msg);
+        CHECK_CONTAINS(err.msg, "layer 1: ");
+        CHECK_CONTAINS(err.msg, "non-finite values in the layer output");
+        CHECK_INT_EQ(a.n, 52); /* layer 0's 4 + 16 x 3 linears reached the sink, not layer 1's */
+        collected_free(&a);
+    }
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
 /* A device listed twice is refused before anything runs. */
 static void test_device_listed_twice_is_refused(void)
 {
@@ -563,6 +599,7 @@ int main(void)
     RUN(test_budget_is_held);
     RUN(test_residual_stream_moves_to_host_memory_under_a_small_budget);
     RUN(test_budget_too_small_is_refused);
+    RUN(test_nonfinite_layer_output_stops_the_run);
     RUN(test_device_listed_twice_is_refused);
     if (moeq_cuda_device_count() >= 2)
         RUN(test_several_gpus_match_one);
