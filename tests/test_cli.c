@@ -103,6 +103,14 @@ static void test_eval_needs_exactly_one_input(void)
     CHECK_CONTAINS(out, "exactly one of --text and --tokens");
     CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --seqlen x --tokens a", out, sizeof out), 2);
     CHECK_CONTAINS(out, "--seqlen: \"x\" is not an integer");
+    /* Where it runs: a bad --device, a GPU that is not there. */
+    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --tokens a --device tpu", out, sizeof out),
+                 2);
+    CHECK_CONTAINS(out, "--device must be auto, cpu, cuda or cuda:N");
+    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --tokens a --devices 0,97", out,
+                     sizeof out),
+                 2);
+    CHECK_CONTAINS(out, "--devices 0,97: ");
 }
 
 /* The bundled demo model: a real Qwen3-MoE checkpoint with a tokenizer. */

@@ -1,8 +1,11 @@
 /* args.c: table-driven option parsing for the subcommands. */
 #include "cli/args.h"
 
+#include "pipeline/quantize.h"
+
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,4 +129,104 @@ void args_print_help(FILE *out, const arg_spec *specs)
                  s->metavar ? s->metavar : "");
         fprintf(out, "  %-26s %s\n", left, s->help);
     }
+}
+
+/* --devices: distinct device numbers separated by commas, at most
+ * MOEQ_MAX_DEVICES of them. */
+static int parse_device_list(const char *s, int *out, int *count)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 1024 || n == MOEQ_MAX_DEVICES || (*end && *end != ','))
+            return -1;
+        for (int i = 0; i < n; i++)
+            if (out[i] == v)
+                return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s)
+            return -1; /* a trailing comma */
+    }
+    if (!n)
+        return -1;
+    *count = n;
+    return 0;
+}
+
+/* --device: "auto" (the first GPU if there is one), "cpu", "cuda" or
+ * "cuda:N". Sets *cuda and *index. */
+static int parse_device(const char *s, int *cuda, int *index)
+{
+    *index = 0;
+    if (!strcmp(s, "cpu")) {
+        *cuda = 0;
+        return 0;
+    }
+    if (!strcmp(s, "auto")) {
+#ifdef MOEQ_HAVE_CUDA
+        *cuda = moeq_cuda_device_count() > 0;
+#else
+        *cuda = 0;
+#endif
+        return 0;
+    }
+    if (strncmp(s, "cuda", 4))
+        return -1;
+    *cuda = 1;
+    if (!s[4])
+        return 0;
+    char *end;
+    long v = s[4] == ':' ? strtol(s + 5, &end, 10) : -1;
+    if (v < 0 || v > 1024 || *end || end == s + 5)
+        return -1;
+    *index = (int)v;
+    return 0;
+}
+
+int args_pick_devices(const char *device, const char *devices, int *cuda, int *out, int *n,
+                      char *msg, size_t msg_size)
+{
+    *n = 1;
+    if (parse_device(device, cuda, &out[0])) {
+        snprintf(msg, msg_size, "--device must be auto, cpu, cuda or cuda:N");
+        return -1;
+    }
+    if (devices) {
+        if (strcmp(device, "auto") && strcmp(device, "cuda")) {
+            snprintf(msg, msg_size, "--devices and --device name the GPUs twice: give one of them");
+            return -1;
+        }
+        if (parse_device_list(devices, out, n)) {
+            snprintf(msg, msg_size,
+                     "--devices must list distinct CUDA device numbers, e.g. 0,1 (at most %d)",
+                     MOEQ_MAX_DEVICES);
+            return -1;
+        }
+        *cuda = 1;
+    }
+    if (!*cuda)
+        return 0;
+    const char *opt = devices ? "--devices" : "--device", *val = devices ? devices : device;
+#ifdef MOEQ_HAVE_CUDA
+    int count = moeq_cuda_device_count();
+    for (int i = 0; i < *n; i++)
+        if (out[i] >= count) {
+            if (count)
+                snprintf(msg, msg_size, "%s %s: no CUDA device %d (%d found)", opt, val, out[i],
+                         count);
+            else
+                snprintf(msg, msg_size, "%s %s: no CUDA device is available (use --device cpu)",
+                         opt, val);
+            return -1;
+        }
+    return 0;
+#else
+    snprintf(msg, msg_size,
+             "%s %s: this moeq was built without the CUDA backend (no CUDA compiler was found "
+             "at build time)",
+             opt, val);
+    return -1;
+#endif
 }

@@ -6,6 +6,7 @@
 
 #include "moeq/moeq.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -26,5 +27,12 @@ moeq_code args_parse(const arg_spec *specs, int argc, char **argv, const char **
 void args_print_help(FILE *out, const arg_spec *specs);
 /* "24GiB", "512M", "1000" -> bytes */
 moeq_code args_parse_bytes(const char *text, int64_t *bytes, moeq_error *err);
+/* Where a command runs, from --device (auto: the first GPU of a CUDA build
+ * if there is one, else the CPU; cpu; cuda; cuda:N) and --devices (N,N,...,
+ * NULL when absent): *cuda, and the GPUs in out[0..*n) (out holds
+ * MOEQ_MAX_DEVICES). -1 with a message for an unusable choice (a bad
+ * value, a device that does not exist, CUDA asked of a build without it). */
+int args_pick_devices(const char *device, const char *devices, int *cuda, int *out, int *n,
+                      char *msg, size_t msg_size);
 
 #endif

@@ -5,6 +5,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "pipeline/evaluate.h"
+#include "pipeline/quantize.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ int moeq_cmd_eval(int argc, char **argv)
 {
     const char *text = NULL, *tokens_path = NULL, *reference_dir = NULL, *arch_file = NULL,
                *logits_out = NULL, *lang = NULL, *tokenizer_path = NULL;
+    const char *device = "auto", *devices = NULL;
     int seqlen = 512, max_windows = 0, help = 0, quiet = 0;
     const arg_spec specs[] = {
         {"text", ARG_STRING, &text, "FILE|DIR", "text, JSONL (\"text\" or \"messages\") or a directory of them"},
@@ -46,6 +48,8 @@ int moeq_cmd_eval(int argc, char **argv)
         {"tokenizer", ARG_STRING, &tokenizer_path, "FILE", "tokenizer.json (default MODEL_DIR/tokenizer.json)"},
         {"arch-file", ARG_STRING, &arch_file, "FILE", "architecture file to use instead of the built-in one"},
         {"logits-out", ARG_STRING, &logits_out, "FILE", "write logits: float32 LE, windows x seqlen x vocab"},
+        {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the decoder layers run (default auto: the first GPU, else the CPU); the head and the scores run on the CPU"},
+        {"devices", ARG_STRING, &devices, "N,N,...", "CUDA: several GPUs of this host (experts split over them, as in quantize)"},
         {"quiet", ARG_FLAG, &quiet, NULL, "no progress output"},
         {"help", ARG_FLAG, &help, NULL, "show this help"},
         {0},
@@ -65,6 +69,10 @@ int moeq_cmd_eval(int argc, char **argv)
     }
     if (max_windows < 0)
         return moeq_cli_report("eval", 2, "--max-windows must not be negative");
+    int use_cuda = 0, gpus[MOEQ_MAX_DEVICES], n_gpus = 0;
+    char msg[512];
+    if (args_pick_devices(device, devices, &use_cuda, gpus, &n_gpus, msg, sizeof msg))
+        return moeq_cli_report("eval", 2, msg);
 
     moeq_model model = {0}, reference = {0};
     int have_model = 0, have_ref = 0, status = 1;
@@ -97,11 +105,26 @@ int moeq_cmd_eval(int argc, char **argv)
             goto done;
         }
     }
+#ifdef MOEQ_HAVE_CUDA
+    /* A model the GPU loop does not run: --device auto evaluates it on the
+     * CPU and says so; a device named explicitly stops here. */
+    moeq_quantize_options gpu_opt = {.method = MOEQ_METHOD_RTN, .true_sequential = 1};
+    if (use_cuda && (moeq_cuda_pipeline_supports(&model, &gpu_opt, &err) ||
+                     (have_ref && moeq_cuda_pipeline_supports(&reference, &gpu_opt, &err)))) {
+        if (strcmp(device, "auto") || devices)
+            goto done;
+        if (progress)
+            fprintf(progress, "moeq eval: running on the CPU: %s\n", err.msg);
+        use_cuda = 0;
+    }
+#endif
     moeq_eval_result r;
-    if (moeq_evaluate(&model, have_ref ? &reference : NULL, ids, n_ids, seqlen,
-                      (size_t)max_windows, logits_out, progress, &r, &err))
+    if (moeq_evaluate_on(&model, have_ref ? &reference : NULL, ids, n_ids, seqlen,
+                         (size_t)max_windows, logits_out, gpus, use_cuda ? n_gpus : 0, progress,
+                         &r, &err))
         goto done;
     printf("model       %s\n", pos[0]);
+    printf("device      %s\n", use_cuda ? "cuda" : "cpu");
     printf("windows     %zu x %d tokens (%zu predicted positions)\n", r.windows, seqlen,
            r.predicted);
     printf("nll         %.6f\n", r.nll);

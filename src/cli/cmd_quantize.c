@@ -270,60 +270,6 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
-/* --devices: distinct device numbers separated by commas, at most
- * MOEQ_MAX_DEVICES of them. */
-static int parse_devices(const char *s, int *out, int *count)
-{
-    int n = 0;
-    while (*s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > 1024 || n == MOEQ_MAX_DEVICES || (*end && *end != ','))
-            return -1;
-        for (int i = 0; i < n; i++)
-            if (out[i] == v)
-                return -1;
-        out[n++] = (int)v;
-        s = *end ? end + 1 : end;
-        if (*end && !*s)
-            return -1; /* a trailing comma */
-    }
-    if (!n)
-        return -1;
-    *count = n;
-    return 0;
-}
-
-/* --device: "auto" (the first GPU if there is one), "cpu", "cuda" or
- * "cuda:N". Sets *cuda and *index. */
-static int parse_device(const char *s, int *cuda, int *index)
-{
-    *index = 0;
-    if (!strcmp(s, "cpu")) {
-        *cuda = 0;
-        return 0;
-    }
-    if (!strcmp(s, "auto")) {
-#ifdef MOEQ_HAVE_CUDA
-        *cuda = moeq_cuda_device_count() > 0;
-#else
-        *cuda = 0;
-#endif
-        return 0;
-    }
-    if (strncmp(s, "cuda", 4))
-        return -1;
-    *cuda = 1;
-    if (!s[4])
-        return 0;
-    char *end;
-    long v = s[4] == ':' ? strtol(s + 5, &end, 10) : -1;
-    if (v < 0 || v > 1024 || *end || end == s + 5)
-        return -1;
-    *index = (int)v;
-    return 0;
-}
-
 int moeq_cmd_quantize(int argc, char **argv)
 {
     const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
@@ -402,44 +348,12 @@ int moeq_cmd_quantize(int argc, char **argv)
                                "--min-expert-tokens must be at least 1: an expert calibrated on "
                                "no token would have an all-zero Hessian and be zeroed");
     int use_cuda = 0;
-    if (parse_device(device, &use_cuda, &opt.devices[0]))
-        return moeq_cli_report("quantize", 2, "--device must be auto, cpu, cuda or cuda:N");
-    opt.n_devices = 1;
-    if (devices) {
-        if (strcmp(device, "auto") && strcmp(device, "cuda"))
-            return moeq_cli_report("quantize", 2,
-                                   "--devices and --device name the GPUs twice: give one of them");
-        if (parse_devices(devices, opt.devices, &opt.n_devices))
-            return moeq_cli_report("quantize", 2,
-                                   "--devices must list distinct CUDA device numbers, e.g. 0,1 "
-                                   "(at most 16)");
-        use_cuda = 1;
-        device = "cuda";
-    }
-    if (use_cuda) {
-        char msg[512];
-#ifdef MOEQ_HAVE_CUDA
-        int count = moeq_cuda_device_count();
-        for (int i = 0; i < opt.n_devices; i++)
-            if (opt.devices[i] >= count) {
-                if (count)
-                    snprintf(msg, sizeof msg, "%s %s: no CUDA device %d (%d found)",
-                             devices ? "--devices" : "--device", devices ? devices : device,
-                             opt.devices[i], count);
-                else
-                    snprintf(msg, sizeof msg,
-                             "%s %s: no CUDA device is available (use --device cpu)",
-                             devices ? "--devices" : "--device", devices ? devices : device);
-                return moeq_cli_report("quantize", 2, msg);
-            }
-#else
-        snprintf(msg, sizeof msg,
-                 "%s %s: this moeq was built without the CUDA backend (no CUDA compiler "
-                 "was found at build time)",
-                 devices ? "--devices" : "--device", devices ? devices : device);
+    char msg[512];
+    if (args_pick_devices(device, devices, &use_cuda, opt.devices, &opt.n_devices, msg,
+                          sizeof msg))
         return moeq_cli_report("quantize", 2, msg);
-#endif
-    }
+    if (devices)
+        device = "cuda"; /* named explicitly: refused, not moved to the CPU, if unsupported */
     if (vram_budget && parse_size(vram_budget, &opt.vram_budget))
         return moeq_cli_report("quantize", 2,
                                "--vram-budget must be a size such as 24GiB, 512MiB or a byte count");

@@ -78,10 +78,38 @@ static int argmax(const float *row, int v)
     return best;
 }
 
+/* The final hidden states of model on the CPU or the CUDA devices. */
+static moeq_code forward_hidden(const moeq_model *model, const int32_t *tokens, size_t windows,
+                                int seqlen, const int *devices, int n_devices, FILE *progress,
+                                float **hidden, moeq_error *err)
+{
+#ifdef MOEQ_HAVE_CUDA
+    if (n_devices > 0)
+        return moeq_forward_hidden_cuda(model, tokens, windows, seqlen, devices, n_devices,
+                                        progress, hidden, err);
+#else
+    (void)devices;
+    if (n_devices > 0)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "this moeq was built without the CUDA backend");
+#endif
+    return moeq_forward_hidden(model, tokens, windows, seqlen, progress, hidden, err);
+}
+
 moeq_code moeq_evaluate(const moeq_model *model, const moeq_model *reference,
                         const int32_t *tokens, size_t n_tokens, int seqlen, size_t max_windows,
                         const char *logits_out, FILE *progress, moeq_eval_result *result,
                         moeq_error *err)
+{
+    return moeq_evaluate_on(model, reference, tokens, n_tokens, seqlen, max_windows, logits_out,
+                            NULL, 0, progress, result, err);
+}
+
+moeq_code moeq_evaluate_on(const moeq_model *model, const moeq_model *reference,
+                           const int32_t *tokens, size_t n_tokens, int seqlen,
+                           size_t max_windows, const char *logits_out, const int *devices,
+                           int n_devices, FILE *progress, moeq_eval_result *result,
+                           moeq_error *err)
 {
     memset(result, 0, sizeof *result);
     if (seqlen < 2)
@@ -103,11 +131,13 @@ moeq_code moeq_evaluate(const moeq_model *model, const moeq_model *reference,
     moeq_head_weights head = {0}, ref_head = {0};
     FILE *lf = NULL;
     moeq_code rc;
-    if ((rc = moeq_forward_hidden(model, tokens, windows, seqlen, progress, &h, err)) ||
+    if ((rc = forward_hidden(model, tokens, windows, seqlen, devices, n_devices, progress, &h,
+                             err)) ||
         (rc = moeq_head_weights_load(model, &head, err)))
         goto done;
     if (reference &&
-        ((rc = moeq_forward_hidden(reference, tokens, windows, seqlen, progress, &h_ref, err)) ||
+        ((rc = forward_hidden(reference, tokens, windows, seqlen, devices, n_devices, progress,
+                              &h_ref, err)) ||
          (rc = moeq_head_weights_load(reference, &ref_head, err))))
         goto done;
     logits = malloc(sizeof(float) * (size_t)seqlen * vocab);

@@ -37,6 +37,15 @@ typedef struct moeq_eval_result {
 moeq_code moeq_forward_hidden(const moeq_model *model, const int32_t *tokens, size_t n_windows,
                               int seqlen, FILE *progress, float **hidden, moeq_error *err);
 
+/* The same forward on CUDA devices devices[0..n_devices) (the CUDA layer
+ * loop of quantize_cuda.c with nothing quantized: bf16 activations and
+ * weights with fp32 accumulation, as that loop computes). CUDA builds
+ * only; MOEQ_ERR_UNSUPPORTED, naming the component, for a model the CUDA
+ * loop does not run. */
+moeq_code moeq_forward_hidden_cuda(const moeq_model *model, const int32_t *tokens,
+                                   size_t n_windows, int seqlen, const int *devices,
+                                   int n_devices, FILE *progress, float **hidden, moeq_error *err);
+
 /* Scores model (and reference, when not NULL) on tokens. logits_out, when
  * not NULL, receives model's logits as little-endian float32, windows x
  * seqlen x vocab. */
@@ -44,5 +53,13 @@ moeq_code moeq_evaluate(const moeq_model *model, const moeq_model *reference,
                         const int32_t *tokens, size_t n_tokens, int seqlen, size_t max_windows,
                         const char *logits_out, FILE *progress, moeq_eval_result *result,
                         moeq_error *err);
+/* moeq_evaluate with the decoder layers on CUDA devices (n_devices > 0:
+ * moeq_forward_hidden_cuda; the final norm, lm_head and the scores stay
+ * on the CPU) or on the CPU (n_devices 0). */
+moeq_code moeq_evaluate_on(const moeq_model *model, const moeq_model *reference,
+                           const int32_t *tokens, size_t n_tokens, int seqlen,
+                           size_t max_windows, const char *logits_out, const int *devices,
+                           int n_devices, FILE *progress, moeq_eval_result *result,
+                           moeq_error *err);
 
 #endif

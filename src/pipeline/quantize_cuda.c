@@ -34,9 +34,11 @@
 #include "kernels.h"
 #include "model/forward.h"
 #include "model/weights.h"
+#include "pipeline/evaluate.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -112,6 +114,7 @@ typedef struct gpu_run {
     moeq_cuda_ctx cu;
     int rank;
     team *team;
+    int forward_only; /* the model's own weights, nothing quantized (eval) */
     const moeq_config *cfg;
     const moeq_quantize_options *opt;
     int S, T, n;     /* windows, tokens per window, tokens */
@@ -191,23 +194,34 @@ static moeq_code upload_f32(gpu_run *g, const float *host, size_t count, const c
     return rc;
 }
 
+/* Host fp32 [count] -> device bf16 at dst, through an fp32 staging buffer;
+ * returns after the copy has been read (host may be freed then). */
+static moeq_code upload_bf16_into(gpu_run *g, const float *host, size_t count, uint16_t *dst,
+                                  moeq_error *err)
+{
+    moeq_cuda_buf f = {0};
+    moeq_code rc = upload_f32(g, host, count, "fp32 staging", &f, err);
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, count, dst, g->cu.stream));
+    if (!rc)
+        rc = moeq_cuda_sync(&g->cu, err);
+    moeq_cuda_free(&g->cu, &f);
+    return rc;
+}
+
 /* Host fp32 -> device bf16 (an unquantized weight: router, shared gate);
  * NULL stays NULL. */
 static moeq_code upload_bf16(gpu_run *g, const float *host, size_t count, const char *what,
                              moeq_cuda_buf *buf, moeq_error *err)
 {
-    moeq_cuda_buf f = {0};
     memset(buf, 0, sizeof *buf);
     if (!host)
         return MOEQ_OK;
-    moeq_code rc = upload_f32(g, host, count, what, &f, err);
+    moeq_code rc = moeq_cuda_alloc(&g->cu, buf, 2 * count, what, err);
     if (!rc)
-        rc = moeq_cuda_alloc(&g->cu, buf, 2 * count, what, err);
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, count, buf->ptr, g->cu.stream));
-    if (!rc)
-        rc = moeq_cuda_sync(&g->cu, err);
-    moeq_cuda_free(&g->cu, &f);
+        rc = upload_bf16_into(g, host, count, buf->ptr, err);
+    if (rc)
+        moeq_cuda_free(&g->cu, buf);
     return rc;
 }
 
@@ -315,6 +329,15 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
     for (int i = 0; i < n_pieces; i++)
         rows += pieces[i].rows;
     const size_t count = (size_t)rows * cols;
+    if (g->forward_only) { /* the weights as they are, in bf16 */
+        moeq_code rc = moeq_cuda_alloc(&g->cu, wq, 2 * count, "weights", err);
+        for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows)
+            rc = upload_bf16_into(g, pieces[i].w, (size_t)pieces[i].rows * cols,
+                                  (uint16_t *)wq->ptr + (size_t)r0 * cols, err);
+        if (rc)
+            moeq_cuda_free(&g->cu, wq);
+        return rc;
+    }
     moeq_cuda_buf W = {0};
     moeq_cuda_quantized dq = {0};
     double *row_loss = gptq_on ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
@@ -1772,12 +1795,17 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     return MOEQ_OK;
 }
 
-moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
-                                    const moeq_quantize_options *opt, const moeq_layer_sink *sink,
-                                    size_t *peak_device_bytes, moeq_error *err)
+/* The layer loop over calib's windows: quantizing (sink receives each
+ * layer), or, forward_only, the model's own forward, whose final hidden
+ * states (before the final norm) land in *hidden_out. */
+static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib,
+                            const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                            int forward_only, float **hidden_out, size_t *peak_device_bytes,
+                            moeq_error *err)
 {
     const moeq_config *cfg = &model->cfg;
-    gpu_run g = {.cfg = cfg, .opt = opt, .S = calib->nsamples, .T = calib->seqlen};
+    gpu_run g = {.cfg = cfg, .opt = opt, .S = calib->nsamples, .T = calib->seqlen,
+                 .forward_only = forward_only};
     g.n = g.S * g.T;
     g.qdim = cfg->num_heads * cfg->head_dim;
     g.kvdim = cfg->num_kv_heads * cfg->head_dim;
@@ -1829,7 +1857,7 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             gpu_run *p = &peers[k];
             *p = (gpu_run){.cfg = cfg, .opt = opt, .S = g.S, .T = g.T, .n = g.n,
                            .chunk = g.chunk, .qdim = g.qdim, .kvdim = g.kvdim, .rank = k,
-                           .team = &tm};
+                           .team = &tm, .forward_only = forward_only};
             tm.run[k] = p;
             if ((rc = moeq_cuda_init(&p->cu, opt->devices[k], err)))
                 goto done;
@@ -1950,7 +1978,10 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
                 goto done;
             res.seconds_load = now_seconds() - t_layer;
         }
-        if (opt->progress)
+        if (opt->progress && forward_only)
+            fprintf(opt->progress, "  forward %s: layer %d/%d on %s\n", model->dir, l + 1,
+                    cfg->num_layers, g.cu.device_name);
+        else if (opt->progress)
             fprintf(opt->progress,
                     "layer %d/%d: weights read in %.2f s%s, quantizing %s on %s\n", l + 1,
                     cfg->num_layers, res.seconds_load,
@@ -2008,6 +2039,17 @@ moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_se
             goto done;
     }
     rc = writer_finish(&wr, err);
+    if (!rc && hidden_out) { /* the last layer's output */
+        if (!(*hidden_out = malloc(sizeof(float) * nh)))
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the final hidden states");
+        else if (g.resid_host)
+            memcpy(*hidden_out, g.xh, sizeof(float) * nh);
+        else if ((rc = moeq_cuda_download(&g.cu, *hidden_out, g.x.ptr, g.x.bytes, err)) ||
+                 (rc = moeq_cuda_sync(&g.cu, err))) {
+            free(*hidden_out);
+            *hidden_out = NULL;
+        }
+    }
 done:
     if (rc) { /* stop the helpers; their own errors are secondary now */
         moeq_error ignored = {0};
@@ -2042,4 +2084,32 @@ done:
     pthread_mutex_destroy(&tm.mu);
     pthread_cond_destroy(&tm.cv);
     return rc;
+}
+
+moeq_code moeq_quantize_layers_cuda(const moeq_model *model, const moeq_calib_set *calib,
+                                    const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                                    size_t *peak_device_bytes, moeq_error *err)
+{
+    return run_layers(model, calib, opt, sink, 0, NULL, peak_device_bytes, err);
+}
+
+moeq_code moeq_forward_hidden_cuda(const moeq_model *model, const int32_t *tokens,
+                                   size_t n_windows, int seqlen, const int *devices,
+                                   int n_devices, FILE *progress, float **hidden, moeq_error *err)
+{
+    *hidden = NULL;
+    if (n_windows * (size_t)seqlen > INT32_MAX)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "%zu windows of %d tokens are too many for one forward", n_windows,
+                         seqlen);
+    /* The loop's forward with nothing quantized: no Hessians (RTN's path),
+     * every expert on its routed tokens (bypass's bookkeeping, which warns
+     * about no expert), no state saved. */
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .true_sequential = 1,
+                                 .n_devices = n_devices, .progress = progress};
+    memcpy(opt.devices, devices, sizeof(int) * (size_t)(n_devices > 0 ? n_devices : 1));
+    const moeq_calib_set windows = {.nsamples = (int)n_windows, .seqlen = seqlen,
+                                    .tokens = (int32_t *)tokens};
+    return run_layers(model, &windows, &opt, NULL, 1, hidden, NULL, err);
 }

@@ -34,11 +34,19 @@ for dev in cuda cpu; do
     { "$BUILD/moeq" quantize --model demo/qwen3-moe-demo --out "$q" \
           --device "$dev" 2>&1 | grep -v "^layer" &&
       "$BUILD/moeq" eval "$q" --reference demo/qwen3-moe-demo --text demo/eval-sample.jsonl \
-          --quiet && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
+          --device cpu --quiet && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
 print('report:', s['backend'], s['total_seconds'], s['peak_device_bytes'], s['peak_host_bytes'])" "$q/report.json"
     } > "$LOGS/demo-$dev.log" 2>&1 || status=1
     tail -n 12 "$LOGS/demo-$dev.log"
 done
+
+# moeq eval with its decoder layers on the GPU (the default where one is):
+# the CUDA output again, to set beside its CPU evaluation above.
+TIMEFORMAT="eval on the GPU: %R s"
+{ time "$BUILD/moeq" eval "$BUILD/demo-cuda" \
+      --reference demo/qwen3-moe-demo --text demo/eval-sample.jsonl --device cuda --quiet
+} > "$LOGS/eval-gpu.log" 2>&1 || status=1
+tail -n 6 "$LOGS/eval-gpu.log"
 
 # The main job on every GPU of the machine (--devices), when it has several:
 # evaluated like the runs above; its KL must stay within 2% of the
