@@ -115,11 +115,26 @@ cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotar
  * keys j <= r % T, 0 beyond, in bf16. */
 cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows, uint16_t *p,
                                        cudaStream_t stream);
-/* Softmax top-k routing of logits[n, E] as cpu_router_topk (softmax
- * scoring, ties to the lower expert): topw/tope [n, k]; probs_t [E, n] (the
- * probabilities expert by expert) unless NULL. */
-cudaError_t moeq_k_router_topk(const float *logits, int n, int E, int k, int norm_topk,
-                               float *probs_t, float *topw, int32_t *tope, cudaStream_t stream);
+/* The routing of cpu_router_topk (src/backend/cpu/cpu_ops.h says what each
+ * field does there). */
+typedef struct moeq_k_router_args {
+    int n, E, k;
+    int sigmoid;                  /* 0: softmax scores; 1: sigmoid scores */
+    int norm_topk;                /* divide the k weights by their sum */
+    const float *correction_bias; /* [E] (device) or NULL; sigmoid, selection only */
+    int n_group, topk_group;      /* n_group > 1: experts from the topk_group best groups */
+    float scaling;                /* routed_scaling_factor: multiplies the final weights */
+} moeq_k_router_args;
+
+enum { MOEQ_K_ROUTER_MAX_GROUPS = 64 };
+
+/* Top-k routing of logits[n, E] as cpu_router_topk (ties to the lower
+ * expert and group): topw/tope [n, k]; probs_t [E, n] (the scores, softmax
+ * or sigmoid without the bias, expert by expert) unless NULL.
+ * cudaErrorInvalidValue for sizes or groups cpu_router_topk refuses, or
+ * more than MOEQ_K_ROUTER_MAX_GROUPS groups. */
+cudaError_t moeq_k_router_topk(const float *logits, const moeq_k_router_args *a, float *probs_t,
+                               float *topw, int32_t *tope, cudaStream_t stream);
 /* y[i, :] = x[idx[i], :] for i < m (bf16 rows of dim). */
 cudaError_t moeq_k_gather_rows_bf16(const uint16_t *x, int dim, const int32_t *idx, int m,
                                     uint16_t *y, cudaStream_t stream);

@@ -1,6 +1,7 @@
 // pipeline.cu: the kernels of the GPU layer loop (src/pipeline/quantize_cuda.c)
 // besides the GEMMs and RMSNorm (layer.cu): bf16 conversion, RoPE, the causal
-// softmax of attention scores, softmax top-k routing, row gathers and the
+// softmax of attention scores, top-k routing (softmax or sigmoid scores,
+// group-limited), row gathers and the
 // scatter-add of expert outputs, SwiGLU on a stacked gate/up product, and
 // the dequantization of GPTQ codes. bf16 is passed as uint16_t bits.
 #include "kernels.h"
@@ -82,19 +83,81 @@ __global__ void causal_softmax_kernel(const float *s, int T, long long rows, uin
         pr[j] = to_bf16(j <= i ? expf(sr[j] - mx) * inv : 0.0f);
 }
 
-// One thread per token: cpu_softmax_rows then cpu_router_topk (softmax
-// scoring), the same sums in the same order.
-__global__ void router_topk_kernel(const float *logits, int n, int E, int k, int norm_topk,
-                                   float *probs_t, float *topw, int32_t *tope)
+// The routing scores of one token (cpu_router.c): the softmax of its
+// logits (max and sum given) or the sigmoid of each; and the score an
+// expert is chosen by (sigmoid: plus its e_score_correction_bias).
+struct token_router {
+    const float *logits; // [E] of the token
+    const moeq_k_router_args *a;
+    float mx, sum;       // softmax only
+
+    __device__ float score(int e) const
+    {
+        if (a->sigmoid)
+            return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-logits[e])));
+        return __fdiv_rn(expf(__fsub_rn(logits[e], mx)), sum);
+    }
+    __device__ float choice(int e) const
+    {
+        float v = score(e);
+        return a->sigmoid && a->correction_bias ? __fadd_rn(v, a->correction_bias[e]) : v;
+    }
+    // limit_to_best_groups of cpu_router.c: the sum of the group's two best
+    // choice scores (sigmoid, DeepSeek-V3) or its best (softmax, DeepSeek-V2);
+    // ties to the lower index.
+    __device__ float group_score(int g, int size) const
+    {
+        const int e0 = g * size;
+        int first = 0;
+        for (int i = 1; i < size; i++)
+            if (choice(e0 + i) > choice(e0 + first))
+                first = i;
+        if (!a->sigmoid)
+            return choice(e0 + first);
+        int second = first == 0 ? 1 : 0;
+        for (int i = 0; i < size; i++)
+            if (i != first && choice(e0 + i) > choice(e0 + second))
+                second = i;
+        return __fadd_rn(choice(e0 + first), choice(e0 + second));
+    }
+};
+
+// One thread per token: cpu_router_topk, the same sums in the same order;
+// scores are recomputed where the CPU keeps them in a row (each is the same
+// expression, so the same value).
+__global__ void router_topk_kernel(const float *logits, moeq_k_router_args a, float *probs_t,
+                                   float *topw, int32_t *tope)
 {
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x) {
-        const float *lt = logits + (size_t)t * E;
-        float mx = lt[0];
-        for (int e = 1; e < E; e++)
-            mx = lt[e] > mx ? lt[e] : mx;
-        float sum = 0.0f;
-        for (int e = 0; e < E; e++)
-            sum += expf(lt[e] - mx);
+    const int E = a.E, k = a.k;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < a.n; t += gridDim.x * blockDim.x) {
+        token_router r = {logits + (size_t)t * E, &a, 0.0f, 0.0f};
+        if (!a.sigmoid) {
+            float mx = r.logits[0];
+            for (int e = 1; e < E; e++)
+                mx = r.logits[e] > mx ? r.logits[e] : mx;
+            float sum = 0.0f;
+            for (int e = 0; e < E; e++)
+                sum = __fadd_rn(sum, expf(__fsub_rn(r.logits[e], mx)));
+            r.mx = mx;
+            r.sum = sum;
+        }
+        // The kept groups, best first (all of them without a group limit).
+        const int grouped = a.n_group > 1, size = grouped ? E / a.n_group : E;
+        unsigned long long kept = grouped ? 0ull : 1ull;
+        for (int j = 0; grouped && j < a.topk_group; j++) {
+            int best = -1;
+            float bv = 0.0f;
+            for (int g = 0; g < a.n_group; g++) {
+                if (kept >> g & 1ull)
+                    continue;
+                float v = r.group_score(g, size);
+                if (best < 0 || v > bv) {
+                    best = g;
+                    bv = v;
+                }
+            }
+            kept |= 1ull << best;
+        }
         float wsum = 0.0f;
         int32_t *et = tope + (size_t)t * k;
         float *wt = topw + (size_t)t * k;
@@ -102,25 +165,32 @@ __global__ void router_topk_kernel(const float *logits, int n, int E, int k, int
             int best = -1;
             float bv = 0.0f;
             for (int e = 0; e < E; e++) {
-                bool taken = false;
+                bool taken = !(kept >> (e / size) & 1ull);
                 for (int q = 0; q < j; q++)
                     taken |= et[q] == e;
-                float v = expf(lt[e] - mx) / sum; // by probability, as the CPU
-                if (!taken && (best < 0 || v > bv)) {
+                if (taken)
+                    continue;
+                float v = r.choice(e);
+                if (best < 0 || v > bv) {
                     best = e;
                     bv = v;
                 }
             }
             et[j] = best;
-            wt[j] = bv;
-            wsum += wt[j];
+            wt[j] = r.score(best);
+            wsum = __fadd_rn(wsum, wt[j]);
         }
-        if (norm_topk)
+        if (a.norm_topk) {
+            if (a.sigmoid) // DeepSeek-V3 guards the sum of sigmoids against zero
+                wsum = __fadd_rn(wsum, 1e-20f);
             for (int j = 0; j < k; j++)
-                wt[j] /= wsum;
+                wt[j] = __fdiv_rn(wt[j], wsum);
+        }
+        for (int j = 0; j < k; j++)
+            wt[j] = __fmul_rn(wt[j], a.scaling);
         if (probs_t)
             for (int e = 0; e < E; e++)
-                probs_t[(size_t)e * n + t] = expf(lt[e] - mx) / sum;
+                probs_t[(size_t)e * a.n + t] = r.score(e);
     }
 }
 
@@ -226,13 +296,18 @@ extern "C" cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, lo
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t moeq_k_router_topk(const float *logits, int n, int E, int k,
-                                          int norm_topk, float *probs_t, float *topw,
-                                          int32_t *tope, cudaStream_t stream)
+extern "C" cudaError_t moeq_k_router_topk(const float *logits, const moeq_k_router_args *a,
+                                          float *probs_t, float *topw, int32_t *tope,
+                                          cudaStream_t stream)
 {
-    if (n > 0)
-        router_topk_kernel<<<blocks_for((size_t)n), kThreads, 0, stream>>>(
-            logits, n, E, k, norm_topk, probs_t, topw, tope);
+    const int size = a->n_group > 1 ? a->E / a->n_group : a->E;
+    if (a->E < 1 || a->k < 1 || a->k > a->E || a->n_group > MOEQ_K_ROUTER_MAX_GROUPS ||
+        (a->n_group > 1 && (a->E % a->n_group || size < 2 || a->topk_group < 1 ||
+                            a->topk_group > a->n_group || a->k > a->topk_group * size)))
+        return cudaErrorInvalidValue;
+    if (a->n > 0)
+        router_topk_kernel<<<blocks_for((size_t)a->n), kThreads, 0, stream>>>(logits, *a, probs_t,
+                                                                              topw, tope);
     return cudaGetLastError();
 }
 

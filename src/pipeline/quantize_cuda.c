@@ -656,7 +656,7 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
     memset(r, 0, sizeof *r);
     r->E = E;
     r->k = k;
-    moeq_cuda_buf wr = {0};
+    moeq_cuda_buf wr = {0}, bias = {0};
     int32_t *tope = malloc(sizeof(int32_t) * (size_t)n * k);
     float *topw = malloc(sizeof(float) * (size_t)n * k);
     r->count = calloc((size_t)E, sizeof(int32_t));
@@ -669,8 +669,21 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
         goto done;
     }
     int weighted = g->opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED;
+    /* The CPU loop's routing (moeq_route); weighted calibration uses its
+     * scores (softmax, or sigmoid without the correction bias) as p_e. */
+    const cpu_router_params p = moeq_router_params(cfg);
+    moeq_k_router_args ra = {.n = n, .E = E, .k = k,
+                             .sigmoid = p.scoring == CPU_ROUTER_SIGMOID,
+                             .norm_topk = p.norm_topk_prob, .n_group = p.n_group,
+                             .topk_group = p.topk_group,
+                             .scaling = p.routed_scaling_factor != 0.0f ? p.routed_scaling_factor
+                                                                        : 1.0f};
     if ((rc = upload_bf16(g, lw->router, (size_t)E * H, "router", &wr, err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &r->logits, sizeof(float) * (size_t)n * E, "router logits",
+        (ra.sigmoid && (rc = upload_f32(g, lw->router_correction_bias, (size_t)E,
+                                        "e_score_correction_bias", &bias, err))))
+        goto done;
+    ra.correction_bias = bias.ptr;
+    if ((rc = moeq_cuda_alloc(&g->cu, &r->logits, sizeof(float) * (size_t)n * E, "router logits",
                               err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &r->topw, sizeof(float) * (size_t)n * k, "top-k weights",
                               err)) ||
@@ -680,9 +693,8 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
                                            "router probabilities", err))) ||
         (rc = gemm_nt(g, g->h.ptr, H, wr.ptr, H, r->logits.ptr, E, 0, n, E, H, 1.0f, 0.0f,
                       err)) ||
-        (rc = MOEQ_CU(moeq_k_router_topk(r->logits.ptr, n, E, k, cfg->norm_topk_prob,
-                                         r->probs_t.ptr, r->topw.ptr, r->tope.ptr,
-                                         g->cu.stream))) ||
+        (rc = MOEQ_CU(moeq_k_router_topk(r->logits.ptr, &ra, r->probs_t.ptr, r->topw.ptr,
+                                         r->tope.ptr, g->cu.stream))) ||
         (rc = moeq_cuda_download(&g->cu, tope, r->tope.ptr, r->tope.bytes, err)) ||
         (rc = moeq_cuda_download(&g->cu, topw, r->topw.ptr, r->topw.bytes, err)) ||
         (rc = moeq_cuda_sync(&g->cu, err)))
@@ -732,6 +744,7 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
     moeq_cuda_free(&g->cu, &r->tope);
 done:
     moeq_cuda_free(&g->cu, &wr);
+    moeq_cuda_free(&g->cu, &bias);
     free(tope);
     free(topw);
     if (rc)
@@ -1751,25 +1764,21 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (cfg->router_bias)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
-    /* Components of the CPU loop (DeepSeek, GLM-4.5, MiniMax-M2) that the
-     * GPU loop does not have yet. */
+    /* Components of the CPU loop (DeepSeek, MiniMax-M2) that the GPU loop
+     * does not have yet. */
     const char *component = NULL;
     if (cfg->attention == MOEQ_ATTENTION_MLA)
         component = "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2)";
     else if (cfg->qk_norm && cfg->qk_norm_full)
         component = "q/k RMSNorm over the whole projection (MiniMax-M2)";
-    else if (cfg->num_experts > 0 && cfg->router == MOEQ_ROUTER_SIGMOID_TOPK)
-        component = "the sigmoid router with e_score_correction_bias and expert groups "
-                    "(DeepSeek-V3, GLM-4.5, MiniMax-M2)";
-    else if (cfg->num_experts > 0 && cfg->n_group > 1)
-        component = "group-limited expert choice (n_group > 1, DeepSeek-V2)";
-    else if (cfg->num_experts > 0 && cfg->routed_scaling_factor != 1.0f)
-        component = "routed_scaling_factor";
-    else if (model->arch.shared_expert == MOEQ_SHARED_EXPERT_PLAIN)
-        component = "an ungated shared expert (DeepSeek, GLM-4.5, Llama-4)";
     if (component)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "%s is not in the CUDA pipeline yet: use --device cpu", component);
+    if (cfg->num_experts > 0 && cfg->n_group > MOEQ_K_ROUTER_MAX_GROUPS)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "group-limited expert choice over n_group = %d groups (the CUDA router "
+                         "takes at most %d) is not in the CUDA pipeline: use --device cpu",
+                         cfg->n_group, MOEQ_K_ROUTER_MAX_GROUPS);
     if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "Llama-4's router (top-k sigmoid scaling the expert input) is not in "

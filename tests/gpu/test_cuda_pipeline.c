@@ -280,17 +280,25 @@ static void test_demo_model_bf16_scales(void)
     pipeline_case_opt(demo_dir, "demo", 8, 256, opt, 0.85);
 }
 
+/* glm4_moe: the sigmoid router with e_score_correction_bias, 2 of 4 expert
+ * groups, routed_scaling_factor 2.5, the ungated shared expert, a dense
+ * first layer, partial rotary, q/k/v biases and per-head q/k norm. Weighted
+ * runs there too: its p_e are the sigmoid scores, as on the CPU. */
 static void test_golden_architectures(void)
 {
-    const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "llama", "qwen2", "qwen3"};
+    const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "glm4_moe",
+                           "llama",     "qwen2",     "qwen3"};
     char dir[1024];
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         golden_dir(dir, sizeof dir, archs[i]);
         pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
         pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-        if (i < 3)
+        if (i < 4)
             pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ,
                           MOEQ_EXPERT_CALIB_ROUTED, 0.70);
+        if (i == 3)
+            pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ,
+                          MOEQ_EXPERT_CALIB_WEIGHTED, 0.85);
     }
 }
 
