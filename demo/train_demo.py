@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Train moeq's bundled demo model: a small Qwen3-MoE causal LM.
+"""Train moeq's bundled demo models: small Qwen3-MoE causal LMs.
+
+--shape demo (the default) is demo/qwen3-moe-demo: hidden 256, 4 sparse layers, 16 experts of 128,
+top-2.  --shape wide is demo/qwen3-moe-wide, a second shape for the expert-calibration study: hidden
+128, a dense first layer and 2 sparse layers of 64 experts of 128, top-8.  Both keep every linear
+input dimension a multiple of 128, so GPTQ group size 128 (and 64, 32) applies to every linear.
 
 The model is trained from scratch with Hugging Face transformers on the project corpus
 (JSONL, xz-compressed: fields text, lang, domain, source) using the byte-level BPE tokenizer
@@ -13,6 +18,7 @@ predicted token to the "lang" of the document it belongs to.
 
 Usage (from the repository root):
     python3 demo/train_demo.py --steps 6000 --batch 64 --device cuda
+    python3 demo/train_demo.py --shape wide --steps 6000 --batch 64 --device cuda
     python3 demo/train_demo.py --eval-only --out demo/qwen3-moe-demo --device cpu --max-valid-windows 64
 """
 
@@ -40,9 +46,12 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default=os.path.join(REPO, "..", "shared", "corpus"),
                    help="folder with train.jsonl.xz and valid.jsonl.xz")
-    p.add_argument("--out", default=os.path.join(HERE, "qwen3-moe-demo"), help="model output folder")
+    p.add_argument("--shape", default="demo", choices=sorted(SHAPES),
+                   help="model shape (see SHAPES): demo = qwen3-moe-demo, wide = qwen3-moe-wide")
+    p.add_argument("--out", default=None, help="model output folder (default: demo/qwen3-moe-SHAPE)")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json to use (default: OUT/tokenizer.json, the copy the model keeps)")
+                   help="tokenizer.json to use (default: OUT/tokenizer.json when it exists, else the demo "
+                        "model's, which every shape shares); a copy is kept in OUT")
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps (upper bound, see --max-minutes)")
     p.add_argument("--batch", type=int, default=64, help="sequences of 512 tokens per step")
     p.add_argument("--seed", type=int, default=1234)
@@ -64,7 +73,13 @@ def parse_args():
     p.add_argument("--eval-every", type=int, default=0, help="score the first 128 valid windows every N steps")
     p.add_argument("--shard-size", default="10MB", help="max_shard_size for save_pretrained")
     p.add_argument("--eval-only", action="store_true", help="only score the saved model in --out")
-    return p.parse_args()
+    a = p.parse_args()
+    if a.out is None:
+        a.out = os.path.join(HERE, "qwen3-moe-" + a.shape)
+    if a.tokenizer is None:
+        own = os.path.join(a.out, "tokenizer.json")
+        a.tokenizer = own if os.path.exists(own) else os.path.join(HERE, "qwen3-moe-demo", "tokenizer.json")
+    return a
 
 
 # ---------------------------------------------------------------- data
@@ -106,22 +121,30 @@ def lang_group(lang):
 
 # ---------------------------------------------------------------- model
 
-def make_config(vocab, eos_id):
+# The fields that differ between the shapes; make_config adds the shared ones.  Sizes in bf16 with
+# the 4096-token vocabulary and an untied lm_head: demo 9,194,240 parameters (18.4 MB), wide
+# 7,701,760 (15.4 MB: embedding and lm_head 1.05M, attention 0.15M, the dense MLP 0.20M, experts
+# and routers 6.31M).
+SHAPES = {
+    # every layer sparse; the 512 of intermediate_size is unused
+    "demo": dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=16,
+                 num_experts_per_tok=2, mlp_only_layers=[]),
+    # more, narrower-in-hidden experts and top-8 (as Qwen3-30B-A3B and OLMoE route), a dense
+    # first layer (as DeepSeek-V3 and GLM-4.5 have) of intermediate_size 512; q/o 128, k/v 64
+    "wide": dict(hidden_size=128, intermediate_size=512, moe_intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=64, num_experts=64,
+                 num_experts_per_tok=8, mlp_only_layers=[0]),
+}
+
+
+def make_config(vocab, eos_id, shape):
     from transformers import Qwen3MoeConfig
     return Qwen3MoeConfig(
         vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=512,          # dense MLP size (unused: every layer is sparse)
-        moe_intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_experts=16,
-        num_experts_per_tok=2,
+        **SHAPES[shape],
         norm_topk_prob=True,
         decoder_sparse_step=1,
-        mlp_only_layers=[],
         hidden_act="silu",
         max_position_embeddings=2048,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
@@ -136,6 +159,13 @@ def make_config(vocab, eos_id):
         pad_token_id=eos_id,
         use_cache=False,
     )
+
+
+def sparse_layers(config):
+    """Indices of the MoE layers, by transformers' rule (modeling_qwen3_moe.py, Qwen3MoeDecoderLayer:
+    sparse unless in mlp_only_layers, and only every decoder_sparse_step-th layer)."""
+    return [l for l in range(config.num_hidden_layers)
+            if l not in config.mlp_only_layers and (l + 1) % config.decoder_sparse_step == 0]
 
 
 def set_experts_impl(model, impl):
@@ -228,11 +258,11 @@ def evaluate(model, ids, langs_tok, lang_names, device, max_windows=0, batch=32,
     if max_windows:
         nwin = min(nwin, max_windows)
     E = model.config.num_experts
-    L = model.config.num_hidden_layers
+    sparse = sparse_layers(model.config)   # router_logits holds one entry per sparse layer, in order
     K = model.config.num_experts_per_tok
     nll_sum = np.zeros(len(lang_names), dtype=np.float64)
     cnt = np.zeros(len(lang_names), dtype=np.int64)
-    load = torch.zeros(L, E, dtype=torch.float64)
+    load = torch.zeros(len(sparse), E, dtype=torch.float64)
     for b0 in range(0, nwin, batch):
         b1 = min(nwin, b0 + batch)
         x = torch.from_numpy(ids[b0 * SEQ:b1 * SEQ].reshape(b1 - b0, SEQ)).to(device)
@@ -260,6 +290,7 @@ def evaluate(model, ids, langs_tok, lang_names, device, max_windows=0, batch=32,
     for g, (s, c) in sorted(groups.items()):
         res["per_group"][g] = {"ppl": float(math.exp(s / c)), "tokens": c}
     frac = load / load.sum(dim=1, keepdim=True)  # share of routed (token, slot) pairs per expert
+    res["expert_load_layers"] = sparse
     res["expert_load"] = [[round(float(v), 4) for v in row] for row in frac]
     res["expert_load_min_max_x_uniform"] = [
         [round(float(row.min() * E), 3), round(float(row.max() * E), 3)] for row in frac]
@@ -273,8 +304,8 @@ def print_eval(res, tag):
                                              for g, v in res["per_group"].items()), flush=True)
     print(f"[{tag}] per lang: " + ", ".join(f"{l}={v['ppl']:.2f} ({v['tokens']})"
                                             for l, v in sorted(res["per_lang"].items())), flush=True)
-    for li, row in enumerate(res["expert_load"]):
-        mn, mx = res["expert_load_min_max_x_uniform"][li]
+    for i, (li, row) in enumerate(zip(res["expert_load_layers"], res["expert_load"])):
+        mn, mx = res["expert_load_min_max_x_uniform"][i]
         print(f"[{tag}] layer {li} expert load (share of top-k slots): "
               + " ".join(f"{v:.3f}" for v in row) + f"   min/max vs uniform: {mn:.2f}x / {mx:.2f}x", flush=True)
     print(f"[{tag}] RESULT_JSON {json.dumps(res)}", flush=True)
@@ -319,7 +350,7 @@ def main():
     print("argv: " + " ".join(sys.argv), flush=True)
 
     os.makedirs(a.out, exist_ok=True)
-    tok_path = a.tokenizer or os.path.join(a.out, "tokenizer.json")
+    tok_path = a.tokenizer
     if not os.path.exists(tok_path):
         sys.exit(f"missing tokenizer {tok_path}")
     if os.path.abspath(tok_path) != os.path.abspath(os.path.join(a.out, "tokenizer.json")):
@@ -350,10 +381,10 @@ def main():
           f"({time.time() - t0:.1f}s)", flush=True)
     train = torch.from_numpy(tids)
 
-    config = make_config(vocab, eos_id)
+    config = make_config(vocab, eos_id, a.shape)
     model = Qwen3MoeForCausalLM(config)
     nparam = sum(p.numel() for p in model.parameters())
-    print(f"params: {nparam} ({nparam * 2 / 1e6:.2f} MB in bf16)", flush=True)
+    print(f"shape {a.shape}: params: {nparam} ({nparam * 2 / 1e6:.2f} MB in bf16)", flush=True)
     model.to(dev).train()
     K = config.num_experts_per_tok
     coef = config.router_aux_loss_coef
@@ -442,8 +473,8 @@ def main():
                 names += list(f.keys())
     print(f"saved {len(names)} tensors: " + ", ".join(sorted(n for n in names if ".layers.0." in n)[:12]) + " ...",
           flush=True)
-    want = [f"model.layers.{l}.mlp.experts.{e}.{p}.weight" for l in range(4) for e in range(16)
-            for p in ("gate_proj", "up_proj", "down_proj")]
+    want = [f"model.layers.{l}.mlp.experts.{e}.{p}.weight" for l in sparse_layers(config)
+            for e in range(config.num_experts) for p in ("gate_proj", "up_proj", "down_proj")]
     missing = [w for w in want if w not in names]
     print(f"per-expert names present: {not missing} (missing {len(missing)})", flush=True)
     for fn in sorted(os.listdir(a.out)):
