@@ -106,6 +106,8 @@ cudaError_t moeq_k_silu_mul(const float *gate, const float *up, size_t n, float 
 
 /* y = bf16(x), round to nearest even. */
 cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cudaStream_t stream);
+/* y = x widened to fp32 (exact). */
+cudaError_t moeq_k_bf16_to_f32(const uint16_t *x, size_t n, float *y, cudaStream_t stream);
 /* cpu_rope_apply in place on x[tokens, heads, head_dim], token t at position
  * t % seq_len (windows of seq_len tokens each start at 0). */
 cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotary_dim,

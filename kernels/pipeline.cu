@@ -38,6 +38,13 @@ __global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
         y[i] = to_bf16(x[i]);
 }
 
+__global__ void bf16_to_f32_kernel(const uint16_t *x, size_t n, float *y)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = __uint_as_float((unsigned)x[i] << 16);
+}
+
 // One thread per (token, pair); cpu_rope_apply's products and sums.
 __global__ void rope_kernel(float *x, int tokens, int heads, int head_dim, int rotary_dim,
                             int seq_len, const float *inv_freq, float factor, int interleaved)
@@ -271,6 +278,14 @@ extern "C" cudaError_t moeq_k_to_bf16(const float *x, size_t n, uint16_t *y, cud
 {
     if (n)
         to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_bf16_to_f32(const uint16_t *x, size_t n, float *y,
+                                          cudaStream_t stream)
+{
+    if (n)
+        bf16_to_f32_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
     return cudaGetLastError();
 }
 

@@ -5,6 +5,8 @@
  * by rewriting its safetensors with st_writer. */
 #include "test.h"
 
+#include <string.h>
+
 #include "model/model.h"
 #include "model/weights.h"
 #include "moeq/safetensors.h"
@@ -62,6 +64,57 @@ static void test_every_golden_checkpoint_opens_and_loads_each_layer(void)
             CHECK_INT_EQ(moeq_layer_weights_load(&m, l, &lw, &err), MOEQ_OK);
             moeq_layer_weights_free(&lw);
         }
+        moeq_model_close(&m);
+    }
+}
+
+/* MOEQ_WEIGHTS_KEEP_BF16: MLP and expert weights stored as plain bf16 stay
+ * bf16 (the same bits the fp32 decode widens), the attention stays fp32;
+ * an FP8 block-scaled checkpoint's experts are decoded to fp32 as before.
+ * (The first MoE layer of each fixture.) */
+static void test_bf16_weights_are_kept_as_stored_on_request(void)
+{
+    const char *names[] = {"qwen3_moe", "qwen3_moe_fp8", "qwen2_moe"};
+    for (int i = 0; i < 3; i++) {
+        moeq_model m;
+        moeq_error err = {0};
+        CHECK_INT_EQ(moeq_model_open(fixture(names[i]), NULL, &m, &err), MOEQ_OK);
+        int l = 0;
+        while (l + 1 < m.cfg.num_layers && !m.cfg.layer_is_moe[l])
+            l++;
+        moeq_layer_weights f, b;
+        CHECK_INT_EQ(moeq_layer_weights_load(&m, l, &f, &err), MOEQ_OK);
+        CHECK_INT_EQ(moeq_layer_weights_load_flags(&m, l, MOEQ_WEIGHTS_KEEP_BF16, &b, &err),
+                     MOEQ_OK);
+        CHECK(f.is_moe && b.is_moe && b.q && !f.experts[1].gate16);
+        const int fp8 = i == 1;
+        int same = 0, checked = 0;
+        for (int e = 0; e < b.n_experts; e++) {
+            const moeq_mlp_weights *x = &b.experts[e], *y = &f.experts[e];
+            const float *full[3] = {y->gate, y->up, y->down};
+            const uint16_t *half[3] = {x->gate16, x->up16, x->down16};
+            const float *kept[3] = {x->gate, x->up, x->down};
+            size_t n = (size_t)m.cfg.hidden_size * x->intermediate;
+            for (int k = 0; k < 3; k++) {
+                checked++;
+                if (fp8) {
+                    same += !half[k] && kept[k] && !memcmp(kept[k], full[k], 4 * n);
+                    continue;
+                }
+                int ok = half[k] && !kept[k];
+                for (size_t j = 0; ok && j < n; j++) {
+                    uint32_t bits = (uint32_t)half[k][j] << 16;
+                    ok = !memcmp(&bits, &full[k][j], 4);
+                }
+                same += ok;
+            }
+        }
+        CHECK(checked > 0);
+        CHECK_INT_EQ(same, checked);
+        if (b.has_shared)
+            CHECK(b.shared.gate16 && !b.shared.gate);
+        moeq_layer_weights_free(&f);
+        moeq_layer_weights_free(&b);
         moeq_model_close(&m);
     }
 }
@@ -159,6 +212,7 @@ static void test_arch_file_given_explicitly_is_used(void)
 int main(void)
 {
     RUN(test_every_golden_checkpoint_opens_and_loads_each_layer);
+    RUN(test_bf16_weights_are_kept_as_stored_on_request);
     RUN(test_missing_tensor_is_named_with_its_layer);
     RUN(test_misshaped_tensor_reports_both_shapes);
     RUN(test_missing_config_and_missing_directory_are_not_found);

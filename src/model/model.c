@@ -126,8 +126,10 @@ static moeq_code decode_fp8_blocks(const moeq_model *model, const st_tensor *t, 
                                   out, err);
 }
 
-static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t rows, int64_t cols,
-                        float **out, moeq_error *err)
+/* 0, or MOEQ_ERR_FORMAT naming t when its shape is not [rows, cols]
+ * (cols 0: [rows]). */
+static moeq_code check_shape(const moeq_model *model, const st_tensor *t, int64_t rows,
+                             int64_t cols, moeq_error *err)
 {
     int want_ndim = cols ? 2 : 1;
     int ok = t->ndim == want_ndim && t->shape[0] == rows && (!cols || t->shape[1] == cols);
@@ -144,13 +146,22 @@ static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t row
                          "%s: tensor %s has shape [%s], expected [%lld] from config.json",
                          model->dir, t->name, shape, (long long)rows);
     }
+    return MOEQ_OK;
+}
+
+static moeq_code decode(const moeq_model *model, const st_tensor *t, int64_t rows, int64_t cols,
+                        float **out, moeq_error *err)
+{
+    moeq_code rc = check_shape(model, t, rows, cols, err);
+    if (rc)
+        return rc;
     size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
     float *buf = malloc(sizeof(float) * (n ? n : 1));
     if (!buf)
         return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory decoding tensor %s", model->dir,
                          t->name);
-    moeq_code rc = t->dtype == ST_F8_E4M3 ? decode_fp8_blocks(model, t, buf, err)
-                                          : moeq_to_f32(t->dtype, t->data, n, buf, err);
+    rc = t->dtype == ST_F8_E4M3 ? decode_fp8_blocks(model, t, buf, err)
+                                : moeq_to_f32(t->dtype, t->data, n, buf, err);
     if (rc) {
         free(buf);
         return moeq_wrap(err, "%s: tensor %s: ", model->dir, t->name);
@@ -348,6 +359,29 @@ moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, in
     if (!t)
         return err ? err->code : MOEQ_ERR_NOT_FOUND;
     return decode(model, t, rows, cols, out, err);
+}
+
+moeq_code moeq_model_load_bf16(const moeq_model *model, moeq_tensor_role role, int layer,
+                               int expert, int64_t rows, int64_t cols, uint16_t **out,
+                               moeq_error *err)
+{
+    *out = NULL;
+    if (model->cfg.quant_bits)
+        return MOEQ_OK; /* packed: decoded by moeq_model_load_f32 */
+    const st_tensor *t = moeq_model_find(model, role, layer, expert, err);
+    if (!t)
+        return err ? err->code : MOEQ_ERR_NOT_FOUND;
+    if (t->dtype != ST_BF16)
+        return MOEQ_OK;
+    moeq_code rc = check_shape(model, t, rows, cols, err);
+    if (rc)
+        return rc;
+    size_t bytes = 2 * (size_t)rows * (size_t)(cols ? cols : 1);
+    if (!(*out = malloc(bytes ? bytes : 1)))
+        return moeq_fail(err, MOEQ_ERR_OOM, "%s: out of memory copying tensor %s", model->dir,
+                         t->name);
+    memcpy(*out, t->data, bytes);
+    return MOEQ_OK;
 }
 
 moeq_code moeq_model_load_bias_f32(const moeq_model *model, moeq_tensor_role role, int layer,

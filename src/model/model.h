@@ -33,6 +33,13 @@ const st_tensor *moeq_model_find(const moeq_model *model, moeq_tensor_role role,
 moeq_code moeq_model_load_f32(const moeq_model *model, moeq_tensor_role role, int layer,
                               int expert, int64_t rows, int64_t cols, float **out,
                               moeq_error *err);
+/* A copy of the tensor for role in *out when the checkpoint stores it as
+ * plain bf16 of shape [rows, cols]; *out NULL (and 0) when it is stored
+ * otherwise (another dtype, or packed by a quantized checkpoint): then
+ * moeq_model_load_f32 decodes it. */
+moeq_code moeq_model_load_bf16(const moeq_model *model, moeq_tensor_role role, int layer,
+                               int expert, int64_t rows, int64_t cols, uint16_t **out,
+                               moeq_error *err);
 /* Same for the bias beside a weight (the name with "weight" -> "bias"). */
 moeq_code moeq_model_load_bias_f32(const moeq_model *model, moeq_tensor_role role, int layer,
                                    int expert, int64_t rows, float **out, moeq_error *err);

@@ -9,16 +9,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One MLP weight: its bf16 copy (keep_bf16, when stored so) or fp32. */
+static moeq_code load_weight(const moeq_model *m, moeq_tensor_role role, int layer, int expert,
+                             int64_t rows, int64_t cols, int keep_bf16, float **f32,
+                             uint16_t **bf16, moeq_error *err)
+{
+    moeq_code rc;
+    if (keep_bf16 &&
+        ((rc = moeq_model_load_bf16(m, role, layer, expert, rows, cols, bf16, err)) || *bf16))
+        return rc;
+    return moeq_model_load_f32(m, role, layer, expert, rows, cols, f32, err);
+}
+
 static moeq_code load_mlp(const moeq_model *m, moeq_tensor_role gate, moeq_tensor_role up,
-                          moeq_tensor_role down, int layer, int expert, int inter,
+                          moeq_tensor_role down, int layer, int expert, int inter, int keep_bf16,
                           moeq_mlp_weights *w, moeq_error *err)
 {
     int hidden = m->cfg.hidden_size;
     moeq_code rc;
     w->intermediate = inter;
-    if ((rc = moeq_model_load_f32(m, gate, layer, expert, inter, hidden, &w->gate, err)) ||
-        (rc = moeq_model_load_f32(m, up, layer, expert, inter, hidden, &w->up, err)) ||
-        (rc = moeq_model_load_f32(m, down, layer, expert, hidden, inter, &w->down, err)))
+    if ((rc = load_weight(m, gate, layer, expert, inter, hidden, keep_bf16, &w->gate, &w->gate16,
+                          err)) ||
+        (rc = load_weight(m, up, layer, expert, inter, hidden, keep_bf16, &w->up, &w->up16,
+                          err)) ||
+        (rc = load_weight(m, down, layer, expert, hidden, inter, keep_bf16, &w->down, &w->down16,
+                          err)))
         return rc;
     if (m->cfg.mlp_bias &&
         ((rc = moeq_model_load_bias_f32(m, gate, layer, expert, inter, &w->gate_bias, err)) ||
@@ -33,6 +48,9 @@ static void free_mlp(moeq_mlp_weights *w)
     free(w->gate);
     free(w->up);
     free(w->down);
+    free(w->gate16);
+    free(w->up16);
+    free(w->down16);
     free(w->gate_bias);
     free(w->up_bias);
     free(w->down_bias);
@@ -183,6 +201,7 @@ static moeq_code load_attention(const moeq_model *m, int l, moeq_layer_weights *
 typedef struct expert_load {
     const moeq_model *m;
     int layer;
+    int keep_bf16;
     moeq_layer_weights *lw;
     const st_tensor *fused_gate_up, *fused_down; /* NULL: per-expert tensors */
 } expert_load;
@@ -240,7 +259,8 @@ static moeq_code load_expert(void *ctx, int e, moeq_error *err)
         return moeq_fused_expert_load(x->m, x->layer, e, &x->lw->experts[e], err);
     if (!x->fused_gate_up)
         return load_mlp(x->m, MOEQ_T_EXPERT_GATE_PROJ, MOEQ_T_EXPERT_UP_PROJ,
-                        MOEQ_T_EXPERT_DOWN_PROJ, x->layer, e, (int)inter, &x->lw->experts[e], err);
+                        MOEQ_T_EXPERT_DOWN_PROJ, x->layer, e, (int)inter, x->keep_bf16,
+                        &x->lw->experts[e], err);
     moeq_mlp_weights *w = &x->lw->experts[e];
     w->intermediate = (int)inter;
     moeq_code rc;
@@ -251,7 +271,8 @@ static moeq_code load_expert(void *ctx, int e, moeq_error *err)
     return MOEQ_OK;
 }
 
-static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, moeq_error *err)
+static moeq_code load_moe(const moeq_model *m, int l, int keep_bf16, moeq_layer_weights *lw,
+                          moeq_error *err)
 {
     const moeq_config *c = &m->cfg;
     moeq_code rc;
@@ -270,7 +291,7 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
                          c->num_experts);
     lw->n_experts = c->num_experts;
     /* Experts decode in parallel: each is its own tensors and buffers. */
-    expert_load x = {m, l, lw, NULL, NULL};
+    expert_load x = {m, l, keep_bf16, lw, NULL, NULL};
     /* gpt-oss's and Llama-4's fused experts are read by fused_experts.c. */
     if ((!moeq_experts_fused(m) &&
          (rc = find_fused_experts(m, l, &x.fused_gate_up, &x.fused_down, err))) ||
@@ -280,7 +301,7 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
         lw->has_shared = 1;
         if ((rc = load_mlp(m, MOEQ_T_SHARED_GATE_PROJ, MOEQ_T_SHARED_UP_PROJ,
                            MOEQ_T_SHARED_DOWN_PROJ, l, -1, c->shared_expert_intermediate_size,
-                           &lw->shared, err)))
+                           keep_bf16, &lw->shared, err)))
             return rc;
         if (m->arch.shared_expert == MOEQ_SHARED_EXPERT_SIGMOID_GATED &&
             (rc = moeq_model_load_f32(m, MOEQ_T_SHARED_EXPERT_GATE, l, -1, 1, c->hidden_size,
@@ -293,6 +314,13 @@ static moeq_code load_moe(const moeq_model *m, int l, moeq_layer_weights *lw, mo
 moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer_weights *lw,
                                   moeq_error *err)
 {
+    return moeq_layer_weights_load_flags(model, layer, 0, lw, err);
+}
+
+moeq_code moeq_layer_weights_load_flags(const moeq_model *model, int layer, unsigned flags,
+                                        moeq_layer_weights *lw, moeq_error *err)
+{
+    const int keep_bf16 = (flags & MOEQ_WEIGHTS_KEEP_BF16) != 0;
     memset(lw, 0, sizeof *lw);
     const moeq_config *c = &model->cfg;
     if (layer < 0 || layer >= c->num_layers)
@@ -304,9 +332,9 @@ moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer
     moeq_code rc = lw->is_linear ? load_linear_attention(model, layer, lw, err)
                                  : load_attention(model, layer, lw, err);
     if (!rc)
-        rc = lw->is_moe ? load_moe(model, layer, lw, err)
+        rc = lw->is_moe ? load_moe(model, layer, keep_bf16, lw, err)
                         : load_mlp(model, MOEQ_T_GATE_PROJ, MOEQ_T_UP_PROJ, MOEQ_T_DOWN_PROJ,
-                                   layer, -1, c->intermediate_size, &lw->dense, err);
+                                   layer, -1, c->intermediate_size, keep_bf16, &lw->dense, err);
     if (rc)
         moeq_layer_weights_free(lw);
     return rc;

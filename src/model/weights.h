@@ -12,6 +12,9 @@
 typedef struct moeq_mlp_weights {
     int intermediate;
     float *gate, *up, *down;             /* [I, H], [I, H], [H, I] */
+    /* MOEQ_WEIGHTS_KEEP_BF16: the same as stored, in place of gate, up,
+     * down (then NULL), when the checkpoint holds them as plain bf16 */
+    uint16_t *gate16, *up16, *down16;
     float *gate_bias, *up_bias, *down_bias; /* NULL unless mlp_bias */
 } moeq_mlp_weights;
 
@@ -65,6 +68,14 @@ void moeq_model_center_norm(const moeq_model *model, float *w, int64_t n);
 
 moeq_code moeq_layer_weights_load(const moeq_model *model, int layer, moeq_layer_weights *lw,
                                   moeq_error *err);
+/* Flags of moeq_layer_weights_load_flags. KEEP_BF16: the weights of the
+ * dense MLP, the experts and the shared expert that the checkpoint stores
+ * as plain bf16 (one tensor each) are kept as such (gate16, up16, down16):
+ * half the host memory, no decoding, half the bytes to pin and upload (the
+ * CUDA loop widens them on the device). Others are decoded to fp32. */
+#define MOEQ_WEIGHTS_KEEP_BF16 1u
+moeq_code moeq_layer_weights_load_flags(const moeq_model *model, int layer, unsigned flags,
+                                        moeq_layer_weights *lw, moeq_error *err);
 void moeq_layer_weights_free(moeq_layer_weights *lw);
 
 /* Embedding rows for tokens: out[n, H]. Ids outside the vocabulary fail. */

@@ -69,6 +69,9 @@ typedef struct moeq_quantize_options {
                              * 0 means 1 */
     int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
     size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */
+    int host_fp32_weights;  /* CUDA: decode every weight to fp32 on the host, as the
+                             * loop did before bf16 weights stayed bf16 (a test of
+                             * that path: the output must not change) */
     int wait_for_layer;     /* CUDA: load, quantize, write one layer after the other;
                              * 0: read layer L+1's weights and write layer L-1 on
                              * helper threads while layer L runs on the GPU (the

@@ -152,10 +152,11 @@ typedef struct gpu_layer {
 typedef struct piece {
     moeq_tensor_role role;
     int expert;
-    const float *w; /* host fp32 [rows, cols] */
+    const float *w; /* host fp32 [rows, cols], or NULL and: */
     int rows;
     int64_t tokens; /* calibration tokens, for the report */
     int fallback;   /* routed mode: calibrated on all tokens */
+    const uint16_t *w16; /* host bf16 [rows, cols] as the checkpoint stores it */
 } piece;
 
 static moeq_code sync_time(gpu_layer *L, double *bucket, moeq_error *err)
@@ -304,6 +305,43 @@ static moeq_quantized_linear *new_linear(gpu_layer *L, moeq_error *err)
     return ql;
 }
 
+/* Piece p widened to fp32 at dst (device): copied as it is, or, stored in
+ * bf16, uploaded into *stage (grown to fit; the caller frees it) and
+ * widened there. Both exact, so either source gives the same bits. */
+static moeq_code upload_piece_f32(gpu_run *g, const piece *p, int cols, float *dst,
+                                  moeq_cuda_buf *stage, moeq_error *err)
+{
+    const size_t c = (size_t)p->rows * cols;
+    if (p->w)
+        return moeq_cuda_upload(&g->cu, dst, p->w, sizeof(float) * c, err);
+    moeq_code rc = MOEQ_OK;
+    if (stage->bytes < 2 * c) {
+        moeq_cuda_free(&g->cu, stage);
+        rc = moeq_cuda_alloc(&g->cu, stage, 2 * c, "bf16 weights", err);
+    }
+    if (!rc)
+        rc = moeq_cuda_upload(&g->cu, stage->ptr, p->w16, 2 * c, err);
+    if (!rc)
+        rc = MOEQ_CU(moeq_k_bf16_to_f32(stage->ptr, c, dst, g->cu.stream));
+    return rc;
+}
+
+/* Piece p in fp32 on the host: its own array, or *tmp (freed by the
+ * caller) widened from its bf16 one. NULL when out of memory. */
+static const float *piece_host_f32(const piece *p, int cols, float **tmp)
+{
+    if (p->w)
+        return p->w;
+    const size_t c = (size_t)p->rows * cols;
+    if (!(*tmp = malloc(sizeof(float) * c)))
+        return NULL;
+    for (size_t i = 0; i < c; i++) {
+        uint32_t bits = (uint32_t)p->w16[i] << 16;
+        memcpy(&(*tmp)[i], &bits, sizeof bits);
+    }
+    return *tmp;
+}
+
 static const char *piece_label(const piece *p, char *buf, size_t bytes)
 {
     if (p->expert >= 0)
@@ -331,14 +369,19 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
     const size_t count = (size_t)rows * cols;
     if (g->forward_only) { /* the weights as they are, in bf16 */
         moeq_code rc = moeq_cuda_alloc(&g->cu, wq, 2 * count, "weights", err);
-        for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows)
-            rc = upload_bf16_into(g, pieces[i].w, (size_t)pieces[i].rows * cols,
-                                  (uint16_t *)wq->ptr + (size_t)r0 * cols, err);
+        for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows) {
+            uint16_t *dst = (uint16_t *)wq->ptr + (size_t)r0 * cols;
+            const size_t c = (size_t)pieces[i].rows * cols;
+            rc = pieces[i].w ? upload_bf16_into(g, pieces[i].w, c, dst, err)
+                             : moeq_cuda_upload(&g->cu, dst, pieces[i].w16, 2 * c, err);
+        }
+        if (!rc)
+            rc = moeq_cuda_sync(&g->cu, err); /* the host arrays are read */
         if (rc)
             moeq_cuda_free(&g->cu, wq);
         return rc;
     }
-    moeq_cuda_buf W = {0};
+    moeq_cuda_buf W = {0}, stage = {0};
     moeq_cuda_quantized dq = {0};
     double *row_loss = gptq_on ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
     char what[96];
@@ -353,11 +396,9 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
             goto done;
         size_t off = 0;
         for (int i = 0; i < n_pieces; i++) {
-            size_t c = (size_t)pieces[i].rows * cols;
-            if ((rc = moeq_cuda_upload(&g->cu, (float *)W.ptr + off, pieces[i].w,
-                                       sizeof(float) * c, err)))
+            if ((rc = upload_piece_f32(g, &pieces[i], cols, (float *)W.ptr + off, &stage, err)))
                 goto done;
-            off += c;
+            off += (size_t)pieces[i].rows * cols;
         }
         if ((seg_preps ? (rc = moeq_cuda_gptq_sweep_segments(&g->cu, seg_preps, n_pieces,
                                                              &g->opt->gptq, W.ptr,
@@ -393,7 +434,11 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
                 &g->cu, &dq, r0, pieces[i].rows, take_codes(g, (size_t)pieces[i].rows * cols),
                 &ql->q, err);
         } else {
-            rc = moeq_rtn_quantize(pieces[i].w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err);
+            float *tmp = NULL;
+            const float *w = piece_host_f32(&pieces[i], cols, &tmp);
+            rc = w ? moeq_rtn_quantize(w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err)
+                   : moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+            free(tmp);
             if (!rc) {
                 float *deq = malloc(sizeof(float) * (size_t)pieces[i].rows * cols);
                 moeq_cuda_buf f = {0};
@@ -424,6 +469,7 @@ static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *pre
 done:
     free(row_loss);
     moeq_cuda_free(&g->cu, &W);
+    moeq_cuda_free(&g->cu, &stage);
     moeq_cuda_quantized_free(&g->cu, &dq);
     if (rc)
         moeq_cuda_free(&g->cu, wq);
@@ -523,9 +569,9 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n, "q/k/v_proj",
                                          &prep, err)))
         goto done;
-    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0},
-                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0},
-                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0}};
+    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0, NULL},
+                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0, NULL},
+                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0, NULL}};
     if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)))
         goto done;
@@ -582,7 +628,7 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     if (gptq(L) &&
         (rc = hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n, "o_proj", &prep, err)))
         goto done;
-    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0};
+    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0, NULL};
     if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)))
         goto done;
@@ -900,9 +946,9 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     moeq_cuda_buf wgu = {0}, wd = {0}, gate = {0};
     moeq_cuda_gptq_prepared prep = {0};
     moeq_code rc;
-    const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0},
-                         {roles[1], -1, mlp->up, inter, n, 0}};
-    const piece down = {roles[2], -1, mlp->down, H, n, 0};
+    const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0, mlp->gate16},
+                         {roles[1], -1, mlp->up, inter, n, 0, mlp->up16}};
+    const piece down = {roles[2], -1, mlp->down, H, n, 0, mlp->down16};
     if ((rc = scratch_alloc(g, inter, &s, err)) ||
         (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
@@ -1000,8 +1046,10 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         if (shared) {
             for (int i = 0; i < ng; i++) {
                 const moeq_mlp_weights *m = &lw->experts[e0 + i];
-                pieces[2 * i] = (piece){MOEQ_EXPERT_ROLES[0], e0 + i, m->gate, inter, n, 0};
-                pieces[2 * i + 1] = (piece){MOEQ_EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0};
+                pieces[2 * i] =
+                    (piece){MOEQ_EXPERT_ROLES[0], e0 + i, m->gate, inter, n, 0, m->gate16};
+                pieces[2 * i + 1] =
+                    (piece){MOEQ_EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0, m->up16};
             }
             if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H, &wgu,
                                      err)) ||
@@ -1029,7 +1077,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 c->w = (const float *)rt->probs_t.ptr + (size_t)e * n;
             }
             pieces[i] = (piece){MOEQ_EXPERT_ROLES[2], e, lw->experts[e].down, H, c->tokens,
-                                c->fallback};
+                                c->fallback, lw->experts[e].down16};
         }
         /* Routed and weighted: each expert's gate/up against its own
          * Hessian (routed: its tokens, gathered chunk by chunk; weighted:
@@ -1071,8 +1119,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 const moeq_mlp_weights *m = &lw->experts[e];
                 const expert_cal *c = &cal[i];
                 const piece gu[2] = {
-                    {MOEQ_EXPERT_ROLES[0], e, m->gate, inter, c->tokens, c->fallback},
-                    {MOEQ_EXPERT_ROLES[1], e, m->up, inter, c->tokens, c->fallback}};
+                    {MOEQ_EXPERT_ROLES[0], e, m->gate, inter, c->tokens, c->fallback, m->gate16},
+                    {MOEQ_EXPERT_ROLES[1], e, m->up, inter, c->tokens, c->fallback, m->up16}};
                 moeq_cuda_buf q = {0};
                 if (!(rc = quantize_stack(L, own_of[j] >= 0 ? &own[own_of[j]] : prep_all, NULL,
                                           gu, 2, H, &q, err)))
@@ -1538,12 +1586,12 @@ typedef struct pin_job {
     int pin, device;
 } pin_job;
 
-static void pin_array(float *p, size_t count, int pin)
+static void pin_array(void *p, size_t bytes, int pin)
 {
     if (!p)
         return;
     if (pin)
-        (void)cudaHostRegister(p, sizeof(float) * count, cudaHostRegisterPortable);
+        (void)cudaHostRegister(p, bytes, cudaHostRegisterPortable);
     else
         (void)cudaHostUnregister(p);
 }
@@ -1564,18 +1612,21 @@ static moeq_code pin_item(void *ctx, int i, moeq_error *err)
         return MOEQ_OK;
     }
     if (i == n_mlps) {
-        pin_array(lw->q, qd * H, j->pin);
-        pin_array(lw->k, kvd * H, j->pin);
-        pin_array(lw->v, kvd * H, j->pin);
-        pin_array(lw->o, H * qd, j->pin);
+        pin_array(lw->q, sizeof(float) * qd * H, j->pin);
+        pin_array(lw->k, sizeof(float) * kvd * H, j->pin);
+        pin_array(lw->v, sizeof(float) * kvd * H, j->pin);
+        pin_array(lw->o, sizeof(float) * H * qd, j->pin);
     } else {
         const moeq_mlp_weights *w = !lw->is_moe ? &lw->dense
                                     : i < lw->n_experts ? &lw->experts[i]
                                                         : &lw->shared;
         const size_t count = H * (size_t)w->intermediate;
-        pin_array(w->gate, count, j->pin);
-        pin_array(w->up, count, j->pin);
-        pin_array(w->down, count, j->pin);
+        pin_array(w->gate, sizeof(float) * count, j->pin);
+        pin_array(w->up, sizeof(float) * count, j->pin);
+        pin_array(w->down, sizeof(float) * count, j->pin);
+        pin_array(w->gate16, 2 * count, j->pin);
+        pin_array(w->up16, 2 * count, j->pin);
+        pin_array(w->down16, 2 * count, j->pin);
     }
     (void)cudaGetLastError();
     return MOEQ_OK;
@@ -1597,6 +1648,7 @@ typedef struct loader {
     const moeq_model *model;
     int layer;
     moeq_layer_weights lw;
+    unsigned flags; /* of moeq_layer_weights_load_flags */
     double seconds, seconds_pin; /* all of it; pinning the weights (part of it) */
     moeq_code rc;
     moeq_error err;
@@ -1606,7 +1658,7 @@ static void *loader_main(void *arg)
 {
     loader *ld = arg;
     double t0 = now_seconds();
-    ld->rc = moeq_layer_weights_load(ld->model, ld->layer, &ld->lw, &ld->err);
+    ld->rc = moeq_layer_weights_load_flags(ld->model, ld->layer, ld->flags, &ld->lw, &ld->err);
     double t1 = now_seconds();
     if (!ld->rc && cudaSetDevice(ld->device) == cudaSuccess)
         layer_pin(&ld->model->cfg, &ld->lw, ld->device, 1);
@@ -1857,6 +1909,9 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         goto done;
     g.cu.budget_bytes = opt->vram_budget;
     wr.device = g.cu.device;
+    /* MLP and expert weights stay bf16 on the host when stored so: half the
+     * memory, bytes to pin and bytes to upload; widened on the device. */
+    ld.flags = opt->host_fp32_weights ? 0 : MOEQ_WEIGHTS_KEEP_BF16;
     if (ranks > 1) {
         if (!(peers = calloc((size_t)ranks, sizeof *peers))) {
             rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
@@ -1983,7 +2038,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                 goto done;
             }
         } else {
-            if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
+            if ((rc = moeq_layer_weights_load_flags(model, l, ld.flags, &lw, err)))
                 goto done;
             res.seconds_load = now_seconds() - t_layer;
         }

@@ -304,7 +304,8 @@ static void test_golden_architectures(void)
     }
 }
 
-/* A second identical run gives the same bytes; expert groups of 3 (a
+/* A second identical run gives the same bytes, and so does one with the
+ * weights widened to fp32 on the host instead of on the device; expert groups of 3 (a
  * ragged last group of 1) give the same bytes as one group of all 16
  * experts where experts are swept one by one, nearly all the same codes in
  * bypass mode (see the top of the file). */
@@ -321,20 +322,24 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
                                      .expert_calib = (moeq_expert_calib)mode,
                                      .min_expert_tokens = 16, .true_sequential = 1,
                                      .token_chunk = 300};
-        collected a, b, c;
+        collected a, b, c, d;
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_OK);
         opt.wait_for_layer = 1; /* the other memory mode: the same bytes */
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &b, NULL, &err), MOEQ_OK);
         opt.wait_for_layer = 0;
+        opt.host_fp32_weights = 1; /* the weights widened on the host: the same bytes */
+        CHECK_INT_EQ(run(&m, &cs, opt, 1, &d, NULL, &err), MOEQ_OK);
+        opt.host_fp32_weights = 0;
         opt.expert_batch = 3;
         CHECK_INT_EQ(run(&m, &cs, opt, 1, &c, NULL, &err), MOEQ_OK);
-        int rerun = same_bytes(&a, &b), grouped = same_bytes(&a, &c);
+        int rerun = same_bytes(&a, &b), grouped = same_bytes(&a, &c), widened = same_bytes(&a, &d);
         comparison s = compare(&c, &a);
         double same = (double)s.same_codes / (double)s.codes;
-        printf("     %s: rerun with --wait-for-layer identical %d, groups of 3 identical %d "
-               "(codes %.6f)\n",
-               moeq_expert_calib_name((moeq_expert_calib)mode), rerun, grouped, same);
+        printf("     %s: rerun with --wait-for-layer identical %d, weights widened on the host "
+               "identical %d, groups of 3 identical %d (codes %.6f)\n",
+               moeq_expert_calib_name((moeq_expert_calib)mode), rerun, widened, grouped, same);
         CHECK(rerun);
+        CHECK(widened);
         CHECK_INT_EQ(s.missing, 0);
         if (mode == MOEQ_EXPERT_CALIB_ALL)
             CHECK(same >= 0.99);
@@ -343,7 +348,19 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
         collected_free(&a);
         collected_free(&b);
         collected_free(&c);
+        collected_free(&d);
     }
+    /* RTN rounds on the host: bf16 weights widened there give the same bytes. */
+    moeq_quantize_options rtn = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1};
+    collected a, d;
+    CHECK_INT_EQ(run(&m, &cs, rtn, 1, &a, NULL, &err), MOEQ_OK);
+    rtn.host_fp32_weights = 1;
+    CHECK_INT_EQ(run(&m, &cs, rtn, 1, &d, NULL, &err), MOEQ_OK);
+    CHECK(a.n > 0 && same_bytes(&a, &d));
+    collected_free(&a);
+    collected_free(&d);
     moeq_calib_set_free(&cs);
     moeq_model_close(&m);
 }
