@@ -21,6 +21,7 @@
 #     --base "B G N"   base point: bits, group size, windows (default "4 128 128");
 #                      every axis holds the other parameters there, on the whole mix
 #     --windows N      evaluation windows of 512 tokens per language group (default 24)
+#     (env MOEQ=PATH: the moeq binary to use instead of building build/release)
 #     --device D       moeq quantize and eval --device: auto, cpu or cuda (default
 #                      auto); the TSV records where each ran
 #     --reduced        a small grid that runs in minutes on a CPU: nsamples "8 32",
@@ -106,9 +107,13 @@ for f in train valid; do
     [ -f "$corpus/$f.jsonl.xz" ] || { echo "sweep.sh: $corpus/$f.jsonl.xz not found" >&2; exit 2; }
 done
 
-moeq=build/release/moeq
-cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build/release -j"$(nproc)" --target moeq >/dev/null
+# MOEQ=path uses that binary (e.g. build/gpu/moeq from tests/gpu/env.sh on a
+# GPU machine) instead of building build/release.
+moeq=${MOEQ:-build/release/moeq}
+if [ -z "${MOEQ:-}" ]; then
+    cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build/release -j"$(nproc)" --target moeq >/dev/null
+fi
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -243,9 +248,12 @@ awk -F'\t' -v w="$windows" -v name="$name" '
       }
     }' "$tsv" > "$out/summary.md"
 
-# Plots. Rows are picked with awk over the TSV (columns: 1 method, 2 mode,
+# Plots (a machine without gnuplot stops here; a second run where it is
+# draws them from the same TSV). Rows are picked with awk over the TSV (columns: 1 method, 2 mode,
 # 3 bits, 4 group, 5 nsamples, 6 calib, 7 calib tokens, 8 evaluation group,
 # 9 evaluation windows, 12 KL).
+command -v gnuplot >/dev/null ||
+    { echo "sweep.sh: no gnuplot here: $out/sweep.tsv written, plots not drawn"; exit 0; }
 sel="awk -F'\\t' -v w=$windows -v b=$base_bits -v g=$base_group"
 gp_common="set terminal pngcairo size 1100,760 font ',10'
 set grid
