@@ -554,10 +554,15 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     moeq_cuda_gptq_prepared prep = {0};
     moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}};
     moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
+    /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
+     * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
+    const int qk_full = cfg->qk_norm_full;
+    const int qn_rows = qk_full ? T : T * hq, kn_rows = qk_full ? T : T * hkv;
+    const int qn_dim = qk_full ? qdim : D, kn_dim = qk_full ? kvdim : D;
     moeq_code rc;
     if ((rc = upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
-        (rc = upload_f32(g, lw->q_norm, (size_t)D, "q_norm", &qn, err)) ||
-        (rc = upload_f32(g, lw->k_norm, (size_t)D, "k_norm", &kn, err)) ||
+        (rc = upload_f32(g, lw->q_norm, (size_t)qn_dim, "q_norm", &qn, err)) ||
+        (rc = upload_f32(g, lw->k_norm, (size_t)kn_dim, "k_norm", &kn, err)) ||
         (rc = upload_f32(g, lw->q_bias, (size_t)qdim, "q bias", &bias[0], err)) ||
         (rc = upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
         (rc = upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
@@ -603,10 +608,10 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
                 (rc = MOEQ_CU(moeq_k_add_bias(bufs[i], T, widths[i], bias[i].ptr, g->cu.stream))))
                 goto done;
         if (qn.ptr &&
-            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, T * hq, D, cfg->rms_norm_eps, qf.ptr,
-                                          g->cu.stream))) ||
-             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, T * hkv, D, cfg->rms_norm_eps, kf.ptr,
-                                          g->cu.stream)))))
+            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, qn_rows, qn_dim, cfg->rms_norm_eps,
+                                          qf.ptr, g->cu.stream))) ||
+             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, kn_rows, kn_dim, cfg->rms_norm_eps,
+                                          kf.ptr, g->cu.stream)))))
             goto done;
         if ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
                                       g->attention_factor, 0, g->cu.stream))) ||
@@ -1816,16 +1821,10 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
     if (cfg->router_bias)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
-    /* Components of the CPU loop (DeepSeek, MiniMax-M2) that the GPU loop
-     * does not have yet. */
-    const char *component = NULL;
     if (cfg->attention == MOEQ_ATTENTION_MLA)
-        component = "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2)";
-    else if (cfg->qk_norm && cfg->qk_norm_full)
-        component = "q/k RMSNorm over the whole projection (MiniMax-M2)";
-    if (component)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "%s is not in the CUDA pipeline yet: use --device cpu", component);
+                         "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2) is not in "
+                         "the CUDA pipeline yet: use --device cpu");
     if (cfg->num_experts > 0 && cfg->n_group > MOEQ_K_ROUTER_MAX_GROUPS)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "group-limited expert choice over n_group = %d groups (the CUDA router "

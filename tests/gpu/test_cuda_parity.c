@@ -737,10 +737,11 @@ static void test_gptq_gpu_pipeline_matches_cpu(void)
 
 /* ---- layer ops */
 
-static void test_rmsnorm_matches_cpu(void)
+/* rmsnorm in place over rows of dim: the sum of squares in double, then
+ * the same fp32 roundings as cpu_rmsnorm, so 1e-6 relative. */
+static void rmsnorm_case(const char *name, int rows, int dim, uint64_t seed)
 {
-    const int rows = 37, dim = 2050;
-    test_rng rng = {51};
+    test_rng rng = {seed};
     moeq_error err = {0};
     float *x = random_floats(&rng, (size_t)rows * dim, 3.0f);
     float *w = random_floats(&rng, (size_t)dim, 1.0f);
@@ -752,7 +753,7 @@ static void test_rmsnorm_matches_cpu(void)
     must(moeq_cuda_rmsnorm(&ctx, dx.ptr, dw.ptr, rows, dim, 1e-6f, dx.ptr, &err), &err);
     to_host(y_gpu, &dx);
     double rel = max_rel_diff(y_gpu, y_cpu, (size_t)rows * dim);
-    printf("     rmsnorm %d x %d (in place): max rel diff %.3g\n", rows, dim, rel);
+    printf("     rmsnorm %s %d x %d (in place): max rel diff %.3g\n", name, rows, dim, rel);
     CHECK(rel <= 1e-6);
     moeq_cuda_free(&ctx, &dx);
     moeq_cuda_free(&ctx, &dw);
@@ -760,6 +761,20 @@ static void test_rmsnorm_matches_cpu(void)
     free(w);
     free(y_cpu);
     free(y_gpu);
+}
+
+static void test_rmsnorm_matches_cpu(void)
+{
+    rmsnorm_case("rows", 37, 2050, 51);
+}
+
+/* MiniMax-M2's q/k norm over a token's whole projection: rows of Hq D =
+ * 48 x 128 for q, Hkv D = 8 x 128 for k (MiniMax-M2's shapes), one weight
+ * of that width. */
+static void test_rmsnorm_over_whole_projection_matches_cpu(void)
+{
+    rmsnorm_case("q over 48 heads", 300, 48 * 128, 53);
+    rmsnorm_case("k over 8 heads", 300, 8 * 128, 54);
 }
 
 /* CUDA's expf is within 2 ulp, then a division and a product round: 2e-6
@@ -1251,6 +1266,7 @@ int main(void)
     RUN(test_gptq_sweep_rejects_blocks_over_128);
     RUN(test_gptq_gpu_pipeline_matches_cpu);
     RUN(test_rmsnorm_matches_cpu);
+    RUN(test_rmsnorm_over_whole_projection_matches_cpu);
     RUN(test_silu_mul_matches_cpu);
     RUN(test_rope_matches_cpu);
     RUN(test_attention_matches_cpu);

@@ -284,23 +284,30 @@ static void test_demo_model_bf16_scales(void)
 
 /* glm4_moe: the sigmoid router with e_score_correction_bias, 2 of 4 expert
  * groups, routed_scaling_factor 2.5, the ungated shared expert, a dense
- * first layer, partial rotary, q/k/v biases and per-head q/k norm. Weighted
- * runs there too: its p_e are the sigmoid scores, as on the CPU. */
+ * first layer, partial rotary, q/k/v biases and per-head q/k norm.
+ * minimax_m2: q/k RMSNorm over the whole projection, partial rotary (16 of
+ * 32), the sigmoid router with its bias and no groups. Weighted runs on
+ * both sigmoid routers: their p_e are the sigmoid scores, as on the CPU. */
 static void test_golden_architectures(void)
 {
-    const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "glm4_moe",
-                           "llama",     "qwen2",     "qwen3"};
+    const struct {
+        const char *arch;
+        int moe, sigmoid_router;
+    } cases[] = {{"qwen3_moe", 1, 0}, {"qwen2_moe", 1, 0},  {"mixtral", 1, 0},
+                 {"glm4_moe", 1, 1},  {"minimax_m2", 1, 1}, {"llama", 0, 0},
+                 {"qwen2", 0, 0},     {"qwen3", 0, 0}};
     char dir[1024];
-    for (int i = 0; i < 7; i++) {
-        golden_dir(dir, sizeof dir, archs[i]);
-        pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
-        pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-        if (i < 4)
-            pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ,
-                          MOEQ_EXPERT_CALIB_ROUTED, 0.70);
-        if (i == 3)
-            pipeline_case(dir, archs[i], 16, 4, 64, MOEQ_METHOD_GPTQ,
-                          MOEQ_EXPERT_CALIB_WEIGHTED, 0.85);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *arch = cases[i].arch;
+        golden_dir(dir, sizeof dir, arch);
+        pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
+        pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
+        if (cases[i].moe)
+            pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
+                          0.70);
+        if (cases[i].sigmoid_router)
+            pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
+                          0.85);
     }
 }
 
