@@ -113,10 +113,14 @@ cudaError_t moeq_k_bf16_to_f32(const uint16_t *x, size_t n, float *y, cudaStream
 cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim, int rotary_dim,
                         int seq_len, const float *inv_freq, float attention_factor,
                         int interleaved, cudaStream_t stream);
-/* rows score rows of [T, T] blocks (row r is query r % T): p = softmax over
- * keys j <= r % T, 0 beyond, in bf16. */
-cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows, uint16_t *p,
-                                       cudaStream_t stream);
+/* rows score rows of [T, T] blocks (row r is query i = r % T of head
+ * r / T): p = softmax over the keys i sees, j <= i and, with window > 0,
+ * i - j < window; 0 for the others; in bf16. sinks [rows / T] (device) or
+ * NULL: per-head sink logits that join the softmax's max and sum but carry
+ * no value (gpt-oss; cpu_attention_causal). cudaErrorInvalidValue for a
+ * negative window. */
+cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows, int window,
+                                       const float *sinks, uint16_t *p, cudaStream_t stream);
 /* The routing of cpu_router_topk (src/backend/cpu/cpu_ops.h says what each
  * field does there). */
 typedef struct moeq_k_router_args {
@@ -146,9 +150,11 @@ cudaError_t moeq_k_scatter_add_rows(const float *y, int dim, const int32_t *idx,
 /* out += sigmoid(gate_logit[r]) * y row by row (gate_logit NULL: out += y). */
 cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit, int m, int dim, float *out,
                              cudaStream_t stream);
-/* a[m, inter] = bf16(silu(g) * u) for gate_up[m, 2 inter] = [g | u]. */
-cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, uint16_t *a,
-                               cudaStream_t stream);
+/* a[m, inter] = bf16(act(g, u)) for gate_up[m, 2 inter] = [g | u]: limit 0,
+ * silu(g) * u (cpu_silu_mul); limit > 0, gpt-oss's clamped SwiGLU with alpha
+ * (cpu_swiglu_clamped). */
+cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, float alpha, float limit,
+                               uint16_t *a, cudaStream_t stream);
 /* y[r, c] += bias[c]. */
 cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
                             cudaStream_t stream);

@@ -1,8 +1,10 @@
 // pipeline.cu: the kernels of the GPU layer loop (src/pipeline/quantize_cuda.c)
 // besides the GEMMs and RMSNorm (layer.cu): bf16 conversion, RoPE, the causal
-// softmax of attention scores, top-k routing (softmax or sigmoid scores,
+// softmax of attention scores (optionally within a sliding window, with
+// gpt-oss's sink logits), top-k routing (softmax or sigmoid scores,
 // group-limited), row gathers and the
-// scatter-add of expert outputs, SwiGLU on a stacked gate/up product, and
+// scatter-add of expert outputs, SwiGLU (or gpt-oss's clamped SwiGLU) on a
+// stacked gate/up product, and
 // the dequantization of GPTQ codes. bf16 is passed as uint16_t bits.
 #include "kernels.h"
 
@@ -66,28 +68,42 @@ __global__ void rope_kernel(float *x, int tokens, int heads, int head_dim, int r
     }
 }
 
-// One warp per score row: row i of a [T, T] block sees keys j <= i.
-__global__ void causal_softmax_kernel(const float *s, int T, long long rows, uint16_t *p)
+// The first key query i sees: i - window + 1 within a sliding window
+// (window > 0), else 0 (first_visible_key of cpu_attention.c).
+__device__ int first_visible_key(int i, int window)
+{
+    return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+}
+
+// One warp per score row: row r of the [T, T] block of head r / T is query
+// i = r % T, which sees keys [first_visible_key(i), i]; the head's sink
+// logit, when given, joins the max and the sum (cpu_attention.c,
+// softmax_visible).
+__global__ void causal_softmax_kernel(const float *s, int T, long long rows, int window,
+                                      const float *sinks, uint16_t *p)
 {
     long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (r >= rows)
         return;
-    const int lane = threadIdx.x & 31, i = (int)(r % T);
+    const int lane = threadIdx.x & 31, i = (int)(r % T), lo = first_visible_key(i, window);
     const float *sr = s + (size_t)r * T;
     uint16_t *pr = p + (size_t)r * T;
-    float mx = -INFINITY;
-    for (int j = lane; j <= i; j += 32)
+    const float sink = sinks ? sinks[r / T] : -INFINITY;
+    float mx = sink;
+    for (int j = lo + lane; j <= i; j += 32)
         mx = fmaxf(mx, sr[j]);
     for (int off = 16; off > 0; off >>= 1)
         mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
     float sum = 0.0f;
-    for (int j = lane; j <= i; j += 32)
+    for (int j = lo + lane; j <= i; j += 32)
         sum += expf(sr[j] - mx);
     for (int off = 16; off > 0; off >>= 1)
         sum += __shfl_xor_sync(kFull, sum, off);
+    if (sinks)
+        sum += expf(sink - mx);
     const float inv = 1.0f / sum;
     for (int j = lane; j < T; j += 32)
-        pr[j] = to_bf16(j <= i ? expf(sr[j] - mx) * inv : 0.0f);
+        pr[j] = to_bf16(j >= lo && j <= i ? expf(sr[j] - mx) * inv : 0.0f);
 }
 
 // The routing scores of one token (cpu_router.c): the softmax of its
@@ -240,13 +256,28 @@ __global__ void gated_add_kernel(const float *y, const float *gate_logit, int m,
 
 // One block per row (grid-stride), the row's columns over the threads: no
 // 64-bit division per element, which cost more than the math.
-__global__ void swiglu_kernel(const float *gu, int m, int inter, uint16_t *a)
+// cpu_silu_mul (limit 0), or cpu_swiglu_clamped (limit > 0: the gate
+// clamped from above, up from both sides, the gate's sigmoid of alpha g,
+// up + 1), the same roundings, the result rounded once to bf16.
+__global__ void swiglu_kernel(const float *gu, int m, int inter, float alpha, float limit,
+                              uint16_t *a)
 {
     for (int r = blockIdx.x; r < m; r += gridDim.x) {
         const float *g = gu + (size_t)r * 2 * inter, *u = g + inter;
         uint16_t *ar = a + (size_t)r * inter;
-        for (int c = threadIdx.x; c < inter; c += blockDim.x)
-            ar[c] = to_bf16(__fmul_rn(__fdiv_rn(g[c], __fadd_rn(1.0f, expf(-g[c]))), u[c]));
+        for (int c = threadIdx.x; c < inter; c += blockDim.x) {
+            float v;
+            if (limit > 0.0f) {
+                float gc = g[c] > limit ? limit : g[c];
+                float uc = u[c] > limit ? limit : u[c] < -limit ? -limit : u[c];
+                float glu = __fmul_rn(gc, __fdiv_rn(1.0f, __fadd_rn(1.0f,
+                                                                    expf(-__fmul_rn(gc, alpha)))));
+                v = __fmul_rn(__fadd_rn(uc, 1.0f), glu);
+            } else {
+                v = __fmul_rn(__fdiv_rn(g[c], __fadd_rn(1.0f, expf(-g[c]))), u[c]);
+            }
+            ar[c] = to_bf16(v);
+        }
     }
 }
 
@@ -302,11 +333,15 @@ extern "C" cudaError_t moeq_k_rope(float *x, int tokens, int heads, int head_dim
 }
 
 extern "C" cudaError_t moeq_k_causal_softmax_bf16(const float *scores, int T, long long rows,
-                                                  uint16_t *p, cudaStream_t stream)
+                                                  int window, const float *sinks, uint16_t *p,
+                                                  cudaStream_t stream)
 {
+    if (window < 0)
+        return cudaErrorInvalidValue;
     if (rows > 0) {
         long long blocks = (rows + 7) / 8;
-        causal_softmax_kernel<<<(unsigned)blocks, 256, 0, stream>>>(scores, T, rows, p);
+        causal_softmax_kernel<<<(unsigned)blocks, 256, 0, stream>>>(scores, T, rows, window,
+                                                                    sinks, p);
     }
     return cudaGetLastError();
 }
@@ -354,11 +389,12 @@ extern "C" cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit,
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, uint16_t *a,
-                                          cudaStream_t stream)
+extern "C" cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, float alpha,
+                                          float limit, uint16_t *a, cudaStream_t stream)
 {
     if (m > 0)
-        swiglu_kernel<<<row_blocks(m), kThreads, 0, stream>>>(gate_up, m, inter, a);
+        swiglu_kernel<<<row_blocks(m), kThreads, 0, stream>>>(gate_up, m, inter, alpha, limit,
+                                                               a);
     return cudaGetLastError();
 }
 

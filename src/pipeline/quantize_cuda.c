@@ -13,13 +13,15 @@
  * GEMMs are bf16 with fp32 accumulation (cuBLAS, tensor cores); residuals,
  * norms, softmax, routing and Hessians are fp32; GPTQ runs on the fp32
  * source weights. Attention is one sequence at a time: q k^T over all heads
- * of the sequence as batched GEMMs, a causal softmax kernel, then P v.
+ * of the sequence as batched GEMMs, a causal softmax kernel (within the
+ * layer's sliding window, with gpt-oss's sink logits), then P v.
  *
  * Experts go in groups (opt->expert_batch, or as many as the budget
  * allows): with the router bypassed, the gate/up rows of a whole group are
  * one GPTQ sweep against the layer's shared Hessian; down_proj Hessians come
- * from silu(gate(h)) * up(h) per expert over token chunks; each group's
- * experts then run on their routed tokens and their outputs are added, in
+ * from act(gate(h), up(h)) per expert over token chunks (SwiGLU or gpt-oss's
+ * clamped one, with the experts' biases where the model has them); each
+ * group's experts then run on their routed tokens and their outputs are added, in
  * expert order, into the block accumulator (no atomics: a token appears at
  * most once per expert, so the sums are deterministic). */
 #include "pipeline/quantize.h"
@@ -552,7 +554,8 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
     const int H = cfg->hidden_size, T = g->T, n = g->n, hq = cfg->num_heads,
               hkv = cfg->num_kv_heads, D = cfg->head_dim, qdim = g->qdim, kvdim = g->kvdim;
     moeq_cuda_gptq_prepared prep = {0};
-    moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}};
+    moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}},
+                  sinks = {0};
     moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
     /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
      * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
@@ -567,6 +570,7 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
         (rc = upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
         (rc = upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
         (rc = upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
+        (rc = upload_f32(g, lw->sinks, (size_t)hq, "attention sinks", &sinks, err)) ||
         (rc = norm_residual(g, &g->x, g->xh, norm.ptr, err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &g->o, 2 * (size_t)n * qdim, "attention outputs", err)) ||
         (rc = sync_time(L, &L->res->seconds_capture, err)))
@@ -595,6 +599,8 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
         goto done;
     const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)qdim * H, *wv = wk + (size_t)kvdim * H;
     const float scale = 1.0f / sqrtf((float)D);
+    /* gpt-oss: a sliding window on the layers layer_types marks, sinks on all. */
+    const int window = moeq_config_layer_window(cfg, lw->layer);
     for (int s = 0; s < g->S; s++) {
         const uint16_t *hs = (const uint16_t *)g->h.ptr + (size_t)s * T * H;
         if ((rc = gemm_nt(g, hs, H, wq, H, qf.ptr, qdim, 0, T, qdim, H, 1.0f, 0.0f, err)) ||
@@ -623,7 +629,8 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
             goto done;
         uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
         if ((rc = moeq_cuda_attention_causal_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, hq, hkv, D,
-                                                  scale, sc.ptr, pb.ptr, os, err)))
+                                                  scale, window, sinks.ptr, sc.ptr, pb.ptr, os,
+                                                  err)))
             goto done;
     }
     if ((rc = sync_time(L, &L->res->seconds_capture, err)))
@@ -662,7 +669,7 @@ static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moe
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
-                            &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
+                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         moeq_cuda_free(&g->cu, all[i]);
     return rc;
@@ -707,7 +714,7 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
     memset(r, 0, sizeof *r);
     r->E = E;
     r->k = k;
-    moeq_cuda_buf wr = {0}, bias = {0};
+    moeq_cuda_buf wr = {0}, bias = {0}, router_bias = {0};
     int32_t *tope = malloc(sizeof(int32_t) * (size_t)n * k);
     float *topw = malloc(sizeof(float) * (size_t)n * k);
     r->count = calloc((size_t)E, sizeof(int32_t));
@@ -729,7 +736,12 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
                              .topk_group = p.topk_group,
                              .scaling = p.routed_scaling_factor != 0.0f ? p.routed_scaling_factor
                                                                         : 1.0f};
+    /* gpt-oss's router bias joins the logits (moeq_route: cpu_linear with
+     * the bias); its softmax over the top-k logits (transformers
+     * modeling_gpt_oss.py, GptOssTopKRouter.forward) is the renormalised
+     * top-k of the softmax, as the CPU routes it. */
     if ((rc = upload_bf16(g, lw->router, (size_t)E * H, "router", &wr, err)) ||
+        (rc = upload_f32(g, lw->router_bias, (size_t)E, "router bias", &router_bias, err)) ||
         (ra.sigmoid && (rc = upload_f32(g, lw->router_correction_bias, (size_t)E,
                                         "e_score_correction_bias", &bias, err))))
         goto done;
@@ -744,6 +756,8 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
                                            "router probabilities", err))) ||
         (rc = gemm_nt(g, g->h.ptr, H, wr.ptr, H, r->logits.ptr, E, 0, n, E, H, 1.0f, 0.0f,
                       err)) ||
+        (router_bias.ptr && (rc = MOEQ_CU(moeq_k_add_bias(r->logits.ptr, n, E, router_bias.ptr,
+                                                          g->cu.stream)))) ||
         (rc = MOEQ_CU(moeq_k_router_topk(r->logits.ptr, &ra, r->probs_t.ptr, r->topw.ptr,
                                          r->tope.ptr, g->cu.stream))) ||
         (rc = moeq_cuda_download(&g->cu, tope, r->tope.ptr, r->tope.bytes, err)) ||
@@ -796,6 +810,7 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
 done:
     moeq_cuda_free(&g->cu, &wr);
     moeq_cuda_free(&g->cu, &bias);
+    moeq_cuda_free(&g->cu, &router_bias);
     free(tope);
     free(topw);
     if (rc)
@@ -848,15 +863,85 @@ static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, int 
     return MOEQ_CU(moeq_k_gather_rows_bf16(g->h.ptr, H, idx + c0, m, s->xs.ptr, g->cu.stream));
 }
 
-/* a = bf16(silu(x Wg^T) * (x Wu^T)) for chunk rows x, wgu [2I, H] bf16. */
-static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
-                              const uint16_t *wgu, moeq_error *err)
+/* The biases of count MLPs of one width on the device (mlp_bias: gpt-oss's
+ * experts), each buffer empty when no MLP has such a bias: gate and up of
+ * each as [2 I], the order of the columns of its gate/up product, and down
+ * [H]. A missing one of a pair is zero. */
+typedef struct mlp_biases {
+    moeq_cuda_buf gu;   /* [count, 2 I] fp32 */
+    moeq_cuda_buf down; /* [count, H] fp32 */
+    int inter;
+} mlp_biases;
+
+static void mlp_biases_free(gpu_run *g, mlp_biases *b)
 {
-    const int H = g->cfg->hidden_size;
+    moeq_cuda_free(&g->cu, &b->gu);
+    moeq_cuda_free(&g->cu, &b->down);
+}
+
+static const float *bias_of(const moeq_mlp_weights *m, int which)
+{
+    return which == 0 ? m->gate_bias : which == 1 ? m->up_bias : m->down_bias;
+}
+
+static moeq_code mlp_biases_upload(gpu_run *g, const moeq_mlp_weights *mlps, int count,
+                                   mlp_biases *b, moeq_error *err)
+{
+    const int H = g->cfg->hidden_size, I = mlps[0].intermediate;
+    memset(b, 0, sizeof *b);
+    b->inter = I;
+    moeq_code rc = MOEQ_OK;
+    /* which: 0 gate, 1 up (both into gu, up from column I), 2 down. */
+    for (int which = 0; which < 3 && !rc; which++) {
+        moeq_cuda_buf *buf = which < 2 ? &b->gu : &b->down;
+        const int width = which < 2 ? 2 * I : H, col0 = which == 1 ? I : 0;
+        const int len = which < 2 ? I : H;
+        for (int i = 0; i < count && !rc; i++) {
+            const float *src = bias_of(&mlps[i], which);
+            if (!src)
+                continue;
+            if (!buf->ptr &&
+                ((rc = moeq_cuda_alloc(&g->cu, buf, sizeof(float) * (size_t)count * width,
+                                       which < 2 ? "gate/up biases" : "down_proj biases",
+                                       err)) ||
+                 (rc = MOEQ_CU(cudaMemsetAsync(buf->ptr, 0, buf->bytes, g->cu.stream)))))
+                break;
+            rc = moeq_cuda_upload(&g->cu, (float *)buf->ptr + (size_t)i * width + col0, src,
+                                  sizeof(float) * (size_t)len, err);
+        }
+    }
+    if (rc)
+        mlp_biases_free(g, b);
+    return rc;
+}
+
+/* MLP i's gate/up biases [2 I] and down bias [H] on the device, NULL where
+ * it has none. */
+static const float *gu_bias_of(const mlp_biases *b, int i)
+{
+    return b->gu.ptr ? (const float *)b->gu.ptr + (size_t)i * 2 * b->inter : NULL;
+}
+
+static const float *down_bias_of(const gpu_run *g, const mlp_biases *b, int i)
+{
+    return b->down.ptr ? (const float *)b->down.ptr + (size_t)i * g->cfg->hidden_size : NULL;
+}
+
+/* a = bf16(act(x Wg^T + bg, x Wu^T + bu)) for chunk rows x, wgu [2I, H]
+ * bf16, gu_bias [2 I] (device; NULL: none), act as moeq_mlp_gate: SwiGLU, or
+ * gpt-oss's clamped one when the config has a swiglu_limit. */
+static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
+                              const uint16_t *wgu, const float *gu_bias, moeq_error *err)
+{
+    const moeq_config *cfg = g->cfg;
+    const int H = cfg->hidden_size;
     moeq_code rc = gemm_nt(g, x, H, wgu, H, s->gu.ptr, 2 * inter, 0, m, 2 * inter, H, 1.0f, 0.0f,
                            err);
+    if (!rc && gu_bias)
+        rc = MOEQ_CU(moeq_k_add_bias(s->gu.ptr, m, 2 * inter, gu_bias, g->cu.stream));
     if (!rc)
-        rc = MOEQ_CU(moeq_k_swiglu_bf16(s->gu.ptr, m, inter, s->a.ptr, g->cu.stream));
+        rc = MOEQ_CU(moeq_k_swiglu_bf16(s->gu.ptr, m, inter, cfg->swiglu_alpha,
+                                        cfg->swiglu_limit, s->a.ptr, g->cu.stream));
     return rc;
 }
 
@@ -864,11 +949,12 @@ static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int
  * (d_idx/count; NULL: all n tokens), each token weighted by w (device
  * [count], NULL: 1), chunk by chunk: of the normed rows themselves (wgu
  * NULL: an expert's own gate/up_proj Hessian, H columns), or of
- * silu(gate(x)) * up(x) with the quantized wgu [2 inter, H] (its down_proj
- * Hessian, inter columns). */
-static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu, int inter,
-                                 const int32_t *d_idx, int count, const float *w, float alpha,
-                                 moeq_cuda_buf *H, moeq_error *err)
+ * act(gate(x), up(x)) with the quantized wgu [2 inter, H] and the biases
+ * gu_bias (its down_proj Hessian, inter columns; quantize_swiglu of
+ * quantize.c likewise adds the biases). */
+static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
+                                 const float *gu_bias, int inter, const int32_t *d_idx, int count,
+                                 const float *w, float alpha, moeq_cuda_buf *H, moeq_error *err)
 {
     gpu_run *g = L->g;
     const int cols = wgu ? inter : g->cfg->hidden_size;
@@ -880,7 +966,7 @@ static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *w
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
         if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
-            (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, err))))
+            (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err))))
             break;
         const void *rows = wgu ? s->a.ptr : (const void *)x;
         rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H->ptr, rows, MOEQ_CUDA_BF16,
@@ -895,21 +981,24 @@ static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *w
 
 /* chunked_hessian, then the preparation for module (one matrix alone). */
 static moeq_code chunked_hessian_prepare(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
-                                         int inter, const int32_t *d_idx, int count,
-                                         const float *w, float alpha, const char *module,
-                                         moeq_cuda_gptq_prepared *prep, moeq_error *err)
+                                         const float *gu_bias, int inter, const int32_t *d_idx,
+                                         int count, const float *w, float alpha,
+                                         const char *module, moeq_cuda_gptq_prepared *prep,
+                                         moeq_error *err)
 {
     moeq_cuda_buf H = {0};
-    moeq_code rc = chunked_hessian(L, s, wgu, inter, d_idx, count, w, alpha, &H, err);
+    moeq_code rc = chunked_hessian(L, s, wgu, gu_bias, inter, d_idx, count, w, alpha, &H, err);
     return finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
 }
 
-/* acc[tokens] += weight * down(silu(gate(h)) * up(h)) over the listed
- * tokens (d_idx NULL: all tokens, gate_logit: sigmoid-gated shared expert). */
+/* acc[tokens] += weight * down(act(gate(h), up(h))) over the listed tokens
+ * (d_idx NULL: all tokens, gate_logit: sigmoid-gated shared expert), each
+ * linear with its bias when given (device; the down bias inside the
+ * weighted sum, as mlp_forward and moe_forward of forward.c). */
 static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
-                             const uint16_t *wd, int inter, const int32_t *d_idx,
-                             const float *d_wts, int count, const uint16_t *shared_gate,
-                             moeq_error *err)
+                             const float *gu_bias, const uint16_t *wd, const float *down_bias,
+                             int inter, const int32_t *d_idx, const float *d_wts, int count,
+                             const uint16_t *shared_gate, moeq_error *err)
 {
     gpu_run *g = L->g;
     const int H = g->cfg->hidden_size;
@@ -918,9 +1007,11 @@ static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
         if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
-            (rc = swiglu_chunk(g, s, x, m, inter, wgu, err)) ||
+            (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err)) ||
             (rc = gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f, 0.0f,
-                          err)))
+                          err)) ||
+            (down_bias &&
+             (rc = MOEQ_CU(moeq_k_add_bias(s->y.ptr, m, H, down_bias, g->cu.stream)))))
             break;
         float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (d_idx) {
@@ -949,21 +1040,24 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     const int H = g->cfg->hidden_size, inter = mlp->intermediate, n = g->n;
     mlp_scratch s = {0};
     moeq_cuda_buf wgu = {0}, wd = {0}, gate = {0};
+    mlp_biases b = {0};
     moeq_cuda_gptq_prepared prep = {0};
     moeq_code rc;
     const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0, mlp->gate16},
                          {roles[1], -1, mlp->up, inter, n, 0, mlp->up16}};
     const piece down = {roles[2], -1, mlp->down, H, n, 0, mlp->down16};
     if ((rc = scratch_alloc(g, inter, &s, err)) ||
+        (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
         (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
-        (gptq(L) && (rc = chunked_hessian_prepare(L, &s, wgu.ptr, inter, NULL, n, NULL,
-                                                  2.0f / (float)n,
+        (gptq(L) && (rc = chunked_hessian_prepare(L, &s, wgu.ptr, gu_bias_of(&b, 0), inter, NULL,
+                                                  n, NULL, 2.0f / (float)n,
                                                   moeq_tensor_role_key(roles[2]), &prep, err))) ||
         (rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
         (rc = sync_time(L, &L->res->seconds_solve, err)) ||
         (rc = upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
-        (rc = mlp_forward(L, &s, wgu.ptr, wd.ptr, inter, NULL, NULL, n, gate.ptr, err)) ||
+        (rc = mlp_forward(L, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0),
+                          inter, NULL, NULL, n, gate.ptr, err)) ||
         (rc = sync_time(L, &L->res->seconds_forward, err)))
         goto done;
 done:
@@ -971,6 +1065,7 @@ done:
     moeq_cuda_free(&g->cu, &wgu);
     moeq_cuda_free(&g->cu, &wd);
     moeq_cuda_free(&g->cu, &gate);
+    mlp_biases_free(g, &b);
     scratch_free(g, &s);
     return rc;
 }
@@ -1012,6 +1107,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
     const int inter = cfg->moe_intermediate_size;
     mlp_scratch s = {0};
     moeq_cuda_buf wgu = {0}, wd = {0};
+    mlp_biases b = {0}; /* the group's */
     moeq_code rc;
     if (E <= 0)
         return MOEQ_OK;
@@ -1045,6 +1141,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
     }
     for (int e0 = e_begin; e0 < e_end; e0 += G) {
         int ng = e_end - e0 < G ? e_end - e0 : G;
+        if ((rc = mlp_biases_upload(g, &lw->experts[e0], ng, &b, err)))
+            break;
         /* gate/up: one sweep for the whole group against the shared
          * Hessian (all; GPTQ), or per expert against its own. */
         int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L);
@@ -1099,8 +1197,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 own_of[j] = -1;
                 if (c->fallback)
                     continue;
-                if (!(rc = chunked_hessian(L, &s, NULL, inter, c->idx, c->count, c->w, c->alpha,
-                                           &Hg[n_own], err))) {
+                if (!(rc = chunked_hessian(L, &s, NULL, NULL, inter, c->idx, c->count, c->w,
+                                           c->alpha, &Hg[n_own], err))) {
                     Hg_ptrs[n_own] = Hg[n_own].ptr;
                     own_of[j] = n_own++;
                 }
@@ -1143,7 +1241,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         for (int i = 0; i < ng && !rc && gptq(L); i++) {
             const expert_cal *c = &cal[i];
             if (!(rc = chunked_hessian(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
-                                       inter, c->idx, c->count, c->w, c->alpha, &Hd[i], err))) {
+                                       gu_bias_of(&b, i), inter, c->idx, c->count, c->w, c->alpha,
+                                       &Hd[i], err))) {
                 Hd_ptrs[i] = Hd[i].ptr;
                 prep_ptrs[i] = &preps[i];
             }
@@ -1190,7 +1289,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         for (int i = 0; i < ng && !rc; i++) {
             const int e = e0 + i;
             rc = mlp_forward(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
-                             (const uint16_t *)wd.ptr + (size_t)i * H * inter, inter,
+                             gu_bias_of(&b, i), (const uint16_t *)wd.ptr + (size_t)i * H * inter,
+                             down_bias_of(g, &b, i), inter,
                              (const int32_t *)rt->d_idx.ptr + rt->offset[e],
                              (const float *)rt->d_wts.ptr + rt->offset[e], rt->count[e], NULL, err);
         }
@@ -1198,6 +1298,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
             rc = sync_time(L, &L->res->seconds_forward, err);
         moeq_cuda_free(&g->cu, &wgu);
         moeq_cuda_free(&g->cu, &wd);
+        mlp_biases_free(g, &b);
         if (rc)
             break;
     }
@@ -1217,6 +1318,7 @@ group_done:
 done:
     moeq_cuda_free(&g->cu, &wgu);
     moeq_cuda_free(&g->cu, &wd);
+    mlp_biases_free(g, &b);
     scratch_free(g, &s);
     return rc;
 }
@@ -1793,14 +1895,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "the CUDA pipeline calibrates true-sequentially only: drop "
                          "--true-sequential false or use --device cpu");
-    if (cfg->sliding_window > 0)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "sliding-window attention is not in the CUDA pipeline yet: use "
-                         "--device cpu");
-    if (cfg->mlp_bias)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "MLP and expert biases are not in the CUDA pipeline yet: use "
-                         "--device cpu");
     if (model->arch.linear_attention != MOEQ_LINEAR_ATTENTION_NONE)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "Gated DeltaNet linear attention (%s) is not in the CUDA pipeline yet: "
@@ -1815,12 +1909,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "output-gated attention (%s: q_proj with a per-head gate) is not in the "
                          "CUDA pipeline yet: use --device cpu",
                          model->arch.name);
-    if (model->arch.tensors[MOEQ_T_ATTN_SINKS])
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "attention sinks are not in the CUDA pipeline yet: use --device cpu");
-    if (cfg->router_bias)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "a router with a bias is not in the CUDA pipeline yet: use --device cpu");
     if (cfg->attention == MOEQ_ATTENTION_MLA)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2) is not in "
@@ -1845,10 +1933,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "Llama-4 attention (layers without RoPE, chunked attention, interleaved "
                          "RoPE, q/k L2 norm, temperature tuning) is not in the CUDA pipeline yet: "
                          "use --device cpu");
-    if (model->arch.mlp_act != MOEQ_MLP_ACT_SILU)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "the clamped SwiGLU activation is not in the CUDA pipeline yet: use "
-                         "--device cpu");
     if (opt->method == MOEQ_METHOD_AWQ)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");

@@ -849,16 +849,19 @@ static void test_rope_matches_cpu(void)
 }
 
 /* Attention with bf16 inputs against the fp32 CPU attention on the same
- * (bf16-rounded) q, k, v: the probabilities and the output are rounded to
- * bf16 once each, so 1e-2 of the largest output value. */
-static void test_attention_matches_cpu(void)
+ * (bf16-rounded) q, k, v, within window (0: none) and with sink logits
+ * random in [-sink_scale, sink_scale] (0: none): the probabilities and the
+ * output are rounded to bf16 once each, so 1e-2 of the largest output
+ * value. Returns the GPU output (caller frees) and v for exact checks. */
+static float *attention_case(const char *name, int T, int Hq, int Hkv, int D, int window,
+                             float sink_scale, uint64_t seed, float **v_out)
 {
-    const int T = 300, Hq = 8, Hkv = 2, D = 64;
     const size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
-    test_rng rng = {62};
+    test_rng rng = {seed};
     moeq_error err = {0};
     float *q = random_floats(&rng, nq, 2.0f), *k = random_floats(&rng, nk, 2.0f);
     float *v = random_floats(&rng, nk, 1.0f);
+    float *sinks = sink_scale > 0 ? random_floats(&rng, (size_t)Hq, sink_scale) : NULL;
     uint16_t *qb = xmalloc(2 * nq), *kb = xmalloc(2 * nk), *vb = xmalloc(2 * nk);
     uint16_t *ob = xmalloc(2 * nq);
     round_to_bf16(q, nq, qb);
@@ -866,38 +869,160 @@ static void test_attention_matches_cpu(void)
     round_to_bf16(v, nk, vb);
     float *o_cpu = xmalloc(sizeof(float) * nq), *o_gpu = xmalloc(sizeof(float) * nq);
     const float scale = 0.125f;
-    CHECK_INT_EQ(cpu_attention_causal(q, k, v, T, Hq, Hkv, D, D, scale, 0, NULL, o_cpu, &err),
+    CHECK_INT_EQ(cpu_attention_causal(q, k, v, T, Hq, Hkv, D, D, scale, window, sinks, o_cpu,
+                                      &err),
                  MOEQ_OK);
     moeq_cuda_buf dq = to_device(qb, 2 * nq), dk = to_device(kb, 2 * nk),
-                  dv = to_device(vb, 2 * nk), dout, dsc, dp;
+                  dv = to_device(vb, 2 * nk), dout, dsc, dp, ds = {0};
+    if (sinks)
+        ds = to_device(sinks, sizeof(float) * (size_t)Hq);
     must(moeq_cuda_alloc(&ctx, &dout, 2 * nq, "out", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dsc, sizeof(float) * (size_t)Hq * T * T, "scores", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dp, 2 * (size_t)Hq * T * T, "probs", &err), &err);
     must(moeq_cuda_attention_causal_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, Hq, Hkv, D, scale,
-                                         dsc.ptr, dp.ptr, dout.ptr, &err),
+                                         window, ds.ptr, dsc.ptr, dp.ptr, dout.ptr, &err),
          &err);
     to_host(ob, &dout);
     for (size_t i = 0; i < nq; i++)
         o_gpu[i] = moeq_bf16_to_f32(ob[i]);
     double rel = max_rel_diff(o_gpu, o_cpu, nq);
-    printf("     attention bf16 T %d, %d/%d heads of %d: max rel diff %.3g\n", T, Hq, Hkv, D, rel);
+    printf("     attention bf16 %-18s T %d, %d/%d heads of %d: max rel diff %.3g\n", name, T, Hq,
+           Hkv, D, rel);
     CHECK(rel <= 1e-2);
-    /* The first token sees only itself: its output is its own v, exactly
-     * up to the bf16 rounding of p = 1 (exact) and of the output. */
-    for (int h = 0; h < Hq; h++)
-        CHECK(o_gpu[(size_t)h * D] == v[(size_t)(h / (Hq / Hkv)) * D]);
-    moeq_cuda_buf *bufs[] = {&dq, &dk, &dv, &dout, &dsc, &dp};
-    for (int i = 0; i < 6; i++)
+    moeq_cuda_buf *bufs[] = {&dq, &dk, &dv, &dout, &dsc, &dp, &ds};
+    for (int i = 0; i < 7; i++)
         moeq_cuda_free(&ctx, bufs[i]);
     free(q);
     free(k);
-    free(v);
+    free(sinks);
     free(qb);
     free(kb);
     free(vb);
     free(ob);
     free(o_cpu);
-    free(o_gpu);
+    *v_out = v;
+    return o_gpu;
+}
+
+static void test_attention_matches_cpu(void)
+{
+    const int T = 300, Hq = 8, Hkv = 2, D = 64;
+    float *v, *o = attention_case("causal", T, Hq, Hkv, D, 0, 0.0f, 62, &v);
+    /* The first token sees only itself: its output is its own v, exactly
+     * up to the bf16 rounding of p = 1 (exact) and of the output. */
+    for (int h = 0; h < Hq; h++)
+        CHECK(o[(size_t)h * D] == v[(size_t)(h / (Hq / Hkv)) * D]);
+    free(o);
+    free(v);
+}
+
+/* gpt-oss's sliding layers: query i sees keys (i - window, i]. With a
+ * window of 1 every token sees only itself, so each output is its own v
+ * exactly (p = 1). */
+static void test_attention_sliding_window_matches_cpu(void)
+{
+    const int T = 300, Hq = 8, Hkv = 2, D = 64;
+    float *v, *o = attention_case("window 128", T, Hq, Hkv, D, 128, 0.0f, 67, &v);
+    free(o);
+    free(v);
+    o = attention_case("window 1", T, Hq, Hkv, D, 1, 0.0f, 68, &v);
+    size_t differ = 0;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < Hq; h++)
+            for (int d = 0; d < D; d++)
+                differ += o[((size_t)t * Hq + h) * D + d] !=
+                          v[((size_t)t * Hkv + h / (Hq / Hkv)) * D + d];
+    CHECK_INT_EQ(differ, 0);
+    free(o);
+    free(v);
+}
+
+/* gpt-oss's sinks: one logit per head in the softmax's max and sum, no
+ * value; with and without its sliding window (gpt-oss-20b: 128). Sinks of
+ * scale 4 take a visible share of the mass at every position. */
+static void test_attention_sinks_match_cpu(void)
+{
+    const int T = 300, Hq = 8, Hkv = 2, D = 64;
+    float *v, *o = attention_case("sinks", T, Hq, Hkv, D, 0, 4.0f, 69, &v);
+    free(o);
+    free(v);
+    o = attention_case("sinks, window 128", T, Hq, Hkv, D, 128, 4.0f, 70, &v);
+    free(o);
+    free(v);
+}
+
+/* The MLP activation of the GPU loop (a gate/up product, its biases added,
+ * then moeq_k_swiglu_bf16) against the CPU's (cpu_silu_mul or
+ * cpu_swiglu_clamped on the same sums): CUDA's expf is within 2 ulp of
+ * glibc's, so the fp32 values agree to a few fp32 ulp, and the GPU's bf16
+ * is within one bf16 ulp (2^-7 of the value) of the CPU's fp32 result; it
+ * is the CPU's value rounded to bf16 unless the two fp32 values straddle a
+ * rounding boundary (a few in 10^4 expected: the 99% floor is unmeasured). */
+static void swiglu_case(const char *name, float alpha, float limit, uint64_t seed)
+{
+    const int m = 517, inter = 768;
+    const size_t n = (size_t)m * inter;
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    float *gu = random_floats(&rng, 2 * n, 10.0f);
+    float *bias = random_floats(&rng, 2 * (size_t)inter, 1.0f);
+    float *g = xmalloc(sizeof(float) * n), *u = xmalloc(sizeof(float) * n);
+    float *y_cpu = xmalloc(sizeof(float) * n);
+    uint16_t *a = xmalloc(2 * n);
+    for (int r = 0; r < m; r++)
+        for (int c = 0; c < inter; c++) {
+            g[(size_t)r * inter + c] = gu[(size_t)r * 2 * inter + c] + bias[c];
+            u[(size_t)r * inter + c] = gu[(size_t)r * 2 * inter + inter + c] + bias[inter + c];
+        }
+    if (limit > 0)
+        cpu_swiglu_clamped(g, u, n, alpha, limit, y_cpu);
+    else
+        cpu_silu_mul(g, u, n, y_cpu);
+    moeq_cuda_buf dgu = to_device(gu, sizeof(float) * 2 * n),
+                  db = to_device(bias, sizeof(float) * 2 * (size_t)inter), da;
+    must(moeq_cuda_alloc(&ctx, &da, 2 * n, "a", &err), &err);
+    must(moeq_cuda_check(moeq_k_add_bias(dgu.ptr, m, 2 * inter, db.ptr, ctx.stream),
+                         "moeq_k_add_bias", __FILE__, __LINE__, &err),
+         &err);
+    must(moeq_cuda_check(moeq_k_swiglu_bf16(dgu.ptr, m, inter, alpha, limit, da.ptr, ctx.stream),
+                         "moeq_k_swiglu_bf16", __FILE__, __LINE__, &err),
+         &err);
+    to_host(a, &da);
+    size_t same = 0, over = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t want;
+        float yc = y_cpu[i];
+        round_to_bf16(&yc, 1, &want);
+        same += a[i] == want;
+        double d = fabs((double)moeq_bf16_to_f32(a[i]) - y_cpu[i]);
+        over += d > ldexp(fabs((double)y_cpu[i]), -7);
+    }
+    printf("     swiglu %-28s %d x %d: same bf16 %zu / %zu, beyond one ulp %zu\n", name, m,
+           inter, same, n, over);
+    CHECK_INT_EQ(over, 0);
+    CHECK(same >= n / 100 * 99);
+    moeq_cuda_free(&ctx, &dgu);
+    moeq_cuda_free(&ctx, &db);
+    moeq_cuda_free(&ctx, &da);
+    free(gu);
+    free(bias);
+    free(g);
+    free(u);
+    free(y_cpu);
+    free(a);
+}
+
+static void test_swiglu_matches_cpu(void)
+{
+    swiglu_case("silu(g) * u", 0.0f, 0.0f, 71);
+}
+
+/* gpt-oss's clamp at its released limit (7; inputs to 11 cross it) and a
+ * small one that binds most values. */
+static void test_swiglu_clamped_matches_cpu(void)
+{
+    swiglu_case("clamped, alpha 1.702, limit 7", 1.702f, 7.0f, 72);
+    swiglu_case("clamped, alpha 1.702, limit 0.25", 1.702f, 0.25f, 73);
 }
 
 /* Softmax top-k routing: the same experts for every token (the logits are
@@ -1270,6 +1395,10 @@ int main(void)
     RUN(test_silu_mul_matches_cpu);
     RUN(test_rope_matches_cpu);
     RUN(test_attention_matches_cpu);
+    RUN(test_attention_sliding_window_matches_cpu);
+    RUN(test_attention_sinks_match_cpu);
+    RUN(test_swiglu_matches_cpu);
+    RUN(test_swiglu_clamped_matches_cpu);
     RUN(test_router_topk_matches_cpu);
     RUN(test_router_softmax_group_limited_matches_cpu);
     RUN(test_router_sigmoid_grouped_matches_cpu);

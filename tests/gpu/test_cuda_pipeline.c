@@ -286,16 +286,23 @@ static void test_demo_model_bf16_scales(void)
  * groups, routed_scaling_factor 2.5, the ungated shared expert, a dense
  * first layer, partial rotary, q/k/v biases and per-head q/k norm.
  * minimax_m2: q/k RMSNorm over the whole projection, partial rotary (16 of
- * 32), the sigmoid router with its bias and no groups. Weighted runs on
- * both sigmoid routers: their p_e are the sigmoid scores, as on the CPU. */
+ * 32), the sigmoid router with its bias and no groups. gpt_oss (bf16, and
+ * MXFP4 experts dequantized on load): sinks, a sliding window of 8 on
+ * layers 0 and 2 (windows of 64 tokens cross it), q/k/v/o biases, the
+ * router's bias, the clamped SwiGLU (limit 0.25 in the fixture, so the
+ * clamp binds) and gate/up/down biases of every expert. Weighted runs where
+ * the router differs from the demo model's: p_e are the sigmoid scores, or
+ * gpt-oss's softmax over the biased logits, as on the CPU. gpt-oss's floors
+ * are the other architectures' and unmeasured there. */
 static void test_golden_architectures(void)
 {
     const struct {
         const char *arch;
-        int moe, sigmoid_router;
+        int moe, weighted;
     } cases[] = {{"qwen3_moe", 1, 0}, {"qwen2_moe", 1, 0},  {"mixtral", 1, 0},
-                 {"glm4_moe", 1, 1},  {"minimax_m2", 1, 1}, {"llama", 0, 0},
-                 {"qwen2", 0, 0},     {"qwen3", 0, 0}};
+                 {"glm4_moe", 1, 1},  {"minimax_m2", 1, 1}, {"gpt_oss", 1, 1},
+                 {"gpt_oss_mxfp4", 1, 0}, {"llama", 0, 0},  {"qwen2", 0, 0},
+                 {"qwen3", 0, 0}};
     char dir[1024];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *arch = cases[i].arch;
@@ -305,7 +312,7 @@ static void test_golden_architectures(void)
         if (cases[i].moe)
             pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
                           0.70);
-        if (cases[i].sigmoid_router)
+        if (cases[i].weighted)
             pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
                           0.85);
     }

@@ -17,13 +17,15 @@ moeq_code moeq_cuda_silu_mul(moeq_cuda_ctx *ctx, const float *gate, const float 
 
 moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
                                           const void *v, int T, int Hq, int Hkv, int D,
-                                          float scale, float *scores, void *probs, void *out,
+                                          float scale, int sliding_window, const float *sinks,
+                                          float *scores, void *probs, void *out,
                                           moeq_error *err)
 {
-    if (T <= 0 || Hq <= 0 || Hkv <= 0 || D <= 0 || Hq % Hkv)
+    if (T <= 0 || Hq <= 0 || Hkv <= 0 || D <= 0 || Hq % Hkv || sliding_window < 0)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
-                         "attention: bad shape T=%d Hq=%d Hkv=%d D=%d (Hq a multiple of Hkv)", T,
-                         Hq, Hkv, D);
+                         "attention: bad shape T=%d Hq=%d Hkv=%d D=%d window=%d (Hq a multiple "
+                         "of Hkv)",
+                         T, Hq, Hkv, D, sliding_window);
     const int group = Hq / Hkv, qdim = Hq * D, kvdim = Hkv * D;
     const long long TT = (long long)T * T;
     const float zero = 0.0f, one = 1.0f;
@@ -38,7 +40,8 @@ moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, con
             scores + (size_t)r * TT, CUDA_R_32F, T, group * TT, Hkv, CUBLAS_COMPUTE_32F,
             CUBLAS_GEMM_DEFAULT));
     if (!rc)
-        rc = MOEQ_CU(moeq_k_causal_softmax_bf16(scores, T, (long long)Hq * T, probs, ctx->stream));
+        rc = MOEQ_CU(moeq_k_causal_softmax_bf16(scores, T, (long long)Hq * T, sliding_window,
+                                                sinks, probs, ctx->stream));
     /* Row-major O_h [T, D] = P_h V_j is the column-major V_j^T P_h^T. */
     for (int r = 0; r < group && !rc; r++)
         rc = MOEQ_CUBLAS(cublasGemmStridedBatchedEx(

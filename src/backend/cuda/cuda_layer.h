@@ -13,15 +13,17 @@ moeq_code moeq_cuda_rmsnorm(moeq_cuda_ctx *ctx, const float *x, const float *w, 
 moeq_code moeq_cuda_silu_mul(moeq_cuda_ctx *ctx, const float *gate, const float *up, size_t n,
                              float *out, moeq_error *err);
 
-/* Causal softmax attention of one sequence as cpu_attention_causal (no
- * window, no sinks) with bf16 q [T, Hq, D], k, v [T, Hkv, D] and out
- * [T, Hq, D]: scores = scale q k^T per head as batched cuBLAS GEMMs (fp32
- * accumulate, fp32 scores), a causal softmax to bf16 probabilities, then
- * P v with fp32 accumulation, rounded to bf16. Scratch: scores [Hq, T, T]
- * fp32 and probs [Hq, T, T] bf16. Hq must be a multiple of Hkv. */
+/* Causal softmax attention of one sequence as cpu_attention_causal with
+ * bf16 q [T, Hq, D], k, v [T, Hkv, D] and out [T, Hq, D]: scores = scale
+ * q k^T per head as batched cuBLAS GEMMs (fp32 accumulate, fp32 scores), a
+ * causal softmax (within sliding_window > 0; with the sink logits sinks
+ * [Hq], device, unless NULL) to bf16 probabilities, then P v with fp32
+ * accumulation, rounded to bf16. Scratch: scores [Hq, T, T] fp32 and probs
+ * [Hq, T, T] bf16. Hq must be a multiple of Hkv. */
 moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
                                           const void *v, int T, int Hq, int Hkv, int D,
-                                          float scale, float *scores, void *probs, void *out,
+                                          float scale, int sliding_window, const float *sinks,
+                                          float *scores, void *probs, void *out,
                                           moeq_error *err);
 
 #endif
