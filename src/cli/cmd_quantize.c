@@ -273,7 +273,7 @@ static int parse_size(const char *s, size_t *out)
 int moeq_cmd_quantize(int argc, char **argv)
 {
     const char *model_dir = NULL, *out_dir = NULL, *calib = NULL, *arch_file = NULL,
-               *tokenizer = NULL, *method = "gptq", *expert_calib = "all", *calib_lang = NULL,
+               *tokenizer = NULL, *method = "gptq", *expert_calib = "weighted", *calib_lang = NULL,
                *format = "gptq";
     moeq_gptq_config g = moeq_gptq_default_config();
     int nsamples = 128, seqlen = 512, seed = 0, help = 0, quiet = 0, min_expert_tokens = 16;
@@ -293,7 +293,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"mse", ARG_DOUBLE, &g.mse, "NORM", "GPTQ and RTN: clip each grid to the range minimising sum |error|^NORM, 0 = min/max grids (default 2.4, as GPTQ's reference quantizer with mse); AWQ clips by its own output-error search"},
         {"damp-percent", ARG_DOUBLE, &g.damp_percent, "F", "damping, a fraction of the mean Hessian diagonal (default 0.01)"},
         {"true-sequential", ARG_BOOL, &true_sequential, "true|false", "calibrate each stage on the quantized earlier ones (default true)"},
-        {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default all)"},
+        {"expert-calib", ARG_STRING, &expert_calib, "MODE", "routed | all | weighted (default weighted)"},
         {"quantize-mtp", ARG_BOOL, &quantize_mtp, "true|false", "also quantize the multi-token-prediction block (mtp.*), calibrated on the model's final hidden states and the next tokens' embeddings (default false: copied unchanged)"},
         {"quantize-linear-ba", ARG_BOOL, &quantize_linear_ba, "true|false", "Gated DeltaNet layers: also quantize in_proj_b/in_proj_a (in_proj_ba); vLLM's GPTQ kernels need them unquantized (default false)"},
         {"min-expert-tokens", ARG_INT, &min_expert_tokens, "N", "routed: fewer tokens -> all-token fallback (default 16)"},
