@@ -31,6 +31,7 @@
 #include "backend/cuda/cuda_gptq.h"
 #include "backend/cuda/cuda_hessian.h"
 #include "backend/cuda/cuda_layer.h"
+#include "common/dtype.h"
 #include "common/failpoint.h"
 #include "common/parallel.h"
 #include "kernels.h"
@@ -337,10 +338,8 @@ static const float *piece_host_f32(const piece *p, int cols, float **tmp)
     const size_t c = (size_t)p->rows * cols;
     if (!(*tmp = malloc(sizeof(float) * c)))
         return NULL;
-    for (size_t i = 0; i < c; i++) {
-        uint32_t bits = (uint32_t)p->w16[i] << 16;
-        memcpy(&(*tmp)[i], &bits, sizeof bits);
-    }
+    for (size_t i = 0; i < c; i++)
+        (*tmp)[i] = moeq_bf16_to_f32(p->w16[i]);
     return *tmp;
 }
 

@@ -531,7 +531,6 @@ static void test_budget_too_small_is_refused(void)
     moeq_model_close(&m);
 }
 
-
 /* Several GPUs (--devices 0,1): each layer's experts are split over them.
  * Layer 0 has the same input as on one GPU and every expert runs the same
  * kernels on the same shapes, so its routed and weighted codes are the
