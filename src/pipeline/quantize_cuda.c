@@ -25,6 +25,7 @@
  * expert order, into the block accumulator (no atomics: a token appears at
  * most once per expert, so the sums are deterministic). */
 #include "pipeline/quantize.h"
+#include "pipeline/layer_cuda.h"
 
 #include "backend/cuda/cuda_comm.h"
 #include "backend/cuda/cuda_ctx.h"
@@ -46,24 +47,16 @@
 #include <string.h>
 #include <time.h>
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The GPUs of a run (--devices): their communicators, and a meeting point
  * of their host threads. */
-struct gpu_run;
-typedef struct team {
+struct team {
     moeq_cuda_comm comm;
     struct gpu_run *run[MOEQ_MAX_DEVICES]; /* each rank's device; run[0]: the primary */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int arrived, generation, failed;
     int gate; /* a layer's rank threads: 0 wait, 1 go, -1 give up (one was not started) */
-} team;
+};
 
 /* Rank threads wait here until the primary has started all of them (go: 1)
  * or failed to (-1: they return at once). */
@@ -107,137 +100,6 @@ static int team_agree(team *t, moeq_code rc)
     int failed = t->failed;
     pthread_mutex_unlock(&t->mu);
     return failed;
-}
-
-/* The run on one device: its context, sizes and the activations that live
- * across layers (the primary, rank 0), or what a layer's experts need (a
- * peer: x is the block accumulator of its experts, h the broadcast normed
- * input, both during the MLP stage only). */
-typedef struct gpu_run {
-    moeq_cuda_ctx cu;
-    int rank;
-    team *team;
-    int forward_only; /* the model's own weights, nothing quantized (eval) */
-    const moeq_config *cfg;
-    const moeq_quantize_options *opt;
-    int S, T, n;     /* windows, tokens per window, tokens */
-    int chunk;       /* tokens per chunk of transient expert products */
-    int qdim, kvdim;
-    /* The residual stream before (x) and after (x1) attention: on the
-     * device, or, when --vram-budget cannot hold them (resid_host), in
-     * pinned host memory (xh, x1h), streamed through stage a chunk of
-     * tokens at a time. acc: the MLP block's accumulator (x itself on the
-     * device; its own buffer, during the MLP stage only, otherwise). */
-    moeq_cuda_buf x, x1, h, o;
-    int resid_host;
-    float *xh, *x1h;
-    moeq_cuda_buf stage, acc;
-    moeq_cuda_buf inv_freq;
-    float attention_factor;
-    int rotary_dim;
-    /* The codes of GPTQ results land in pinned host memory, one buffer per
-     * layer parity (the writer may still pack the previous layer's): no
-     * pageable copy and no page faults on the critical path. */
-    uint8_t *codes_host[2];
-    size_t codes_host_bytes[2];
-    uint8_t *codes_next, *codes_end; /* the current layer's unused part */
-} gpu_run;
-
-/* One layer's results and the timing of its stages. */
-typedef struct gpu_layer {
-    gpu_run *g;
-    moeq_layer_result *res;
-    int cap;
-    double t_stage;
-} gpu_layer;
-
-/* A piece of a stacked sweep: rows of one linear, all with the same cols. */
-typedef struct piece {
-    moeq_tensor_role role;
-    int expert;
-    const float *w; /* host fp32 [rows, cols], or NULL and: */
-    int rows;
-    int64_t tokens; /* calibration tokens, for the report */
-    int fallback;   /* routed mode: calibrated on all tokens */
-    const uint16_t *w16; /* host bf16 [rows, cols] as the checkpoint stores it */
-} piece;
-
-static moeq_code sync_time(gpu_layer *L, double *bucket, moeq_error *err)
-{
-    moeq_code rc = moeq_cuda_sync(&L->g->cu, err);
-    double t = now_seconds();
-    *bucket += t - L->t_stage;
-    L->t_stage = t;
-    return rc;
-}
-
-/* C[m, n] (ldc) = alpha A[m, k] (lda) B[n, k]^T (ldb) + beta C: row-major bf16
- * A and B, fp32 accumulation, C in fp32 or bf16. */
-static moeq_code gemm_nt(gpu_run *g, const void *A, int lda, const void *B, int ldb, void *C,
-                         int ldc, int c_bf16, int m, int n, int k, float alpha, float beta,
-                         moeq_error *err)
-{
-    if (m <= 0 || n <= 0)
-        return MOEQ_OK;
-    return MOEQ_CUBLAS(cublasGemmEx(g->cu.cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, B,
-                                    CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
-                                    c_bf16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                                    CUBLAS_GEMM_DEFAULT));
-}
-
-/* Host fp32 -> device fp32 (what names the buffer). */
-static moeq_code upload_f32(gpu_run *g, const float *host, size_t count, const char *what,
-                            moeq_cuda_buf *buf, moeq_error *err)
-{
-    memset(buf, 0, sizeof *buf);
-    if (!host)
-        return MOEQ_OK;
-    moeq_code rc = moeq_cuda_alloc(&g->cu, buf, sizeof(float) * count, what, err);
-    if (!rc)
-        rc = moeq_cuda_upload(&g->cu, buf->ptr, host, sizeof(float) * count, err);
-    return rc;
-}
-
-/* Host fp32 [count] -> device bf16 at dst, through an fp32 staging buffer;
- * returns after the copy has been read (host may be freed then). */
-static moeq_code upload_bf16_into(gpu_run *g, const float *host, size_t count, uint16_t *dst,
-                                  moeq_error *err)
-{
-    moeq_cuda_buf f = {0};
-    moeq_code rc = upload_f32(g, host, count, "fp32 staging", &f, err);
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, count, dst, g->cu.stream));
-    if (!rc)
-        rc = moeq_cuda_sync(&g->cu, err);
-    moeq_cuda_free(&g->cu, &f);
-    return rc;
-}
-
-/* Host fp32 -> device bf16 (an unquantized weight: router, shared gate);
- * NULL stays NULL. */
-static moeq_code upload_bf16(gpu_run *g, const float *host, size_t count, const char *what,
-                             moeq_cuda_buf *buf, moeq_error *err)
-{
-    memset(buf, 0, sizeof *buf);
-    if (!host)
-        return MOEQ_OK;
-    moeq_code rc = moeq_cuda_alloc(&g->cu, buf, 2 * count, what, err);
-    if (!rc)
-        rc = upload_bf16_into(g, host, count, buf->ptr, err);
-    if (rc)
-        moeq_cuda_free(&g->cu, buf);
-    return rc;
-}
-
-/* bytes of the current layer's codes buffer for one result, or NULL (the
- * result then owns its codes) when the layer's estimate fell short. */
-static uint8_t *take_codes(gpu_run *g, size_t bytes)
-{
-    if (!g->codes_next || (size_t)(g->codes_end - g->codes_next) < bytes)
-        return NULL;
-    uint8_t *p = g->codes_next;
-    g->codes_next += bytes;
-    return p;
 }
 
 /* The codes a layer's GPTQ results hold: attention and MLP weights. */
@@ -288,390 +150,6 @@ static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_w
     g->codes_next = g->codes_host[b];
     g->codes_end = g->codes_host[b] + bytes;
     return MOEQ_OK;
-}
-
-static moeq_quantized_linear *new_linear(gpu_layer *L, moeq_error *err)
-{
-    moeq_layer_result *res = L->res;
-    if (res->n_linears == L->cap) {
-        int cap = L->cap ? 2 * L->cap : 64;
-        moeq_quantized_linear *l = realloc(res->linears, sizeof *l * (size_t)cap);
-        if (!l) {
-            moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory", res->layer);
-            return NULL;
-        }
-        res->linears = l;
-        L->cap = cap;
-    }
-    moeq_quantized_linear *ql = &res->linears[res->n_linears++];
-    memset(ql, 0, sizeof *ql);
-    return ql;
-}
-
-/* Piece p widened to fp32 at dst (device): copied as it is, or, stored in
- * bf16, uploaded into *stage (grown to fit; the caller frees it) and
- * widened there. Both exact, so either source gives the same bits. */
-static moeq_code upload_piece_f32(gpu_run *g, const piece *p, int cols, float *dst,
-                                  moeq_cuda_buf *stage, moeq_error *err)
-{
-    const size_t c = (size_t)p->rows * cols;
-    if (p->w)
-        return moeq_cuda_upload(&g->cu, dst, p->w, sizeof(float) * c, err);
-    moeq_code rc = MOEQ_OK;
-    if (stage->bytes < 2 * c) {
-        moeq_cuda_free(&g->cu, stage);
-        rc = moeq_cuda_alloc(&g->cu, stage, 2 * c, "bf16 weights", err);
-    }
-    if (!rc)
-        rc = moeq_cuda_upload(&g->cu, stage->ptr, p->w16, 2 * c, err);
-    if (!rc)
-        rc = MOEQ_CU(moeq_k_bf16_to_f32(stage->ptr, c, dst, g->cu.stream));
-    return rc;
-}
-
-/* Piece p in fp32 on the host: its own array, or *tmp (freed by the
- * caller) widened from its bf16 one. NULL when out of memory. */
-static const float *piece_host_f32(const piece *p, int cols, float **tmp)
-{
-    if (p->w)
-        return p->w;
-    const size_t c = (size_t)p->rows * cols;
-    if (!(*tmp = malloc(sizeof(float) * c)))
-        return NULL;
-    for (size_t i = 0; i < c; i++)
-        (*tmp)[i] = moeq_bf16_to_f32(p->w16[i]);
-    return *tmp;
-}
-
-static const char *piece_label(const piece *p, char *buf, size_t bytes)
-{
-    if (p->expert >= 0)
-        snprintf(buf, bytes, "expert %d %s", p->expert, moeq_tensor_role_key(p->role));
-    else
-        snprintf(buf, bytes, "%s", moeq_tensor_role_key(p->role));
-    return buf;
-}
-
-/* Quantizes the pieces stacked row-wise, [sum rows, cols], against prep
- * (GPTQ; NULL: RTN on the host), or piece i against seg_preps[i] when
- * seg_preps is given (pieces of equal rows: one segmented sweep), records
- * one result per piece, and leaves the dequantized stack in bf16 in *wq
- * (device) for the forward. */
-static moeq_code quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *prep,
-                                const moeq_cuda_gptq_prepared *const *seg_preps,
-                                const piece *pieces, int n_pieces, int cols, moeq_cuda_buf *wq,
-                                moeq_error *err)
-{
-    const int gptq_on = prep || seg_preps;
-    gpu_run *g = L->g;
-    int rows = 0;
-    for (int i = 0; i < n_pieces; i++)
-        rows += pieces[i].rows;
-    const size_t count = (size_t)rows * cols;
-    if (g->forward_only) { /* the weights as they are, in bf16 */
-        moeq_code rc = moeq_cuda_alloc(&g->cu, wq, 2 * count, "weights", err);
-        for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows) {
-            uint16_t *dst = (uint16_t *)wq->ptr + (size_t)r0 * cols;
-            const size_t c = (size_t)pieces[i].rows * cols;
-            rc = pieces[i].w ? upload_bf16_into(g, pieces[i].w, c, dst, err)
-                             : moeq_cuda_upload(&g->cu, dst, pieces[i].w16, 2 * c, err);
-        }
-        if (!rc)
-            rc = moeq_cuda_sync(&g->cu, err); /* the host arrays are read */
-        if (rc)
-            moeq_cuda_free(&g->cu, wq);
-        return rc;
-    }
-    moeq_cuda_buf W = {0}, stage = {0};
-    moeq_cuda_quantized dq = {0};
-    double *row_loss = gptq_on ? malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)) : NULL;
-    char what[96];
-    memset(wq, 0, sizeof *wq);
-    moeq_code rc = gptq_on && !row_loss ? moeq_fail(err, MOEQ_ERR_OOM, "out of memory")
-                                     : moeq_cuda_alloc(&g->cu, wq, 2 * count,
-                                                       "dequantized weights", err);
-    if (rc)
-        goto done;
-    if (gptq_on) {
-        if ((rc = moeq_cuda_alloc(&g->cu, &W, sizeof(float) * count, "weights for GPTQ", err)))
-            goto done;
-        size_t off = 0;
-        for (int i = 0; i < n_pieces; i++) {
-            if ((rc = upload_piece_f32(g, &pieces[i], cols, (float *)W.ptr + off, &stage, err)))
-                goto done;
-            off += (size_t)pieces[i].rows * cols;
-        }
-        if ((seg_preps ? (rc = moeq_cuda_gptq_sweep_segments(&g->cu, seg_preps, n_pieces,
-                                                             &g->opt->gptq, W.ptr,
-                                                             pieces[0].rows, &dq, row_loss, err))
-                       : (rc = moeq_cuda_gptq_sweep(&g->cu, prep, &g->opt->gptq, W.ptr, rows,
-                                                    &dq, NULL, row_loss, err))) ||
-            (rc = MOEQ_CU(moeq_k_dequant_bf16(dq.codes.ptr, dq.scales.ptr, dq.zeros.ptr,
-                                              dq.g_idx.ptr, dq.seg_rows, rows, cols, wq->ptr,
-                                              g->cu.stream)))) {
-            moeq_wrap(err, "layer %d, %s%s: ", L->res->layer,
-                      piece_label(&pieces[0], what, sizeof what),
-                      n_pieces > 1 ? " and the weights stacked with it" : "");
-            goto done;
-        }
-    }
-    int r0 = 0;
-    for (int i = 0; i < n_pieces; i++) {
-        moeq_quantized_linear *ql = new_linear(L, err);
-        if (!ql) {
-            rc = MOEQ_ERR_OOM;
-            goto done;
-        }
-        ql->role = pieces[i].role;
-        ql->expert = pieces[i].expert;
-        ql->tokens = pieces[i].tokens;
-        ql->fallback = pieces[i].fallback;
-        if (gptq_on) {
-            ql->damp = seg_preps ? seg_preps[i]->damp_used : prep->damp_used;
-            ql->loss = 0; /* the sweep's objective is a sum over rows */
-            for (int r = r0; r < r0 + pieces[i].rows; r++)
-                ql->loss += row_loss[r];
-            rc = moeq_cuda_quantized_download_rows(
-                &g->cu, &dq, r0, pieces[i].rows, take_codes(g, (size_t)pieces[i].rows * cols),
-                &ql->q, err);
-        } else {
-            float *tmp = NULL;
-            const float *w = piece_host_f32(&pieces[i], cols, &tmp);
-            rc = w ? moeq_rtn_quantize(w, pieces[i].rows, cols, &g->opt->gptq, &ql->q, err)
-                   : moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
-            free(tmp);
-            if (!rc) {
-                float *deq = malloc(sizeof(float) * (size_t)pieces[i].rows * cols);
-                moeq_cuda_buf f = {0};
-                if (!deq)
-                    rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
-                if (!rc) {
-                    moeq_quantized_dequantize(&ql->q, deq);
-                    rc = upload_f32(g, deq, (size_t)pieces[i].rows * cols, "RTN weights", &f,
-                                    err);
-                }
-                if (!rc)
-                    rc = MOEQ_CU(moeq_k_to_bf16(f.ptr, (size_t)pieces[i].rows * cols,
-                                                (uint16_t *)wq->ptr + (size_t)r0 * cols,
-                                                g->cu.stream));
-                if (!rc)
-                    rc = moeq_cuda_sync(&g->cu, err);
-                moeq_cuda_free(&g->cu, &f);
-                free(deq);
-            }
-        }
-        if (rc) {
-            moeq_wrap(err, "layer %d, %s: ", L->res->layer,
-                      piece_label(&pieces[i], what, sizeof what));
-            goto done;
-        }
-        r0 += pieces[i].rows;
-    }
-done:
-    free(row_loss);
-    moeq_cuda_free(&g->cu, &W);
-    moeq_cuda_free(&g->cu, &stage);
-    moeq_cuda_quantized_free(&g->cu, &dq);
-    if (rc)
-        moeq_cuda_free(&g->cu, wq);
-    return rc;
-}
-
-/* After accumulating H (rc: how that went): times it, prepares it for
- * module into prep, times that, frees H, and names the module in an error. */
-static moeq_code finish_prepare(gpu_layer *L, moeq_cuda_buf *H, moeq_code rc, int cols,
-                                const char *module, moeq_cuda_gptq_prepared *prep,
-                                moeq_error *err)
-{
-    gpu_run *g = L->g;
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_hessian, err);
-    if (!rc)
-        rc = moeq_cuda_gptq_prepare(&g->cu, H->ptr, cols, &g->opt->gptq, prep, err);
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_prepare, err);
-    moeq_cuda_free(&g->cu, H);
-    if (rc)
-        return moeq_wrap(err, "layer %d, %s: ", L->res->layer, module);
-    return MOEQ_OK;
-}
-
-/* H = alpha x^T diag(w) x over rows of bf16 x [rows, cols] (w NULL: plain),
- * then prepared for module. H is allocated here and freed. */
-static moeq_code hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, const float *w,
-                                 float alpha, const char *module, moeq_cuda_gptq_prepared *prep,
-                                 moeq_error *err)
-{
-    gpu_run *g = L->g;
-    moeq_cuda_buf H = {0};
-    memset(prep, 0, sizeof *prep);
-    moeq_code rc = moeq_cuda_alloc(&g->cu, &H, sizeof(float) * (size_t)cols * cols, "Hessian", err);
-    if (!rc)
-        rc = MOEQ_CU(cudaMemsetAsync(H.ptr, 0, H.bytes, g->cu.stream));
-    if (!rc)
-        rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H.ptr, x, MOEQ_CUDA_BF16, w, rows,
-                                                       cols, alpha, err)
-               : moeq_cuda_hessian_accumulate(&g->cu, H.ptr, x, MOEQ_CUDA_BF16, rows, cols,
-                                              alpha, err);
-    return finish_prepare(L, &H, rc, cols, module, prep, err);
-}
-
-static int gptq(const gpu_layer *L)
-{
-    return L->g->opt->method == MOEQ_METHOD_GPTQ;
-}
-
-/* ---- the residual stream */
-
-/* h = bf16(rmsnorm(r) * weight) for the residual stream r: dev on the
- * device, or host (pinned) through the stage. */
-static moeq_code norm_residual(gpu_run *g, const moeq_cuda_buf *dev, const float *host,
-                               const float *weight, moeq_error *err)
-{
-    const int H = g->cfg->hidden_size, n = g->n;
-    const float eps = g->cfg->rms_norm_eps;
-    if (!g->resid_host)
-        return MOEQ_CU(moeq_k_rmsnorm_bf16(dev->ptr, weight, n, H, eps, g->h.ptr, g->cu.stream));
-    moeq_code rc = MOEQ_OK;
-    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
-        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
-        if (!(rc = moeq_cuda_upload(&g->cu, g->stage.ptr, host + (size_t)c0 * H,
-                                    sizeof(float) * (size_t)m * H, err)))
-            rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->stage.ptr, weight, m, H, eps,
-                                             (uint16_t *)g->h.ptr + (size_t)c0 * H,
-                                             g->cu.stream));
-    }
-    return rc;
-}
-
-/* ---- attention */
-
-static moeq_code attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
-{
-    gpu_run *g = L->g;
-    const moeq_config *cfg = g->cfg;
-    const int H = cfg->hidden_size, T = g->T, n = g->n, hq = cfg->num_heads,
-              hkv = cfg->num_kv_heads, D = cfg->head_dim, qdim = g->qdim, kvdim = g->kvdim;
-    moeq_cuda_gptq_prepared prep = {0};
-    moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}},
-                  sinks = {0};
-    moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
-    /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
-     * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
-    const int qk_full = cfg->qk_norm_full;
-    const int qn_rows = qk_full ? T : T * hq, kn_rows = qk_full ? T : T * hkv;
-    const int qn_dim = qk_full ? qdim : D, kn_dim = qk_full ? kvdim : D;
-    moeq_code rc;
-    if ((rc = upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
-        (rc = upload_f32(g, lw->q_norm, (size_t)qn_dim, "q_norm", &qn, err)) ||
-        (rc = upload_f32(g, lw->k_norm, (size_t)kn_dim, "k_norm", &kn, err)) ||
-        (rc = upload_f32(g, lw->q_bias, (size_t)qdim, "q bias", &bias[0], err)) ||
-        (rc = upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
-        (rc = upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
-        (rc = upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
-        (rc = upload_f32(g, lw->sinks, (size_t)hq, "attention sinks", &sinks, err)) ||
-        (rc = norm_residual(g, &g->x, g->xh, norm.ptr, err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &g->o, 2 * (size_t)n * qdim, "attention outputs", err)) ||
-        (rc = sync_time(L, &L->res->seconds_capture, err)))
-        goto done;
-    if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n, "q/k/v_proj",
-                                         &prep, err)))
-        goto done;
-    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0, NULL},
-                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0, NULL},
-                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0, NULL}};
-    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
-        (rc = sync_time(L, &L->res->seconds_solve, err)))
-        goto done;
-    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
-
-    /* One window at a time: q/k/v, norms, RoPE, scores, softmax, P v. */
-    const size_t TT = (size_t)T * T;
-    if ((rc = moeq_cuda_alloc(&g->cu, &qf, sizeof(float) * (size_t)T * qdim, "q", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &kf, sizeof(float) * (size_t)T * kvdim, "k", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &vf, sizeof(float) * (size_t)T * kvdim, "v", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &qb, 2 * (size_t)T * qdim, "q bf16", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &kb, 2 * (size_t)T * kvdim, "k bf16", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &vb, 2 * (size_t)T * kvdim, "v bf16", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &sc, sizeof(float) * TT * hq, "attention scores", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &pb, 2 * TT * hq, "attention probabilities", err)))
-        goto done;
-    const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)qdim * H, *wv = wk + (size_t)kvdim * H;
-    const float scale = 1.0f / sqrtf((float)D);
-    /* gpt-oss: a sliding window on the layers layer_types marks, sinks on all. */
-    const int window = moeq_config_layer_window(cfg, lw->layer);
-    for (int s = 0; s < g->S; s++) {
-        const uint16_t *hs = (const uint16_t *)g->h.ptr + (size_t)s * T * H;
-        if ((rc = gemm_nt(g, hs, H, wq, H, qf.ptr, qdim, 0, T, qdim, H, 1.0f, 0.0f, err)) ||
-            (rc = gemm_nt(g, hs, H, wk, H, kf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)) ||
-            (rc = gemm_nt(g, hs, H, wv, H, vf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)))
-            goto done;
-        float *bufs[3] = {qf.ptr, kf.ptr, vf.ptr};
-        int widths[3] = {qdim, kvdim, kvdim};
-        for (int i = 0; i < 3; i++)
-            if (bias[i].ptr &&
-                (rc = MOEQ_CU(moeq_k_add_bias(bufs[i], T, widths[i], bias[i].ptr, g->cu.stream))))
-                goto done;
-        if (qn.ptr &&
-            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, qn_rows, qn_dim, cfg->rms_norm_eps,
-                                          qf.ptr, g->cu.stream))) ||
-             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, kn_rows, kn_dim, cfg->rms_norm_eps,
-                                          kf.ptr, g->cu.stream)))))
-            goto done;
-        if ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
-                                      g->attention_factor, 0, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_rope(kf.ptr, T, hkv, D, g->rotary_dim, T, g->inv_freq.ptr,
-                                      g->attention_factor, 0, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_to_bf16(qf.ptr, (size_t)T * qdim, qb.ptr, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_to_bf16(kf.ptr, (size_t)T * kvdim, kb.ptr, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_to_bf16(vf.ptr, (size_t)T * kvdim, vb.ptr, g->cu.stream))))
-            goto done;
-        uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
-        if ((rc = moeq_cuda_attention_causal_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, hq, hkv, D,
-                                                  scale, window, sinks.ptr, sc.ptr, pb.ptr, os,
-                                                  err)))
-            goto done;
-    }
-    if ((rc = sync_time(L, &L->res->seconds_capture, err)))
-        goto done;
-    moeq_cuda_free(&g->cu, &sc);
-    moeq_cuda_free(&g->cu, &pb);
-    if (gptq(L) &&
-        (rc = hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n, "o_proj", &prep, err)))
-        goto done;
-    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0, NULL};
-    if ((rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo, err)) ||
-        (rc = sync_time(L, &L->res->seconds_solve, err)))
-        goto done;
-    /* x1 = x + o_q(o): the attention output with every weight quantized,
-     * a chunk of tokens at a time in both places the stream may live (the
-     * same GEMM shapes, so the same sums, either way). */
-    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
-        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
-        float *y = g->resid_host ? g->stage.ptr : (float *)g->x1.ptr + (size_t)c0 * H;
-        if ((rc = g->resid_host
-                      ? moeq_cuda_upload(&g->cu, y, g->xh + (size_t)c0 * H,
-                                         sizeof(float) * (size_t)m * H, err)
-                      : MOEQ_CU(cudaMemcpyAsync(y, (const float *)g->x.ptr + (size_t)c0 * H,
-                                                sizeof(float) * (size_t)m * H,
-                                                cudaMemcpyDeviceToDevice, g->cu.stream))) ||
-            (rc = gemm_nt(g, (const uint16_t *)g->o.ptr + (size_t)c0 * qdim, qdim, wo.ptr, qdim,
-                          y, H, 0, m, H, qdim, 1.0f, 1.0f, err)) ||
-            (bias[3].ptr && (rc = MOEQ_CU(moeq_k_add_bias(y, m, H, bias[3].ptr, g->cu.stream)))))
-            break;
-        if (g->resid_host)
-            rc = moeq_cuda_download(&g->cu, g->x1h + (size_t)c0 * H, y,
-                                    sizeof(float) * (size_t)m * H, err);
-    }
-    if (!rc)
-        rc = sync_time(L, &L->res->seconds_forward, err);
-done:
-    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
-    moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
-                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-        moeq_cuda_free(&g->cu, all[i]);
-    return rc;
 }
 
 /* ---- MLP and experts */
@@ -739,24 +217,24 @@ static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, m
      * the bias); its softmax over the top-k logits (transformers
      * modeling_gpt_oss.py, GptOssTopKRouter.forward) is the renormalised
      * top-k of the softmax, as the CPU routes it. */
-    if ((rc = upload_bf16(g, lw->router, (size_t)E * H, "router", &wr, err)) ||
-        (rc = upload_f32(g, lw->router_bias, (size_t)E, "router bias", &router_bias, err)) ||
-        (ra.sigmoid && (rc = upload_f32(g, lw->router_correction_bias, (size_t)E,
-                                        "e_score_correction_bias", &bias, err))))
+    if ((rc = gpu_upload_bf16(g, lw->router, (size_t)E * H, "router", &wr, err)) ||
+        (rc = gpu_upload_f32(g, lw->router_bias, (size_t)E, "router bias", &router_bias, err)) ||
+        (ra.sigmoid && (rc = gpu_upload_f32(g, lw->router_correction_bias, (size_t)E,
+                                            "e_score_correction_bias", &bias, err))))
         goto done;
     ra.correction_bias = bias.ptr;
     if ((rc = moeq_cuda_alloc(&g->cu, &r->logits, sizeof(float) * (size_t)n * E, "router logits",
                               err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &r->topw, sizeof(float) * (size_t)n * k, "top-k weights",
                               err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &r->tope, sizeof(int32_t) * (size_t)n * k,
-                              "top-k experts", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &r->tope, sizeof(int32_t) * (size_t)n * k, "top-k experts",
+                              err)) ||
         (weighted && (rc = moeq_cuda_alloc(&g->cu, &r->probs_t, sizeof(float) * (size_t)n * E,
                                            "router probabilities", err))) ||
-        (rc = gemm_nt(g, g->h.ptr, H, wr.ptr, H, r->logits.ptr, E, 0, n, E, H, 1.0f, 0.0f,
-                      err)) ||
-        (router_bias.ptr && (rc = MOEQ_CU(moeq_k_add_bias(r->logits.ptr, n, E, router_bias.ptr,
-                                                          g->cu.stream)))) ||
+        (rc = gpu_gemm_nt(g, g->h.ptr, H, wr.ptr, H, r->logits.ptr, E, 0, n, E, H, 1.0f, 0.0f,
+                          err)) ||
+        (router_bias.ptr &&
+         (rc = MOEQ_CU(moeq_k_add_bias(r->logits.ptr, n, E, router_bias.ptr, g->cu.stream)))) ||
         (rc = MOEQ_CU(moeq_k_router_topk(r->logits.ptr, &ra, r->probs_t.ptr, r->topw.ptr,
                                          r->tope.ptr, g->cu.stream))) ||
         (rc = moeq_cuda_download(&g->cu, tope, r->tope.ptr, r->tope.bytes, err)) ||
@@ -934,8 +412,8 @@ static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int
 {
     const moeq_config *cfg = g->cfg;
     const int H = cfg->hidden_size;
-    moeq_code rc = gemm_nt(g, x, H, wgu, H, s->gu.ptr, 2 * inter, 0, m, 2 * inter, H, 1.0f, 0.0f,
-                           err);
+    moeq_code rc =
+        gpu_gemm_nt(g, x, H, wgu, H, s->gu.ptr, 2 * inter, 0, m, 2 * inter, H, 1.0f, 0.0f, err);
     if (!rc && gu_bias)
         rc = MOEQ_CU(moeq_k_add_bias(s->gu.ptr, m, 2 * inter, gu_bias, g->cu.stream));
     if (!rc)
@@ -987,7 +465,7 @@ static moeq_code chunked_hessian_prepare(gpu_layer *L, mlp_scratch *s, const uin
 {
     moeq_cuda_buf H = {0};
     moeq_code rc = chunked_hessian(L, s, wgu, gu_bias, inter, d_idx, count, w, alpha, &H, err);
-    return finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
+    return gpu_finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
 }
 
 /* acc[tokens] += weight * down(act(gate(h), up(h))) over the listed tokens
@@ -1007,18 +485,17 @@ static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
         const uint16_t *x;
         if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
             (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err)) ||
-            (rc = gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f, 0.0f,
-                          err)) ||
-            (down_bias &&
-             (rc = MOEQ_CU(moeq_k_add_bias(s->y.ptr, m, H, down_bias, g->cu.stream)))))
+            (rc = gpu_gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f,
+                              0.0f, err)) ||
+            (down_bias && (rc = MOEQ_CU(moeq_k_add_bias(s->y.ptr, m, H, down_bias, g->cu.stream)))))
             break;
         float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (d_idx) {
             rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0, d_wts + c0, m, acc,
                                                  g->cu.stream));
         } else {
-            if (shared_gate &&
-                (rc = gemm_nt(g, x, H, shared_gate, H, s->gl.ptr, 1, 0, m, 1, H, 1.0f, 0.0f, err)))
+            if (shared_gate && (rc = gpu_gemm_nt(g, x, H, shared_gate, H, s->gl.ptr, 1, 0, m, 1, H,
+                                                 1.0f, 0.0f, err)))
                 break;
             rc = MOEQ_CU(moeq_k_gated_add(s->y.ptr, shared_gate ? s->gl.ptr : NULL, m, H,
                                           acc + (size_t)c0 * H, g->cu.stream));
@@ -1045,19 +522,18 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0, mlp->gate16},
                          {roles[1], -1, mlp->up, inter, n, 0, mlp->up16}};
     const piece down = {roles[2], -1, mlp->down, H, n, 0, mlp->down16};
-    if ((rc = scratch_alloc(g, inter, &s, err)) ||
-        (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
-        (rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
-        (rc = sync_time(L, &L->res->seconds_solve, err)) ||
-        (gptq(L) && (rc = chunked_hessian_prepare(L, &s, wgu.ptr, gu_bias_of(&b, 0), inter, NULL,
-                                                  n, NULL, 2.0f / (float)n,
-                                                  moeq_tensor_role_key(roles[2]), &prep, err))) ||
-        (rc = quantize_stack(L, gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
-        (rc = sync_time(L, &L->res->seconds_solve, err)) ||
-        (rc = upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
-        (rc = mlp_forward(L, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0),
-                          inter, NULL, NULL, n, gate.ptr, err)) ||
-        (rc = sync_time(L, &L->res->seconds_forward, err)))
+    if ((rc = scratch_alloc(g, inter, &s, err)) || (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
+        (rc = gpu_quantize_stack(L, gpu_gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
+        (gpu_gptq(L) && (rc = chunked_hessian_prepare(
+                             L, &s, wgu.ptr, gu_bias_of(&b, 0), inter, NULL, n, NULL,
+                             2.0f / (float)n, moeq_tensor_role_key(roles[2]), &prep, err))) ||
+        (rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
+        (rc = gpu_upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
+        (rc = mlp_forward(L, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0), inter,
+                          NULL, NULL, n, gate.ptr, err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_forward, err)))
         goto done;
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
@@ -1121,7 +597,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         size_t used = g->cu.bytes_in_use + g->opt->vram_budget / 16 + ((size_t)64 << 20);
         /* Routed and weighted: the own gate/up Hessians of a lane batch,
          * their permuted copies and factors. */
-        if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L)))
+        if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gpu_gptq(L)))
             used += (size_t)MOEQ_CUDA_SOLVER_LANES * 3 * sizeof(float) * H * H;
         size_t budget = g->opt->vram_budget, per = expert_bytes(g, inter);
         size_t fit = budget > used ? (budget - used) / per : 0;
@@ -1144,7 +620,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
             break;
         /* gate/up: one sweep for the whole group against the shared
          * Hessian (all; GPTQ), or per expert against its own. */
-        int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gptq(L);
+        int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gpu_gptq(L);
         if (shared) {
             for (int i = 0; i < ng; i++) {
                 const moeq_mlp_weights *m = &lw->experts[e0 + i];
@@ -1153,9 +629,9 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 pieces[2 * i + 1] =
                     (piece){MOEQ_EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0, m->up16};
             }
-            if ((rc = quantize_stack(L, gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H, &wgu,
-                                     err)) ||
-                (rc = sync_time(L, &L->res->seconds_solve, err)))
+            if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H,
+                                         &wgu, err)) ||
+                (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
                 break;
         } else if ((rc = moeq_cuda_alloc(&g->cu, &wgu, 2 * (size_t)ng * 2 * inter * H,
                                          "dequantized gate/up", err))) {
@@ -1202,8 +678,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                     own_of[j] = n_own++;
                 }
             }
-            if (!rc && n_own &&
-                !(rc = sync_time(L, &L->res->seconds_hessian, err)) &&
+            if (!rc && n_own && !(rc = gpu_sync_time(L, &L->res->seconds_hessian, err)) &&
                 (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hg_ptrs, n_own, H, &g->opt->gptq, own,
                                                   &failed, err))) {
                 int e = e0 + b0; /* the expert the error is about, else the batch's first */
@@ -1213,7 +688,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 moeq_wrap(err, "layer %d, expert %d gate/up_proj: ", L->res->layer, e);
             }
             if (!rc && n_own)
-                rc = sync_time(L, &L->res->seconds_prepare, err);
+                rc = gpu_sync_time(L, &L->res->seconds_prepare, err);
             for (int j = 0; j < n_own; j++)
                 moeq_cuda_free(&g->cu, &Hg[j]);
             for (int j = 0; j < nb && !rc; j++) {
@@ -1224,8 +699,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                     {MOEQ_EXPERT_ROLES[0], e, m->gate, inter, c->tokens, c->fallback, m->gate16},
                     {MOEQ_EXPERT_ROLES[1], e, m->up, inter, c->tokens, c->fallback, m->up16}};
                 moeq_cuda_buf q = {0};
-                if (!(rc = quantize_stack(L, own_of[j] >= 0 ? &own[own_of[j]] : prep_all, NULL,
-                                          gu, 2, H, &q, err)))
+                if (!(rc = gpu_quantize_stack(L, own_of[j] >= 0 ? &own[own_of[j]] : prep_all, NULL,
+                                              gu, 2, H, &q, err)))
                     rc = MOEQ_CU(cudaMemcpyAsync((uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
                                                  q.ptr, q.bytes, cudaMemcpyDeviceToDevice,
                                                  g->cu.stream));
@@ -1234,10 +709,10 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
             for (int j = 0; j < n_own; j++)
                 moeq_cuda_gptq_prepared_free(&g->cu, &own[j]);
             if (!rc)
-                rc = sync_time(L, &L->res->seconds_solve, err);
+                rc = gpu_sync_time(L, &L->res->seconds_solve, err);
         }
         /* Each expert's down_proj Hessian from its quantized gate/up. */
-        for (int i = 0; i < ng && !rc && gptq(L); i++) {
+        for (int i = 0; i < ng && !rc && gpu_gptq(L); i++) {
             const expert_cal *c = &cal[i];
             if (!(rc = chunked_hessian(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
                                        gu_bias_of(&b, i), inter, c->idx, c->count, c->w, c->alpha,
@@ -1249,29 +724,29 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         if (rc)
             break;
         /* The group's down_proj Hessians, prepared together. */
-        if (!rc && gptq(L)) {
+        if (!rc && gpu_gptq(L)) {
             int failed = -1;
-            if (!(rc = sync_time(L, &L->res->seconds_hessian, err)) &&
-                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hd_ptrs, ng, inter, &g->opt->gptq,
-                                                  preps, &failed, err)))
+            if (!(rc = gpu_sync_time(L, &L->res->seconds_hessian, err)) &&
+                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hd_ptrs, ng, inter, &g->opt->gptq, preps,
+                                                  &failed, err)))
                 moeq_wrap(err, "layer %d, expert %d down_proj: ", L->res->layer,
                           failed >= 0 ? e0 + failed : e0);
             if (!rc)
-                rc = sync_time(L, &L->res->seconds_prepare, err);
+                rc = gpu_sync_time(L, &L->res->seconds_prepare, err);
         }
         for (int i = 0; i < ng; i++)
             moeq_cuda_free(&g->cu, &Hd[i]);
         /* The group's down_proj weights: one segmented sweep when the rows
          * allow it, else expert by expert (same results). */
-        if (!rc && gptq(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
-            rc = quantize_stack(L, NULL, prep_ptrs, pieces, ng, inter, &wd, err);
+        if (!rc && gpu_gptq(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
+            rc = gpu_quantize_stack(L, NULL, prep_ptrs, pieces, ng, inter, &wd, err);
         } else if (!rc) {
             rc = moeq_cuda_alloc(&g->cu, &wd, 2 * (size_t)ng * H * inter, "dequantized down_proj",
                                  err);
             for (int i = 0; i < ng && !rc; i++) {
                 moeq_cuda_buf one = {0};
-                rc = quantize_stack(L, gptq(L) ? &preps[i] : NULL, NULL, &pieces[i], 1, inter,
-                                    &one, err);
+                rc = gpu_quantize_stack(L, gpu_gptq(L) ? &preps[i] : NULL, NULL, &pieces[i], 1,
+                                        inter, &one, err);
                 if (!rc)
                     rc = MOEQ_CU(cudaMemcpyAsync((uint16_t *)wd.ptr + (size_t)i * H * inter,
                                                  one.ptr, one.bytes, cudaMemcpyDeviceToDevice,
@@ -1282,7 +757,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         for (int i = 0; i < ng; i++)
             moeq_cuda_gptq_prepared_free(&g->cu, &preps[i]);
         if (!rc)
-            rc = sync_time(L, &L->res->seconds_solve, err);
+            rc = gpu_sync_time(L, &L->res->seconds_solve, err);
         /* The layer output: each expert of the group on its routed tokens,
          * added in expert order. */
         for (int i = 0; i < ng && !rc; i++) {
@@ -1294,7 +769,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                              (const float *)rt->d_wts.ptr + rt->offset[e], rt->count[e], NULL, err);
         }
         if (!rc)
-            rc = sync_time(L, &L->res->seconds_forward, err);
+            rc = gpu_sync_time(L, &L->res->seconds_forward, err);
         moeq_cuda_free(&g->cu, &wgu);
         moeq_cuda_free(&g->cu, &wd);
         mlp_biases_free(g, &b);
@@ -1409,7 +884,7 @@ static moeq_code rank_experts(rank_job *j, moeq_error *err)
     const int peer = g->rank > 0, gptq_on = g->opt->method == MOEQ_METHOD_GPTQ;
     const int weighted = g->opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED;
     const size_t nh = (size_t)g->n * g->cfg->hidden_size;
-    gpu_layer W = {.g = g, .res = &j->part, .t_stage = now_seconds()};
+    gpu_layer W = {.g = g, .res = &j->part, .t_stage = gpu_now_seconds()};
     routing own = {0};
     const routing *rt = j->rt;
     moeq_cuda_gptq_prepared mirror = {0};
@@ -1464,7 +939,7 @@ static moeq_code rank_experts(rank_job *j, moeq_error *err)
             rc = end;
         }
         if (!rc)
-            rc = sync_time(&W, &W.res->seconds_capture, err);
+            rc = gpu_sync_time(&W, &W.res->seconds_capture, err);
     }
     /* From here on every rank reaches the agreement before the reduce. */
     if (!rc)
@@ -1482,7 +957,7 @@ static moeq_code rank_experts(rank_job *j, moeq_error *err)
         }
         float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (!(rc = moeq_cuda_comm_reduce_sum(comm, g->rank, acc, nh, g->cu.stream, err)))
-            rc = sync_time(&W, &W.res->seconds_forward, err);
+            rc = gpu_sync_time(&W, &W.res->seconds_forward, err);
     }
 done:
     if (peer) {
@@ -1525,7 +1000,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     int bounds[MOEQ_MAX_DEVICES + 1];
     memset(jobs, 0, sizeof jobs);
     moeq_code rc;
-    if ((rc = route(L, lw, &r, err)) || (rc = sync_time(L, &L->res->seconds_capture, err)))
+    if ((rc = route(L, lw, &r, err)) || (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
     split_experts(g, &r, lw->has_shared ? all_token_mlp_flops(g, lw->shared.intermediate) : 0,
                   ranks, bounds);
@@ -1589,14 +1064,14 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     L->res->seconds_prepare += p0->seconds_prepare;
     L->res->seconds_solve += p0->seconds_solve;
     L->res->seconds_forward += p0->seconds_forward;
-    L->t_stage = now_seconds();
+    L->t_stage = gpu_now_seconds();
     for (int pass = 0; pass < 2 && !rc; pass++)
         for (int k = 0; k < ranks && !rc; k++) {
             moeq_layer_result *p = &jobs[k].part;
             for (int i = 0; i < p->n_linears && !rc; i++) {
                 if ((p->linears[i].expert >= 0) != (pass == 0))
                     continue;
-                moeq_quantized_linear *ql = new_linear(L, err);
+                moeq_quantized_linear *ql = gpu_new_linear(L, err);
                 if (!ql) {
                     rc = MOEQ_ERR_OOM;
                     break;
@@ -1626,19 +1101,19 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
      * residual); in host mode, acc for this stage. The output is x1 plus
      * the block. */
     float *acc = g->x.ptr;
-    if ((rc = upload_f32(g, lw->mlp_norm, (size_t)H, "MLP norm", &norm, err)) ||
-        (rc = norm_residual(g, &g->x1, g->x1h, norm.ptr, err)) ||
+    if ((rc = gpu_upload_f32(g, lw->mlp_norm, (size_t)H, "MLP norm", &norm, err)) ||
+        (rc = gpu_norm_residual(g, &g->x1, g->x1h, norm.ptr, err)) ||
         (g->resid_host &&
          (rc = moeq_cuda_alloc(&g->cu, &g->acc, sizeof(float) * nh, "MLP block outputs", err))))
         goto done;
     if (g->resid_host)
         acc = g->acc.ptr;
     if ((rc = MOEQ_CU(cudaMemsetAsync(acc, 0, sizeof(float) * nh, g->cu.stream))) ||
-        (rc = sync_time(L, &L->res->seconds_capture, err)))
+        (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
-    if (gptq(L) && (rc = hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
-                                         lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj",
-                                         &prep, err)))
+    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(
+                            L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                            lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj", &prep, err)))
         goto done;
     if (lw->is_moe)
         rc = experts_stage(L, lw, &prep, err);
@@ -1763,14 +1238,14 @@ typedef struct loader {
 static void *loader_main(void *arg)
 {
     loader *ld = arg;
-    double t0 = now_seconds();
+    double t0 = gpu_now_seconds();
     ld->rc = moeq_layer_weights_load_flags(ld->model, ld->layer, ld->flags, &ld->lw, &ld->err);
-    double t1 = now_seconds();
+    double t1 = gpu_now_seconds();
     if (!ld->rc && cudaSetDevice(ld->device) == cudaSuccess)
         layer_pin(&ld->model->cfg, &ld->lw, ld->device, 1);
     (void)cudaGetLastError();
-    ld->seconds = now_seconds() - t0;
-    ld->seconds_pin = now_seconds() - t1;
+    ld->seconds = gpu_now_seconds() - t0;
+    ld->seconds_pin = gpu_now_seconds() - t1;
     return NULL;
 }
 
@@ -2090,11 +1565,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     else if ((rc = moeq_model_embed(model, calib->tokens, (size_t)g.n, x, err)))
         goto done;
     if ((!g.resid_host &&
-         ((rc = upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
+         ((rc = gpu_upload_f32(&g, x, nh, "hidden states", &g.x, err)) ||
           (rc = moeq_cuda_alloc(&g.cu, &g.x1, sizeof(float) * nh, "hidden states", err)))) ||
         (rc = moeq_cuda_alloc(&g.cu, &g.h, 2 * nh, "normed hidden states", err)) ||
-        (rc = upload_f32(&g, rope.inv_freq, (size_t)(rope.rotary_dim / 2), "RoPE frequencies",
-                         &g.inv_freq, err)))
+        (rc = gpu_upload_f32(&g, rope.inv_freq, (size_t)(rope.rotary_dim / 2), "RoPE frequencies",
+                             &g.inv_freq, err)))
         goto done;
     if (!g.resid_host)
         free(x);
@@ -2107,7 +1582,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
         char pin_note[96] = "";
-        double t_layer = now_seconds();
+        double t_layer = gpu_now_seconds();
         if (overlap) {
             if ((rc = loader_finish(&ld, &lw, &res.seconds_load, err)))
                 goto done;
@@ -2122,7 +1597,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         } else {
             if ((rc = moeq_layer_weights_load_flags(model, l, ld.flags, &lw, err)))
                 goto done;
-            res.seconds_load = now_seconds() - t_layer;
+            res.seconds_load = gpu_now_seconds() - t_layer;
         }
         if (opt->progress && forward_only)
             fprintf(opt->progress, "  forward %s: layer %d/%d on %s\n", model->dir, l + 1,
@@ -2134,12 +1609,12 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                     overlap ? pin_note : "",
                     lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
-        L.t_stage = now_seconds();
-        rc = gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
-                                        &lw, err)
-                      : MOEQ_OK;
+        L.t_stage = gpu_now_seconds();
+        rc = gpu_gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
+                                            &lw, err)
+                          : MOEQ_OK;
         if (!rc)
-            rc = attention_stage(&L, &lw, err);
+            rc = gpu_attention_stage(&L, &lw, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
@@ -2168,11 +1643,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
             /* The previous layer's writer must be done first: one layer is
              * packed and written at a time. */
             if (!(rc = writer_finish(&wr, err))) {
-                res.seconds_wall = now_seconds() - t_layer;
+                res.seconds_wall = gpu_now_seconds() - t_layer;
                 rc = writer_start(&wr, sink, cfg, &res, &lw, hidden, nh, err);
             }
         } else if (!rc && sink) {
-            res.seconds_wall = now_seconds() - t_layer;
+            res.seconds_wall = gpu_now_seconds() - t_layer;
             rc = sink->write_layer(sink->ctx, &res, err);
             if (!rc && hidden)
                 rc = sink->layer_done(sink->ctx, l, hidden, nh, err);

@@ -1,0 +1,166 @@
+/* attention_cuda.c: the attention block on the GPU (GQA with q/k-norm,
+ * biases, partial RoPE, sliding windows and gpt-oss's sinks): q/k/v and
+ * o_proj quantized from their real inputs, then the block's output with
+ * the quantized weights added to the residual stream. */
+#include "pipeline/layer_cuda.h"
+
+#include "backend/cuda/cuda_layer.h"
+#include "kernels.h"
+#include "model/config.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- the residual stream */
+
+/* h = bf16(rmsnorm(r) * weight) for the residual stream r: dev on the
+ * device, or host (pinned) through the stage. */
+moeq_code gpu_norm_residual(gpu_run *g, const moeq_cuda_buf *dev, const float *host,
+                            const float *weight, moeq_error *err)
+{
+    const int H = g->cfg->hidden_size, n = g->n;
+    const float eps = g->cfg->rms_norm_eps;
+    if (!g->resid_host)
+        return MOEQ_CU(moeq_k_rmsnorm_bf16(dev->ptr, weight, n, H, eps, g->h.ptr, g->cu.stream));
+    moeq_code rc = MOEQ_OK;
+    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        if (!(rc = moeq_cuda_upload(&g->cu, g->stage.ptr, host + (size_t)c0 * H,
+                                    sizeof(float) * (size_t)m * H, err)))
+            rc = MOEQ_CU(moeq_k_rmsnorm_bf16(g->stage.ptr, weight, m, H, eps,
+                                             (uint16_t *)g->h.ptr + (size_t)c0 * H,
+                                             g->cu.stream));
+    }
+    return rc;
+}
+
+/* ---- attention */
+
+moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_config *cfg = g->cfg;
+    const int H = cfg->hidden_size, T = g->T, n = g->n, hq = cfg->num_heads,
+              hkv = cfg->num_kv_heads, D = cfg->head_dim, qdim = g->qdim, kvdim = g->kvdim;
+    moeq_cuda_gptq_prepared prep = {0};
+    moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}},
+                  sinks = {0};
+    moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
+    /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
+     * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
+    const int qk_full = cfg->qk_norm_full;
+    const int qn_rows = qk_full ? T : T * hq, kn_rows = qk_full ? T : T * hkv;
+    const int qn_dim = qk_full ? qdim : D, kn_dim = qk_full ? kvdim : D;
+    moeq_code rc;
+    if ((rc = gpu_upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
+        (rc = gpu_upload_f32(g, lw->q_norm, (size_t)qn_dim, "q_norm", &qn, err)) ||
+        (rc = gpu_upload_f32(g, lw->k_norm, (size_t)kn_dim, "k_norm", &kn, err)) ||
+        (rc = gpu_upload_f32(g, lw->q_bias, (size_t)qdim, "q bias", &bias[0], err)) ||
+        (rc = gpu_upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
+        (rc = gpu_upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
+        (rc = gpu_upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
+        (rc = gpu_upload_f32(g, lw->sinks, (size_t)hq, "attention sinks", &sinks, err)) ||
+        (rc = gpu_norm_residual(g, &g->x, g->xh, norm.ptr, err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &g->o, 2 * (size_t)n * qdim, "attention outputs", err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                                                 "q/k/v_proj", &prep, err)))
+        goto done;
+    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0, NULL},
+                          {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0, NULL},
+                          {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0, NULL}};
+    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
+        goto done;
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+
+    /* One window at a time: q/k/v, norms, RoPE, scores, softmax, P v. */
+    const size_t TT = (size_t)T * T;
+    if ((rc = moeq_cuda_alloc(&g->cu, &qf, sizeof(float) * (size_t)T * qdim, "q", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &kf, sizeof(float) * (size_t)T * kvdim, "k", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &vf, sizeof(float) * (size_t)T * kvdim, "v", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &qb, 2 * (size_t)T * qdim, "q bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &kb, 2 * (size_t)T * kvdim, "k bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &vb, 2 * (size_t)T * kvdim, "v bf16", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &sc, sizeof(float) * TT * hq, "attention scores", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &pb, 2 * TT * hq, "attention probabilities", err)))
+        goto done;
+    const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)qdim * H, *wv = wk + (size_t)kvdim * H;
+    const float scale = 1.0f / sqrtf((float)D);
+    /* gpt-oss: a sliding window on the layers layer_types marks, sinks on all. */
+    const int window = moeq_config_layer_window(cfg, lw->layer);
+    for (int s = 0; s < g->S; s++) {
+        const uint16_t *hs = (const uint16_t *)g->h.ptr + (size_t)s * T * H;
+        if ((rc = gpu_gemm_nt(g, hs, H, wq, H, qf.ptr, qdim, 0, T, qdim, H, 1.0f, 0.0f, err)) ||
+            (rc = gpu_gemm_nt(g, hs, H, wk, H, kf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)) ||
+            (rc = gpu_gemm_nt(g, hs, H, wv, H, vf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)))
+            goto done;
+        float *bufs[3] = {qf.ptr, kf.ptr, vf.ptr};
+        int widths[3] = {qdim, kvdim, kvdim};
+        for (int i = 0; i < 3; i++)
+            if (bias[i].ptr &&
+                (rc = MOEQ_CU(moeq_k_add_bias(bufs[i], T, widths[i], bias[i].ptr, g->cu.stream))))
+                goto done;
+        if (qn.ptr &&
+            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, qn_rows, qn_dim, cfg->rms_norm_eps,
+                                          qf.ptr, g->cu.stream))) ||
+             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, kn_rows, kn_dim, cfg->rms_norm_eps,
+                                          kf.ptr, g->cu.stream)))))
+            goto done;
+        if ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                      g->attention_factor, 0, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_rope(kf.ptr, T, hkv, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                      g->attention_factor, 0, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(qf.ptr, (size_t)T * qdim, qb.ptr, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(kf.ptr, (size_t)T * kvdim, kb.ptr, g->cu.stream))) ||
+            (rc = MOEQ_CU(moeq_k_to_bf16(vf.ptr, (size_t)T * kvdim, vb.ptr, g->cu.stream))))
+            goto done;
+        uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
+        if ((rc = moeq_cuda_attention_causal_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, hq, hkv, D,
+                                                  scale, window, sinks.ptr, sc.ptr, pb.ptr, os,
+                                                  err)))
+            goto done;
+    }
+    if ((rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
+        goto done;
+    moeq_cuda_free(&g->cu, &sc);
+    moeq_cuda_free(&g->cu, &pb);
+    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n,
+                                                 "o_proj", &prep, err)))
+        goto done;
+    const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0, NULL};
+    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo,
+                                 err)) ||
+        (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
+        goto done;
+    /* x1 = x + o_q(o): the attention output with every weight quantized,
+     * a chunk of tokens at a time in both places the stream may live (the
+     * same GEMM shapes, so the same sums, either way). */
+    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        float *y = g->resid_host ? g->stage.ptr : (float *)g->x1.ptr + (size_t)c0 * H;
+        if ((rc = g->resid_host
+                      ? moeq_cuda_upload(&g->cu, y, g->xh + (size_t)c0 * H,
+                                         sizeof(float) * (size_t)m * H, err)
+                      : MOEQ_CU(cudaMemcpyAsync(y, (const float *)g->x.ptr + (size_t)c0 * H,
+                                                sizeof(float) * (size_t)m * H,
+                                                cudaMemcpyDeviceToDevice, g->cu.stream))) ||
+            (rc = gpu_gemm_nt(g, (const uint16_t *)g->o.ptr + (size_t)c0 * qdim, qdim, wo.ptr, qdim,
+                              y, H, 0, m, H, qdim, 1.0f, 1.0f, err)) ||
+            (bias[3].ptr && (rc = MOEQ_CU(moeq_k_add_bias(y, m, H, bias[3].ptr, g->cu.stream)))))
+            break;
+        if (g->resid_host)
+            rc = moeq_cuda_download(&g->cu, g->x1h + (size_t)c0 * H, y,
+                                    sizeof(float) * (size_t)m * H, err);
+    }
+    if (!rc)
+        rc = gpu_sync_time(L, &L->res->seconds_forward, err);
+done:
+    moeq_cuda_gptq_prepared_free(&g->cu, &prep);
+    moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
+                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        moeq_cuda_free(&g->cu, all[i]);
+    return rc;
+}
