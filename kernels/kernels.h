@@ -90,7 +90,8 @@ cudaError_t moeq_k_gptq_scatter_codes(const moeq_k_gptq_args *a, uint8_t *codes,
 
 /* ---- layer.cu: the elementwise and row ops of a decoder layer (fp32) */
 
-/* As cpu_rmsnorm: y = w * (x * rsqrt(mean(x^2) + eps)) row by row. */
+/* As cpu_rmsnorm: y = w * (x * rsqrt(mean(x^2) + eps)) row by row; w NULL:
+ * no weight (cpu_rmsnorm with w = 1, Llama-4's q/k L2 norm). */
 cudaError_t moeq_k_rmsnorm(const float *x, const float *w, int rows, int dim, float eps, float *y,
                            cudaStream_t stream);
 /* moeq_k_rmsnorm with the output rounded once to bf16. */

@@ -22,6 +22,8 @@ __device__ void store(uint16_t *y, float v)
 
 // One block per row; the sum of squares in double as cpu_rmsnorm takes it.
 // The output is fp32 (the CPU's values exactly) or bf16 (rounded once).
+// Without a weight (w NULL: Llama-4's L2 norm) the product by 1 is left
+// out, which changes no bit.
 template <typename Out>
 __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(const float *x, const float *w, int dim, float eps, Out *y)
@@ -42,8 +44,10 @@ __global__ void __launch_bounds__(kNormThreads)
         total += partial[k];
     float variance = (float)(total / dim);
     float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(variance, eps)));
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        store(&yr[i], __fmul_rn(w[i], __fmul_rn(xr[i], inv_rms)));
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = __fmul_rn(xr[i], inv_rms);
+        store(&yr[i], w ? __fmul_rn(w[i], v) : v);
+    }
 }
 
 __global__ void silu_mul_kernel(const float *gate, const float *up, size_t n, float *out)

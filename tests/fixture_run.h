@@ -16,12 +16,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Quantizes model_dir into out, calibrated on `windows` windows of `seqlen`
- * tokens sampled (seed 7) from a stream of stream_tokens pseudo-random ids
- * (stream_seed). */
-static inline moeq_code quantize_dir(const char *model_dir, const moeq_quantize_options *opt,
-                                     const char *out, int stream_tokens, uint64_t stream_seed,
-                                     int windows, int seqlen, moeq_error *err)
+/* A layer loop: moeq_quantize_layers, or a test's call of the CUDA one. */
+typedef moeq_code (*fixture_layer_loop)(const moeq_model *model, const moeq_calib_set *calib,
+                                        const moeq_quantize_options *opt,
+                                        const moeq_layer_sink *sink, moeq_error *err);
+
+/* Quantizes model_dir into out with the layer loop `layers`, calibrated on
+ * `windows` windows of `seqlen` tokens sampled (seed 7) from a stream of
+ * stream_tokens pseudo-random ids (stream_seed). */
+static inline moeq_code quantize_dir_with(fixture_layer_loop layers, const char *model_dir,
+                                          const moeq_quantize_options *opt, const char *out,
+                                          int stream_tokens, uint64_t stream_seed, int windows,
+                                          int seqlen, moeq_error *err)
 {
     moeq_model m;
     moeq_code rc = moeq_model_open(model_dir, NULL, &m, err);
@@ -42,7 +48,7 @@ static inline moeq_code quantize_dir(const char *model_dir, const moeq_quantize_
         if (!(rc = moeq_gptq_writer_open(&w, &m, opt, out, NULL, 0, 0, err))) {
             moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done,
                                     &w};
-            rc = moeq_quantize_layers(&m, &set, opt, &sink, err);
+            rc = layers(&m, &set, opt, &sink, err);
             if (!rc)
                 rc = moeq_gptq_writer_finish(&w, NULL, err);
             moeq_gptq_writer_close(&w);
@@ -54,6 +60,15 @@ static inline moeq_code quantize_dir(const char *model_dir, const moeq_quantize_
     if (rc)
         fprintf(stderr, "  (%s: %s)\n", model_dir, err->msg);
     return rc;
+}
+
+/* quantize_dir_with the CPU layer loop. */
+static inline moeq_code quantize_dir(const char *model_dir, const moeq_quantize_options *opt,
+                                     const char *out, int stream_tokens, uint64_t stream_seed,
+                                     int windows, int seqlen, moeq_error *err)
+{
+    return quantize_dir_with(moeq_quantize_layers, model_dir, opt, out, stream_tokens,
+                             stream_seed, windows, seqlen, err);
 }
 
 /* KL of the checkpoint at out against model_dir over 512 pseudo-random

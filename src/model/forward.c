@@ -187,10 +187,15 @@ done:
     return rc;
 }
 
+float moeq_attn_temperature(const moeq_config *cfg, int pos)
+{
+    return log1pf(floorf(((float)pos + 1.0f) / cfg->floor_scale)) * cfg->attn_scale + 1.0f;
+}
+
 /* Llama-4 after RoPE (transformers Llama4TextAttention.forward): on RoPE
  * layers q and k are RMS-normalised per head without a weight
  * (Llama4TextL2Norm, eps rms_norm_eps); on the others q is scaled by
- * log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, in fp32. */
+ * moeq_attn_temperature of its position, in fp32. */
 static moeq_code llama4_qk(const moeq_config *cfg, int use_rope, float *q, float *k, int n_seqs,
                            int seq_len, moeq_error *err)
 {
@@ -208,8 +213,7 @@ static moeq_code llama4_qk(const moeq_config *cfg, int use_rope, float *q, float
     }
     if (!use_rope && cfg->attn_temperature_tuning)
         for (int t = 0; t < n; t++) {
-            float pos = (float)(t % seq_len);
-            float s = log1pf(floorf((pos + 1.0f) / cfg->floor_scale)) * cfg->attn_scale + 1.0f;
+            float s = moeq_attn_temperature(cfg, t % seq_len);
             float *row = q + (size_t)t * hq * d;
             for (int i = 0; i < hq * d; i++)
                 row[i] *= s;

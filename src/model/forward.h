@@ -40,6 +40,11 @@ cpu_router_params moeq_router_params(const moeq_config *cfg);
  * (silu(g) * u, or gpt-oss's clamped SwiGLU with the config's alpha and
  * limit). */
 void moeq_mlp_gate(const moeq_config *cfg, float *g, const float *u, size_t n);
+/* Llama-4's attention temperature tuning on layers without RoPE: the
+ * factor log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1 that
+ * multiplies the query at position pos (0-based), in fp32 (transformers
+ * Llama4TextAttention.forward, attn_scales). */
+float moeq_attn_temperature(const moeq_config *cfg, int pos);
 /* Width of o_proj's input: heads * head_dim, or heads * v_head_dim for MLA. */
 int moeq_o_proj_in_dim(const moeq_config *cfg);
 

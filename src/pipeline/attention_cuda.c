@@ -1,14 +1,18 @@
 /* attention_cuda.c: the attention block on the GPU (GQA with q/k-norm,
- * biases, partial RoPE, sliding windows and gpt-oss's sinks): q/k/v and
- * o_proj quantized from their real inputs, then the block's output with
- * the quantized weights added to the residual stream. */
+ * biases, partial RoPE, sliding windows and gpt-oss's sinks; Llama-4's
+ * interleaved RoPE, layers without RoPE, q/k L2 norm, temperature tuning
+ * and chunked attention): q/k/v and o_proj quantized from their real
+ * inputs, then the block's output with the quantized weights added to the
+ * residual stream. */
 #include "pipeline/layer_cuda.h"
 
 #include "backend/cuda/cuda_layer.h"
 #include "kernels.h"
 #include "model/config.h"
+#include "model/forward.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- the residual stream */
@@ -45,7 +49,8 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
     moeq_cuda_gptq_prepared prep = {0};
     moeq_cuda_buf wqkv = {0}, wo = {0}, norm = {0}, qn = {0}, kn = {0}, bias[4] = {{0}},
                   sinks = {0};
-    moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0};
+    moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0},
+                  temp = {0};
     /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
      * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
     const int qk_full = cfg->qk_norm_full;
@@ -75,8 +80,36 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
         goto done;
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
 
-    /* One window at a time: q/k/v, norms, RoPE, scores, softmax, P v. */
-    const size_t TT = (size_t)T * T;
+    /* Llama-4 (gqa_attention and llama4_qk in forward.c): RoPE only where
+     * no_rope_layers says so, then the weightless q/k L2 norm there, and
+     * on the other layers q scaled by its position's temperature, one
+     * factor per position computed on the host by the CPU's function (so
+     * the same factors), applied to each window's rows. Chunked layers
+     * attend within chunks of attention_chunk_size tokens. */
+    const int use_rope = moeq_config_layer_rope(cfg, lw->layer);
+    const int l2_norm = use_rope && cfg->qk_l2_norm;
+    const int chunk = cfg->layer_chunked && cfg->layer_chunked[lw->layer] &&
+                              cfg->attention_chunk_size < T
+                          ? cfg->attention_chunk_size
+                          : T;
+    if (!use_rope && cfg->attn_temperature_tuning) {
+        float *factors = malloc(sizeof(float) * (size_t)T);
+        if (!factors) {
+            rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the attention temperatures");
+            goto done;
+        }
+        for (int t = 0; t < T; t++)
+            factors[t] = moeq_attn_temperature(cfg, t);
+        rc = gpu_upload_f32(g, factors, (size_t)T, "attention temperatures", &temp, err);
+        if (!rc)
+            rc = moeq_cuda_sync(&g->cu, err); /* the copy has read factors */
+        free(factors);
+        if (rc)
+            goto done;
+    }
+    /* One window at a time: q/k/v, norms, RoPE, scores, softmax, P v; the
+     * scores of one chunk at a time on chunked layers. */
+    const size_t TT = (size_t)chunk * chunk;
     if ((rc = moeq_cuda_alloc(&g->cu, &qf, sizeof(float) * (size_t)T * qdim, "q", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &kf, sizeof(float) * (size_t)T * kvdim, "k", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &vf, sizeof(float) * (size_t)T * kvdim, "v", err)) ||
@@ -108,18 +141,31 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
              (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, kn.ptr, kn_rows, kn_dim, cfg->rms_norm_eps,
                                           kf.ptr, g->cu.stream)))))
             goto done;
-        if ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
-                                      g->attention_factor, 0, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_rope(kf.ptr, T, hkv, D, g->rotary_dim, T, g->inv_freq.ptr,
-                                      g->attention_factor, 0, g->cu.stream))) ||
-            (rc = MOEQ_CU(moeq_k_to_bf16(qf.ptr, (size_t)T * qdim, qb.ptr, g->cu.stream))) ||
+        if (use_rope &&
+            ((rc = MOEQ_CU(moeq_k_rope(qf.ptr, T, hq, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                       g->attention_factor, cfg->rope_interleaved,
+                                       g->cu.stream))) ||
+             (rc = MOEQ_CU(moeq_k_rope(kf.ptr, T, hkv, D, g->rotary_dim, T, g->inv_freq.ptr,
+                                       g->attention_factor, cfg->rope_interleaved,
+                                       g->cu.stream)))))
+            goto done;
+        if (l2_norm &&
+            ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, NULL, T * hq, D, cfg->rms_norm_eps, qf.ptr,
+                                          g->cu.stream))) ||
+             (rc = MOEQ_CU(moeq_k_rmsnorm(kf.ptr, NULL, T * hkv, D, cfg->rms_norm_eps, kf.ptr,
+                                          g->cu.stream)))))
+            goto done;
+        if (temp.ptr && (rc = MOEQ_CU(moeq_k_scale_rows(qf.ptr, 0, temp.ptr, T, qdim, qf.ptr,
+                                                         g->cu.stream))))
+            goto done;
+        if ((rc = MOEQ_CU(moeq_k_to_bf16(qf.ptr, (size_t)T * qdim, qb.ptr, g->cu.stream))) ||
             (rc = MOEQ_CU(moeq_k_to_bf16(kf.ptr, (size_t)T * kvdim, kb.ptr, g->cu.stream))) ||
             (rc = MOEQ_CU(moeq_k_to_bf16(vf.ptr, (size_t)T * kvdim, vb.ptr, g->cu.stream))))
             goto done;
         uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
-        if ((rc = moeq_cuda_attention_causal_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, hq, hkv, D,
-                                                  scale, window, sinks.ptr, sc.ptr, pb.ptr, os,
-                                                  err)))
+        if ((rc = moeq_cuda_attention_chunked_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, chunk, hq,
+                                                   hkv, D, scale, window, sinks.ptr, sc.ptr,
+                                                   pb.ptr, os, err)))
             goto done;
     }
     if ((rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
@@ -159,7 +205,7 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
-                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &g->o};
+                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &temp, &g->o};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         moeq_cuda_free(&g->cu, all[i]);
     return rc;

@@ -14,7 +14,8 @@
  * norms, softmax, routing and Hessians are fp32; GPTQ runs on the fp32
  * source weights. Attention is one sequence at a time: q k^T over all heads
  * of the sequence as batched GEMMs, a causal softmax kernel (within the
- * layer's sliding window, with gpt-oss's sink logits), then P v.
+ * layer's sliding window, with gpt-oss's sink logits), then P v; on
+ * Llama-4's chunked layers, one chunk of the sequence at a time.
  *
  * Experts go in groups (opt->expert_batch, or as many as the budget
  * allows): with the router bypassed, the gate/up rows of a whole group are
@@ -23,7 +24,9 @@
  * clamped one, with the experts' biases where the model has them); each
  * group's experts then run on their routed tokens and their outputs are added, in
  * expert order, into the block accumulator (no atomics: a token appears at
- * most once per expert, so the sums are deterministic). */
+ * most once per expert, so the sums are deterministic). The routing weight
+ * multiplies an expert's output, or (Llama-4) its gathered input rows, in
+ * the forward and in routed calibration as the CPU loop does. */
 #include "pipeline/quantize.h"
 #include "pipeline/layer_cuda.h"
 
@@ -326,10 +329,19 @@ static moeq_code scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error
     return rc;
 }
 
+/* 1 when the model's router weight scales each expert's input instead of
+ * its output (Llama-4: moe_forward in forward.c). */
+static int router_scales_input(const moeq_config *cfg)
+{
+    return cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
+}
+
 /* The tokens an expert's products run over: all tokens (idx NULL) or the
- * listed ones; chunk c of them in bf16 at *rows_out. */
-static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, int c0, int m,
-                            const uint16_t **rows_out, moeq_error *err)
+ * listed ones, each row then multiplied by its scale (device, as idx; NULL:
+ * none; Llama-4's routing weights); rows c0 .. c0 + m of them in bf16 at
+ * *rows_out. */
+static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, const float *scale,
+                            int c0, int m, const uint16_t **rows_out, moeq_error *err)
 {
     const int H = g->cfg->hidden_size;
     if (!idx) {
@@ -337,7 +349,11 @@ static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, int 
         return MOEQ_OK;
     }
     *rows_out = s->xs.ptr;
-    return MOEQ_CU(moeq_k_gather_rows_bf16(g->h.ptr, H, idx + c0, m, s->xs.ptr, g->cu.stream));
+    moeq_code rc =
+        MOEQ_CU(moeq_k_gather_rows_bf16(g->h.ptr, H, idx + c0, m, s->xs.ptr, g->cu.stream));
+    if (!rc && scale)
+        rc = MOEQ_CU(moeq_k_scale_rows(s->xs.ptr, 1, scale + c0, m, H, s->xs.ptr, g->cu.stream));
+    return rc;
 }
 
 /* The biases of count MLPs of one width on the device (mlp_bias: gpt-oss's
@@ -423,15 +439,16 @@ static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int
 }
 
 /* H (allocated here) = the Hessian over an MLP's calibration tokens
- * (d_idx/count; NULL: all n tokens), each token weighted by w (device
- * [count], NULL: 1), chunk by chunk: of the normed rows themselves (wgu
- * NULL: an expert's own gate/up_proj Hessian, H columns), or of
- * act(gate(x), up(x)) with the quantized wgu [2 inter, H] and the biases
- * gu_bias (its down_proj Hessian, inter columns; quantize_swiglu of
- * quantize.c likewise adds the biases). */
+ * (d_idx/count; NULL: all n tokens; d_scale: chunk_rows' scale of each),
+ * each token weighted by w (device [count], NULL: 1), chunk by chunk: of
+ * the normed rows themselves (wgu NULL: an expert's own gate/up_proj
+ * Hessian, H columns), or of act(gate(x), up(x)) with the quantized wgu
+ * [2 inter, H] and the biases gu_bias (its down_proj Hessian, inter
+ * columns; quantize_swiglu of quantize.c likewise adds the biases). */
 static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
-                                 const float *gu_bias, int inter, const int32_t *d_idx, int count,
-                                 const float *w, float alpha, moeq_cuda_buf *H, moeq_error *err)
+                                 const float *gu_bias, int inter, const int32_t *d_idx,
+                                 const float *d_scale, int count, const float *w, float alpha,
+                                 moeq_cuda_buf *H, moeq_error *err)
 {
     gpu_run *g = L->g;
     const int cols = wgu ? inter : g->cfg->hidden_size;
@@ -442,7 +459,7 @@ static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *w
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
-        if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
+        if ((rc = chunk_rows(g, s, d_idx, d_scale, c0, m, &x, err)) ||
             (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err))))
             break;
         const void *rows = wgu ? s->a.ptr : (const void *)x;
@@ -464,26 +481,28 @@ static moeq_code chunked_hessian_prepare(gpu_layer *L, mlp_scratch *s, const uin
                                          moeq_error *err)
 {
     moeq_cuda_buf H = {0};
-    moeq_code rc = chunked_hessian(L, s, wgu, gu_bias, inter, d_idx, count, w, alpha, &H, err);
+    moeq_code rc =
+        chunked_hessian(L, s, wgu, gu_bias, inter, d_idx, NULL, count, w, alpha, &H, err);
     return gpu_finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
 }
 
 /* acc[tokens] += weight * down(act(gate(h), up(h))) over the listed tokens
  * (d_idx NULL: all tokens, gate_logit: sigmoid-gated shared expert), each
  * linear with its bias when given (device; the down bias inside the
- * weighted sum, as mlp_forward and moe_forward of forward.c). */
+ * weighted sum, as mlp_forward and moe_forward of forward.c); Llama-4:
+ * acc[tokens] += down(act(gate(weight * h), up(weight * h))). */
 static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
                              const float *gu_bias, const uint16_t *wd, const float *down_bias,
                              int inter, const int32_t *d_idx, const float *d_wts, int count,
                              const uint16_t *shared_gate, moeq_error *err)
 {
     gpu_run *g = L->g;
-    const int H = g->cfg->hidden_size;
+    const int H = g->cfg->hidden_size, on_input = router_scales_input(g->cfg);
     moeq_code rc = MOEQ_OK;
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
-        if ((rc = chunk_rows(g, s, d_idx, c0, m, &x, err)) ||
+        if ((rc = chunk_rows(g, s, d_idx, on_input ? d_wts : NULL, c0, m, &x, err)) ||
             (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err)) ||
             (rc = gpu_gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f,
                               0.0f, err)) ||
@@ -491,7 +510,8 @@ static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
             break;
         float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (d_idx) {
-            rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0, d_wts + c0, m, acc,
+            rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0,
+                                                 on_input ? NULL : d_wts + c0, m, acc,
                                                  g->cu.stream));
         } else {
             if (shared_gate && (rc = gpu_gemm_nt(g, x, H, shared_gate, H, s->gl.ptr, 1, 0, m, 1, H,
@@ -556,10 +576,13 @@ static size_t expert_bytes(const gpu_run *g, int inter)
     return 3 * I * H * (4 + 4 + 1 + 1 + 2) + 4 * I * I * 4 + 3 * I * H / 8;
 }
 
-/* The calibration of one expert: its tokens (idx NULL: all n), their
- * weights (w NULL: 1), the Hessian's scale, and what the report says. */
+/* The calibration of one expert: its tokens (idx NULL: all n), the scale
+ * of each row (routed, Llama-4: its routing weight, as the expert sees it;
+ * NULL: none), their weights (w NULL: 1), the Hessian's scale, and what
+ * the report says. */
 typedef struct expert_cal {
     const int32_t *idx;
+    const float *scale;
     int count;
     const float *w;
     float alpha;
@@ -641,13 +664,20 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         for (int i = 0; i < ng; i++) {
             const int e = e0 + i, count = rt->count[e];
             expert_cal *c = &cal[i];
-            *c = (expert_cal){NULL, n, NULL, 2.0f / (float)n, 0, n};
+            *c = (expert_cal){NULL, NULL, n, NULL, 2.0f / (float)n, 0, n};
             if (mode == MOEQ_EXPERT_CALIB_ROUTED) {
                 if (count < g->opt->min_expert_tokens) {
                     c->fallback = 1;
                     moeq_warn_expert_fallback(g->opt, e, L->res->layer, count);
                 } else {
                     c->idx = (const int32_t *)rt->d_idx.ptr + rt->offset[e];
+                    /* Llama-4's experts see their input scaled by the
+                     * routing weight: their Hessians are of what they see
+                     * (quantize_experts of quantize.c; all, weighted and
+                     * the fallback calibrate on the unscaled input there,
+                     * as here). */
+                    if (router_scales_input(cfg))
+                        c->scale = (const float *)rt->d_wts.ptr + rt->offset[e];
                     c->count = c->tokens = count;
                     c->alpha = 2.0f / (float)count;
                 }
@@ -672,8 +702,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 own_of[j] = -1;
                 if (c->fallback)
                     continue;
-                if (!(rc = chunked_hessian(L, &s, NULL, NULL, inter, c->idx, c->count, c->w,
-                                           c->alpha, &Hg[n_own], err))) {
+                if (!(rc = chunked_hessian(L, &s, NULL, NULL, inter, c->idx, c->scale, c->count,
+                                           c->w, c->alpha, &Hg[n_own], err))) {
                     Hg_ptrs[n_own] = Hg[n_own].ptr;
                     own_of[j] = n_own++;
                 }
@@ -715,8 +745,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         for (int i = 0; i < ng && !rc && gpu_gptq(L); i++) {
             const expert_cal *c = &cal[i];
             if (!(rc = chunked_hessian(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
-                                       gu_bias_of(&b, i), inter, c->idx, c->count, c->w, c->alpha,
-                                       &Hd[i], err))) {
+                                       gu_bias_of(&b, i), inter, c->idx, c->scale, c->count, c->w,
+                                       c->alpha, &Hd[i], err))) {
                 Hd_ptrs[i] = Hd[i].ptr;
                 prep_ptrs[i] = &preps[i];
             }
@@ -1392,21 +1422,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "group-limited expert choice over n_group = %d groups (the CUDA router "
                          "takes at most %d) is not in the CUDA pipeline: use --device cpu",
                          cfg->n_group, MOEQ_K_ROUTER_MAX_GROUPS);
-    if (cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "Llama-4's router (top-k sigmoid scaling the expert input) is not in "
-                         "the CUDA pipeline yet: use --device cpu");
-    int no_rope = 0, chunked = 0; /* the arrays exist whenever their config keys do */
-    for (int l = 0; l < cfg->num_layers; l++) {
-        no_rope += !moeq_config_layer_rope(cfg, l);
-        chunked += cfg->layer_chunked && cfg->layer_chunked[l];
-    }
-    if (no_rope || chunked || cfg->rope_interleaved || cfg->qk_l2_norm ||
-        cfg->attn_temperature_tuning)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "Llama-4 attention (layers without RoPE, chunked attention, interleaved "
-                         "RoPE, q/k L2 norm, temperature tuning) is not in the CUDA pipeline yet: "
-                         "use --device cpu");
     if (opt->method == MOEQ_METHOD_AWQ)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");

@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_layer.h"
 #include "common/dtype.h"
 #include "kernels.h"
+#include "model/forward.h"
 #include "quant/gptq.h"
 
 #include <time.h>
@@ -738,8 +739,9 @@ static void test_gptq_gpu_pipeline_matches_cpu(void)
 /* ---- layer ops */
 
 /* rmsnorm in place over rows of dim: the sum of squares in double, then
- * the same fp32 roundings as cpu_rmsnorm, so 1e-6 relative. */
-static void rmsnorm_case(const char *name, int rows, int dim, uint64_t seed)
+ * the same fp32 roundings as cpu_rmsnorm, so 1e-6 relative. weighted 0:
+ * no weight on the GPU (NULL), ones on the CPU (Llama-4's L2 norm). */
+static void rmsnorm_case(const char *name, int rows, int dim, int weighted, uint64_t seed)
 {
     test_rng rng = {seed};
     moeq_error err = {0};
@@ -747,9 +749,12 @@ static void rmsnorm_case(const char *name, int rows, int dim, uint64_t seed)
     float *w = random_floats(&rng, (size_t)dim, 1.0f);
     float *y_cpu = xmalloc(sizeof(float) * (size_t)rows * dim);
     float *y_gpu = xmalloc(sizeof(float) * (size_t)rows * dim);
+    if (!weighted)
+        for (int i = 0; i < dim; i++)
+            w[i] = 1.0f;
     cpu_rmsnorm(x, w, rows, dim, 1e-6f, y_cpu);
     moeq_cuda_buf dx = to_device(x, sizeof(float) * (size_t)rows * dim),
-                  dw = to_device(w, sizeof(float) * (size_t)dim);
+                  dw = weighted ? to_device(w, sizeof(float) * (size_t)dim) : (moeq_cuda_buf){0};
     must(moeq_cuda_rmsnorm(&ctx, dx.ptr, dw.ptr, rows, dim, 1e-6f, dx.ptr, &err), &err);
     to_host(y_gpu, &dx);
     double rel = max_rel_diff(y_gpu, y_cpu, (size_t)rows * dim);
@@ -765,7 +770,14 @@ static void rmsnorm_case(const char *name, int rows, int dim, uint64_t seed)
 
 static void test_rmsnorm_matches_cpu(void)
 {
-    rmsnorm_case("rows", 37, 2050, 51);
+    rmsnorm_case("rows", 37, 2050, 1, 51);
+}
+
+/* Llama-4's q/k L2 norm (Llama4TextL2Norm): RMSNorm of each head of 128
+ * without a weight, over 300 tokens of 40 query heads. */
+static void test_l2_norm_without_weight_matches_cpu(void)
+{
+    rmsnorm_case("without weight", 300 * 40, 128, 0, 55);
 }
 
 /* MiniMax-M2's q/k norm over a token's whole projection: rows of Hq D =
@@ -773,8 +785,8 @@ static void test_rmsnorm_matches_cpu(void)
  * of that width. */
 static void test_rmsnorm_over_whole_projection_matches_cpu(void)
 {
-    rmsnorm_case("q over 48 heads", 300, 48 * 128, 53);
-    rmsnorm_case("k over 8 heads", 300, 8 * 128, 54);
+    rmsnorm_case("q over 48 heads", 300, 48 * 128, 1, 53);
+    rmsnorm_case("k over 8 heads", 300, 8 * 128, 1, 54);
 }
 
 /* CUDA's expf is within 2 ulp, then a division and a product round: 2e-6
@@ -849,12 +861,14 @@ static void test_rope_matches_cpu(void)
 }
 
 /* Attention with bf16 inputs against the fp32 CPU attention on the same
- * (bf16-rounded) q, k, v, within window (0: none) and with sink logits
- * random in [-sink_scale, sink_scale] (0: none): the probabilities and the
- * output are rounded to bf16 once each, so 1e-2 of the largest output
- * value. Returns the GPU output (caller frees) and v for exact checks. */
-static float *attention_case(const char *name, int T, int Hq, int Hkv, int D, int window,
-                             float sink_scale, uint64_t seed, float **v_out)
+ * (bf16-rounded) q, k, v, within window (0: none), with sink logits
+ * random in [-sink_scale, sink_scale] (0: none), and in chunks of chunk
+ * tokens (0: one chunk; the CPU runs cpu_attention_causal on each chunk,
+ * as gqa_attention does): the probabilities and the output are rounded to
+ * bf16 once each, so 1e-2 of the largest output value. Returns the GPU
+ * output (caller frees) and v for exact checks. */
+static float *attention_case(const char *name, int T, int chunk, int Hq, int Hkv, int D,
+                             int window, float sink_scale, uint64_t seed, float **v_out)
 {
     const size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
     test_rng rng = {seed};
@@ -869,9 +883,13 @@ static float *attention_case(const char *name, int T, int Hq, int Hkv, int D, in
     round_to_bf16(v, nk, vb);
     float *o_cpu = xmalloc(sizeof(float) * nq), *o_gpu = xmalloc(sizeof(float) * nq);
     const float scale = 0.125f;
-    CHECK_INT_EQ(cpu_attention_causal(q, k, v, T, Hq, Hkv, D, D, scale, window, sinks, o_cpu,
-                                      &err),
-                 MOEQ_OK);
+    const int step = chunk > 0 ? chunk : T;
+    for (int c0 = 0; c0 < T; c0 += step) {
+        const size_t q0 = (size_t)c0 * Hq * D, k0 = (size_t)c0 * Hkv * D;
+        CHECK_INT_EQ(cpu_attention_causal(q + q0, k + k0, v + k0, T - c0 < step ? T - c0 : step,
+                                          Hq, Hkv, D, D, scale, window, sinks, o_cpu + q0, &err),
+                     MOEQ_OK);
+    }
     moeq_cuda_buf dq = to_device(qb, 2 * nq), dk = to_device(kb, 2 * nk),
                   dv = to_device(vb, 2 * nk), dout, dsc, dp, ds = {0};
     if (sinks)
@@ -879,8 +897,8 @@ static float *attention_case(const char *name, int T, int Hq, int Hkv, int D, in
     must(moeq_cuda_alloc(&ctx, &dout, 2 * nq, "out", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dsc, sizeof(float) * (size_t)Hq * T * T, "scores", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dp, 2 * (size_t)Hq * T * T, "probs", &err), &err);
-    must(moeq_cuda_attention_causal_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, Hq, Hkv, D, scale,
-                                         window, ds.ptr, dsc.ptr, dp.ptr, dout.ptr, &err),
+    must(moeq_cuda_attention_chunked_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, chunk, Hq, Hkv, D,
+                                          scale, window, ds.ptr, dsc.ptr, dp.ptr, dout.ptr, &err),
          &err);
     to_host(ob, &dout);
     for (size_t i = 0; i < nq; i++)
@@ -907,7 +925,7 @@ static float *attention_case(const char *name, int T, int Hq, int Hkv, int D, in
 static void test_attention_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("causal", T, Hq, Hkv, D, 0, 0.0f, 62, &v);
+    float *v, *o = attention_case("causal", T, 0, Hq, Hkv, D, 0, 0.0f, 62, &v);
     /* The first token sees only itself: its output is its own v, exactly
      * up to the bf16 rounding of p = 1 (exact) and of the output. */
     for (int h = 0; h < Hq; h++)
@@ -922,10 +940,10 @@ static void test_attention_matches_cpu(void)
 static void test_attention_sliding_window_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("window 128", T, Hq, Hkv, D, 128, 0.0f, 67, &v);
+    float *v, *o = attention_case("window 128", T, 0, Hq, Hkv, D, 128, 0.0f, 67, &v);
     free(o);
     free(v);
-    o = attention_case("window 1", T, Hq, Hkv, D, 1, 0.0f, 68, &v);
+    o = attention_case("window 1", T, 0, Hq, Hkv, D, 1, 0.0f, 68, &v);
     size_t differ = 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hq; h++)
@@ -943,12 +961,84 @@ static void test_attention_sliding_window_matches_cpu(void)
 static void test_attention_sinks_match_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("sinks", T, Hq, Hkv, D, 0, 4.0f, 69, &v);
+    float *v, *o = attention_case("sinks", T, 0, Hq, Hkv, D, 0, 4.0f, 69, &v);
     free(o);
     free(v);
-    o = attention_case("sinks, window 128", T, Hq, Hkv, D, 128, 4.0f, 70, &v);
+    o = attention_case("sinks, window 128", T, 0, Hq, Hkv, D, 128, 4.0f, 70, &v);
     free(o);
     free(v);
+}
+
+/* Llama-4's chunked attention: chunks of 64 over 300 tokens (the last one
+ * of 44), work outside the chunks skipped. The first token of each chunk
+ * sees only itself, so its output is its own v exactly (attending across
+ * the boundary would mix in earlier tokens); with chunks of 1 every token
+ * sees only itself. */
+static void test_attention_chunked_matches_cpu(void)
+{
+    const int T = 300, Hq = 8, Hkv = 2, D = 64, chunk = 64;
+    float *v, *o = attention_case("chunks of 64", T, chunk, Hq, Hkv, D, 0, 0.0f, 71, &v);
+    size_t differ = 0;
+    for (int t = 0; t < T; t += chunk)
+        for (int h = 0; h < Hq; h++)
+            for (int d = 0; d < D; d++)
+                differ += o[((size_t)t * Hq + h) * D + d] !=
+                          v[((size_t)t * Hkv + h / (Hq / Hkv)) * D + d];
+    CHECK_INT_EQ(differ, 0);
+    free(o);
+    free(v);
+    o = attention_case("chunks of 1", T, 1, Hq, Hkv, D, 0, 0.0f, 72, &v);
+    differ = 0;
+    for (size_t i = 0; i < (size_t)T * Hq * D; i++) {
+        size_t t = i / ((size_t)Hq * D), h = i / D % Hq, d = i % D;
+        differ += o[i] != v[(t * Hkv + h / (Hq / Hkv)) * D + d];
+    }
+    CHECK_INT_EQ(differ, 0);
+    free(o);
+    free(v);
+}
+
+/* Llama-4's temperature tuning on layers without RoPE, as the GPU loop
+ * applies it: one factor per position from moeq_attn_temperature (the
+ * CPU's function, on the host), each query row times its factor by
+ * moeq_k_scale_rows: one fp32 product per element, as llama4_qk, so the
+ * values are identical. At Llama-4 Scout's settings (floor_scale 8192,
+ * attn_scale 0.1) positions below 8191 keep q (factor 1), position 8191
+ * takes 1 + 0.1 ln 2 and 16383 on 1 + 0.1 ln 3. */
+static void test_attention_temperature_matches_cpu(void)
+{
+    const int T = 17000, qdim = 4 * 128;
+    moeq_config cfg = {.attn_temperature_tuning = 1, .floor_scale = 8192.0f,
+                       .attn_scale = 0.1f};
+    test_rng rng = {73};
+    moeq_error err = {0};
+    float *q = random_floats(&rng, (size_t)T * qdim, 3.0f);
+    float *factors = xmalloc(sizeof(float) * (size_t)T);
+    float *q_gpu = xmalloc(sizeof(float) * (size_t)T * qdim);
+    for (int t = 0; t < T; t++)
+        factors[t] = moeq_attn_temperature(&cfg, t);
+    moeq_cuda_buf dq = to_device(q, sizeof(float) * (size_t)T * qdim),
+                  df = to_device(factors, sizeof(float) * (size_t)T);
+    must(moeq_cuda_check(moeq_k_scale_rows(dq.ptr, 0, df.ptr, T, qdim, dq.ptr, ctx.stream),
+                         "moeq_k_scale_rows", __FILE__, __LINE__, &err),
+         &err);
+    to_host(q_gpu, &dq);
+    size_t differ = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < qdim; i++)
+            differ += q_gpu[(size_t)t * qdim + i] != q[(size_t)t * qdim + i] * factors[t];
+    printf("     temperature %d positions x %d: factor at 8190 %.7f, 8191 %.7f, 16383 %.7f; "
+           "%zu values differ\n",
+           T, qdim, factors[8190], factors[8191], factors[16383], differ);
+    CHECK_INT_EQ(differ, 0);
+    CHECK(factors[0] == 1.0f && factors[8190] == 1.0f);
+    CHECK_NEAR(factors[8191], 1.0 + 0.1 * log(2.0), 1e-6, 0);
+    CHECK_NEAR(factors[16383], 1.0 + 0.1 * log(3.0), 1e-6, 0);
+    moeq_cuda_free(&ctx, &dq);
+    moeq_cuda_free(&ctx, &df);
+    free(q);
+    free(factors);
+    free(q_gpu);
 }
 
 /* The MLP activation of the GPU loop (a gate/up product, its biases added,
@@ -1141,6 +1231,20 @@ static void test_router_sigmoid_ungrouped_matches_cpu(void)
     router_case("sigmoid + bias", rp, 5000, 128, 0.1f, 5000 * 8 / 1000, 66);
 }
 
+/* Llama-4 (Llama4Router, 128 experts, top-1 as Maverick): the parameters
+ * moeq_router_params gives its config (sigmoid of the chosen logit, no
+ * bias, no renormalisation, no scaling): every token picks the same expert
+ * on both backends. */
+static void test_router_llama4_matches_cpu(void)
+{
+    moeq_config cfg = {.router = MOEQ_ROUTER_TOPK_SIGMOID_INPUT, .num_experts = 128,
+                       .num_experts_per_tok = 1};
+    cpu_router_params rp = moeq_router_params(&cfg);
+    CHECK_INT_EQ(rp.scoring, CPU_ROUTER_SIGMOID);
+    CHECK_INT_EQ(rp.norm_topk_prob, 0);
+    router_case("Llama-4: sigmoid of the top logit", rp, 5000, 128, 0, 0, 74);
+}
+
 /* Groups the kernel cannot hold, or that do not split the experts, are
  * refused rather than routed wrongly. */
 static void test_router_rejects_bad_groups(void)
@@ -1202,6 +1306,23 @@ static void test_dequant_gather_scatter_exact(void)
     to_host(yb, &dy);
     CHECK(memcmp(yb, wb + (size_t)5 * cols, 2 * (size_t)cols) == 0);
     CHECK(memcmp(yb + 2 * cols, wb + (size_t)77 * cols, 2 * (size_t)cols) == 0);
+    /* Llama-4's expert inputs: the gathered rows scaled in place by the
+     * routing weights, bf16(w x) rounded once. */
+    moeq_cuda_buf dys;
+    must(moeq_cuda_alloc(&ctx, &dys, dy.bytes, "scaled y", &err), &err);
+    must(moeq_cuda_check(moeq_k_gather_rows_bf16(dw.ptr, cols, di.ptr, 3, dys.ptr, ctx.stream),
+                         "gather", __FILE__, __LINE__, &err),
+         &err);
+    must(moeq_cuda_check(moeq_k_scale_rows(dys.ptr, 1, dwt.ptr, 3, cols, dys.ptr, ctx.stream),
+                         "scale rows", __FILE__, __LINE__, &err),
+         &err);
+    uint16_t ys[3 * 256];
+    to_host(ys, &dys);
+    size_t scaled_same = 0;
+    for (int i = 0; i < 3 * cols; i++)
+        scaled_same += ys[i] == moeq_f32_to_bf16(wts[i / cols] * moeq_bf16_to_f32(yb[i]));
+    CHECK_INT_EQ(scaled_same, (size_t)3 * cols);
+    moeq_cuda_free(&ctx, &dys);
     float yf[3 * 256], acc[100 * 256];
     for (int i = 0; i < 3 * cols; i++)
         yf[i] = moeq_bf16_to_f32(yb[i]);
@@ -1391,18 +1512,22 @@ int main(void)
     RUN(test_gptq_sweep_rejects_blocks_over_128);
     RUN(test_gptq_gpu_pipeline_matches_cpu);
     RUN(test_rmsnorm_matches_cpu);
+    RUN(test_l2_norm_without_weight_matches_cpu);
     RUN(test_rmsnorm_over_whole_projection_matches_cpu);
     RUN(test_silu_mul_matches_cpu);
     RUN(test_rope_matches_cpu);
     RUN(test_attention_matches_cpu);
     RUN(test_attention_sliding_window_matches_cpu);
     RUN(test_attention_sinks_match_cpu);
+    RUN(test_attention_chunked_matches_cpu);
+    RUN(test_attention_temperature_matches_cpu);
     RUN(test_swiglu_matches_cpu);
     RUN(test_swiglu_clamped_matches_cpu);
     RUN(test_router_topk_matches_cpu);
     RUN(test_router_softmax_group_limited_matches_cpu);
     RUN(test_router_sigmoid_grouped_matches_cpu);
     RUN(test_router_sigmoid_ungrouped_matches_cpu);
+    RUN(test_router_llama4_matches_cpu);
     RUN(test_router_rejects_bad_groups);
     RUN(test_dequant_gather_scatter_exact);
     RUN(test_memory_accounting_tracks_in_use_and_peak);

@@ -318,51 +318,189 @@ static void test_golden_architectures(void)
     }
 }
 
-/* The forward alone (eval's path, nothing quantized) on the GPU against the
- * CPU's, on the golden models of the components the GPU loop took last:
- * the final hidden states of 4 windows of 64 random tokens, mean |gpu - cpu|
- * over mean |cpu| at most 0.025. The bound is unmeasured on a GPU (bf16
- * activations and weights, and the routing choices they move, make the
- * difference; the fixtures' weights are exact in bf16); it is below what
- * each component does to these states on the CPU when it is left out (the
- * same ratio, measured there on these tokens: gpt_oss sinks 0.19, sliding
- * window 0.43, clamp 0.30, MLP biases 0.46, router bias 0.071;
- * gpt_oss_mxfp4 0.24, 0.48, 0.40, 0.35, 0.037; minimax_m2 without its q/k
- * norm 0.39), so the GPU leaving one out fails. */
+/* The final hidden states of 4 windows of 64 random tokens (seed 81) from
+ * the forward alone (eval's path, nothing quantized) on the GPUs devices
+ * against the CPU's: mean |gpu - cpu| over mean |cpu| at most bound. */
+static void forward_case(const char *arch, const int *devices, int n_devices, double bound)
+{
+    const int S = 4, T = 64;
+    char dir[1024];
+    golden_dir(dir, sizeof dir, arch);
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    int32_t tokens[4 * 64];
+    test_rng r = {81};
+    for (int i = 0; i < S * T; i++)
+        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
+    float *cpu = NULL, *gpu = NULL;
+    CHECK_INT_EQ(moeq_forward_hidden(&m, tokens, S, T, NULL, &cpu, &err), MOEQ_OK);
+    moeq_code rc = moeq_forward_hidden_cuda(&m, tokens, S, T, devices, n_devices, NULL, &gpu,
+                                            &err);
+    if (rc)
+        fprintf(stderr, "  %s: %s\n", arch, err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    if (cpu && gpu) {
+        double diff = 0, ref = 0;
+        for (size_t i = 0; i < (size_t)S * T * m.cfg.hidden_size; i++) {
+            diff += fabs((double)gpu[i] - cpu[i]);
+            ref += fabs((double)cpu[i]);
+        }
+        printf("     forward %-14s on %d GPU%s: mean |gpu - cpu| / mean |cpu| %.4g (bound %g)\n",
+               arch, n_devices, n_devices > 1 ? "s" : "", diff / ref, bound);
+        CHECK(diff <= bound * ref);
+    }
+    free(cpu);
+    free(gpu);
+    moeq_model_close(&m);
+}
+
+/* The forward on the GPU against the CPU's on the golden models of the
+ * components the GPU loop took last, within 0.025. The bound is unmeasured
+ * on a GPU (bf16 activations and weights, and the routing choices they
+ * move, make the difference; the fixtures' weights are exact in bf16); it
+ * is below what each component does to these states on the CPU when it is
+ * left out (the same ratio, measured there on these tokens: gpt_oss sinks
+ * 0.19, sliding window 0.43, clamp 0.30, MLP biases 0.46, router bias
+ * 0.071; gpt_oss_mxfp4 0.24, 0.48, 0.40, 0.35, 0.037; minimax_m2 without
+ * its q/k norm 0.39), so the GPU leaving one out fails. */
 static void test_forward_matches_cpu_on_gpt_oss_and_minimax(void)
 {
-    const char *archs[] = {"gpt_oss", "gpt_oss_mxfp4", "minimax_m2"};
-    const int S = 4, T = 64, device = 0;
-    for (int a = 0; a < 3; a++) {
+    const int device = 0;
+    forward_case("gpt_oss", &device, 1, 0.025);
+    forward_case("gpt_oss_mxfp4", &device, 1, 0.025);
+    forward_case("minimax_m2", &device, 1, 0.025);
+}
+
+/* Llama-4's forward (text and multimodal checkpoints) on the GPU against
+ * the CPU's, within the same 0.025, unmeasured on a GPU. Leaving out one
+ * Llama-4 component moves these states on the CPU by (llama4_text /
+ * llama4): the q/k L2 norm 0.29 / 0.28, temperature tuning 0.081 / 0.096,
+ * interleaved RoPE (halves rotated instead) 0.25 / 0.23, chunked attention
+ * (full causal instead) 1.02 / 1.11, the layer without RoPE (rotated
+ * anyway) 0.14 / 0.14, the routing weight on the expert input (on its
+ * output instead) 0.093 / 0.092; so the GPU leaving one out fails. */
+static void test_forward_matches_cpu_on_llama4(void)
+{
+    const int device = 0;
+    forward_case("llama4_text", &device, 1, 0.025);
+    forward_case("llama4", &device, 1, 0.025);
+}
+
+/* Llama-4, text and multimodal checkpoints, CPU vs CUDA: RTN, GPTQ all,
+ * routed and weighted, with the floors of the other golden models. The
+ * fixtures exercise every Llama-4 component on the test's 64-token
+ * windows (checked first): layers without RoPE and with temperature
+ * tuning (layer 2), chunked layers with chunks of 8, q/k L2 norm,
+ * interleaved RoPE, top-1 routing whose sigmoid weight scales the expert
+ * input, a shared expert and a dense layer. Routed calibration must
+ * scale each expert's tokens by their routing weight as the CPU does:
+ * calibrating on the unscaled tokens instead moves the total GPTQ loss by
+ * +20% on the CPU (experts +134%; 92% of codes unchanged), beyond the 5%
+ * bound on the loss. */
+static void test_llama4_matches_cpu(void)
+{
+    const char *archs[] = {"llama4_text", "llama4"};
+    const int T = 64;
+    for (int a = 0; a < 2; a++) {
         char dir[1024];
         golden_dir(dir, sizeof dir, archs[a]);
         moeq_error err = {0};
         moeq_model m;
         CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        int32_t tokens[4 * 64];
-        test_rng r = {81};
-        for (int i = 0; i < S * T; i++)
-            tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
-        float *cpu = NULL, *gpu = NULL;
-        CHECK_INT_EQ(moeq_forward_hidden(&m, tokens, S, T, NULL, &cpu, &err), MOEQ_OK);
-        moeq_code rc = moeq_forward_hidden_cuda(&m, tokens, S, T, &device, 1, NULL, &gpu, &err);
-        if (rc)
-            fprintf(stderr, "  %s: %s\n", archs[a], err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
-        if (cpu && gpu) {
-            double diff = 0, ref = 0;
-            for (size_t i = 0; i < (size_t)S * T * m.cfg.hidden_size; i++) {
-                diff += fabs((double)gpu[i] - cpu[i]);
-                ref += fabs((double)cpu[i]);
-            }
-            printf("     forward %-14s mean |gpu - cpu| / mean |cpu| %.4g\n", archs[a],
-                   diff / ref);
-            CHECK(diff <= 0.025 * ref);
+        const moeq_config *c = &m.cfg;
+        int no_rope = 0, chunked = 0;
+        for (int l = 0; l < c->num_layers; l++) {
+            no_rope += !moeq_config_layer_rope(c, l);
+            chunked += c->layer_chunked && c->layer_chunked[l];
         }
-        free(cpu);
-        free(gpu);
+        CHECK(no_rope > 0 && no_rope < c->num_layers);
+        CHECK(chunked > 0 && c->attention_chunk_size < T);
+        CHECK(c->qk_l2_norm && c->attn_temperature_tuning && c->rope_interleaved);
+        CHECK_INT_EQ(c->router, MOEQ_ROUTER_TOPK_SIGMOID_INPUT);
         moeq_model_close(&m);
+        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
+        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
+        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED, 0.70);
+        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
+                      0.85);
     }
+}
+
+static moeq_code cuda_layer_loop(const moeq_model *model, const moeq_calib_set *calib,
+                                 const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                                 moeq_error *err)
+{
+    return moeq_quantize_layers_cuda(model, calib, opt, sink, NULL, err);
+}
+
+/* The multimodal Llama-4 checkpoint quantized on the GPU through the
+ * writer: its vision model and projector are copied byte for byte, and
+ * the language model's linears are written quantized. The output then
+ * loads and is scored against the original with its decoder layers on the
+ * GPU (moeq eval --device cuda) and on the CPU, on 512 random tokens in
+ * windows of 64: perplexities within 0.5% of each other, top-1 agreement
+ * within 0.02 (unmeasured on a GPU; the KL of both is printed). */
+static void test_llama4_multimodal_cuda_output_keeps_the_vision_model(void)
+{
+    char src_dir[1024], out[2048];
+    golden_dir(src_dir, sizeof src_dir, "llama4");
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("cuda_llama4_mm"));
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
+                                 .true_sequential = 1};
+    opt.gptq.group_size = 16;
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize_dir_with(cuda_layer_loop, src_dir, &opt, out, 2048, 99, 16, 32, &err),
+                 MOEQ_OK);
+    st_checkpoint c, src;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_checkpoint_open(&src, src_dir, &err), MOEQ_OK);
+    CHECK(st_checkpoint_find(
+              &c, "language_model.model.layers.1.feed_forward.experts.3.gate_proj.qweight") !=
+          NULL);
+    int vision = 0, same = 0;
+    for (size_t i = 0; i < src.n_tensors; i++) {
+        const st_tensor *t = src.tensors[i];
+        if (strncmp(t->name, "vision_model.", 13) && strncmp(t->name, "multi_modal_projector.", 22))
+            continue;
+        vision++;
+        const st_tensor *d = st_checkpoint_find(&c, t->name);
+        same += d && d->dtype == t->dtype && d->nbytes == t->nbytes &&
+                !memcmp(d->data, t->data, t->nbytes);
+    }
+    printf("     llama4 on the GPU: %d of %d vision and projector tensors identical\n", same,
+           vision);
+    CHECK(vision > 0);
+    CHECK_INT_EQ(same, vision);
+    st_checkpoint_close(&src);
+    st_checkpoint_close(&c);
+    moeq_model q, orig;
+    CHECK_INT_EQ(moeq_model_open(out, NULL, &q, &err), MOEQ_OK);
+    CHECK_INT_EQ(moeq_model_open(src_dir, NULL, &orig, &err), MOEQ_OK);
+    int32_t tokens[512];
+    test_rng r = {83};
+    for (int i = 0; i < 512; i++)
+        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)orig.cfg.vocab_size);
+    const int device = 0;
+    moeq_eval_result cpu = {0}, gpu = {0};
+    CHECK_INT_EQ(moeq_evaluate_on(&q, &orig, tokens, 512, 64, 0, NULL, NULL, 0, NULL, &cpu, &err),
+                 MOEQ_OK);
+    moeq_code rc = moeq_evaluate_on(&q, &orig, tokens, 512, 64, 0, NULL, &device, 1, NULL, &gpu,
+                                    &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    printf("     llama4 eval cpu: ppl %.4f ref %.4f kl %.6f top1 %.4f; gpu: ppl %.4f ref %.4f "
+           "kl %.6f top1 %.4f\n",
+           cpu.perplexity, cpu.ref_perplexity, cpu.kl, cpu.top1_agreement, gpu.perplexity,
+           gpu.ref_perplexity, gpu.kl, gpu.top1_agreement);
+    CHECK(cpu.perplexity > 1);
+    CHECK_NEAR(gpu.perplexity, cpu.perplexity, 0, 0.005);
+    CHECK_NEAR(gpu.ref_perplexity, cpu.ref_perplexity, 0, 0.005);
+    CHECK_NEAR(gpu.top1_agreement, cpu.top1_agreement, 0.02, 0);
+    moeq_model_close(&q);
+    moeq_model_close(&orig);
 }
 
 /* A second identical run gives the same bytes, and so does one with the
@@ -619,6 +757,49 @@ static void test_several_gpus_match_one(void)
     moeq_model_close(&m);
 }
 
+/* Llama-4 on several GPUs: the experts of rank 1 scale their inputs by
+ * the routing weights as rank 0's do (the weights reach them with the
+ * routing). Routed GPTQ: layer 0's codes are the same bytes as on one GPU
+ * (the same input, the same kernels on the same shapes); the forward on
+ * two GPUs agrees with the CPU within the one-GPU bound (unmeasured: left
+ * out on all experts the scaling moves the states by 0.093 on the CPU, and
+ * rank 1 holds about half of the experts). */
+static void test_several_gpus_scale_llama4_expert_inputs(void)
+{
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "llama4_text");
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 4, 64, 82, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_ROUTED,
+                                 .min_expert_tokens = 16, .true_sequential = 1};
+    opt.gptq.group_size = 16;
+    collected one, two;
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
+    opt.n_devices = 2;
+    opt.devices[0] = 0;
+    opt.devices[1] = 1;
+    moeq_code rc = run(&m, &cs, opt, 1, &two, NULL, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    comparison l0 = compare_layer(&two, &one, 0);
+    printf("     llama4_text routed, 2 GPUs vs 1: layer 0 identical codes %zu of %zu\n",
+           l0.same_codes, l0.codes);
+    CHECK_INT_EQ(l0.missing, 0);
+    CHECK(l0.codes > 0);
+    CHECK_INT_EQ(l0.same_codes, l0.codes);
+    collected_free(&one);
+    collected_free(&two);
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+    const int devices[2] = {0, 1};
+    forward_case("llama4_text", devices, 2, 0.025);
+}
+
 /* A norm weight of about 1e30 (finite, not quantized) in layer 1 makes the
  * expert products overflow: with RTN no Hessian sees it first, and the
  * layer output check stops the run with MOEQ_ERR_NUMERIC naming the layer,
@@ -743,6 +924,9 @@ int main(void)
     RUN(test_demo_model_bf16_scales);
     RUN(test_golden_architectures);
     RUN(test_forward_matches_cpu_on_gpt_oss_and_minimax);
+    RUN(test_llama4_matches_cpu);
+    RUN(test_forward_matches_cpu_on_llama4);
+    RUN(test_llama4_multimodal_cuda_output_keeps_the_vision_model);
     RUN(test_expert_groups_and_reruns_are_bit_identical);
     RUN(test_budget_is_held);
     RUN(test_residual_stream_moves_to_host_memory_under_a_small_budget);
@@ -750,10 +934,13 @@ int main(void)
     RUN(test_nonfinite_layer_output_stops_the_run);
     RUN(test_eval_on_the_gpu_matches_the_cpu);
     RUN(test_device_listed_twice_is_refused);
-    if (moeq_cuda_device_count() >= 2)
+    if (moeq_cuda_device_count() >= 2) {
         RUN(test_several_gpus_match_one);
-    else
-        printf("NOT RUN: test_several_gpus_match_one needs 2 GPUs (%d found)\n",
+        RUN(test_several_gpus_scale_llama4_expert_inputs);
+    } else {
+        printf("NOT RUN: test_several_gpus_match_one and "
+               "test_several_gpus_scale_llama4_expert_inputs need 2 GPUs (%d found)\n",
                moeq_cuda_device_count());
+    }
     return test_summary();
 }

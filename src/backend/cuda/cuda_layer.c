@@ -51,3 +51,23 @@ moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, con
             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return rc;
 }
+
+moeq_code moeq_cuda_attention_chunked_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
+                                           const void *v, int T, int chunk, int Hq, int Hkv,
+                                           int D, float scale, int sliding_window,
+                                           const float *sinks, float *scores, void *probs,
+                                           void *out, moeq_error *err)
+{
+    const size_t qdim = (size_t)Hq * D, kvdim = (size_t)Hkv * D;
+    if (chunk <= 0 || chunk > T)
+        chunk = T;
+    moeq_code rc = MOEQ_OK;
+    for (int c0 = 0; c0 < T && !rc; c0 += chunk) {
+        const int len = T - c0 < chunk ? T - c0 : chunk;
+        rc = moeq_cuda_attention_causal_bf16(
+            ctx, (const uint16_t *)q + c0 * qdim, (const uint16_t *)k + c0 * kvdim,
+            (const uint16_t *)v + c0 * kvdim, len, Hq, Hkv, D, scale, sliding_window, sinks,
+            scores, probs, (uint16_t *)out + c0 * qdim, err);
+    }
+    return rc;
+}

@@ -6,7 +6,7 @@
 
 #include "backend/cuda/cuda_ctx.h"
 
-/* As cpu_rmsnorm (x and y may alias). */
+/* As cpu_rmsnorm (x and y may alias); w NULL: a weight of ones. */
 moeq_code moeq_cuda_rmsnorm(moeq_cuda_ctx *ctx, const float *x, const float *w, int rows, int dim,
                             float eps, float *y, moeq_error *err);
 /* As cpu_silu_mul (out may alias gate or up). */
@@ -25,5 +25,18 @@ moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, con
                                           float scale, int sliding_window, const float *sinks,
                                           float *scores, void *probs, void *out,
                                           moeq_error *err);
+
+/* Chunked attention (Llama-4's chunked_attention layers; cpu_attention_causal
+ * on each chunk, as gqa_attention in forward.c): the T tokens split into
+ * consecutive chunks of chunk tokens (the last one shorter), each token
+ * attending causally within its own chunk only. The work outside the
+ * chunks is skipped, not masked: each chunk is its own
+ * moeq_cuda_attention_causal_bf16 on its rows of q, k, v and out, so the
+ * scratch is [Hq, C, C] for C = min(chunk, T). chunk <= 0: one chunk of T. */
+moeq_code moeq_cuda_attention_chunked_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
+                                           const void *v, int T, int chunk, int Hq, int Hkv,
+                                           int D, float scale, int sliding_window,
+                                           const float *sinks, float *scores, void *probs,
+                                           void *out, moeq_error *err);
 
 #endif
