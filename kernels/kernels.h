@@ -156,6 +156,14 @@ cudaError_t moeq_k_gated_add(const float *y, const float *gate_logit, int m, int
  * (cpu_swiglu_clamped). */
 cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter, float alpha, float limit,
                                uint16_t *a, cudaStream_t stream);
+/* q [rows, D] and gate [rows, D] from qg [rows, 2 D], each row a head's
+ * query then its gate (the q_proj of output-gated attention,
+ * Qwen3NextAttention). */
+cudaError_t moeq_k_split_query_gate(const float *qg, long long rows, int D, float *q, float *gate,
+                                    cudaStream_t stream);
+/* o = bf16(o * sigmoid(gate)) elementwise over n values (bf16 o). */
+cudaError_t moeq_k_sigmoid_gate_bf16(uint16_t *o, const float *gate, size_t n,
+                                     cudaStream_t stream);
 /* y[r, c] += bias[c]. */
 cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
                             cudaStream_t stream);
@@ -165,6 +173,54 @@ cudaError_t moeq_k_add_bias(float *y, int rows, int cols, const float *bias,
 cudaError_t moeq_k_dequant_bf16(const uint8_t *codes, const float *scales, const int32_t *zeros,
                                 const int32_t *g_idx, int seg_rows, int rows, int cols,
                                 uint16_t *w, cudaStream_t stream);
+
+/* ---- deltanet.cu: the Gated DeltaNet token mixer (src/model/deltanet.c) */
+
+/* proj [tokens, C + vd] and pba [tokens, 2 Hv] (C = 2 Hk Dk + Hv Dv, vd =
+ * Hv Dv) into qkv [tokens, C] (the conv channels [q | k | v]), z [tokens,
+ * vd], b and a [tokens, Hv]. fused: the per-key-head-group layout of
+ * Qwen3-Next's in_proj_qkvz and in_proj_ba; else the parts in that order.
+ * cudaErrorInvalidValue unless Hk divides Hv. */
+cudaError_t moeq_k_deltanet_unpack(const float *proj, const float *pba, int tokens, int Hk,
+                                   int Hv, int Dk, int Dv, int fused, float *qkv, float *z,
+                                   float *b, float *a, cudaStream_t stream);
+/* y [tokens, C] = silu(causal depthwise conv of x [tokens, C] with w [C, K])
+ * within windows of T tokens (tokens a multiple of T; zeros before a
+ * window's start). */
+cudaError_t moeq_k_causal_conv_silu(const float *x, const float *w, int T, int tokens, int C,
+                                    int K, float *y, cudaStream_t stream);
+/* In place, each vector of dim at x + t ld + h dim (t < tokens, h < heads):
+ * v / sqrt(sum v^2 + 1e-6) * scale. */
+cudaError_t moeq_k_l2norm_heads(float *x, int tokens, int heads, int dim, int ld, float scale,
+                                cudaStream_t stream);
+/* In place over [tokens, Hv]: b = sigmoid(b) (the write strength beta) and
+ * a = -exp(a_log[h]) softplus(a + dt_bias[h]) (the log decay g). */
+cudaError_t moeq_k_deltanet_gates(float *b, float *a, const float *a_log, const float *dt_bias,
+                                  int tokens, int Hv, cudaStream_t stream);
+
+enum { MOEQ_K_DELTA_MAX_DK = 128, MOEQ_K_DELTA_MAX_DV = 128 };
+
+/* The gated delta rule over seqs sequences of T tokens (moeq_delta_inputs of
+ * src/model/deltanet.h): q, k [tokens, Hk, Dk] at row stride ld_qk, v
+ * [tokens, Hv, Dv] at row stride ld_v, g and beta [tokens, Hv], value head
+ * h reading key head h / (Hv / Hk); out [tokens, Hv, Dv]. */
+typedef struct moeq_k_delta_args {
+    const float *q, *k, *v;
+    int ld_qk, ld_v;
+    const float *g, *beta;
+    int seqs, T, Hk, Hv, Dk, Dv;
+    float *out;
+} moeq_k_delta_args;
+
+/* The recurrence, one (sequence, value head) per block, the state in
+ * registers. cudaErrorInvalidValue for Dk over MOEQ_K_DELTA_MAX_DK, Dv
+ * over MOEQ_K_DELTA_MAX_DV, Hk not dividing Hv or over 65535 sequences. */
+cudaError_t moeq_k_delta_rule(const moeq_k_delta_args *a, cudaStream_t stream);
+/* y = bf16(rmsnorm(x) * w * silu(z)) row by row over x, z [rows, dim] (the
+ * gated RMSNorm of the core output, Qwen3NextRMSNormGated). */
+cudaError_t moeq_k_gated_rmsnorm_bf16(const float *x, const float *z, const float *w,
+                                      long long rows, int dim, float eps, uint16_t *y,
+                                      cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -5,7 +5,8 @@
 // group-limited), row gathers and the
 // scatter-add of expert outputs, SwiGLU (or gpt-oss's clamped SwiGLU) on a
 // stacked gate/up product, and
-// the dequantization of GPTQ codes. bf16 is passed as uint16_t bits.
+// the dequantization of GPTQ codes, and the query/gate split and sigmoid
+// output gate of output-gated attention. bf16 is passed as uint16_t bits.
 #include "kernels.h"
 
 #include <cuda_bf16.h>
@@ -281,6 +282,30 @@ __global__ void swiglu_kernel(const float *gu, int m, int inter, float alpha, fl
     }
 }
 
+// Row r of qg [rows, 2 D] is head r's query then its gate.
+__global__ void split_query_gate_kernel(const float *qg, long long rows, int D, float *q,
+                                        float *gate)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * D;
+         k += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = k / D, i = k % D;
+        q[k] = qg[r * 2 * D + i];
+        gate[k] = qg[r * 2 * D + D + i];
+    }
+}
+
+// The per-head output gate: attention * sigmoid(gate) (gqa_attention in
+// forward.c), the bf16 attention output widened, gated and rounded again.
+__global__ void sigmoid_gate_kernel(uint16_t *o, const float *gate, size_t n)
+{
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
+         k += (size_t)gridDim.x * blockDim.x) {
+        const float x = __uint_as_float((unsigned)o[k] << 16);
+        const float s = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-gate[k])));
+        o[k] = to_bf16(__fmul_rn(x, s));
+    }
+}
+
 __global__ void add_bias_kernel(float *y, int rows, int cols, const float *bias)
 {
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * cols;
@@ -395,6 +420,23 @@ extern "C" cudaError_t moeq_k_swiglu_bf16(const float *gate_up, int m, int inter
     if (m > 0)
         swiglu_kernel<<<row_blocks(m), kThreads, 0, stream>>>(gate_up, m, inter, alpha, limit,
                                                                a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_split_query_gate(const float *qg, long long rows, int D, float *q,
+                                               float *gate, cudaStream_t stream)
+{
+    if (rows > 0 && D > 0)
+        split_query_gate_kernel<<<blocks_for((size_t)rows * D), kThreads, 0, stream>>>(
+            qg, rows, D, q, gate);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t moeq_k_sigmoid_gate_bf16(uint16_t *o, const float *gate, size_t n,
+                                               cudaStream_t stream)
+{
+    if (n)
+        sigmoid_gate_kernel<<<blocks_for(n), kThreads, 0, stream>>>(o, gate, n);
     return cudaGetLastError();
 }
 

@@ -1,9 +1,9 @@
 /* attention_cuda.c: the attention block on the GPU (GQA with q/k-norm,
  * biases, partial RoPE, sliding windows and gpt-oss's sinks; Llama-4's
  * interleaved RoPE, layers without RoPE, q/k L2 norm, temperature tuning
- * and chunked attention): q/k/v and o_proj quantized from their real
- * inputs, then the block's output with the quantized weights added to the
- * residual stream. */
+ * and chunked attention; Qwen3-Next's per-head output gate): q/k/v and
+ * o_proj quantized from their real inputs, then the block's output with
+ * the quantized weights added to the residual stream. */
 #include "pipeline/layer_cuda.h"
 
 #include "backend/cuda/cuda_layer.h"
@@ -38,6 +38,34 @@ moeq_code gpu_norm_residual(gpu_run *g, const moeq_cuda_buf *dev, const float *h
     return rc;
 }
 
+/* x1 = x + o W^T (+ bias): a token mixer's output projection with every
+ * weight quantized, a chunk of tokens at a time in both places the stream
+ * may live (the same GEMM shapes, so the same sums, either way). */
+moeq_code gpu_add_block_output(gpu_run *g, int odim, const uint16_t *w, const float *bias,
+                               moeq_error *err)
+{
+    const int H = g->cfg->hidden_size, n = g->n;
+    moeq_code rc = MOEQ_OK;
+    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
+        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
+        float *y = g->resid_host ? g->stage.ptr : (float *)g->x1.ptr + (size_t)c0 * H;
+        if ((rc = g->resid_host
+                      ? moeq_cuda_upload(&g->cu, y, g->xh + (size_t)c0 * H,
+                                         sizeof(float) * (size_t)m * H, err)
+                      : MOEQ_CU(cudaMemcpyAsync(y, (const float *)g->x.ptr + (size_t)c0 * H,
+                                                sizeof(float) * (size_t)m * H,
+                                                cudaMemcpyDeviceToDevice, g->cu.stream))) ||
+            (rc = gpu_gemm_nt(g, (const uint16_t *)g->o.ptr + (size_t)c0 * odim, odim, w, odim,
+                              y, H, 0, m, H, odim, 1.0f, 1.0f, err)) ||
+            (bias && (rc = MOEQ_CU(moeq_k_add_bias(y, m, H, bias, g->cu.stream)))))
+            break;
+        if (g->resid_host)
+            rc = moeq_cuda_download(&g->cu, g->x1h + (size_t)c0 * H, y,
+                                    sizeof(float) * (size_t)m * H, err);
+    }
+    return rc;
+}
+
 /* ---- attention */
 
 moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err)
@@ -51,6 +79,13 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
                   sinks = {0};
     moeq_cuda_buf qf = {0}, kf = {0}, vf = {0}, qb = {0}, kb = {0}, vb = {0}, sc = {0}, pb = {0},
                   temp = {0};
+    /* Output-gated attention (Qwen3-Next, Qwen3.5): q_proj yields each
+     * head's query then its gate, [T, Hq, 2 D] (qg); the gate (gf) scales
+     * the head's output by its sigmoid before o_proj (gqa_attention in
+     * forward.c). Only the config decides: the MTP block's layer runs here
+     * too. */
+    const int gated = cfg->attn_output_gate, q_rows = gated ? 2 * qdim : qdim;
+    moeq_cuda_buf qg = {0}, gf = {0};
     /* q/k RMSNorm per head of D, or (MiniMax-M2, qk_norm_full) over a
      * token's whole q [Hq D] and k [Hkv D], as gqa_attention in forward.c. */
     const int qk_full = cfg->qk_norm_full;
@@ -60,7 +95,7 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
     if ((rc = gpu_upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
         (rc = gpu_upload_f32(g, lw->q_norm, (size_t)qn_dim, "q_norm", &qn, err)) ||
         (rc = gpu_upload_f32(g, lw->k_norm, (size_t)kn_dim, "k_norm", &kn, err)) ||
-        (rc = gpu_upload_f32(g, lw->q_bias, (size_t)qdim, "q bias", &bias[0], err)) ||
+        (rc = gpu_upload_f32(g, lw->q_bias, (size_t)q_rows, "q bias", &bias[0], err)) ||
         (rc = gpu_upload_f32(g, lw->k_bias, (size_t)kvdim, "k bias", &bias[1], err)) ||
         (rc = gpu_upload_f32(g, lw->v_bias, (size_t)kvdim, "v bias", &bias[2], err)) ||
         (rc = gpu_upload_f32(g, lw->o_bias, (size_t)H, "o bias", &bias[3], err)) ||
@@ -72,7 +107,7 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
     if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
                                                  "q/k/v_proj", &prep, err)))
         goto done;
-    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, qdim, n, 0, NULL},
+    const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, q_rows, n, 0, NULL},
                           {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0, NULL},
                           {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0, NULL}};
     if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
@@ -117,24 +152,32 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
         (rc = moeq_cuda_alloc(&g->cu, &kb, 2 * (size_t)T * kvdim, "k bf16", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &vb, 2 * (size_t)T * kvdim, "v bf16", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &sc, sizeof(float) * TT * hq, "attention scores", err)) ||
-        (rc = moeq_cuda_alloc(&g->cu, &pb, 2 * TT * hq, "attention probabilities", err)))
+        (rc = moeq_cuda_alloc(&g->cu, &pb, 2 * TT * hq, "attention probabilities", err)) ||
+        (gated && ((rc = moeq_cuda_alloc(&g->cu, &qg, sizeof(float) * (size_t)T * q_rows,
+                                         "query and gate", err)) ||
+                   (rc = moeq_cuda_alloc(&g->cu, &gf, sizeof(float) * (size_t)T * qdim,
+                                         "output gate", err)))))
         goto done;
-    const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)qdim * H, *wv = wk + (size_t)kvdim * H;
+    const uint16_t *wq = wqkv.ptr, *wk = wq + (size_t)q_rows * H, *wv = wk + (size_t)kvdim * H;
     const float scale = 1.0f / sqrtf((float)D);
     /* gpt-oss: a sliding window on the layers layer_types marks, sinks on all. */
     const int window = moeq_config_layer_window(cfg, lw->layer);
     for (int s = 0; s < g->S; s++) {
         const uint16_t *hs = (const uint16_t *)g->h.ptr + (size_t)s * T * H;
-        if ((rc = gpu_gemm_nt(g, hs, H, wq, H, qf.ptr, qdim, 0, T, qdim, H, 1.0f, 0.0f, err)) ||
+        float *qout = gated ? qg.ptr : qf.ptr;
+        if ((rc = gpu_gemm_nt(g, hs, H, wq, H, qout, q_rows, 0, T, q_rows, H, 1.0f, 0.0f, err)) ||
             (rc = gpu_gemm_nt(g, hs, H, wk, H, kf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)) ||
             (rc = gpu_gemm_nt(g, hs, H, wv, H, vf.ptr, kvdim, 0, T, kvdim, H, 1.0f, 0.0f, err)))
             goto done;
-        float *bufs[3] = {qf.ptr, kf.ptr, vf.ptr};
-        int widths[3] = {qdim, kvdim, kvdim};
+        float *bufs[3] = {qout, kf.ptr, vf.ptr};
+        int widths[3] = {q_rows, kvdim, kvdim};
         for (int i = 0; i < 3; i++)
             if (bias[i].ptr &&
                 (rc = MOEQ_CU(moeq_k_add_bias(bufs[i], T, widths[i], bias[i].ptr, g->cu.stream))))
                 goto done;
+        if (gated && (rc = MOEQ_CU(moeq_k_split_query_gate(qg.ptr, (long long)T * hq, D, qf.ptr,
+                                                           gf.ptr, g->cu.stream))))
+            goto done;
         if (qn.ptr &&
             ((rc = MOEQ_CU(moeq_k_rmsnorm(qf.ptr, qn.ptr, qn_rows, qn_dim, cfg->rms_norm_eps,
                                           qf.ptr, g->cu.stream))) ||
@@ -165,7 +208,9 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
         uint16_t *os = (uint16_t *)g->o.ptr + (size_t)s * T * qdim;
         if ((rc = moeq_cuda_attention_chunked_bf16(&g->cu, qb.ptr, kb.ptr, vb.ptr, T, chunk, hq,
                                                    hkv, D, scale, window, sinks.ptr, sc.ptr,
-                                                   pb.ptr, os, err)))
+                                                   pb.ptr, os, err)) ||
+            (gated && (rc = MOEQ_CU(moeq_k_sigmoid_gate_bf16(os, gf.ptr, (size_t)T * qdim,
+                                                             g->cu.stream)))))
             goto done;
     }
     if ((rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
@@ -180,32 +225,13 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
                                  err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
         goto done;
-    /* x1 = x + o_q(o): the attention output with every weight quantized,
-     * a chunk of tokens at a time in both places the stream may live (the
-     * same GEMM shapes, so the same sums, either way). */
-    for (int c0 = 0; c0 < n && !rc; c0 += g->chunk) {
-        int m = n - c0 < g->chunk ? n - c0 : g->chunk;
-        float *y = g->resid_host ? g->stage.ptr : (float *)g->x1.ptr + (size_t)c0 * H;
-        if ((rc = g->resid_host
-                      ? moeq_cuda_upload(&g->cu, y, g->xh + (size_t)c0 * H,
-                                         sizeof(float) * (size_t)m * H, err)
-                      : MOEQ_CU(cudaMemcpyAsync(y, (const float *)g->x.ptr + (size_t)c0 * H,
-                                                sizeof(float) * (size_t)m * H,
-                                                cudaMemcpyDeviceToDevice, g->cu.stream))) ||
-            (rc = gpu_gemm_nt(g, (const uint16_t *)g->o.ptr + (size_t)c0 * qdim, qdim, wo.ptr, qdim,
-                              y, H, 0, m, H, qdim, 1.0f, 1.0f, err)) ||
-            (bias[3].ptr && (rc = MOEQ_CU(moeq_k_add_bias(y, m, H, bias[3].ptr, g->cu.stream)))))
-            break;
-        if (g->resid_host)
-            rc = moeq_cuda_download(&g->cu, g->x1h + (size_t)c0 * H, y,
-                                    sizeof(float) * (size_t)m * H, err);
-    }
-    if (!rc)
+    if (!(rc = gpu_add_block_output(g, qdim, wo.ptr, bias[3].ptr, err)))
         rc = gpu_sync_time(L, &L->res->seconds_forward, err);
 done:
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
     moeq_cuda_buf *all[] = {&wqkv, &wo, &norm, &qn, &kn, &bias[0], &bias[1], &bias[2], &bias[3],
-                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &temp, &g->o};
+                            &sinks, &qf, &kf, &vf, &qb, &kb, &vb, &sc, &pb, &temp, &qg,
+                            &gf, &g->o};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         moeq_cuda_free(&g->cu, all[i]);
     return rc;

@@ -123,8 +123,21 @@ int gpu_gptq(const gpu_layer *L);
 moeq_code gpu_norm_residual(gpu_run *g, const moeq_cuda_buf *dev, const float *host,
                             const float *weight, moeq_error *err);
 
-/* The attention block of layer lw: q/k/v and o_proj quantized from their
- * inputs, then x1 = x + attention(x) with the quantized weights. */
+/* x1 = x + o W^T (+ bias, NULL: none) from g->o [n, odim] bf16 and the
+ * bf16 output projection w [H, odim]: the residual stream after a token
+ * mixer, wherever the stream lives. */
+moeq_code gpu_add_block_output(gpu_run *g, int odim, const uint16_t *w, const float *bias,
+                               moeq_error *err);
+
+/* The attention block of layer lw (per-head output gate when the config
+ * has one): q/k/v and o_proj quantized from their inputs, then x1 = x +
+ * attention(x) with the quantized weights. */
 moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err);
+
+/* The Gated DeltaNet block of linear layer lw (deltanet_cuda.c): its
+ * in_proj linears quantized from the normed input, out_proj from the
+ * gated-norm output of the core computed with them, then x1 = x +
+ * deltanet(x) with the quantized weights. */
+moeq_code gpu_deltanet_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err);
 
 #endif

@@ -7,7 +7,8 @@
  *                    the MLP block accumulator) the layer output
  *   x1  [n, H] fp32  after the attention block, quantized weights
  *   h   [n, H] bf16  the normed input of q/k/v, then of the MLP
- *   o   [n, Hq D] bf16  the input of o_proj
+ *   o   [n, Hq D] bf16  the input of o_proj (linear-attention layers:
+ *                    of out_proj, [n, Hv Dv]; deltanet_cuda.c)
  *
  * Precision (DESIGN.md): normed activations and the weights of the forward
  * GEMMs are bf16 with fp32 accumulation (cuBLAS, tensor cores); residuals,
@@ -105,12 +106,19 @@ static int team_agree(team *t, moeq_code rc)
     return failed;
 }
 
-/* The codes a layer's GPTQ results hold: attention and MLP weights. */
-static size_t layer_code_bytes(const moeq_config *cfg, const moeq_layer_weights *lw)
+/* The codes a layer's GPTQ results hold: the token mixer's weights
+ * (attention, q_proj twice as wide with an output gate; or the Gated
+ * DeltaNet projections, b/a when quantized) and the MLP's. */
+static size_t layer_code_bytes(const moeq_config *cfg, const moeq_quantize_options *opt,
+                               const moeq_layer_weights *lw)
 {
     const size_t H = (size_t)cfg->hidden_size, q = (size_t)cfg->num_heads * cfg->head_dim,
                  kv = (size_t)cfg->num_kv_heads * cfg->head_dim;
-    size_t bytes = (q + 2 * kv) * H + H * q;
+    const size_t kd = (size_t)cfg->la_num_k_heads * cfg->la_k_head_dim,
+                 hv = (size_t)cfg->la_num_v_heads, vd = hv * cfg->la_v_head_dim;
+    size_t bytes = lw->is_linear
+                       ? (2 * kd + 2 * vd + (opt->quantize_linear_ba ? 2 * hv : 0)) * H + H * vd
+                       : ((cfg->attn_output_gate ? 2 : 1) * q + 2 * kv) * H + H * q;
     if (lw->is_moe) {
         bytes += (size_t)cfg->num_experts * 3 * H * (size_t)cfg->moe_intermediate_size;
         if (lw->has_shared)
@@ -144,7 +152,7 @@ static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_w
                                  moeq_error *err)
 {
     const int b = l & 1;
-    const size_t bytes = layer_code_bytes(g->cfg, lw);
+    const size_t bytes = layer_code_bytes(g->cfg, g->opt, lw);
     moeq_code rc = codes_reserve(g, b, bytes, err);
     if (!rc && both)
         rc = codes_reserve(g, !b, bytes, err);
@@ -1208,7 +1216,7 @@ static void pin_array(void *p, size_t bytes, int pin)
 }
 
 /* Item i: MLP i of the layer (its experts, then the shared expert or the
- * dense MLP), or, last, the attention projections. */
+ * dense MLP), or, last, the token mixer's projections. */
 static moeq_code pin_item(void *ctx, int i, moeq_error *err)
 {
     (void)err;
@@ -1222,8 +1230,16 @@ static moeq_code pin_item(void *ctx, int i, moeq_error *err)
         (void)cudaGetLastError();
         return MOEQ_OK;
     }
-    if (i == n_mlps) {
-        pin_array(lw->q, sizeof(float) * qd * H, j->pin);
+    if (i == n_mlps && lw->is_linear) {
+        const moeq_deltanet_weights *w = &lw->la;
+        const size_t kd = (size_t)cfg->la_num_k_heads * cfg->la_k_head_dim,
+                     vd = (size_t)cfg->la_num_v_heads * cfg->la_v_head_dim;
+        pin_array(w->in_qkvz, sizeof(float) * (2 * kd + 2 * vd) * H, j->pin);
+        pin_array(w->in_qkv, sizeof(float) * (2 * kd + vd) * H, j->pin);
+        pin_array(w->in_z, sizeof(float) * vd * H, j->pin);
+        pin_array(w->out, sizeof(float) * H * vd, j->pin);
+    } else if (i == n_mlps) {
+        pin_array(lw->q, sizeof(float) * (cfg->attn_output_gate ? 2 : 1) * qd * H, j->pin);
         pin_array(lw->k, sizeof(float) * kvd * H, j->pin);
         pin_array(lw->v, sizeof(float) * kvd * H, j->pin);
         pin_array(lw->o, sizeof(float) * H * qd, j->pin);
@@ -1399,20 +1415,18 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "the CUDA pipeline calibrates true-sequentially only: drop "
                          "--true-sequential false or use --device cpu");
-    if (model->arch.linear_attention != MOEQ_LINEAR_ATTENTION_NONE)
+    if (model->arch.linear_attention != MOEQ_LINEAR_ATTENTION_NONE &&
+        (cfg->la_k_head_dim > MOEQ_K_DELTA_MAX_DK || cfg->la_v_head_dim > MOEQ_K_DELTA_MAX_DV))
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "Gated DeltaNet linear attention (%s) is not in the CUDA pipeline yet: "
-                         "use --device cpu",
-                         model->arch.name);
+                         "Gated DeltaNet heads of linear_key_head_dim %d and "
+                         "linear_value_head_dim %d (%s; the CUDA delta rule holds at most %d and "
+                         "%d) are not in the CUDA pipeline: use --device cpu",
+                         cfg->la_k_head_dim, cfg->la_v_head_dim, model->arch.name,
+                         MOEQ_K_DELTA_MAX_DK, MOEQ_K_DELTA_MAX_DV);
     if (opt->quantize_mtp)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "MTP block calibration (--quantize-mtp) is not in the CUDA pipeline yet: "
                          "use --device cpu");
-    if (cfg->attn_output_gate)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "output-gated attention (%s: q_proj with a per-head gate) is not in the "
-                         "CUDA pipeline yet: use --device cpu",
-                         model->arch.name);
     if (cfg->attention == MOEQ_ATTENTION_MLA)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2) is not in "
@@ -1541,7 +1555,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
      * memory and the device keeps the normed input, the larger of the
      * attention output and the MLP accumulator (never both at once), and a
      * chunk of the stream. */
-    const size_t o_bytes = (size_t)g.n * g.qdim * 2, acc_bytes = nh * 4;
+    int odim = g.qdim; /* the widest token-mixer output: attention's, or DeltaNet's */
+    for (int l = 0; l < cfg->num_layers; l++)
+        if (cfg->layer_is_linear[l] && cfg->la_num_v_heads * cfg->la_v_head_dim > odim)
+            odim = cfg->la_num_v_heads * cfg->la_v_head_dim;
+    const size_t o_bytes = (size_t)g.n * odim * 2, acc_bytes = nh * 4;
     const size_t on_device = nh * (4 + 4 + 2) + o_bytes;
     const size_t with_host = nh * 2 + (o_bytes > acc_bytes ? o_bytes : acc_bytes) +
                              sizeof(float) * (size_t)g.chunk * cfg->hidden_size;
@@ -1551,9 +1569,10 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                        "--vram-budget %.2f GiB is below the %.2f GiB that the activations of "
                        "%d calibration tokens need on the device even with the residual "
                        "stream in host memory (%.2f GiB with it on the device; hidden %d, "
-                       "attention width %d): lower --nsamples or --seqlen, or raise the budget",
+                       "token-mixer output width %d): lower --nsamples or --seqlen, or raise "
+                       "the budget",
                        opt->vram_budget / 1073741824.0, with_host / 1073741824.0, g.n,
-                       on_device / 1073741824.0, cfg->hidden_size, g.qdim);
+                       on_device / 1073741824.0, cfg->hidden_size, odim);
         goto done;
     }
     if (g.resid_host) {
@@ -1622,14 +1641,17 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                     "layer %d/%d: weights read in %.2f s%s, quantizing %s on %s\n", l + 1,
                     cfg->num_layers, res.seconds_load,
                     overlap ? pin_note : "",
-                    lw.is_moe ? "attention and experts" : "attention and MLP",
+                    lw.is_linear ? (lw.is_moe ? "linear attention and experts"
+                                              : "linear attention and MLP")
+                                 : lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = gpu_now_seconds();
         rc = gpu_gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
                                             &lw, err)
                           : MOEQ_OK;
         if (!rc)
-            rc = gpu_attention_stage(&L, &lw, err);
+            rc = lw.is_linear ? gpu_deltanet_stage(&L, &lw, err)
+                              : gpu_attention_stage(&L, &lw, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */

@@ -18,6 +18,7 @@
 #include "common/dtype.h"
 #include "kernels.h"
 #include "model/forward.h"
+#include "model/deltanet.h"
 #include "quant/gptq.h"
 
 #include <time.h>
@@ -1348,6 +1349,297 @@ static void test_dequant_gather_scatter_exact(void)
     free(wb);
 }
 
+/* ---- output-gated attention and the Gated DeltaNet token mixer */
+
+/* The output gate of Qwen3-Next's attention: q_proj's [query | gate] per
+ * head split exactly, then the bf16 attention output times sigmoid(gate)
+ * (cpu_sigmoid) rounded once more to bf16: within one bf16 ulp (2^-8
+ * relative) of the CPU's fp32 product of the same bf16 input. */
+static void test_output_gate_matches_cpu(void)
+{
+    const int T = 130, heads = 6, D = 64;
+    const size_t rows = (size_t)T * heads, nq = rows * D;
+    test_rng rng = {90};
+    moeq_error err = {0};
+    float *qg = random_floats(&rng, 2 * nq, 6.0f), *o = random_floats(&rng, nq, 3.0f);
+    uint16_t *ob = xmalloc(sizeof(uint16_t) * nq);
+    round_to_bf16(o, nq, ob);
+    float *q_gpu = xmalloc(sizeof(float) * nq), *gate_gpu = xmalloc(sizeof(float) * nq);
+    float *sig = xmalloc(sizeof(float) * nq);
+    moeq_cuda_buf dqg = to_device(qg, sizeof(float) * 2 * nq), dob = to_device(ob, 2 * nq), dq,
+                  dgate;
+    must(moeq_cuda_alloc(&ctx, &dq, sizeof(float) * nq, "q", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dgate, sizeof(float) * nq, "gate", &err), &err);
+    CHECK_INT_EQ(moeq_k_split_query_gate(dqg.ptr, (long long)rows, D, dq.ptr, dgate.ptr,
+                                         ctx.stream),
+                 cudaSuccess);
+    CHECK_INT_EQ(moeq_k_sigmoid_gate_bf16(dob.ptr, dgate.ptr, nq, ctx.stream), cudaSuccess);
+    to_host(q_gpu, &dq);
+    to_host(gate_gpu, &dgate);
+    to_host(ob, &dob);
+    size_t split_diffs = 0, outside = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (int i = 0; i < D; i++) {
+            split_diffs += q_gpu[r * D + i] != qg[r * 2 * D + i];
+            split_diffs += gate_gpu[r * D + i] != qg[r * 2 * D + D + i];
+            sig[r * D + i] = qg[r * 2 * D + D + i];
+        }
+    cpu_sigmoid(sig, nq, sig);
+    for (size_t i = 0; i < nq; i++) {
+        float want = o[i] * sig[i], got = moeq_bf16_to_f32(ob[i]);
+        outside += fabsf(got - want) > ldexpf(fabsf(want), -8) + 1e-30f;
+    }
+    printf("     output gate %zu values: split diffs %zu, beyond one bf16 ulp %zu\n", nq,
+           split_diffs, outside);
+    CHECK_INT_EQ(split_diffs, 0);
+    CHECK_INT_EQ(outside, 0);
+    moeq_cuda_buf *bufs[] = {&dqg, &dob, &dq, &dgate};
+    for (int i = 0; i < 4; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    free(qg);
+    free(o);
+    free(ob);
+    free(q_gpu);
+    free(gate_gpu);
+    free(sig);
+}
+
+/* q, k rows L2-normed (q also scaled by 1/sqrt(Dk)), as the core feeds the
+ * rule; v in [-2, 2]; g in [-1, 0]; beta in (0, 1). */
+static void random_delta_inputs(test_rng *rng, int tokens, int Hk, int Hv, int Dk, int Dv,
+                                float **q, float **k, float **v, float **g, float **beta)
+{
+    *q = random_floats(rng, (size_t)tokens * Hk * Dk, 1.0f);
+    *k = random_floats(rng, (size_t)tokens * Hk * Dk, 1.0f);
+    *v = random_floats(rng, (size_t)tokens * Hv * Dv, 2.0f);
+    *g = random_floats(rng, (size_t)tokens * Hv, 0.5f);
+    *beta = random_floats(rng, (size_t)tokens * Hv, 0.5f);
+    for (size_t r = 0; r < (size_t)tokens * Hk; r++) {
+        float *vecs[2] = {*q + r * Dk, *k + r * Dk};
+        for (int j = 0; j < 2; j++) {
+            double ss = 0;
+            for (int i = 0; i < Dk; i++)
+                ss += (double)vecs[j][i] * vecs[j][i];
+            float s = (float)(1.0 / sqrt(ss)) * (j ? 1.0f : 1.0f / sqrtf((float)Dk));
+            for (int i = 0; i < Dk; i++)
+                vecs[j][i] *= s;
+        }
+    }
+    for (size_t i = 0; i < (size_t)tokens * Hv; i++) {
+        (*g)[i] -= 0.5f;
+        (*beta)[i] += 0.5f;
+    }
+}
+
+/* The gated delta rule on the GPU (moeq_k_delta_rule: the recurrence in
+ * fp32) against both CPU forms (deltanet.c: moeq_delta_rule_recurrent and
+ * moeq_delta_rule_chunked with 64-token chunks) on seqs sequences, q/k/v
+ * read as the GPU stage lays them out ([q | k | v] rows of a conv output,
+ * stride 2 Hk Dk + Hv Dv). Sums run in another order: max |gpu - cpu| at
+ * most 1e-4 of max |cpu| against either form (the two CPU forms are held
+ * to the same bound against each other). */
+static void delta_rule_case(int seqs, int T, int Hk, int Hv, int Dk, int Dv, uint64_t seed)
+{
+    const int tokens = seqs * T, kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    float *q, *k, *v, *g, *beta;
+    random_delta_inputs(&rng, tokens, Hk, Hv, Dk, Dv, &q, &k, &v, &g, &beta);
+    float *rec = xmalloc(sizeof(float) * (size_t)tokens * vd);
+    float *chk = xmalloc(sizeof(float) * (size_t)tokens * vd);
+    float *gpu = xmalloc(sizeof(float) * (size_t)tokens * vd);
+    for (int s = 0; s < seqs; s++) {
+        const size_t t0 = (size_t)s * T;
+        moeq_delta_inputs in = {q + t0 * kd, k + t0 * kd, v + t0 * vd, g + t0 * Hv,
+                                beta + t0 * Hv, T, Hk, Hv, Dk, Dv};
+        CHECK_INT_EQ(moeq_delta_rule_recurrent(&in, rec + t0 * vd, &err), MOEQ_OK);
+        CHECK_INT_EQ(moeq_delta_rule_chunked(&in, MOEQ_DELTA_CHUNK, chk + t0 * vd, &err),
+                     MOEQ_OK);
+    }
+    float *packed = xmalloc(sizeof(float) * (size_t)tokens * C);
+    for (size_t t = 0; t < (size_t)tokens; t++) {
+        memcpy(packed + t * C, q + t * kd, sizeof(float) * kd);
+        memcpy(packed + t * C + kd, k + t * kd, sizeof(float) * kd);
+        memcpy(packed + t * C + 2 * kd, v + t * vd, sizeof(float) * vd);
+    }
+    moeq_cuda_buf dp = to_device(packed, sizeof(float) * (size_t)tokens * C);
+    moeq_cuda_buf dg = to_device(g, sizeof(float) * (size_t)tokens * Hv);
+    moeq_cuda_buf db = to_device(beta, sizeof(float) * (size_t)tokens * Hv), dout;
+    must(moeq_cuda_alloc(&ctx, &dout, sizeof(float) * (size_t)tokens * vd, "out", &err), &err);
+    const float *base = dp.ptr;
+    moeq_k_delta_args a = {.q = base, .k = base + kd, .v = base + 2 * kd, .ld_qk = C, .ld_v = C,
+                           .g = dg.ptr, .beta = db.ptr, .seqs = seqs, .T = T, .Hk = Hk,
+                           .Hv = Hv, .Dk = Dk, .Dv = Dv, .out = dout.ptr};
+    double t0 = now_seconds();
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaSuccess);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double ms = (now_seconds() - t0) * 1e3;
+    to_host(gpu, &dout);
+    const size_t n = (size_t)tokens * vd;
+    double d_rec = max_rel_diff(gpu, rec, n), d_chk = max_rel_diff(gpu, chk, n),
+           d_cpu = max_rel_diff(chk, rec, n);
+    printf("     delta rule %d x %d tokens, %d/%d heads of %d/%d: max rel diff vs recurrent "
+           "%.3g, vs chunked %.3g (CPU forms %.3g); %.2f ms\n",
+           seqs, T, Hk, Hv, Dk, Dv, d_rec, d_chk, d_cpu, ms);
+    CHECK(d_rec <= 1e-4);
+    CHECK(d_chk <= 1e-4);
+    CHECK(d_cpu <= 1e-4);
+    moeq_cuda_buf *bufs[] = {&dp, &dg, &db, &dout};
+    for (int i = 0; i < 4; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    float *host[] = {q, k, v, g, beta, rec, chk, gpu, packed};
+    for (int i = 0; i < 9; i++)
+        free(host[i]);
+}
+
+/* The fixtures' heads (16), ragged chunks and a warp a column group ends
+ * (Dv 20: 80 threads), Qwen3.5-35B-A3B's heads (16 key, 32 value heads of
+ * 128) on one 2048-token window, and 1 key head shared by 4 value heads. */
+static void test_delta_rule_matches_cpu_recurrent_and_chunked(void)
+{
+    delta_rule_case(3, 150, 2, 4, 16, 16, 91);
+    delta_rule_case(2, 97, 3, 3, 24, 20, 92);
+    delta_rule_case(1, 2048, 16, 32, 128, 128, 93);
+    delta_rule_case(4, 64, 1, 4, 128, 128, 94);
+}
+
+/* Key or value heads over 128 are refused, not computed. */
+static void test_delta_rule_rejects_heads_it_cannot_hold(void)
+{
+    moeq_k_delta_args a = {.seqs = 1, .T = 4, .Hk = 1, .Hv = 1, .Dk = 256, .Dv = 128};
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaErrorInvalidValue);
+    a.Dk = 128;
+    a.Dv = 256;
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaErrorInvalidValue);
+    a.Dv = 128;
+    a.Hv = 3;
+    a.Hk = 2;
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaErrorInvalidValue);
+}
+
+/* The whole core after the projections, as deltanet_cuda.c chains it
+ * (unpack, conv1d + SiLU, L2 norms, gates, delta rule, gated RMSNorm to
+ * bf16), against moeq_deltanet_core (fp32, chunked rule) on random weights
+ * and normed inputs, fused (Qwen3-Next) and separate (Qwen3.5)
+ * projections; the projections are the CPU's (cpu_linear), so only the
+ * kernels differ. Each output within one bf16 ulp (2^-8 relative) of the
+ * CPU's plus 1e-4 of the largest: the fp32 chain agrees to about 1e-5 and
+ * the result is rounded once to bf16. */
+static void deltanet_core_case(int fused, int seqs, int T, int H, int Hk, int Hv, int Dk, int Dv,
+                               int K, uint64_t seed)
+{
+    const int n = seqs * T, kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    moeq_config cfg = {.hidden_size = H, .rms_norm_eps = 1e-6f, .la_num_k_heads = Hk,
+                       .la_num_v_heads = Hv, .la_k_head_dim = Dk, .la_v_head_dim = Dv,
+                       .la_conv_kernel = K};
+    moeq_layer_weights lw = {.layer = 0, .is_linear = 1};
+    moeq_deltanet_weights *w = &lw.la;
+    const float ws = 1.0f / sqrtf((float)H);
+    if (fused) {
+        w->in_qkvz = random_floats(&rng, (size_t)(C + vd) * H, ws);
+        w->in_ba = random_floats(&rng, (size_t)2 * Hv * H, ws);
+    } else {
+        w->in_qkv = random_floats(&rng, (size_t)C * H, ws);
+        w->in_z = random_floats(&rng, (size_t)vd * H, ws);
+        w->in_b = random_floats(&rng, (size_t)Hv * H, ws);
+        w->in_a = random_floats(&rng, (size_t)Hv * H, ws);
+    }
+    w->conv = random_floats(&rng, (size_t)C * K, 0.5f);
+    w->dt_bias = random_floats(&rng, (size_t)Hv, 1.0f);
+    w->a_log = random_floats(&rng, (size_t)Hv, 1.0f);
+    w->norm = random_floats(&rng, (size_t)Dv, 0.5f);
+    for (int i = 0; i < Dv; i++)
+        w->norm[i] += 1.0f;
+    float *h = random_floats(&rng, (size_t)n * H, 1.0f);
+    float *o_cpu = xmalloc(sizeof(float) * (size_t)n * vd);
+    CHECK_INT_EQ(moeq_deltanet_core(&cfg, &lw, h, seqs, T, o_cpu, &err), MOEQ_OK);
+    /* The projections as the GPU stage's GEMMs lay them out. */
+    float *proj = xmalloc(sizeof(float) * (size_t)n * (C + vd));
+    float *pba = xmalloc(sizeof(float) * (size_t)n * 2 * Hv);
+    float *tmp = xmalloc(sizeof(float) * (size_t)n * (C + vd));
+    if (fused) {
+        cpu_linear(h, n, H, w->in_qkvz, NULL, C + vd, proj);
+        cpu_linear(h, n, H, w->in_ba, NULL, 2 * Hv, pba);
+    } else {
+        const float *parts[4] = {w->in_qkv, w->in_z, w->in_b, w->in_a};
+        const int rows[4] = {C, vd, Hv, Hv};
+        for (int p = 0; p < 4; p++) {
+            float *dst = p < 2 ? proj : pba;
+            const int width = p < 2 ? C + vd : 2 * Hv, at = p == 1 ? C : p == 3 ? Hv : 0;
+            cpu_linear(h, n, H, parts[p], NULL, rows[p], tmp);
+            for (int t = 0; t < n; t++)
+                memcpy(dst + (size_t)t * width + at, tmp + (size_t)t * rows[p],
+                       sizeof(float) * rows[p]);
+        }
+    }
+    moeq_cuda_buf dproj = to_device(proj, sizeof(float) * (size_t)n * (C + vd));
+    moeq_cuda_buf dpba = to_device(pba, sizeof(float) * (size_t)n * 2 * Hv);
+    moeq_cuda_buf dconv = to_device(w->conv, sizeof(float) * (size_t)C * K);
+    moeq_cuda_buf dalog = to_device(w->a_log, sizeof(float) * Hv);
+    moeq_cuda_buf ddt = to_device(w->dt_bias, sizeof(float) * Hv);
+    moeq_cuda_buf dnorm = to_device(w->norm, sizeof(float) * Dv);
+    moeq_cuda_buf dqkv, dz, db, da, dcv, dout;
+    must(moeq_cuda_alloc(&ctx, &dqkv, sizeof(float) * (size_t)n * C, "qkv", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dz, sizeof(float) * (size_t)n * vd, "z", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &db, sizeof(float) * (size_t)n * Hv, "b", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &da, sizeof(float) * (size_t)n * Hv, "a", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dcv, sizeof(float) * (size_t)n * C, "conv", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dout, 2 * (size_t)n * vd, "out", &err), &err);
+    float *cv = dcv.ptr;
+    moeq_k_delta_args a = {.q = cv, .k = cv + kd, .v = cv + 2 * kd, .ld_qk = C, .ld_v = C,
+                           .g = da.ptr, .beta = db.ptr, .seqs = seqs, .T = T, .Hk = Hk,
+                           .Hv = Hv, .Dk = Dk, .Dv = Dv, .out = dqkv.ptr};
+    CHECK_INT_EQ(moeq_k_deltanet_unpack(dproj.ptr, dpba.ptr, n, Hk, Hv, Dk, Dv, fused, dqkv.ptr,
+                                        dz.ptr, db.ptr, da.ptr, ctx.stream),
+                 cudaSuccess);
+    CHECK_INT_EQ(moeq_k_causal_conv_silu(dqkv.ptr, dconv.ptr, T, n, C, K, cv, ctx.stream),
+                 cudaSuccess);
+    CHECK_INT_EQ(moeq_k_l2norm_heads(cv, n, Hk, Dk, C, 1.0f / sqrtf((float)Dk), ctx.stream),
+                 cudaSuccess);
+    CHECK_INT_EQ(moeq_k_l2norm_heads(cv + kd, n, Hk, Dk, C, 1.0f, ctx.stream), cudaSuccess);
+    CHECK_INT_EQ(moeq_k_deltanet_gates(db.ptr, da.ptr, dalog.ptr, ddt.ptr, n, Hv, ctx.stream),
+                 cudaSuccess);
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaSuccess);
+    CHECK_INT_EQ(moeq_k_gated_rmsnorm_bf16(dqkv.ptr, dz.ptr, dnorm.ptr, (long long)n * Hv, Dv,
+                                           cfg.rms_norm_eps, dout.ptr, ctx.stream),
+                 cudaSuccess);
+    uint16_t *ob = xmalloc(2 * (size_t)n * vd);
+    to_host(ob, &dout);
+    double ref = 0, worst = 0;
+    for (size_t i = 0; i < (size_t)n * vd; i++)
+        ref = fabs(o_cpu[i]) > ref ? fabs(o_cpu[i]) : ref;
+    size_t outside = 0;
+    for (size_t i = 0; i < (size_t)n * vd; i++) {
+        double got = moeq_bf16_to_f32(ob[i]), d = fabs(got - o_cpu[i]);
+        worst = d > worst ? d : worst;
+        outside += d > ldexp(fabs(o_cpu[i]), -8) + 1e-4 * ref;
+    }
+    printf("     deltanet core %s, %d x %d tokens, %d/%d heads of %d/%d, conv %d: max |diff| "
+           "%.3g of max %.3g, beyond the bound %zu\n",
+           fused ? "fused" : "separate", seqs, T, Hk, Hv, Dk, Dv, K, worst, ref, outside);
+    CHECK(ref > 0);
+    CHECK_INT_EQ(outside, 0);
+    moeq_cuda_buf *bufs[] = {&dproj, &dpba, &dconv, &dalog, &ddt, &dnorm,
+                             &dqkv,  &dz,   &db,    &da,    &dcv, &dout};
+    for (int i = 0; i < 12; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    float *host[] = {w->in_qkvz, w->in_ba, w->in_qkv, w->in_z, w->in_b, w->in_a, w->conv,
+                     w->dt_bias, w->a_log, w->norm, h, o_cpu, proj, pba, tmp};
+    for (int i = 0; i < 15; i++)
+        free(host[i]);
+    free(ob);
+}
+
+static void test_deltanet_core_matches_cpu(void)
+{
+    deltanet_core_case(1, 3, 150, 64, 2, 4, 16, 16, 4, 95);
+    deltanet_core_case(0, 3, 150, 64, 2, 4, 16, 16, 4, 96);
+    deltanet_core_case(1, 2, 100, 96, 2, 6, 32, 24, 3, 97);
+    deltanet_core_case(0, 1, 300, 256, 2, 4, 128, 128, 4, 98);
+}
+
 /* ---- memory accounting */
 
 static void test_memory_accounting_tracks_in_use_and_peak(void)
@@ -1480,6 +1772,53 @@ static void test_timing_gptq_2048x768x128_experts(void)
     free(W);
 }
 
+/* The delta rule at Qwen3.5-35B-A3B's shape on a batch of 16 windows of
+ * 2048 tokens (what the stage runs under the default chunk of 32768
+ * tokens): time only (the shape is checked against the CPU above). */
+static void test_timing_delta_rule_16x2048_qwen3_5(void)
+{
+    const int seqs = 16, T = 2048, Hk = 16, Hv = 32, D = 128, tokens = seqs * T;
+    const int C = 2 * Hk * D + Hv * D;
+    moeq_error err = {0};
+    test_rng rng = {99};
+    float *q, *k, *v, *g, *beta;
+    random_delta_inputs(&rng, T, Hk, Hv, D, D, &q, &k, &v, &g, &beta);
+    float *packed = xmalloc(sizeof(float) * (size_t)T * C);
+    for (size_t t = 0; t < (size_t)T; t++) {
+        memcpy(packed + t * C, q + t * Hk * D, sizeof(float) * Hk * D);
+        memcpy(packed + t * C + Hk * D, k + t * Hk * D, sizeof(float) * Hk * D);
+        memcpy(packed + t * C + 2 * Hk * D, v + t * Hv * D, sizeof(float) * Hv * D);
+    }
+    moeq_cuda_buf dp, dg, db, dout;
+    must(moeq_cuda_alloc(&ctx, &dp, sizeof(float) * (size_t)tokens * C, "qkv", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dg, sizeof(float) * (size_t)tokens * Hv, "g", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &db, sizeof(float) * (size_t)tokens * Hv, "beta", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dout, sizeof(float) * (size_t)tokens * Hv * D, "out", &err),
+         &err);
+    fill_repeating(&dp, packed, sizeof(float) * (size_t)T * C);
+    fill_repeating(&dg, g, sizeof(float) * (size_t)T * Hv);
+    fill_repeating(&db, beta, sizeof(float) * (size_t)T * Hv);
+    const float *base = dp.ptr;
+    moeq_k_delta_args a = {.q = base, .k = base + Hk * D, .v = base + 2 * Hk * D, .ld_qk = C,
+                           .ld_v = C, .g = dg.ptr, .beta = db.ptr, .seqs = seqs, .T = T,
+                           .Hk = Hk, .Hv = Hv, .Dk = D, .Dv = D, .out = dout.ptr};
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaSuccess); /* warm-up */
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double t0 = now_seconds();
+    CHECK_INT_EQ(moeq_k_delta_rule(&a, ctx.stream), cudaSuccess);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double s = now_seconds() - t0;
+    printf("     TIMING delta rule (recurrent) %d x %d tokens, %d/%d heads of %d: %.2f ms "
+           "(%.1f GFLOP/s at 4 Dk Dv flops per token and head)\n",
+           seqs, T, Hk, Hv, D, s * 1e3, 4.0 * tokens * Hv * D * D / s / 1e9);
+    moeq_cuda_buf *bufs[] = {&dp, &dg, &db, &dout};
+    for (int i = 0; i < 4; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    float *host[] = {q, k, v, g, beta, packed};
+    for (int i = 0; i < 6; i++)
+        free(host[i]);
+}
+
 int main(void)
 {
     moeq_error err = {0};
@@ -1530,9 +1869,14 @@ int main(void)
     RUN(test_router_llama4_matches_cpu);
     RUN(test_router_rejects_bad_groups);
     RUN(test_dequant_gather_scatter_exact);
+    RUN(test_output_gate_matches_cpu);
+    RUN(test_delta_rule_matches_cpu_recurrent_and_chunked);
+    RUN(test_delta_rule_rejects_heads_it_cannot_hold);
+    RUN(test_deltanet_core_matches_cpu);
     RUN(test_memory_accounting_tracks_in_use_and_peak);
     RUN(test_timing_hessian_bf16_262144x2048);
     RUN(test_timing_gptq_2048x768x128_experts);
+    RUN(test_timing_delta_rule_16x2048_qwen3_5);
     printf("device bytes in use at exit %zu, peak %zu\n", ctx.bytes_in_use, ctx.peak_bytes);
     moeq_cuda_free_ctx(&ctx);
     return test_summary();

@@ -29,12 +29,14 @@ static moeq_quantize_options default_options(void)
  * router biases, its MXFP4 fixture the same dequantized on load; Llama-4
  * (text and multimodal) its router on the expert input, layers without
  * RoPE with temperature tuning, chunked attention, interleaved RoPE and
- * the q/k L2 norm. */
+ * the q/k L2 norm; the hybrid models (qwen3_next, qwen3_5_moe,
+ * qwen3_5) Gated DeltaNet layers and output-gated attention. */
 static void test_supported_architectures_pass(void)
 {
     const char *archs[] = {"qwen3_moe",  "qwen2_moe", "mixtral", "llama",        "qwen2",
                            "qwen3",      "qwen3_moe_fp8", "glm4_moe", "minimax_m2", "gpt_oss",
-                           "gpt_oss_mxfp4", "llama4_text", "llama4"};
+                           "gpt_oss_mxfp4", "llama4_text", "llama4",
+                           "qwen3_next", "qwen3_5_moe", "qwen3_5"};
     moeq_quantize_options opt = default_options();
     for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
         char dir[1024];
@@ -89,27 +91,31 @@ static void test_true_sequential_false_is_refused(void)
     moeq_model_close(&m);
 }
 
-/* Hybrid components the CUDA loop does not have are refused up front,
- * naming them (the CLI then runs --device auto on the CPU). */
+/* The hybrid models' MTP block (--quantize-mtp) is refused naming it, and
+ * Gated DeltaNet heads wider than the CUDA delta rule holds (key heads
+ * or value heads over 128) naming both widths. */
 static void test_hybrid_components_are_refused_by_name(void)
 {
-    const struct {
-        const char *arch, *names;
-        int quantize_mtp;
-    } cases[] = {{"qwen3_next", "Gated DeltaNet linear attention (qwen3_next)", 0},
-                 {"qwen3_5_moe", "Gated DeltaNet linear attention (qwen3_5_moe)", 1}};
-    for (int i = 0; i < 2; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, cases[i].arch);
-        moeq_model m;
-        moeq_error err = {0};
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_quantize_options opt = {.gptq = moeq_gptq_default_config(), .true_sequential = 1,
-                                     .quantize_mtp = cases[i].quantize_mtp};
-        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
-        CHECK_CONTAINS(err.msg, cases[i].names);
-        moeq_model_close(&m);
-    }
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "qwen3_5_moe");
+    moeq_model m;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    moeq_quantize_options opt = default_options();
+    opt.quantize_mtp = 1;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "--quantize-mtp");
+    opt.quantize_mtp = 0;
+    m.cfg.la_k_head_dim = 256;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "linear_key_head_dim 256");
+    m.cfg.la_k_head_dim = 128;
+    m.cfg.la_v_head_dim = 256;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "linear_value_head_dim 256");
+    m.cfg.la_v_head_dim = 128;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_OK);
+    moeq_model_close(&m);
 }
 
 /* Architectures with components only the CPU loop has are refused before
