@@ -1005,7 +1005,7 @@ static void test_attention_chunked_matches_cpu(void)
  * moeq_k_scale_rows: one fp32 product per element, as llama4_qk, so the
  * values are identical. At Llama-4 Scout's settings (floor_scale 8192,
  * attn_scale 0.1) positions below 8191 keep q (factor 1), position 8191
- * takes 1 + 0.1 ln 2 and 16383 on 1 + 0.1 ln 3. */
+ * takes 1 + 0.1 ln 2 and position 16383 1 + 0.1 ln 3. */
 static void test_attention_temperature_matches_cpu(void)
 {
     const int T = 17000, qdim = 4 * 128;

@@ -422,9 +422,10 @@ static void test_forward_matches_cpu_on_gpt_oss_and_minimax(void)
  * Llama-4 component moves these states on the CPU by (llama4_text /
  * llama4): the q/k L2 norm 0.29 / 0.28, temperature tuning 0.081 / 0.096,
  * interleaved RoPE (halves rotated instead) 0.25 / 0.23, chunked attention
- * (full causal instead) 1.02 / 1.11, the layer without RoPE (rotated
- * anyway) 0.14 / 0.14, the routing weight on the expert input (on its
- * output instead) 0.093 / 0.092; so the GPU leaving one out fails. */
+ * (full causal instead) 1.02 / 1.11, the layer without RoPE (treated as a
+ * RoPE layer: rotated, L2-normed, no temperature) 0.14 / 0.14, the routing
+ * weight on the expert input (on its output instead) 0.093 / 0.092; so the
+ * GPU leaving one out fails. */
 static void test_forward_matches_cpu_on_llama4(void)
 {
     const int device = 0;
