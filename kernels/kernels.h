@@ -222,6 +222,47 @@ cudaError_t moeq_k_gated_rmsnorm_bf16(const float *x, const float *z, const floa
                                       long long rows, int dim, float eps, uint16_t *y,
                                       cudaStream_t stream);
 
+/* ---- awq.cu: AWQ (src/quant/awq.h) */
+
+/* The grid settings of src/quant/gptq.h's config that AWQ rounds with. */
+typedef struct moeq_k_awq_grid {
+    int bits, sym, scale_bf16;
+    int group_size; /* -1: one group per row */
+} moeq_k_awq_grid;
+
+/* The clipping search's candidates, as MOEQ_AWQ_CLIP_GRID/STEPS of
+ * src/quant/awq.h (awq_cuda.c checks that they agree); sums over rows run
+ * in MOEQ_K_AWQ_PARTS parts, then over the parts in order. */
+enum { MOEQ_K_AWQ_CLIP_GRID = 100, MOEQ_K_AWQ_CLIP_STEPS = 80, MOEQ_K_AWQ_PARTS = 64 };
+
+/* out = Q(W diag(s)) diag(s)^-1 as moeq_awq_pseudo_quantize, bit for bit:
+ * W [rows, cols] in bf16 (w_bf16) or fp32, s [cols] (NULL: 1), min/max
+ * grids per row and group; out in bf16 (out_bf16, rounded once) or fp32.
+ * cudaErrorInvalidValue when the group size does not divide cols. */
+cudaError_t moeq_k_awq_fake_quant(const void *w, int w_bf16, int rows, int cols, const float *s,
+                                  const moeq_k_awq_grid *q, void *out, int out_bf16,
+                                  cudaStream_t stream);
+/* moeq_awq_quantize of W [rows, cols] (fp32, already scaled) against H
+ * [cols, cols] (NULL: plain min/max grids): codes [rows, cols], scales and
+ * zeros at [g * grid_ld + r], row_loss[r] = the row's sum of e^T H_gg e
+ * over its groups (H e in fp32, the rest in double, in another order than
+ * the CPU's all-double sums: a near-tie may pick another candidate). */
+cudaError_t moeq_k_awq_clip_quantize(const float *W, int rows, int cols, const float *H,
+                                     const moeq_k_awq_grid *q, uint8_t *codes, float *scales,
+                                     int32_t *zeros, int grid_ld, double *row_loss,
+                                     cudaStream_t stream);
+/* acc[j] += sum_i w[i] |x[idx[i]][j]| over i < rows (bf16 x with row
+ * stride ld; idx NULL: row i; w NULL: 1), as moeq_awq_act_abs_sum;
+ * partial: [MOEQ_K_AWQ_PARTS, cols] scratch. */
+cudaError_t moeq_k_awq_act_abs_sum(const uint16_t *x, int ld, const int32_t *idx, const float *w,
+                                   int rows, int cols, double *partial, double *acc,
+                                   cudaStream_t stream);
+/* *total += sum_r w[r] sum_c (y[r][c] - ref[r][c])^2 (w NULL: 1) over
+ * fp32 y, ref [rows, cols]; partial: [MOEQ_K_AWQ_PARTS] scratch. */
+cudaError_t moeq_k_awq_sq_error(const float *y, const float *ref, int rows, int cols,
+                                const float *w, double *partial, double *total,
+                                cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -283,7 +283,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     const arg_spec specs[] = {
         {"model", ARG_STRING, &model_dir, "DIR", "source checkpoint (config.json, *.safetensors, tokenizer.json)"},
         {"out", ARG_STRING, &out_dir, "DIR", "output directory; must not exist"},
-        {"method", ARG_STRING, &method, "gptq|awq|rtn", "GPTQ, AWQ (CPU only) or round-to-nearest (default gptq)"},
+        {"method", ARG_STRING, &method, "gptq|awq|rtn", "GPTQ, AWQ or round-to-nearest (default gptq)"},
         {"format", ARG_STRING, &format, "gptq|awq|compressed-tensors", "output checkpoint format (default gptq; awq: 4 bits only; awq and compressed-tensors store no g_idx)"},
         {"bits", ARG_INT, &g.bits, "N", "2, 3, 4 or 8 (default 4)"},
         {"group-size", ARG_INT, &g.group_size, "N", "-1 (per row) or a divisor of each input dim (default 128)"},

@@ -11,6 +11,7 @@
 #include "backend/cuda/cuda_comm.h"
 #include "backend/cuda/cuda_ctx.h"
 #include "backend/cuda/cuda_gptq.h"
+#include "model/model.h"
 #include "model/weights.h"
 
 #include <stddef.h>
@@ -25,6 +26,7 @@ typedef struct team team;
  * input, both during the MLP stage only). */
 typedef struct gpu_run {
     moeq_cuda_ctx cu;
+    const moeq_model *model;
     int rank;
     team *team;
     int forward_only; /* the model's own weights, nothing quantized (eval) */
@@ -59,6 +61,7 @@ typedef struct gpu_layer {
     moeq_layer_result *res;
     int cap;
     double t_stage;
+    struct gpu_awq *awq; /* AWQ: the layer's scales and routing (awq_cuda.c) */
 } gpu_layer;
 
 /* A piece of a stacked sweep: rows of one linear, all with the same cols. */
@@ -115,8 +118,16 @@ moeq_code gpu_hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, c
                               float alpha, const char *module, moeq_cuda_gptq_prepared *prep,
                               moeq_error *err);
 
-/* 1 when the run quantizes with GPTQ (else RTN). */
+/* 1 when the run quantizes against the second moments of its linears'
+ * inputs: GPTQ (Hessians, prepared and swept), and AWQ, whose clipping
+ * search scores grids against the same matrices, unfactored (else RTN). */
 int gpu_gptq(const gpu_layer *L);
+
+/* Prepares the count Hessians H (H_ptrs[i] = H[i].ptr) of cols columns into
+ * preps, as moeq_cuda_gptq_prepare_many; AWQ: each H moves into its
+ * preparation as it is (H[i] left empty). */
+moeq_code gpu_prepare_many(gpu_layer *L, moeq_cuda_buf *H, const float *const *H_ptrs, int count,
+                           int cols, moeq_cuda_gptq_prepared *preps, int *failed, moeq_error *err);
 
 /* g->h = bf16(rmsnorm(r) * weight) for the residual stream r: dev on the
  * device, or host (pinned) through the stage. */
@@ -139,5 +150,101 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
  * gated-norm output of the core computed with them, then x1 = x +
  * deltanet(x) with the quantized weights. */
 moeq_code gpu_deltanet_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err);
+
+/* What the attention of a layer reads besides its q/k/v weights (q/k
+ * norms, q/k/v biases, sinks, the sliding window, Llama-4's RoPE choice,
+ * L2 norm, temperatures and chunks, the output gate) and the scratch of
+ * one window, on the device. */
+typedef struct gpu_attn {
+    moeq_cuda_buf qn, kn, bias[3], sinks, temp;
+    moeq_cuda_buf qf, kf, vf, qb, kb, vb, sc, pb, qg, gf;
+    int window, use_rope, l2_norm, chunk, gated;
+} gpu_attn;
+
+moeq_code gpu_attn_init(gpu_run *g, const moeq_layer_weights *lw, gpu_attn *a, moeq_error *err);
+void gpu_attn_free(gpu_run *g, gpu_attn *a);
+
+/* o [count T, Hq D] bf16 = the attention of windows [s0, s0 + count) of
+ * the normed input g->h with the stacked q/k/v weights wqkv (bf16; q's
+ * rows with their gates when gated), before o_proj. */
+moeq_code gpu_attn_windows(gpu_run *g, gpu_attn *a, const uint16_t *wqkv, int s0, int count,
+                           uint16_t *o, moeq_error *err);
+
+/* ---- routing and expert products (quantize_cuda.c) */
+
+/* The tokens of one expert: indices into the layer's tokens and the router
+ * weights, on the host (built from the downloaded top-k) and the device. */
+typedef struct routing {
+    int E, k;
+    int32_t *count;     /* [E] */
+    int64_t *offset;    /* [E + 1] into idx / wts */
+    int32_t *idx;       /* [n k] token ids, expert by expert, increasing */
+    float *wts;         /* [n k] */
+    int32_t *tope_host; /* [n, k] each token's experts, as the router ranks them */
+    float *topw_host;   /* [n, k] and their weights */
+    moeq_cuda_buf d_idx, d_wts, probs_t, logits, topw, tope;
+} routing;
+
+/* The routing of the normed input g->h by lw's router (probs_t [E, n]:
+ * the router's scores, with weighted calibration only); sets the layer's
+ * expert_tokens. */
+moeq_code gpu_route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, moeq_error *err);
+void gpu_routing_free(gpu_run *g, routing *r);
+
+/* Scratch of the expert products, sized for g->chunk tokens. */
+typedef struct mlp_scratch {
+    moeq_cuda_buf xs;  /* [chunk, H] bf16 gathered inputs */
+    moeq_cuda_buf gu;  /* [chunk, 2 I] fp32 */
+    moeq_cuda_buf a;   /* [chunk, I] bf16 */
+    moeq_cuda_buf y;   /* [chunk, H] fp32 */
+    moeq_cuda_buf gl;  /* [chunk] fp32 shared-expert gate logits */
+} mlp_scratch;
+
+moeq_code gpu_scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error *err);
+void gpu_scratch_free(gpu_run *g, mlp_scratch *s);
+
+/* The tokens an expert's products run over: all tokens (idx NULL) or the
+ * listed ones, each row then multiplied by its scale (device, as idx; NULL:
+ * none; Llama-4's routing weights); rows c0 .. c0 + m of them in bf16 at
+ * *rows_out. */
+moeq_code gpu_chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, const float *scale,
+                         int c0, int m, const uint16_t **rows_out, moeq_error *err);
+
+/* s->a = bf16(act(x Wg^T + bg, x Wu^T + bu)) for chunk rows x, wgu [2I, H]
+ * bf16, gu_bias [2 I] (device; NULL: none), act as moeq_mlp_gate: SwiGLU,
+ * or gpt-oss's clamped one when the config has a swiglu_limit. */
+moeq_code gpu_swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
+                           const uint16_t *wgu, const float *gu_bias, moeq_error *err);
+
+/* acc[tokens] += weight * down(act(gate(h), up(h))) over the listed tokens
+ * (d_idx NULL: all tokens, shared_gate: sigmoid-gated shared expert), each
+ * linear with its bias when given (device; the down bias inside the
+ * weighted sum, as mlp_forward and moe_forward of forward.c); Llama-4:
+ * acc[tokens] += down(act(gate(weight * h), up(weight * h))). */
+moeq_code gpu_mlp_forward(gpu_run *g, mlp_scratch *s, const uint16_t *wgu, const float *gu_bias,
+                          const uint16_t *wd, const float *down_bias, int inter,
+                          const int32_t *d_idx, const float *d_wts, int count,
+                          const uint16_t *shared_gate, float *acc, moeq_error *err);
+
+/* The MLP block's accumulator: x on the device, acc in host mode. */
+float *gpu_block_acc(gpu_run *g);
+
+/* ---- AWQ (awq_cuda.c): each runs before its stage, which then quantizes
+ * with AWQ's clipping search (gpu_quantize_stack) */
+
+/* Searches q/k/v's input scale on the attention block's output and folds
+ * it into lw's input_layernorm and q/k/v (host). */
+moeq_code gpu_awq_attention_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *err);
+/* Searches the MLP block's shared gate/up scale (folded into
+ * post_attention_layernorm, the router compensated) and each down_proj's
+ * (folded into its up_proj), on lw's weights (host). */
+moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *err);
+/* The stage's routing r against the one before the scaling: the layer's
+ * routing_changes (0: the router was compensated exactly). */
+void gpu_awq_routing_changes(gpu_layer *L, const routing *r);
+/* Each of the layer's results gets its scale's alpha and AWQ's loss
+ * normalisation; frees L->awq. */
+void gpu_awq_finish_layer(gpu_layer *L);
+void gpu_awq_free(gpu_layer *L);
 
 #endif

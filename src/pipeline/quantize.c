@@ -739,30 +739,10 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
     const moeq_config *cfg = &model->cfg;
     const int S = calib->nsamples, T = calib->seqlen, n = S * T;
     const size_t nh = (size_t)n * cfg->hidden_size;
-    if (opt->method == MOEQ_METHOD_AWQ) {
-        int linear_layers = 0;
-        for (int l = 0; l < cfg->num_layers; l++)
-            linear_layers += cfg->layer_is_linear[l];
-        const char *missing = !opt->true_sequential ? "calibration that is not true-sequential"
-                              : cfg->mlp_bias ? "MLP biases (down_proj's scale would fold into "
-                                                "up_proj's bias)"
-                              : linear_layers ? "linear-attention layers"
-                              : cfg->attn_output_gate ? "output-gated attention"
-                              : cfg->attention == MOEQ_ATTENTION_MLA ? "multi-head latent attention"
-                              : cfg->qk_norm && cfg->qk_norm_full ? "q/k norms over the whole projection"
-                              : cfg->num_experts && cfg->router != MOEQ_ROUTER_SOFTMAX_TOPK
-                                  ? "routers other than softmax top-k"
-                              : cfg->router_bias ? "routers with a bias"
-                              : model->arch.mlp_act != MOEQ_MLP_ACT_SILU
-                                  ? "MLP activations other than SiLU"
-                              : model->arch.tensors[MOEQ_T_ATTN_SINKS] ? "attention sinks"
-                              : opt->quantize_mtp ? "--quantize-mtp"
-                                                  : NULL;
-        if (missing)
-            return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                             "--method awq is not implemented for %s: use --method gptq",
-                             missing);
-    }
+    const char *awq_missing = opt->method == MOEQ_METHOD_AWQ ? moeq_awq_missing(model, opt) : NULL;
+    if (awq_missing)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "--method awq is not implemented for %s: use --method gptq", awq_missing);
     float *x = malloc(sizeof(float) * nh), *x1 = malloc(sizeof(float) * nh);
     float *y = malloc(sizeof(float) * nh);
     moeq_rope_cache rope = {0};

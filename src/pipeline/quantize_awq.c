@@ -73,8 +73,7 @@ static moeq_code check_finite(const awq_ctx *c, const float *x, size_t n, const 
     return MOEQ_OK;
 }
 
-/* v as stored in dtype (the checkpoint keeps norms and routers in it). */
-static float stored_value(float v, st_dtype dtype)
+float moeq_awq_stored_value(float v, st_dtype dtype)
 {
     if (dtype == ST_F32)
         return v;
@@ -83,11 +82,16 @@ static float stored_value(float v, st_dtype dtype)
     return moeq_bf16_to_f32(moeq_f32_to_bf16(v));
 }
 
-static st_dtype source_dtype(const awq_ctx *c, moeq_tensor_role role)
+st_dtype moeq_awq_source_dtype(const moeq_model *model, moeq_tensor_role role, int layer)
 {
     moeq_error ignored;
-    const st_tensor *t = moeq_model_find(c->model, role, c->layer, -1, &ignored);
+    const st_tensor *t = moeq_model_find(model, role, layer, -1, &ignored);
     return t ? t->dtype : ST_BF16;
+}
+
+static st_dtype source_dtype(const awq_ctx *c, moeq_tensor_role role)
+{
+    return moeq_awq_source_dtype(c->model, role, c->layer);
 }
 
 static double mean_sq_diff(const float *a, const float *b, size_t n)
@@ -100,7 +104,7 @@ static double mean_sq_diff(const float *a, const float *b, size_t n)
     return n ? sum / (double)n : 0.0;
 }
 
-static void scale_columns(float *W, int rows, int cols, const float *s)
+void moeq_awq_scale_columns(float *W, int rows, int cols, const float *s)
 {
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++)
@@ -194,17 +198,10 @@ static moeq_code add_replaced(awq_ctx *c, moeq_tensor_role role, const float *da
     return MOEQ_OK;
 }
 
-/* norm <- norm / s as the checkpoint stores it (role's dtype), and s <- the
- * scale that division really applied (norm_old / norm_new), so that the
- * weights the norm feeds are scaled by exactly what the norm lost. A zero
- * norm weight keeps scale 1. */
-static moeq_code fold_into_norm(awq_ctx *c, moeq_tensor_role role, float *norm, float *s,
-                                moeq_error *err)
+void moeq_awq_fold_norm(float *norm, float *s, int n, st_dtype dtype)
 {
-    const int H = c->cfg->hidden_size;
-    const st_dtype dtype = source_dtype(c, role);
-    for (int j = 0; j < H; j++) {
-        float folded = stored_value(norm[j] / s[j], dtype);
+    for (int j = 0; j < n; j++) {
+        float folded = moeq_awq_stored_value(norm[j] / s[j], dtype);
         if (norm[j] == 0.0f || folded == 0.0f || !isfinite(folded)) {
             s[j] = 1.0f;
             continue;
@@ -212,7 +209,13 @@ static moeq_code fold_into_norm(awq_ctx *c, moeq_tensor_role role, float *norm, 
         s[j] = norm[j] / folded;
         norm[j] = folded;
     }
-    return add_replaced(c, role, norm, (size_t)H, err);
+}
+
+static moeq_code fold_into_norm(awq_ctx *c, moeq_tensor_role role, float *norm, float *s,
+                                moeq_error *err)
+{
+    moeq_awq_fold_norm(norm, s, c->cfg->hidden_size, source_dtype(c, role));
+    return add_replaced(c, role, norm, (size_t)c->cfg->hidden_size, err);
 }
 
 /* The candidate scales' scores: score(ctx, s) for alpha = 0, 1/20, ...;
@@ -237,6 +240,27 @@ static double search_scale(const double *x_mean, const double *w_mean, int cols,
         }
     }
     return best_alpha;
+}
+
+const char *moeq_awq_missing(const moeq_model *model, const moeq_quantize_options *opt)
+{
+    const moeq_config *cfg = &model->cfg;
+    int linear_layers = 0;
+    for (int l = 0; l < cfg->num_layers; l++)
+        linear_layers += cfg->layer_is_linear[l];
+    return !opt->true_sequential ? "calibration that is not true-sequential"
+           : cfg->mlp_bias ? "MLP biases (down_proj's scale would fold into up_proj's bias)"
+           : linear_layers ? "linear-attention layers"
+           : cfg->attn_output_gate ? "output-gated attention"
+           : cfg->attention == MOEQ_ATTENTION_MLA ? "multi-head latent attention"
+           : cfg->qk_norm && cfg->qk_norm_full ? "q/k norms over the whole projection"
+           : cfg->num_experts && cfg->router != MOEQ_ROUTER_SOFTMAX_TOPK
+               ? "routers other than softmax top-k"
+           : cfg->router_bias ? "routers with a bias"
+           : model->arch.mlp_act != MOEQ_MLP_ACT_SILU ? "MLP activations other than SiLU"
+           : model->arch.tensors[MOEQ_T_ATTN_SINKS] ? "attention sinks"
+           : opt->quantize_mtp ? "--quantize-mtp"
+                               : NULL;
 }
 
 /* ---- attention ---- */
@@ -306,9 +330,9 @@ moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_option
     double alpha = search_scale(xm, wm, H, 0, score_attention, &a, best_s, s, &rc, err);
     if (rc || (rc = fold_into_norm(&c, MOEQ_T_ATTN_NORM, lw->attn_norm, best_s, err)))
         goto done;
-    scale_columns(lw->q, qd, H, best_s);
-    scale_columns(lw->k, kvd, H, best_s);
-    scale_columns(lw->v, kvd, H, best_s);
+    moeq_awq_scale_columns(lw->q, qd, H, best_s);
+    moeq_awq_scale_columns(lw->k, kvd, H, best_s);
+    moeq_awq_scale_columns(lw->v, kvd, H, best_s);
     /* The folded norm's output is what q/k/v now read. */
     cpu_rmsnorm(x, lw->attn_norm, n, H, cfg->rms_norm_eps, h);
     if ((rc = second_moment(Hm, h, n, H, NULL, err)) ||
@@ -513,7 +537,7 @@ static moeq_code quantize_swiglu(awq_ctx *c, moeq_mlp_weights *mlp,
     for (int r = 0; r < I; r++)
         for (int j = 0; j < H; j++)
             mlp->up[(size_t)r * H + j] /= best_s[r];
-    scale_columns(mlp->down, H, I, best_s);
+    moeq_awq_scale_columns(mlp->down, H, I, best_s);
     if ((rc = second_moment(Hm, x, m, H, w, err)) ||
         (rc = add_linear(c, roles[0], expert, mlp->gate, I, H, Hm, alpha_gu, m, fallback, err)) ||
         (rc = add_linear(c, roles[1], expert, mlp->up, I, H, Hm, alpha_gu, m, fallback, err)))
@@ -642,23 +666,23 @@ moeq_code moeq_awq_mlp(const moeq_model *model, const moeq_quantize_options *opt
         moeq_mlp_weights *m = e < E ? &mlps[e] : shared;
         if (!m)
             break;
-        scale_columns(m->gate, m->intermediate, H, best_s);
-        scale_columns(m->up, m->intermediate, H, best_s);
+        moeq_awq_scale_columns(m->gate, m->intermediate, H, best_s);
+        moeq_awq_scale_columns(m->up, m->intermediate, H, best_s);
     }
     cpu_rmsnorm(x1, lw->mlp_norm, n, H, cfg->rms_norm_eps, h);
     if (moe) {
         /* Compensate the router (and the shared-expert gate): same logits
          * from the scaled activations. */
         const st_dtype rd = source_dtype(&c, MOEQ_T_ROUTER);
-        scale_columns(lw->router, E, H, best_s);
+        moeq_awq_scale_columns(lw->router, E, H, best_s);
         for (size_t i = 0; i < (size_t)E * H; i++)
-            lw->router[i] = stored_value(lw->router[i], rd);
+            lw->router[i] = moeq_awq_stored_value(lw->router[i], rd);
         if ((rc = add_replaced(&c, MOEQ_T_ROUTER, lw->router, (size_t)E * H, err)))
             goto done;
         if (lw->shared_gate) {
             const st_dtype gd = source_dtype(&c, MOEQ_T_SHARED_EXPERT_GATE);
             for (int j = 0; j < H; j++)
-                lw->shared_gate[j] = stored_value(lw->shared_gate[j] * best_s[j], gd);
+                lw->shared_gate[j] = moeq_awq_stored_value(lw->shared_gate[j] * best_s[j], gd);
             if ((rc = add_replaced(&c, MOEQ_T_SHARED_EXPERT_GATE, lw->shared_gate, (size_t)H,
                                    err)))
                 goto done;

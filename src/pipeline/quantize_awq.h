@@ -8,6 +8,23 @@
 #include "model/model.h"
 #include "pipeline/quantize.h"
 
+/* The component of model (or the setting of opt) that AWQ does not
+ * implement, in words for an error message, or NULL when it runs: both
+ * layer loops refuse the same. */
+const char *moeq_awq_missing(const moeq_model *model, const moeq_quantize_options *opt);
+
+/* v as the checkpoint stores it in dtype (norms and routers keep theirs). */
+float moeq_awq_stored_value(float v, st_dtype dtype);
+/* The dtype of layer's tensor role in model's checkpoint (bf16 when absent). */
+st_dtype moeq_awq_source_dtype(const moeq_model *model, moeq_tensor_role role, int layer);
+/* W [rows, cols] column j times s[j]. */
+void moeq_awq_scale_columns(float *W, int rows, int cols, const float *s);
+/* Folds the scale s [n] into a norm weight: norm <- norm / s as stored in
+ * dtype, and s <- the scale that division really applied (norm_old /
+ * norm_new), so that the weights the norm feeds are scaled by exactly what
+ * it lost; a zero norm weight keeps scale 1. */
+void moeq_awq_fold_norm(float *norm, float *s, int n, st_dtype dtype);
+
 /* q/k/v scaled by AWQ (the scale folded into input_layernorm), o_proj on
  * clipped grids; lw's q/k/v/o become their quantized values and its
  * attn_norm the folded one (also in res->replaced). x1 = x + attention of

@@ -43,6 +43,7 @@
 #include "model/forward.h"
 #include "model/weights.h"
 #include "pipeline/evaluate.h"
+#include "pipeline/quantize_awq.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -165,17 +166,6 @@ static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_w
 
 /* ---- MLP and experts */
 
-/* The tokens of one expert: indices into the layer's tokens and the router
- * weights, on the host (built from the downloaded top-k) and the device. */
-typedef struct routing {
-    int E, k;
-    int32_t *count;   /* [E] */
-    int64_t *offset;  /* [E + 1] into idx / wts */
-    int32_t *idx;     /* [n k] token ids, expert by expert, increasing */
-    float *wts;       /* [n k] */
-    moeq_cuda_buf d_idx, d_wts, probs_t, logits, topw, tope;
-} routing;
-
 /* The device arrays of r (a rank's own; the host arrays may be borrowed). */
 static void routing_free_device(gpu_run *g, routing *r)
 {
@@ -184,9 +174,11 @@ static void routing_free_device(gpu_run *g, routing *r)
         moeq_cuda_free(&g->cu, b[i]);
 }
 
-static void routing_free(gpu_run *g, routing *r)
+void gpu_routing_free(gpu_run *g, routing *r)
 {
     free(r->count);
+    free(r->tope_host);
+    free(r->topw_host);
     free(r->offset);
     free(r->idx);
     free(r->wts);
@@ -194,7 +186,7 @@ static void routing_free(gpu_run *g, routing *r)
     memset(r, 0, sizeof *r);
 }
 
-static moeq_code route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, moeq_error *err)
+moeq_code gpu_route(gpu_layer *L, const moeq_layer_weights *lw, routing *r, moeq_error *err)
 {
     gpu_run *g = L->g;
     const moeq_config *cfg = g->cfg;
@@ -299,30 +291,21 @@ done:
     moeq_cuda_free(&g->cu, &wr);
     moeq_cuda_free(&g->cu, &bias);
     moeq_cuda_free(&g->cu, &router_bias);
-    free(tope);
-    free(topw);
+    r->tope_host = tope;
+    r->topw_host = topw;
     if (rc)
-        routing_free(g, r);
+        gpu_routing_free(g, r);
     return rc;
 }
 
-/* Scratch of the expert products, sized for g->chunk tokens. */
-typedef struct mlp_scratch {
-    moeq_cuda_buf xs;  /* [chunk, H] bf16 gathered inputs */
-    moeq_cuda_buf gu;  /* [chunk, 2 I] fp32 */
-    moeq_cuda_buf a;   /* [chunk, I] bf16 */
-    moeq_cuda_buf y;   /* [chunk, H] fp32 */
-    moeq_cuda_buf gl;  /* [chunk] fp32 shared-expert gate logits */
-} mlp_scratch;
-
-static void scratch_free(gpu_run *g, mlp_scratch *s)
+void gpu_scratch_free(gpu_run *g, mlp_scratch *s)
 {
     moeq_cuda_buf *b[] = {&s->xs, &s->gu, &s->a, &s->y, &s->gl};
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         moeq_cuda_free(&g->cu, b[i]);
 }
 
-static moeq_code scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error *err)
+moeq_code gpu_scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error *err)
 {
     const size_t c = (size_t)g->chunk, H = (size_t)g->cfg->hidden_size;
     memset(s, 0, sizeof *s);
@@ -333,7 +316,7 @@ static moeq_code scratch_alloc(gpu_run *g, int inter, mlp_scratch *s, moeq_error
         (rc = moeq_cuda_alloc(&g->cu, &s->a, 2 * c * (size_t)inter, "down_proj inputs", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &s->y, sizeof(float) * c * H, "expert outputs", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &s->gl, sizeof(float) * c, "shared expert gate", err)))
-        scratch_free(g, s);
+        gpu_scratch_free(g, s);
     return rc;
 }
 
@@ -344,12 +327,8 @@ static int router_scales_input(const moeq_config *cfg)
     return cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
 }
 
-/* The tokens an expert's products run over: all tokens (idx NULL) or the
- * listed ones, each row then multiplied by its scale (device, as idx; NULL:
- * none; Llama-4's routing weights); rows c0 .. c0 + m of them in bf16 at
- * *rows_out. */
-static moeq_code chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, const float *scale,
-                            int c0, int m, const uint16_t **rows_out, moeq_error *err)
+moeq_code gpu_chunk_rows(gpu_run *g, mlp_scratch *s, const int32_t *idx, const float *scale,
+                         int c0, int m, const uint16_t **rows_out, moeq_error *err)
 {
     const int H = g->cfg->hidden_size;
     if (!idx) {
@@ -428,11 +407,8 @@ static const float *down_bias_of(const gpu_run *g, const mlp_biases *b, int i)
     return b->down.ptr ? (const float *)b->down.ptr + (size_t)i * g->cfg->hidden_size : NULL;
 }
 
-/* a = bf16(act(x Wg^T + bg, x Wu^T + bu)) for chunk rows x, wgu [2I, H]
- * bf16, gu_bias [2 I] (device; NULL: none), act as moeq_mlp_gate: SwiGLU, or
- * gpt-oss's clamped one when the config has a swiglu_limit. */
-static moeq_code swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
-                              const uint16_t *wgu, const float *gu_bias, moeq_error *err)
+moeq_code gpu_swiglu_chunk(gpu_run *g, mlp_scratch *s, const uint16_t *x, int m, int inter,
+                           const uint16_t *wgu, const float *gu_bias, moeq_error *err)
 {
     const moeq_config *cfg = g->cfg;
     const int H = cfg->hidden_size;
@@ -467,8 +443,8 @@ static moeq_code chunked_hessian(gpu_layer *L, mlp_scratch *s, const uint16_t *w
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
-        if ((rc = chunk_rows(g, s, d_idx, d_scale, c0, m, &x, err)) ||
-            (wgu && (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err))))
+        if ((rc = gpu_chunk_rows(g, s, d_idx, d_scale, c0, m, &x, err)) ||
+            (wgu && (rc = gpu_swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err))))
             break;
         const void *rows = wgu ? s->a.ptr : (const void *)x;
         rc = w ? moeq_cuda_hessian_accumulate_weighted(&g->cu, H->ptr, rows, MOEQ_CUDA_BF16,
@@ -494,29 +470,27 @@ static moeq_code chunked_hessian_prepare(gpu_layer *L, mlp_scratch *s, const uin
     return gpu_finish_prepare(L, &H, rc, wgu ? inter : L->g->cfg->hidden_size, module, prep, err);
 }
 
-/* acc[tokens] += weight * down(act(gate(h), up(h))) over the listed tokens
- * (d_idx NULL: all tokens, gate_logit: sigmoid-gated shared expert), each
- * linear with its bias when given (device; the down bias inside the
- * weighted sum, as mlp_forward and moe_forward of forward.c); Llama-4:
- * acc[tokens] += down(act(gate(weight * h), up(weight * h))). */
-static moeq_code mlp_forward(gpu_layer *L, mlp_scratch *s, const uint16_t *wgu,
-                             const float *gu_bias, const uint16_t *wd, const float *down_bias,
-                             int inter, const int32_t *d_idx, const float *d_wts, int count,
-                             const uint16_t *shared_gate, moeq_error *err)
+float *gpu_block_acc(gpu_run *g)
 {
-    gpu_run *g = L->g;
+    return g->resid_host ? g->acc.ptr : g->x.ptr;
+}
+
+moeq_code gpu_mlp_forward(gpu_run *g, mlp_scratch *s, const uint16_t *wgu, const float *gu_bias,
+                          const uint16_t *wd, const float *down_bias, int inter,
+                          const int32_t *d_idx, const float *d_wts, int count,
+                          const uint16_t *shared_gate, float *acc, moeq_error *err)
+{
     const int H = g->cfg->hidden_size, on_input = router_scales_input(g->cfg);
     moeq_code rc = MOEQ_OK;
     for (int c0 = 0; !rc && c0 < count; c0 += g->chunk) {
         int m = count - c0 < g->chunk ? count - c0 : g->chunk;
         const uint16_t *x;
-        if ((rc = chunk_rows(g, s, d_idx, on_input ? d_wts : NULL, c0, m, &x, err)) ||
-            (rc = swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err)) ||
+        if ((rc = gpu_chunk_rows(g, s, d_idx, on_input ? d_wts : NULL, c0, m, &x, err)) ||
+            (rc = gpu_swiglu_chunk(g, s, x, m, inter, wgu, gu_bias, err)) ||
             (rc = gpu_gemm_nt(g, s->a.ptr, inter, wd, inter, s->y.ptr, H, 0, m, H, inter, 1.0f,
                               0.0f, err)) ||
             (down_bias && (rc = MOEQ_CU(moeq_k_add_bias(s->y.ptr, m, H, down_bias, g->cu.stream)))))
             break;
-        float *acc = g->resid_host ? g->acc.ptr : g->x.ptr;
         if (d_idx) {
             rc = MOEQ_CU(moeq_k_scatter_add_rows(s->y.ptr, H, d_idx + c0,
                                                  on_input ? NULL : d_wts + c0, m, acc,
@@ -550,7 +524,7 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0, mlp->gate16},
                          {roles[1], -1, mlp->up, inter, n, 0, mlp->up16}};
     const piece down = {roles[2], -1, mlp->down, H, n, 0, mlp->down16};
-    if ((rc = scratch_alloc(g, inter, &s, err)) || (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
+    if ((rc = gpu_scratch_alloc(g, inter, &s, err)) || (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
         (rc = gpu_quantize_stack(L, gpu_gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
         (gpu_gptq(L) && (rc = chunked_hessian_prepare(
@@ -559,8 +533,8 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
         (rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
         (rc = gpu_upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
-        (rc = mlp_forward(L, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0), inter,
-                          NULL, NULL, n, gate.ptr, err)) ||
+        (rc = gpu_mlp_forward(g, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0),
+                              inter, NULL, NULL, n, gate.ptr, gpu_block_acc(g), err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_forward, err)))
         goto done;
 done:
@@ -569,7 +543,7 @@ done:
     moeq_cuda_free(&g->cu, &wd);
     moeq_cuda_free(&g->cu, &gate);
     mlp_biases_free(g, &b);
-    scratch_free(g, &s);
+    gpu_scratch_free(g, &s);
     return rc;
 }
 
@@ -617,7 +591,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
     moeq_code rc;
     if (E <= 0)
         return MOEQ_OK;
-    if ((rc = scratch_alloc(g, inter, &s, err)))
+    if ((rc = gpu_scratch_alloc(g, inter, &s, err)))
         goto done;
     /* Expert groups: as many as the budget left allows (at least one). */
     int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
@@ -717,8 +691,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 }
             }
             if (!rc && n_own && !(rc = gpu_sync_time(L, &L->res->seconds_hessian, err)) &&
-                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hg_ptrs, n_own, H, &g->opt->gptq, own,
-                                                  &failed, err))) {
+                (rc = gpu_prepare_many(L, Hg, Hg_ptrs, n_own, H, own, &failed, err))) {
                 int e = e0 + b0; /* the expert the error is about, else the batch's first */
                 for (int j = 0; j < nb; j++)
                     if (failed >= 0 && own_of[j] == failed)
@@ -765,8 +738,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         if (!rc && gpu_gptq(L)) {
             int failed = -1;
             if (!(rc = gpu_sync_time(L, &L->res->seconds_hessian, err)) &&
-                (rc = moeq_cuda_gptq_prepare_many(&g->cu, Hd_ptrs, ng, inter, &g->opt->gptq, preps,
-                                                  &failed, err)))
+                (rc = gpu_prepare_many(L, Hd, Hd_ptrs, ng, inter, preps, &failed, err)))
                 moeq_wrap(err, "layer %d, expert %d down_proj: ", L->res->layer,
                           failed >= 0 ? e0 + failed : e0);
             if (!rc)
@@ -800,11 +772,12 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
          * added in expert order. */
         for (int i = 0; i < ng && !rc; i++) {
             const int e = e0 + i;
-            rc = mlp_forward(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
-                             gu_bias_of(&b, i), (const uint16_t *)wd.ptr + (size_t)i * H * inter,
-                             down_bias_of(g, &b, i), inter,
-                             (const int32_t *)rt->d_idx.ptr + rt->offset[e],
-                             (const float *)rt->d_wts.ptr + rt->offset[e], rt->count[e], NULL, err);
+            rc = gpu_mlp_forward(g, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
+                                 gu_bias_of(&b, i), (const uint16_t *)wd.ptr + (size_t)i * H * inter,
+                                 down_bias_of(g, &b, i), inter,
+                                 (const int32_t *)rt->d_idx.ptr + rt->offset[e],
+                                 (const float *)rt->d_wts.ptr + rt->offset[e], rt->count[e], NULL,
+                                 gpu_block_acc(g), err);
         }
         if (!rc)
             rc = gpu_sync_time(L, &L->res->seconds_forward, err);
@@ -831,7 +804,7 @@ done:
     moeq_cuda_free(&g->cu, &wgu);
     moeq_cuda_free(&g->cu, &wd);
     mlp_biases_free(g, &b);
-    scratch_free(g, &s);
+    gpu_scratch_free(g, &s);
     return rc;
 }
 
@@ -1038,8 +1011,9 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     int bounds[MOEQ_MAX_DEVICES + 1];
     memset(jobs, 0, sizeof jobs);
     moeq_code rc;
-    if ((rc = route(L, lw, &r, err)) || (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
+    if ((rc = gpu_route(L, lw, &r, err)) || (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
+    gpu_awq_routing_changes(L, &r);
     split_experts(g, &r, lw->has_shared ? all_token_mlp_flops(g, lw->shared.intermediate) : 0,
                   ranks, bounds);
     if (g->opt->progress && ranks > 1) {
@@ -1121,7 +1095,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
 done:
     for (int k = 0; k < ranks; k++)
         moeq_layer_result_free(&jobs[k].part);
-    routing_free(g, &r);
+    gpu_routing_free(g, &r);
     return rc;
 }
 
@@ -1436,9 +1410,14 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "group-limited expert choice over n_group = %d groups (the CUDA router "
                          "takes at most %d) is not in the CUDA pipeline: use --device cpu",
                          cfg->n_group, MOEQ_K_ROUTER_MAX_GROUPS);
-    if (opt->method == MOEQ_METHOD_AWQ)
+    const char *awq_missing = opt->method == MOEQ_METHOD_AWQ ? moeq_awq_missing(model, opt) : NULL;
+    if (awq_missing)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "AWQ (--method awq) is not in the CUDA pipeline: use --device cpu");
+                         "--method awq is not implemented for %s: use --method gptq", awq_missing);
+    if (opt->method == MOEQ_METHOD_AWQ && opt->n_devices > 1)
+        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
+                         "AWQ (--method awq) on several GPUs (--devices) is not in the CUDA "
+                         "pipeline: use one GPU or --device cpu");
     return MOEQ_OK;
 }
 
@@ -1451,8 +1430,8 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                             moeq_error *err)
 {
     const moeq_config *cfg = &model->cfg;
-    gpu_run g = {.cfg = cfg, .opt = opt, .S = calib->nsamples, .T = calib->seqlen,
-                 .forward_only = forward_only};
+    gpu_run g = {.model = model, .cfg = cfg, .opt = opt, .S = calib->nsamples,
+                 .T = calib->seqlen, .forward_only = forward_only};
     g.n = g.S * g.T;
     g.qdim = cfg->num_heads * cfg->head_dim;
     g.kvdim = cfg->num_kv_heads * cfg->head_dim;
@@ -1498,6 +1477,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     /* MLP and expert weights stay bf16 on the host when stored so: half the
      * memory, bytes to pin and bytes to upload; widened on the device. */
     ld.flags = opt->host_fp32_weights ? 0 : MOEQ_WEIGHTS_KEEP_BF16;
+    /* AWQ folds its scales into the weights on the host, in fp32 as the
+     * CPU loop. */
+    const int awq = opt->method == MOEQ_METHOD_AWQ && !forward_only;
+    if (awq)
+        ld.flags = 0;
     if (ranks > 1) {
         if (!(peers = calloc((size_t)ranks, sizeof *peers))) {
             rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
@@ -1505,7 +1489,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         }
         for (int k = 1; k < ranks; k++) {
             gpu_run *p = &peers[k];
-            *p = (gpu_run){.cfg = cfg, .opt = opt, .S = g.S, .T = g.T, .n = g.n,
+            *p = (gpu_run){.model = model, .cfg = cfg, .opt = opt, .S = g.S, .T = g.T, .n = g.n,
                            .chunk = g.chunk, .qdim = g.qdim, .kvdim = g.kvdim, .rank = k,
                            .team = &tm, .forward_only = forward_only};
             tm.run[k] = p;
@@ -1612,7 +1596,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     if (overlap && (rc = loader_start(&ld, model, g.cu.device, opt->start_layer, err)))
         goto done;
     for (int l = opt->start_layer; l < cfg->num_layers; l++) {
-        moeq_layer_result res = {.layer = l};
+        moeq_layer_result res = {.layer = l, .routing_changes = -1};
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
         char pin_note[96] = "";
@@ -1649,14 +1633,21 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         rc = gpu_gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
                                             &lw, err)
                           : MOEQ_OK;
+        if (!rc && awq)
+            rc = gpu_awq_attention_scales(&L, &lw, err);
         if (!rc)
             rc = lw.is_linear ? gpu_deltanet_stage(&L, &lw, err)
                               : gpu_attention_stage(&L, &lw, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
+        if (!rc && awq)
+            rc = gpu_awq_mlp_scales(&L, &lw, err);
         if (!rc)
             rc = mlp_stage(&L, &lw, err);
+        if (!rc)
+            gpu_awq_finish_layer(&L);
+        gpu_awq_free(&L);
         /* The layer's output on the host, for the resumable record: two
          * pinned buffers taken in turn (the writer may still read the
          * other one, the previous layer's). */

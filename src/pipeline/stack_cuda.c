@@ -1,7 +1,7 @@
 /* stack_cuda.c: the building blocks of the CUDA layer loop's stages:
  * uploads, GEMMs, Hessians prepared for GPTQ, and the quantization of a
- * stack of linears (GPTQ on the device, or RTN on the host) whose
- * dequantized weights then run the forward. */
+ * stack of linears (GPTQ or AWQ's clipping search on the device, or RTN
+ * on the host) whose dequantized weights then run the forward. */
 #include "pipeline/layer_cuda.h"
 
 #include "backend/cuda/cuda_hessian.h"
@@ -159,6 +159,100 @@ static const char *piece_label(const piece *p, char *buf, size_t bytes)
     return buf;
 }
 
+/* AWQ's half of gpu_quantize_stack: the pieces (already scaled by their
+ * input scale) rounded on the grids of AWQ's clipping search, scored
+ * against the second moment of their inputs in prep->hinv (or piece i's in
+ * seg_preps[i]->hinv; gpu_finish_prepare leaves it there unfactored);
+ * q_proj and k_proj on plain min/max grids (AutoAWQ does not clip them),
+ * as moeq_awq_attention. */
+static moeq_code awq_quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *prep,
+                                    const moeq_cuda_gptq_prepared *const *seg_preps,
+                                    const piece *pieces, int n_pieces, int cols,
+                                    moeq_cuda_buf *wq, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    const moeq_gptq_config *gc = &g->opt->gptq;
+    const moeq_k_awq_grid kq = {gc->bits, gc->sym, gc->scale_bf16, gc->group_size};
+    int rows = 0;
+    for (int i = 0; i < n_pieces; i++)
+        rows += pieces[i].rows;
+    const int gs = gc->group_size > 0 ? gc->group_size : cols, n_groups = cols / gs;
+    const size_t count = (size_t)rows * cols;
+    moeq_cuda_buf W = {0}, stage = {0}, row_loss = {0};
+    moeq_cuda_quantized dq = {.rows = rows, .cols = cols, .bits = gc->bits,
+                              .group_size = gc->group_size, .n_groups = n_groups,
+                              .segments = 1, .seg_rows = rows};
+    double *loss_host = malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
+    int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols);
+    char what[96];
+    memset(wq, 0, sizeof *wq);
+    moeq_code rc = !loss_host || !g_idx ? moeq_fail(err, MOEQ_ERR_OOM, "out of memory") : MOEQ_OK;
+    if (rc || cols % gs) {
+        rc = rc ? rc : moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                                 "group size %d does not divide %d columns", gs, cols);
+        goto done;
+    }
+    for (int c = 0; c < cols; c++)
+        g_idx[c] = c / gs;
+    if ((rc = moeq_cuda_alloc(&g->cu, wq, 2 * count, "dequantized weights", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &W, sizeof(float) * count, "weights for AWQ", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &dq.codes, count, "codes", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &dq.scales, sizeof(float) * (size_t)n_groups * rows,
+                              "scales", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &dq.zeros, sizeof(int32_t) * (size_t)n_groups * rows,
+                              "zero points", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &dq.g_idx, sizeof(int32_t) * (size_t)cols, "g_idx", err)) ||
+        (rc = moeq_cuda_alloc(&g->cu, &row_loss, sizeof(double) * (size_t)rows, "row losses",
+                              err)) ||
+        (rc = moeq_cuda_upload(&g->cu, dq.g_idx.ptr, g_idx, sizeof(int32_t) * (size_t)cols, err)))
+        goto done;
+    for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows) {
+        const moeq_cuda_gptq_prepared *p = seg_preps ? seg_preps[i] : prep;
+        const int clip = pieces[i].role != MOEQ_T_Q_PROJ && pieces[i].role != MOEQ_T_K_PROJ;
+        float *w = (float *)W.ptr + (size_t)r0 * cols;
+        if (!(rc = upload_piece_f32(g, &pieces[i], cols, w, &stage, err)))
+            rc = MOEQ_CU(moeq_k_awq_clip_quantize(
+                w, pieces[i].rows, cols, clip && p ? (const float *)p->hinv.ptr : NULL, &kq,
+                (uint8_t *)dq.codes.ptr + (size_t)r0 * cols, (float *)dq.scales.ptr + r0,
+                (int32_t *)dq.zeros.ptr + r0, rows, (double *)row_loss.ptr + r0, g->cu.stream));
+        if (rc)
+            moeq_wrap(err, "layer %d, %s: ", L->res->layer,
+                      piece_label(&pieces[i], what, sizeof what));
+    }
+    if (rc || (rc = MOEQ_CU(moeq_k_dequant_bf16(dq.codes.ptr, dq.scales.ptr, dq.zeros.ptr,
+                                                 dq.g_idx.ptr, 0, rows, cols, wq->ptr,
+                                                 g->cu.stream))) ||
+        (rc = moeq_cuda_download(&g->cu, loss_host, row_loss.ptr, row_loss.bytes, err)) ||
+        (rc = moeq_cuda_sync(&g->cu, err)))
+        goto done;
+    for (int i = 0, r0 = 0; i < n_pieces && !rc; r0 += pieces[i++].rows) {
+        moeq_quantized_linear *ql = gpu_new_linear(L, err);
+        if (!ql) {
+            rc = MOEQ_ERR_OOM;
+            break;
+        }
+        ql->role = pieces[i].role;
+        ql->expert = pieces[i].expert;
+        ql->tokens = pieces[i].tokens;
+        ql->fallback = pieces[i].fallback;
+        for (int r = r0; r < r0 + pieces[i].rows; r++)
+            ql->loss += loss_host[r];
+        rc = moeq_cuda_quantized_download_rows(&g->cu, &dq, r0, pieces[i].rows,
+                                               take_codes(g, (size_t)pieces[i].rows * cols),
+                                               &ql->q, err);
+    }
+done:
+    free(loss_host);
+    free(g_idx);
+    moeq_cuda_free(&g->cu, &W);
+    moeq_cuda_free(&g->cu, &stage);
+    moeq_cuda_free(&g->cu, &row_loss);
+    moeq_cuda_quantized_free(&g->cu, &dq);
+    if (rc)
+        moeq_cuda_free(&g->cu, wq);
+    return rc;
+}
+
 /* Quantizes the pieces stacked row-wise, [sum rows, cols], against prep
  * (GPTQ; NULL: RTN on the host), or piece i against seg_preps[i] when
  * seg_preps is given (pieces of equal rows: one segmented sweep), records
@@ -168,8 +262,10 @@ moeq_code gpu_quantize_stack(gpu_layer *L, const moeq_cuda_gptq_prepared *prep,
                              const moeq_cuda_gptq_prepared *const *seg_preps, const piece *pieces,
                              int n_pieces, int cols, moeq_cuda_buf *wq, moeq_error *err)
 {
-    const int gptq_on = prep || seg_preps;
     gpu_run *g = L->g;
+    if (g->opt->method == MOEQ_METHOD_AWQ && !g->forward_only)
+        return awq_quantize_stack(L, prep, seg_preps, pieces, n_pieces, cols, wq, err);
+    const int gptq_on = prep || seg_preps;
     int rows = 0;
     for (int i = 0; i < n_pieces; i++)
         rows += pieces[i].rows;
@@ -291,6 +387,13 @@ moeq_code gpu_finish_prepare(gpu_layer *L, moeq_cuda_buf *H, moeq_code rc, int c
     gpu_run *g = L->g;
     if (!rc)
         rc = gpu_sync_time(L, &L->res->seconds_hessian, err);
+    if (!rc && g->opt->method == MOEQ_METHOD_AWQ) { /* AWQ scores clipping against H itself */
+        memset(prep, 0, sizeof *prep);
+        prep->cols = cols;
+        prep->hinv = *H;
+        memset(H, 0, sizeof *H);
+        return MOEQ_OK;
+    }
     if (!rc)
         rc = moeq_cuda_gptq_prepare(&g->cu, H->ptr, cols, &g->opt->gptq, prep, err);
     if (!rc)
@@ -323,5 +426,21 @@ moeq_code gpu_hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, c
 
 int gpu_gptq(const gpu_layer *L)
 {
-    return L->g->opt->method == MOEQ_METHOD_GPTQ;
+    return L->g->opt->method == MOEQ_METHOD_GPTQ || L->g->opt->method == MOEQ_METHOD_AWQ;
+}
+
+moeq_code gpu_prepare_many(gpu_layer *L, moeq_cuda_buf *H, const float *const *H_ptrs, int count,
+                           int cols, moeq_cuda_gptq_prepared *preps, int *failed, moeq_error *err)
+{
+    gpu_run *g = L->g;
+    if (g->opt->method != MOEQ_METHOD_AWQ)
+        return moeq_cuda_gptq_prepare_many(&g->cu, H_ptrs, count, cols, &g->opt->gptq, preps,
+                                           failed, err);
+    for (int i = 0; i < count; i++) { /* AWQ scores clipping against each H itself */
+        memset(&preps[i], 0, sizeof preps[i]);
+        preps[i].cols = cols;
+        preps[i].hinv = H[i];
+        memset(&H[i], 0, sizeof H[i]);
+    }
+    return MOEQ_OK;
 }

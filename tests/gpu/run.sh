@@ -40,6 +40,43 @@ print('report:', s['backend'], s['total_seconds'], s['peak_device_bytes'], s['pe
     tail -n 12 "$LOGS/demo-$dev.log"
 done
 
+# AWQ on the GPU: the demo job with --method awq, and the same job with
+# RTN, each evaluated like the main job (CPU eval). AWQ must beat RTN in
+# KL, and its router compensation must leave every routing decision as it
+# was (report.json: 0 routing changes in every MoE layer).
+for method in awq rtn; do
+    q=$BUILD/demo-cuda-$method
+    rm -rf "$q"
+    { "$BUILD/moeq" quantize --model demo/qwen3-moe-demo --out "$q" --method "$method" \
+          --device cuda 2>&1 | grep -v "^layer" &&
+      "$BUILD/moeq" eval "$q" --reference demo/qwen3-moe-demo --text demo/eval-sample.jsonl \
+          --device cpu --quiet
+    } > "$LOGS/demo-cuda-$method.log" 2>&1 || status=1
+done
+python3 - "$LOGS/demo-cuda-awq.log" "$LOGS/demo-cuda-rtn.log" "$BUILD/demo-cuda-awq/report.json" \
+    <<'PY' 2>&1 | tee "$LOGS/demo-cuda-awq-vs-rtn.log" || status=1
+import json, sys
+def scores(path):
+    vals = dict(l.split()[:2] for l in open(path) if l.split()[:1] in (["kl"], ["perplexity"]))
+    return float(vals["perplexity"]), float(vals["kl"])
+(awq_ppl, awq_kl), (rtn_ppl, rtn_kl) = scores(sys.argv[1]), scores(sys.argv[2])
+rep = json.load(open(sys.argv[3]))
+changes = []
+def walk(o):
+    if isinstance(o, dict):
+        changes.extend(v for k, v in o.items() if k == "awq_routing_changes")
+        for v in o.values():
+            walk(v)
+    elif isinstance(o, list):
+        for v in o:
+            walk(v)
+walk(rep)
+print(f"demo on the GPU: AWQ perplexity {awq_ppl:.4f} KL {awq_kl:.6f}; RTN perplexity "
+      f"{rtn_ppl:.4f} KL {rtn_kl:.6f}; AWQ routing changes {changes} ({rep['total_seconds']:.1f} s)")
+assert awq_kl < rtn_kl, "AWQ does not beat RTN"
+assert changes and all(c == 0 for c in changes), "AWQ's scaled router changed routing decisions"
+PY
+
 # moeq eval with its decoder layers on the GPU (the default where one is):
 # the CUDA output again, to set beside its CPU evaluation above.
 TIMEFORMAT="eval on the GPU: %R s"

@@ -7,7 +7,12 @@
  * is bit-exact by construction, so the first block's codes must be
  * identical, and the fraction of identical codes overall is printed and held
  * to a floor (a lazy-GEMM rounding difference can flip a code, and the
- * error feedback then carries the difference along the rest of the row). */
+ * error feedback then carries the difference along the rest of the row).
+ * AWQ's fake quantization is bit-exact by construction (the same float
+ * operations); its clipping search sums H e in fp32 (the CPU in double), so
+ * a candidate within about 1e-6 of the best could win on one side only:
+ * the fraction of identical grids is held to a floor of 0.999 and the loss
+ * to 1e-5 relative. */
 #include "../test.h"
 
 #include "backend/cpu/cpu_ops.h"
@@ -19,6 +24,7 @@
 #include "kernels.h"
 #include "model/forward.h"
 #include "model/deltanet.h"
+#include "quant/awq.h"
 #include "quant/gptq.h"
 
 #include <time.h>
@@ -1662,6 +1668,282 @@ static void test_memory_accounting_tracks_in_use_and_peak(void)
     CHECK_INT_EQ(ctx.bytes_in_use, base);
 }
 
+/* ---- AWQ */
+
+static moeq_k_awq_grid awq_grid(const moeq_gptq_config *c)
+{
+    return (moeq_k_awq_grid){c->bits, c->sym, c->scale_bf16, c->group_size};
+}
+
+/* Scales as AWQ makes them: positive, over three orders of magnitude. */
+static float *awq_random_scales(test_rng *rng, int n)
+{
+    float *s = xmalloc(sizeof(float) * (size_t)n);
+    for (int j = 0; j < n; j++)
+        s[j] = powf(10.0f, 1.5f * test_rng_uniform(rng));
+    return s;
+}
+
+/* The fake quantization of rows x cols (bf16-exact weights, given as bf16
+ * or fp32) with and without a scale, against moeq_awq_pseudo_quantize: the
+ * same bits in fp32, and the same bf16 rounding of them. */
+static void awq_fake_quant_case(const moeq_gptq_config *c, int rows, int cols, uint64_t seed)
+{
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    const size_t count = (size_t)rows * cols;
+    float *w = random_floats(&rng, count, 0.05f);
+    for (size_t i = 0; i < count; i += 97) /* outliers, as real weights have */
+        w[i] *= 20.0f;
+    uint16_t *w16 = xmalloc(2 * count);
+    round_to_bf16(w, count, w16);
+    float *s = awq_random_scales(&rng, cols), *ref = xmalloc(sizeof(float) * count);
+    float *got = xmalloc(sizeof(float) * count);
+    uint16_t *got16 = xmalloc(2 * count);
+    const moeq_k_awq_grid kq = awq_grid(c);
+    moeq_cuda_buf dw = to_device(w, sizeof(float) * count), dw16 = to_device(w16, 2 * count),
+                  ds = to_device(s, sizeof(float) * (size_t)cols), dout, dout16;
+    must(moeq_cuda_alloc(&ctx, &dout, sizeof(float) * count, "out", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dout16, 2 * count, "out bf16", &err), &err);
+    for (int scaled = 0; scaled < 2; scaled++) {
+        moeq_awq_pseudo_quantize(w, rows, cols, scaled ? s : NULL, c, ref);
+        for (int src16 = 0; src16 < 2; src16++) {
+            must(moeq_cuda_check(moeq_k_awq_fake_quant(src16 ? dw16.ptr : dw.ptr, src16, rows,
+                                                       cols, scaled ? ds.ptr : NULL, &kq,
+                                                       dout.ptr, 0, ctx.stream),
+                                 "moeq_k_awq_fake_quant", __FILE__, __LINE__, &err),
+                 &err);
+            must(moeq_cuda_check(moeq_k_awq_fake_quant(src16 ? dw16.ptr : dw.ptr, src16, rows,
+                                                       cols, scaled ? ds.ptr : NULL, &kq,
+                                                       dout16.ptr, 1, ctx.stream),
+                                 "moeq_k_awq_fake_quant", __FILE__, __LINE__, &err),
+                 &err);
+            to_host(got, &dout);
+            to_host(got16, &dout16);
+            size_t same = 0, same16 = 0;
+            for (size_t i = 0; i < count; i++) {
+                same += memcmp(&got[i], &ref[i], sizeof(float)) == 0;
+                same16 += got16[i] == moeq_f32_to_bf16(ref[i]);
+            }
+            if (same != count || same16 != count)
+                printf("     fake quant %d bits group %d sym %d bf16-scales %d scaled %d bf16 "
+                       "source %d: %zu and %zu of %zu identical\n",
+                       c->bits, c->group_size, c->sym, c->scale_bf16, scaled, src16, same,
+                       same16, count);
+            CHECK_INT_EQ(same, count);
+            CHECK_INT_EQ(same16, count);
+        }
+    }
+    moeq_cuda_buf *bufs[] = {&dw, &dw16, &ds, &dout, &dout16};
+    for (int i = 0; i < 5; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    free(w);
+    free(w16);
+    free(s);
+    free(ref);
+    free(got);
+    free(got16);
+}
+
+static void test_awq_fake_quant_bit_exact(void)
+{
+    moeq_gptq_config c = moeq_gptq_default_config();
+    awq_fake_quant_case(&c, 96, 256, 91); /* 4 bits, group 128, asymmetric */
+    c.sym = 1;
+    c.group_size = 32;
+    awq_fake_quant_case(&c, 64, 192, 92);
+    c.sym = 0;
+    c.bits = 3;
+    c.group_size = -1;
+    c.scale_bf16 = 1;
+    awq_fake_quant_case(&c, 40, 320, 93);
+    c.bits = 2;
+    c.group_size = 64;
+    awq_fake_quant_case(&c, 33, 128, 94);
+}
+
+/* The rounding of AWQ's final weights against moeq_awq_quantize: with a
+ * second moment H, the clipping search (grids and loss within the bounds
+ * stated at the top); without (q/k_proj), identical bytes. */
+static void awq_clip_case(const moeq_gptq_config *c, int rows, int cols, int tokens, uint64_t seed)
+{
+    test_rng rng = {seed};
+    moeq_error err = {0};
+    const size_t count = (size_t)rows * cols;
+    float *w = random_floats(&rng, count, 0.05f);
+    for (size_t i = 0; i < count; i += 61)
+        w[i] *= 15.0f;
+    /* H = x^T x / tokens of inputs with per-column magnitudes, as the
+     * scaled activations AWQ's H comes from. */
+    float *x = random_floats(&rng, (size_t)tokens * cols, 1.0f), *H = xmalloc(sizeof(float) * (size_t)cols * cols);
+    float *s = awq_random_scales(&rng, cols);
+    for (int t = 0; t < tokens; t++)
+        for (int j = 0; j < cols; j++)
+            x[(size_t)t * cols + j] *= s[j];
+    memset(H, 0, sizeof(float) * (size_t)cols * cols);
+    cpu_hessian_accumulate(H, x, tokens, cols, 1.0f / (float)tokens);
+    const moeq_k_awq_grid kq = awq_grid(c);
+    const int gs = c->group_size > 0 ? c->group_size : cols, ng = cols / gs;
+    moeq_cuda_buf dw = to_device(w, sizeof(float) * count),
+                  dh = to_device(H, sizeof(float) * (size_t)cols * cols), dc, dsc, dz, dl;
+    must(moeq_cuda_alloc(&ctx, &dc, count, "codes", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dsc, sizeof(float) * (size_t)ng * rows, "scales", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dz, sizeof(int32_t) * (size_t)ng * rows, "zeros", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dl, sizeof(double) * (size_t)rows, "loss", &err), &err);
+    uint8_t *codes = xmalloc(count);
+    float *scales = xmalloc(sizeof(float) * (size_t)ng * rows);
+    int32_t *zeros = xmalloc(sizeof(int32_t) * (size_t)ng * rows);
+    double *loss = xmalloc(sizeof(double) * (size_t)rows);
+    for (int clip = 0; clip < 2; clip++) {
+        moeq_quantized ref = {0};
+        double ref_loss = 0;
+        CHECK_INT_EQ(moeq_awq_quantize(w, rows, cols, clip ? H : NULL, c, &ref, &ref_loss, &err),
+                     MOEQ_OK);
+        double t0 = now_seconds();
+        must(moeq_cuda_check(moeq_k_awq_clip_quantize(dw.ptr, rows, cols, clip ? dh.ptr : NULL,
+                                                      &kq, dc.ptr, dsc.ptr, dz.ptr, rows, dl.ptr,
+                                                      ctx.stream),
+                             "moeq_k_awq_clip_quantize", __FILE__, __LINE__, &err),
+             &err);
+        must(moeq_cuda_sync(&ctx, &err), &err);
+        double ms = 1e3 * (now_seconds() - t0);
+        to_host(codes, &dc);
+        to_host(scales, &dsc);
+        to_host(zeros, &dz);
+        to_host(loss, &dl);
+        size_t same_grids = 0, same_codes = 0;
+        double total = 0;
+        for (int i = 0; i < ng * rows; i++)
+            same_grids += scales[i] == ref.scales[i] && zeros[i] == ref.zeros[i];
+        for (size_t i = 0; i < count; i++)
+            same_codes += codes[i] == ref.codes[i];
+        for (int r = 0; r < rows; r++)
+            total += loss[r];
+        printf("     AWQ rounding %d bits group %d sym %d %s: grids %zu/%d, codes %zu/%zu "
+               "identical, loss gpu %.9g cpu %.9g (%.2f ms)\n",
+               c->bits, c->group_size, c->sym, clip ? "clipped" : "min/max", same_grids,
+               ng * rows, same_codes, count, total, ref_loss, ms);
+        if (clip) {
+            CHECK((double)same_grids >= 0.999 * ng * rows);
+            CHECK_NEAR(total, ref_loss, 0, 1e-5);
+            CHECK(ref_loss > 0);
+        } else {
+            CHECK_INT_EQ(same_grids, ng * rows);
+            CHECK_INT_EQ(same_codes, count);
+            CHECK(total == 0);
+        }
+        moeq_quantized_free(&ref);
+    }
+    moeq_cuda_buf *bufs[] = {&dw, &dh, &dc, &dsc, &dz, &dl};
+    for (int i = 0; i < 6; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    free(w);
+    free(x);
+    free(H);
+    free(s);
+    free(codes);
+    free(scales);
+    free(zeros);
+    free(loss);
+}
+
+static void test_awq_clip_quantize_matches_cpu(void)
+{
+    moeq_gptq_config c = moeq_gptq_default_config();
+    awq_clip_case(&c, 96, 256, 512, 95);
+    c.sym = 1;
+    c.group_size = 32;
+    c.scale_bf16 = 1;
+    awq_clip_case(&c, 48, 128, 256, 96);
+    c.sym = 0;
+    c.bits = 3;
+    c.group_size = -1; /* one group per row: e^T H e over the whole row */
+    awq_clip_case(&c, 24, 384, 256, 97);
+}
+
+/* Per-column sums of |x| (bf16 rows, all of them or listed ones, weighted
+ * or not) against moeq_awq_act_abs_sum; then a second call adds to them.
+ * Double sums in another order: 1e-12 relative. And the weighted squared
+ * error of two fp32 matrices against a double sum on the host. */
+static void test_awq_statistics_match_cpu(void)
+{
+    const int rows = 3000, cols = 200, m = 700;
+    test_rng rng = {98};
+    moeq_error err = {0};
+    float *x = random_floats(&rng, (size_t)rows * cols, 3.0f), *w = random_floats(&rng, rows, 1.0f);
+    uint16_t *xb = xmalloc(2 * (size_t)rows * cols);
+    round_to_bf16(x, (size_t)rows * cols, xb);
+    int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)m);
+    float *xs = xmalloc(sizeof(float) * (size_t)m * cols), *ws = xmalloc(sizeof(float) * (size_t)m);
+    for (int i = 0; i < rows; i++)
+        w[i] = fabsf(w[i]);
+    for (int i = 0; i < m; i++) {
+        idx[i] = (int32_t)((i * 37 + 11) % rows);
+        memcpy(xs + (size_t)i * cols, x + (size_t)idx[i] * cols, sizeof(float) * cols);
+        ws[i] = w[i];
+    }
+    double *ref = calloc((size_t)cols, sizeof(double)), *got = xmalloc(sizeof(double) * cols);
+    moeq_awq_act_abs_sum(x, rows, cols, NULL, ref);
+    moeq_awq_act_abs_sum(xs, m, cols, ws, ref);
+    moeq_cuda_buf dx = to_device(xb, 2 * (size_t)rows * cols), di = to_device(idx, sizeof(int32_t) * m),
+                  dw = to_device(w, sizeof(float) * rows), dacc, dpart;
+    must(moeq_cuda_alloc(&ctx, &dacc, sizeof(double) * cols, "acc", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dpart, sizeof(double) * MOEQ_K_AWQ_PARTS * cols, "parts", &err),
+         &err);
+    must(moeq_cuda_check(cudaMemsetAsync(dacc.ptr, 0, dacc.bytes, ctx.stream), "memset", __FILE__,
+                         __LINE__, &err),
+         &err);
+    must(moeq_cuda_check(moeq_k_awq_act_abs_sum(dx.ptr, cols, NULL, NULL, rows, cols, dpart.ptr,
+                                                dacc.ptr, ctx.stream),
+                         "moeq_k_awq_act_abs_sum", __FILE__, __LINE__, &err),
+         &err);
+    must(moeq_cuda_check(moeq_k_awq_act_abs_sum(dx.ptr, cols, di.ptr, dw.ptr, m, cols, dpart.ptr,
+                                                dacc.ptr, ctx.stream),
+                         "moeq_k_awq_act_abs_sum", __FILE__, __LINE__, &err),
+         &err);
+    to_host(got, &dacc);
+    double worst = 0;
+    for (int j = 0; j < cols; j++) {
+        double d = fabs(got[j] - ref[j]) / ref[j];
+        worst = d > worst ? d : worst;
+    }
+    printf("     AWQ activation statistics: max relative difference %.3g\n", worst);
+    CHECK(worst <= 1e-12);
+    /* Weighted squared error of y against r over rows x cols. */
+    float *y = random_floats(&rng, (size_t)rows * cols, 1.0f), *r = random_floats(&rng, (size_t)rows * cols, 1.0f);
+    double want = 0;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            double d = (double)y[(size_t)i * cols + j] - r[(size_t)i * cols + j];
+            want += (double)w[i] * d * d;
+        }
+    moeq_cuda_buf dy = to_device(y, sizeof(float) * (size_t)rows * cols),
+                  dr = to_device(r, sizeof(float) * (size_t)rows * cols),
+                  dt = to_device(&(double){1.5}, sizeof(double));
+    must(moeq_cuda_check(moeq_k_awq_sq_error(dy.ptr, dr.ptr, rows, cols, dw.ptr, dpart.ptr, dt.ptr,
+                                             ctx.stream),
+                         "moeq_k_awq_sq_error", __FILE__, __LINE__, &err),
+         &err);
+    double total = 0;
+    to_host(&total, &dt);
+    printf("     AWQ squared error: gpu %.12g, host %.12g (+ 1.5 already there)\n", total,
+           want + 1.5);
+    CHECK_NEAR(total, want + 1.5, 0, 1e-12);
+    moeq_cuda_buf *bufs[] = {&dx, &di, &dw, &dacc, &dpart, &dy, &dr, &dt};
+    for (int i = 0; i < 8; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+    free(x);
+    free(w);
+    free(xb);
+    free(idx);
+    free(xs);
+    free(ws);
+    free(ref);
+    free(got);
+    free(y);
+    free(r);
+}
+
 /* ---- timings at model shapes */
 
 /* Fills a device buffer of total bytes by repeating a host pattern. */
@@ -1821,6 +2103,57 @@ static void test_timing_delta_rule_16x2048_qwen3_5(void)
         free(host[i]);
 }
 
+/* AWQ's kernels at a real expert's shape (hidden 4096, intermediate 1536,
+ * group 128): one candidate's fake quantization of gate/up, and the
+ * clipping search of 256 rows of 4096 columns (a linear's time scales with
+ * its rows). */
+static void test_timing_awq_4096x1536(void)
+{
+    const int H = 4096, I = 1536, R = 256;
+    moeq_error err = {0};
+    moeq_gptq_config c = moeq_gptq_default_config();
+    const moeq_k_awq_grid kq = awq_grid(&c);
+    test_rng rng = {99};
+    float pattern[4096];
+    for (int i = 0; i < 4096; i++)
+        pattern[i] = 0.02f * test_rng_uniform(&rng);
+    moeq_cuda_buf w, s, out, h, codes, scales, zeros, loss;
+    must(moeq_cuda_alloc(&ctx, &w, sizeof(float) * 2 * (size_t)I * H, "w", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &s, sizeof(float) * H, "s", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &out, 2 * 2 * (size_t)I * H, "out", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &h, sizeof(float) * (size_t)H * H, "H", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &codes, (size_t)I * H, "codes", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &scales, sizeof(float) * (size_t)I * H / 128, "scales", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &zeros, sizeof(int32_t) * (size_t)I * H / 128, "zeros", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &loss, sizeof(double) * I, "loss", &err), &err);
+    fill_repeating(&w, pattern, sizeof pattern);
+    fill_repeating(&h, pattern, sizeof pattern);
+    for (int i = 0; i < 4096; i++)
+        pattern[i] = 1.0f + 0.5f * test_rng_uniform(&rng);
+    fill_repeating(&s, pattern, sizeof pattern);
+    double t0 = now_seconds();
+    for (int rep = 0; rep < 10; rep++)
+        must(moeq_cuda_check(moeq_k_awq_fake_quant(w.ptr, 0, 2 * I, H, s.ptr, &kq, out.ptr, 1,
+                                                   ctx.stream),
+                             "fake quant", __FILE__, __LINE__, &err),
+             &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double fq = (now_seconds() - t0) / 10;
+    t0 = now_seconds();
+    must(moeq_cuda_check(moeq_k_awq_clip_quantize(w.ptr, R, H, h.ptr, &kq, codes.ptr, scales.ptr,
+                                                  zeros.ptr, R, loss.ptr, ctx.stream),
+                         "clip quantize", __FILE__, __LINE__, &err),
+         &err);
+    must(moeq_cuda_sync(&ctx, &err), &err);
+    double cq = now_seconds() - t0;
+    printf("     timing: AWQ fake quantization of gate/up [%d, %d] %.3f ms (%.0f GB/s read); "
+           "clipping search of [%d, %d], 80 candidates per group: %.1f ms\n",
+           2 * I, H, 1e3 * fq, 4.0 * 2 * I * H / fq / 1e9, R, H, 1e3 * cq);
+    moeq_cuda_buf *bufs[] = {&w, &s, &out, &h, &codes, &scales, &zeros, &loss};
+    for (int i = 0; i < 8; i++)
+        moeq_cuda_free(&ctx, bufs[i]);
+}
+
 int main(void)
 {
     moeq_error err = {0};
@@ -1876,9 +2209,13 @@ int main(void)
     RUN(test_delta_rule_rejects_heads_it_cannot_hold);
     RUN(test_deltanet_core_matches_cpu);
     RUN(test_memory_accounting_tracks_in_use_and_peak);
+    RUN(test_awq_fake_quant_bit_exact);
+    RUN(test_awq_clip_quantize_matches_cpu);
+    RUN(test_awq_statistics_match_cpu);
     RUN(test_timing_hessian_bf16_262144x2048);
     RUN(test_timing_gptq_2048x768x128_experts);
     RUN(test_timing_delta_rule_16x2048_qwen3_5);
+    RUN(test_timing_awq_4096x1536);
     printf("device bytes in use at exit %zu, peak %zu\n", ctx.bytes_in_use, ctx.peak_bytes);
     moeq_cuda_free_ctx(&ctx);
     return test_summary();

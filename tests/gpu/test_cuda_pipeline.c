@@ -36,6 +36,8 @@ typedef struct collected {
     int *layer;
     int64_t *tokens; /* per layer x expert routed counts, [layers * E] */
     int layers, experts;
+    int64_t routing_changes; /* AWQ: summed over the layers that report them */
+    int routing_layers;      /* how many do */
 } collected;
 
 static moeq_code collect(void *ctx, const moeq_layer_result *r, moeq_error *err)
@@ -59,6 +61,10 @@ static moeq_code collect(void *ctx, const moeq_layer_result *r, moeq_error *err)
         memcpy(d->q.zeros, q->zeros, sizeof(int32_t) * (size_t)q->n_groups * q->rows);
         memcpy(d->q.g_idx, q->g_idx, sizeof(int32_t) * (size_t)q->cols);
         c->layer[c->n++] = r->layer;
+    }
+    if (r->routing_changes >= 0) {
+        c->routing_changes += r->routing_changes;
+        c->routing_layers++;
     }
     if (r->expert_tokens && c->tokens)
         memcpy(c->tokens + (size_t)r->layer * c->experts, r->expert_tokens,
@@ -250,6 +256,154 @@ static void golden_dir(char *buf, size_t n, const char *arch)
 {
     snprintf(buf, n, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, arch);
 }
+
+/* ---- AWQ: CPU vs CUDA */
+
+static moeq_code cuda_layer_loop(const moeq_model *model, const moeq_calib_set *calib,
+                                 const moeq_quantize_options *opt, const moeq_layer_sink *sink,
+                                 moeq_error *err)
+{
+    return moeq_quantize_layers_cuda(model, calib, opt, sink, NULL, err);
+}
+
+/* Every "awq_routing_changes" of the report.json in dir: how many layers
+ * report one, and their sum (-1 when the file cannot be read). */
+static int64_t report_routing_changes(const char *dir, int *layers)
+{
+    char path[2048];
+    snprintf(path, sizeof path, "%s/report.json", dir);
+    FILE *f = fopen(path, "rb");
+    *layers = 0;
+    if (!f)
+        return -1;
+    static char text[1 << 22];
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[got] = 0;
+    int64_t sum = 0;
+    const char *key = "\"awq_routing_changes\"";
+    for (const char *p = strstr(text, key); p; p = strstr(p + 1, key)) {
+        const char *v = strchr(p, ':');
+        if (!v)
+            return -1;
+        sum += strtoll(v + 1, NULL, 10);
+        (*layers)++;
+    }
+    return sum;
+}
+
+/* AWQ on one model and expert calibration mode, CPU against CUDA.
+ * 1. The layer loops' results on the same random windows (fewer than the
+ *    8192 tokens the CPU scores its candidates on, so both score on the
+ *    same tokens): the fraction of linears whose chosen alpha is the
+ *    CPU's, of identical grids (the clipping search's choice) and of
+ *    identical codes, each held to a floor; no layer's routing changes on
+ *    either (the router compensated exactly).
+ * 2. Each quantized through the writer and evaluated against the original
+ *    (CPU eval, 512 random tokens): the GPU output's KL within kl_margin
+ *    of the CPU AWQ output's, RTN's printed beside them; the GPU output's
+ *    report.json lists 0 routing changes for every MoE layer.
+ * The GPU's activations are bf16 (fp32 on the CPU): the scale searches'
+ * losses differ in their third digit, so an alpha near a tie moves, and
+ * with it every code of the linears it scales. The floors and the margin
+ * below are provisional (set before any GPU run of this test); the values
+ * are printed so the next run can tighten them. */
+static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, int S, int T,
+                     int group_size, double min_alpha, double min_grids, double min_codes,
+                     double kl_margin)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    int moe_layers = 0;
+    for (int l = 0; l < m.cfg.num_layers; l++)
+        moe_layers += m.cfg.layer_is_moe[l];
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_AWQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = mode, .min_expert_tokens = 16,
+                                 .true_sequential = 1, .token_chunk = 4096};
+    opt.gptq.group_size = group_size;
+    moeq_calib_set cs = {0};
+    random_calib(&m, S, T, 71, &cs);
+    collected cpu, gpu;
+    size_t peak = 0;
+    CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
+    moeq_code rc = run(&m, &cs, opt, 1, &gpu, &peak, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    comparison c = compare(&gpu, &cpu);
+    int alphas = 0, same_alpha = 0;
+    for (int i = 0; i < cpu.n; i++) {
+        const moeq_quantized_linear *a = &cpu.linears[i];
+        const moeq_quantized_linear *b = find(&gpu, cpu.layer[i], a->role, a->expert);
+        if (!b || a->awq_alpha < 0)
+            continue;
+        alphas++;
+        same_alpha += a->awq_alpha == b->awq_alpha;
+    }
+    const double fa = alphas ? (double)same_alpha / alphas : 0;
+    const double fg = c.grids ? (double)c.same_grids / (double)c.grids : 0;
+    const double fc = c.codes ? (double)c.same_codes / (double)c.codes : 0;
+    printf("     %-10s awq %-8s %3d linears: same alpha %.4f (%d of %d), grids %.5f, codes %.5f, "
+           "loss gpu/cpu - 1 = %+.4f, routing changes cpu %lld gpu %lld over %d layers, peak "
+           "device %.1f MiB\n",
+           name, moeq_expert_calib_name(mode), cpu.n, fa, same_alpha, alphas, fg, fc,
+           c.loss_cpu > 0 ? c.loss_gpu / c.loss_cpu - 1 : 0, (long long)cpu.routing_changes,
+           (long long)gpu.routing_changes, gpu.routing_layers, peak / 1048576.0);
+    CHECK_INT_EQ(c.missing, 0);
+    CHECK(alphas > 0);
+    CHECK(fa >= min_alpha);
+    CHECK(fg >= min_grids);
+    CHECK(fc >= min_codes);
+    CHECK_INT_EQ(gpu.routing_changes, 0);
+    CHECK_INT_EQ(gpu.routing_layers, moe_layers);
+    CHECK_INT_EQ(cpu.routing_changes, 0);
+    collected_free(&cpu);
+    collected_free(&gpu);
+    moeq_calib_set_free(&cs);
+
+    char base[1100], out_cpu[1200], out_gpu[1200], out_rtn[1200];
+    snprintf(base, sizeof base, "%s", test_tmpdir("cuda_awq"));
+    snprintf(out_cpu, sizeof out_cpu, "%s/cpu", base);
+    snprintf(out_gpu, sizeof out_gpu, "%s/gpu", base);
+    snprintf(out_rtn, sizeof out_rtn, "%s/rtn", base);
+    CHECK_INT_EQ(quantize_dir_with(moeq_quantize_layers, dir, &opt, out_cpu, 8192, 83, S, T, &err),
+                 MOEQ_OK);
+    CHECK_INT_EQ(quantize_dir_with(cuda_layer_loop, dir, &opt, out_gpu, 8192, 83, S, T, &err),
+                 MOEQ_OK);
+    moeq_quantize_options rtn = opt;
+    rtn.method = MOEQ_METHOD_RTN;
+    CHECK_INT_EQ(quantize_dir_with(moeq_quantize_layers, dir, &rtn, out_rtn, 8192, 83, S, T, &err),
+                 MOEQ_OK);
+    const double kl_cpu = kl_on_random_tokens(dir, out_cpu, 84, T);
+    const double kl_gpu = kl_on_random_tokens(dir, out_gpu, 84, T);
+    const double kl_rtn = kl_on_random_tokens(dir, out_rtn, 84, T);
+    int layers = 0;
+    const int64_t changes = report_routing_changes(out_gpu, &layers);
+    printf("     %-10s awq %-8s KL vs original: AWQ gpu %.6f, AWQ cpu %.6f (gpu/cpu - 1 = %+.4f), "
+           "RTN %.6f; report.json: %lld routing changes over %d layers\n",
+           name, moeq_expert_calib_name(mode), kl_gpu, kl_cpu, kl_gpu / kl_cpu - 1, kl_rtn,
+           (long long)changes, layers);
+    CHECK(isfinite(kl_gpu) && isfinite(kl_cpu) && kl_cpu > 0);
+    CHECK(kl_gpu <= kl_cpu * (1 + kl_margin));
+    CHECK_INT_EQ(changes, 0);
+    CHECK_INT_EQ(layers, moe_layers);
+    moeq_model_close(&m);
+}
+
+/* The demo model (16 experts, top-2, no shared expert) and qwen2_moe (a
+ * shared expert behind a sigmoid gate, dense MLPs on layers 0 and 2) in
+ * every expert calibration mode. */
+static void test_awq_matches_cpu(void)
+{
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "qwen2_moe");
+    for (int mode = 0; mode < 3; mode++) {
+        awq_case(demo_dir, "demo", (moeq_expert_calib)mode, 8, 256, 128, 0.6, 0.6, 0.5, 0.10);
+        awq_case(dir, "qwen2_moe", (moeq_expert_calib)mode, 4, 64, 16, 0.6, 0.6, 0.5, 0.10);
+    }
+}
+
 
 static void test_demo_model_all_modes(void)
 {
@@ -471,13 +625,6 @@ static void test_llama4_matches_cpu(void)
         pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
                       0.85);
     }
-}
-
-static moeq_code cuda_layer_loop(const moeq_model *model, const moeq_calib_set *calib,
-                                 const moeq_quantize_options *opt, const moeq_layer_sink *sink,
-                                 moeq_error *err)
-{
-    return moeq_quantize_layers_cuda(model, calib, opt, sink, NULL, err);
 }
 
 /* The multimodal Llama-4 checkpoint quantized on the GPU through the
@@ -1132,6 +1279,7 @@ int main(void)
     RUN(test_demo_model_bf16_scales);
     RUN(test_golden_architectures);
     RUN(test_hybrid_architectures);
+    RUN(test_awq_matches_cpu);
     RUN(test_forward_matches_cpu_on_gpt_oss_and_minimax);
     RUN(test_llama4_matches_cpu);
     RUN(test_forward_matches_cpu_on_llama4);

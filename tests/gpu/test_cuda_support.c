@@ -157,6 +157,57 @@ static void test_more_than_64_expert_groups_are_refused(void)
     moeq_model_close(&m);
 }
 
+/* AWQ runs in the CUDA loop where the CPU loop runs it: the dense and MoE
+ * models of softmax top-k routers and SiLU MLPs. */
+static void test_awq_passes_where_the_cpu_runs_it(void)
+{
+    const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "llama", "qwen2", "qwen3"};
+    moeq_quantize_options opt = default_options();
+    opt.method = MOEQ_METHOD_AWQ;
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, archs[i]);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_code rc = moeq_cuda_pipeline_supports(&m, &opt, &err);
+        if (rc)
+            fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
+        CHECK_INT_EQ(rc, MOEQ_OK);
+        moeq_model_close(&m);
+    }
+}
+
+/* What the CPU's AWQ refuses, the CUDA loop refuses with the same words
+ * (models the CUDA loop takes with GPTQ); and AWQ on several GPUs. */
+static void test_awq_refusals_match_the_cpu(void)
+{
+    const struct {
+        const char *arch, *component;
+        int devices;
+    } cases[] = {
+        {"glm4_moe", "--method awq is not implemented for routers other than softmax top-k", 1},
+        {"minimax_m2", "--method awq is not implemented for q/k norms over the whole projection",
+         1},
+        {"gpt_oss", "--method awq is not implemented for MLP biases", 1},
+        {"qwen3_moe", "AWQ (--method awq) on several GPUs (--devices)", 2}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_quantize_options opt = default_options();
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_OK);
+        opt.method = MOEQ_METHOD_AWQ;
+        opt.n_devices = cases[i].devices;
+        opt.devices[1] = 1;
+        CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
+        CHECK_CONTAINS(err.msg, cases[i].component);
+        moeq_model_close(&m);
+    }
+}
+
 int main(void)
 {
     RUN(test_supported_architectures_pass);
@@ -165,5 +216,7 @@ int main(void)
     RUN(test_hybrid_components_are_refused_by_name);
     RUN(test_cpu_only_components_are_refused_naming_them);
     RUN(test_more_than_64_expert_groups_are_refused);
+    RUN(test_awq_passes_where_the_cpu_runs_it);
+    RUN(test_awq_refusals_match_the_cpu);
     return test_summary();
 }
