@@ -391,6 +391,43 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
     moeq_model_close(&m);
 }
 
+/* AWQ under a --vram-budget of 40 MiB that moves the residual stream to
+ * pinned host memory (16384 tokens, as the GPTQ test below): the peak stays
+ * under it, and the result is the same bytes as without a budget (the same
+ * token chunk of 1024, so the same GEMM shapes; the block's weights are
+ * uploaded again for each candidate and the references stream from host
+ * memory, which changes where values live, not what they are). */
+static void test_awq_budget_is_held_with_the_same_result(void)
+{
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
+    moeq_calib_set cs = {0};
+    random_calib(&m, 64, 256, 75, &cs);
+    moeq_quantize_options opt = {.method = MOEQ_METHOD_AWQ, .gptq = moeq_gptq_default_config(),
+                                 .expert_calib = MOEQ_EXPERT_CALIB_WEIGHTED,
+                                 .min_expert_tokens = 16, .true_sequential = 1,
+                                 .token_chunk = 1024};
+    collected a, b;
+    size_t peak_free = 0, peak_budget = 0;
+    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
+    opt.vram_budget = (size_t)40 << 20;
+    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    int same = same_bytes(&a, &b);
+    printf("     AWQ peak without a budget %.2f MiB, with 40 MiB %.2f MiB; identical bytes %d\n",
+           peak_free / 1048576.0, peak_budget / 1048576.0, same);
+    CHECK(peak_budget <= opt.vram_budget);
+    CHECK(peak_free > opt.vram_budget);
+    CHECK(a.n > 0 && same);
+    collected_free(&a);
+    collected_free(&b);
+    moeq_calib_set_free(&cs);
+    moeq_model_close(&m);
+}
+
 /* The demo model (16 experts, top-2, no shared expert) and qwen2_moe (a
  * shared expert behind a sigmoid gate, dense MLPs on layers 0 and 2) in
  * every expert calibration mode. */
@@ -1280,6 +1317,7 @@ int main(void)
     RUN(test_golden_architectures);
     RUN(test_hybrid_architectures);
     RUN(test_awq_matches_cpu);
+    RUN(test_awq_budget_is_held_with_the_same_result);
     RUN(test_forward_matches_cpu_on_gpt_oss_and_minimax);
     RUN(test_llama4_matches_cpu);
     RUN(test_forward_matches_cpu_on_llama4);
