@@ -517,7 +517,9 @@ static void test_golden_architectures(void)
  * read). Windows of 96 tokens: longer than the CPU's 64-token delta-rule
  * chunk, so its carried state is compared too. In-proj b/a stay in the
  * source dtype by default; --quantize-linear-ba quantizes them, fused and
- * separate. The floors are the other architectures' (unmeasured here). */
+ * separate. The floors are the other architectures'; measured on an H100:
+ * identical GPTQ codes 0.97-0.98 (all, weighted) and 0.91-0.92 (routed),
+ * losses within 0.3%, RTN identical. */
 static void test_hybrid_architectures(void)
 {
     const struct {
@@ -739,21 +741,33 @@ static void test_llama4_multimodal_cuda_output_keeps_the_vision_model(void)
     moeq_model_close(&orig);
 }
 
-/* The hybrid models, 96-token windows (longer than the CPU's 64-token
- * delta-rule chunk): the bound 0.05 is unmeasured on a GPU; it is far
- * below what leaving any one of their pieces out does to these states on
- * the CPU (the same ratio, measured there on these tokens, qwen3_next /
- * qwen3_5_moe / qwen3_5: the attention output gate 0.74 / 0.45 / 0.34, the
- * (1 + w) norm centring 0.98 / 0.98 / 0.99, the conv1d 1.5 / 1.5 / 1.4, the
- * q/k L2 norm 1.0 / 1.0 / 0.98, beta 0.61 / 0.75 / 0.58, the decay 1.4 /
- * 1.5 / 1.4, the gated RMSNorm's norm 1.2 / 1.1 / 1.2 and its silu(z) gate
- * 2.0 / 2.3 / 2.0), so a GPU that drops one fails. */
+/* The hybrid models' forward, 96-token windows (longer than the CPU's
+ * 64-token delta-rule chunk), and the bound of each. These fixtures are
+ * far more sensitive to bf16 activations than the others: the CPU
+ * reference with only the GPU's bf16 roundings added (the normed inputs of
+ * every block and the inputs of o_proj / out_proj rounded to bf16, a
+ * measurement build, not in the tree) moves the final states by 0.0215
+ * (qwen3_next), 0.0647 (qwen3_5_moe) and 0.0150 (qwen3_5) in this ratio,
+ * against 0.0039 on qwen3_moe and 0.0031 on gpt_oss; the GPU measured
+ * 0.0254, 0.0634 and 0.0155 on an H100, so the difference is those
+ * roundings. Each bound is about 1.5 times that CPU figure, and far below
+ * what leaving any one piece out does on the CPU (measured there on these
+ * tokens, qwen3_next / qwen3_5_moe / qwen3_5: the attention output gate
+ * 0.74 / 0.45 / 0.34, the (1 + w) norm centring 0.98 / 0.98 / 0.99, the
+ * conv1d 1.5 / 1.5 / 1.4, the q/k L2 norm 1.0 / 1.0 / 0.98, beta 0.61 /
+ * 0.75 / 0.58, the decay 1.4 / 1.5 / 1.4, the gated RMSNorm's norm 1.2 /
+ * 1.1 / 1.2 and its silu(z) gate 2.0 / 2.3 / 2.0), so a GPU that drops
+ * one fails. */
+static const struct {
+    const char *arch;
+    double bound;
+} HYBRID_FORWARD[3] = {{"qwen3_next", 0.035}, {"qwen3_5_moe", 0.1}, {"qwen3_5", 0.025}};
+
 static void test_forward_matches_cpu_on_hybrid_models(void)
 {
-    const char *archs[] = {"qwen3_next", "qwen3_5_moe", "qwen3_5"};
     const int device = 0;
     for (int a = 0; a < 3; a++)
-        forward_case(archs[a], 96, &device, 1, 0.05);
+        forward_case(HYBRID_FORWARD[a].arch, 96, &device, 1, HYBRID_FORWARD[a].bound);
 }
 
 /* Qwen3.5's multimodal checkpoints quantized by the CUDA loop through the
@@ -1151,14 +1165,14 @@ static void test_several_gpus_scale_llama4_expert_inputs(void)
  * gated attention layers, experts split): layer 0 (a linear layer) sees
  * the same input, so its linears are the same bytes as on one GPU in
  * routed mode; all layers nearly all the same codes, GPTQ loss within 1%;
- * the forward within the one-GPU bound of the CPU's. */
+ * the forward within the one-GPU bound of the CPU's (HYBRID_FORWARD). */
 static void test_several_gpus_run_hybrid_models(void)
 {
-    const char *archs[] = {"qwen3_next", "qwen3_5_moe"};
     const int devices[2] = {0, 1};
-    for (int a = 0; a < 2; a++) {
+    for (int a = 0; a < 2; a++) { /* the MoE ones: qwen3_next, qwen3_5_moe */
+        const char *arch = HYBRID_FORWARD[a].arch;
         char dir[1024];
-        golden_dir(dir, sizeof dir, archs[a]);
+        golden_dir(dir, sizeof dir, arch);
         moeq_error err = {0};
         moeq_model m;
         CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
@@ -1183,7 +1197,7 @@ static void test_several_gpus_run_hybrid_models(void)
         double same = all.codes ? (double)all.same_codes / (double)all.codes : 0;
         printf("     %s routed, 2 GPUs vs 1: layer 0 identical codes %zu of %zu, all layers "
                "%.6f, loss 2/1 - 1 = %+.4f\n",
-               archs[a], l0.same_codes, l0.codes, same,
+               arch, l0.same_codes, l0.codes, same,
                all.loss_cpu > 0 ? all.loss_gpu / all.loss_cpu - 1 : 0);
         CHECK_INT_EQ(all.missing, 0);
         CHECK(l0.codes > 0);
@@ -1194,7 +1208,7 @@ static void test_several_gpus_run_hybrid_models(void)
         collected_free(&two);
         moeq_calib_set_free(&cs);
         moeq_model_close(&m);
-        forward_case(archs[a], 96, devices, 2, 0.05);
+        forward_case(arch, 96, devices, 2, HYBRID_FORWARD[a].bound);
     }
 }
 
