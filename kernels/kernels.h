@@ -263,6 +263,17 @@ cudaError_t moeq_k_awq_sq_error(const float *y, const float *ref, int rows, int 
                                 const float *w, double *partial, double *total,
                                 cudaStream_t stream);
 
+/* ---- mla.cu: multi-head latent attention */
+
+/* From kv [tokens, heads, nope + vd] (kv_b_proj's output: [k_nope | v] per
+ * head) and k_rot [tokens, rot] (the rope part of the key, shared by all
+ * heads): k [tokens, heads, nope + rot] = bf16([k_nope | k_rot]) and v
+ * [tokens, heads, vd] = bf16(v), each value rounded once.
+ * cudaErrorInvalidValue for a negative size. */
+cudaError_t moeq_k_mla_split_kv_bf16(const float *kv, const float *k_rot, int tokens, int heads,
+                                     int nope, int rot, int vd, uint16_t *k, uint16_t *v,
+                                     cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const float MLA_LATENT_NORM_EPS = 1e-6f;
-
 double moeq_mla_softmax_scale(const moeq_config *cfg)
 {
     double scale = pow((double)(cfg->qk_nope_head_dim + cfg->qk_rope_head_dim), -0.5);
@@ -59,7 +57,7 @@ moeq_code moeq_mla_attention(const moeq_config *cfg, const moeq_layer_weights *l
     }
     if (rq) {
         cpu_linear(h, n, hidden, lw->q_a, lw->q_a_bias, rq, qa);
-        cpu_rmsnorm(qa, lw->q_a_norm, n, rq, MLA_LATENT_NORM_EPS, qa);
+        cpu_rmsnorm(qa, lw->q_a_norm, n, rq, MOEQ_MLA_LATENT_NORM_EPS, qa);
         if (trace && trace->q_b_in)
             memcpy(trace->q_b_in, qa, sizeof(float) * (size_t)n * rq);
         cpu_linear(qa, n, rq, lw->q_b, NULL, (int)qrow, q);
@@ -72,7 +70,7 @@ moeq_code moeq_mla_attention(const moeq_config *cfg, const moeq_layer_weights *l
         memcpy(latent + (size_t)t * rkv, row, sizeof(float) * (size_t)rkv);
         memcpy(k_rot + (size_t)t * rot, row + rkv, sizeof(float) * (size_t)rot);
     }
-    cpu_rmsnorm(latent, lw->kv_a_norm, n, rkv, MLA_LATENT_NORM_EPS, latent);
+    cpu_rmsnorm(latent, lw->kv_a_norm, n, rkv, MOEQ_MLA_LATENT_NORM_EPS, latent);
     if (trace && trace->kv_b_in)
         memcpy(trace->kv_b_in, latent, sizeof(float) * (size_t)n * rkv);
     cpu_linear(latent, n, rkv, lw->kv_b, NULL, (int)kvrow, kv);

@@ -8,6 +8,11 @@
 
 #include "model/forward.h"
 
+/* The eps of q_a_layernorm and kv_a_layernorm: DeepseekV3RMSNorm's default
+ * (transformers modeling_deepseek_v3.py builds both without
+ * config.rms_norm_eps). */
+#define MOEQ_MLA_LATENT_NORM_EPS 1e-6f
+
 /* attn[N, Hq * v_head_dim] = attention of the normed input h[N, H] (the
  * input of o_proj), N = n_seqs * seq_len. trace->q_b_in and trace->kv_b_in,
  * when set, receive the inputs of q_b_proj [N, q_lora_rank] and kv_b_proj

@@ -210,7 +210,7 @@ moeq_code gpu_attn_windows(gpu_run *g, gpu_attn *a, const uint16_t *wqkv, int s0
             return rc;
         uint16_t *os = o + (size_t)(s - s0) * T * qdim;
         if ((rc = moeq_cuda_attention_chunked_bf16(&g->cu, a->qb.ptr, a->kb.ptr, a->vb.ptr, T,
-                                                   a->chunk, hq, hkv, D, scale, a->window,
+                                                   a->chunk, hq, hkv, D, D, scale, a->window,
                                                    a->sinks.ptr, a->sc.ptr, a->pb.ptr, os, err)) ||
             (a->gated && (rc = MOEQ_CU(moeq_k_sigmoid_gate_bf16(os, a->gf.ptr, (size_t)T * qdim,
                                                                 g->cu.stream)))))

@@ -247,4 +247,31 @@ void gpu_awq_routing_changes(gpu_layer *L, const routing *r);
 void gpu_awq_finish_layer(gpu_layer *L);
 void gpu_awq_free(gpu_layer *L);
 
+/* ---- multi-head latent attention (mla_cuda.c) */
+
+/* One linear of an MLA block: its role, host fp32 weight and shape. */
+typedef struct gpu_mla_linear {
+    moeq_tensor_role role;
+    const float *w;
+    int rows, cols;
+} gpu_mla_linear;
+
+enum { GPU_MLA_MAX_LINEARS = 5 };
+
+/* The linears an MLA layer quantizes, in the CPU loop's order (q_a_proj or
+ * q_proj, kv_a_proj_with_mqa, q_b_proj, kv_b_proj, o_proj); returns how
+ * many. lw may be NULL (the shapes alone). */
+int gpu_mla_linears(const moeq_config *cfg, const moeq_layer_weights *lw,
+                    gpu_mla_linear out[GPU_MLA_MAX_LINEARS]);
+
+/* Device bytes of the MLA block's activations over n tokens that live
+ * through the block: the o_proj input, the normed latents (the inputs of
+ * q_b_proj and kv_b_proj) and the rope part of the keys. */
+size_t gpu_mla_activation_bytes(const moeq_config *cfg, int n);
+
+/* The MLA block of layer lw (DeepSeek-V2/V3, Kimi-K2), quantized in the
+ * CPU loop's order from the same inputs, then x1 = x + attention(x) with
+ * the quantized weights. */
+moeq_code gpu_mla_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err);
+
 #endif

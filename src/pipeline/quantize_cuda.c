@@ -6,9 +6,11 @@
  *   x   [n, H] fp32  the residual stream: the layer input, then (reused as
  *                    the MLP block accumulator) the layer output
  *   x1  [n, H] fp32  after the attention block, quantized weights
- *   h   [n, H] bf16  the normed input of q/k/v, then of the MLP
+ *   h   [n, H] bf16  the normed input of q/k/v (MLA: of its a-projections),
+ *                    then of the MLP
  *   o   [n, Hq D] bf16  the input of o_proj (linear-attention layers:
- *                    of out_proj, [n, Hv Dv]; deltanet_cuda.c)
+ *                    of out_proj, [n, Hv Dv]; deltanet_cuda.c; MLA:
+ *                    [n, Hq v_head_dim]; mla_cuda.c)
  *
  * Precision (DESIGN.md): normed activations and the weights of the forward
  * GEMMs are bf16 with fp32 accumulation (cuBLAS, tensor cores); residuals,
@@ -120,6 +122,12 @@ static size_t layer_code_bytes(const moeq_config *cfg, const moeq_quantize_optio
     size_t bytes = lw->is_linear
                        ? (2 * kd + 2 * vd + (opt->quantize_linear_ba ? 2 * hv : 0)) * H + H * vd
                        : ((cfg->attn_output_gate ? 2 : 1) * q + 2 * kv) * H + H * q;
+    if (cfg->attention == MOEQ_ATTENTION_MLA && !lw->is_linear) {
+        gpu_mla_linear lin[GPU_MLA_MAX_LINEARS];
+        bytes = 0;
+        for (int i = 0, count = gpu_mla_linears(cfg, NULL, lin); i < count; i++)
+            bytes += (size_t)lin[i].rows * lin[i].cols;
+    }
     if (lw->is_moe) {
         bytes += (size_t)cfg->num_experts * 3 * H * (size_t)cfg->moe_intermediate_size;
         if (lw->has_shared)
@@ -1212,6 +1220,11 @@ static moeq_code pin_item(void *ctx, int i, moeq_error *err)
         pin_array(w->in_qkv, sizeof(float) * (2 * kd + vd) * H, j->pin);
         pin_array(w->in_z, sizeof(float) * vd * H, j->pin);
         pin_array(w->out, sizeof(float) * H * vd, j->pin);
+    } else if (i == n_mlps && cfg->attention == MOEQ_ATTENTION_MLA) {
+        gpu_mla_linear lin[GPU_MLA_MAX_LINEARS];
+        for (int k = 0, count = gpu_mla_linears(cfg, lw, lin); k < count; k++)
+            pin_array((void *)lin[k].w, sizeof(float) * (size_t)lin[k].rows * lin[k].cols,
+                      j->pin);
     } else if (i == n_mlps) {
         pin_array(lw->q, sizeof(float) * (cfg->attn_output_gate ? 2 : 1) * qd * H, j->pin);
         pin_array(lw->k, sizeof(float) * kvd * H, j->pin);
@@ -1401,10 +1414,6 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "MTP block calibration (--quantize-mtp) is not in the CUDA pipeline yet: "
                          "use --device cpu");
-    if (cfg->attention == MOEQ_ATTENTION_MLA)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "multi-head latent attention (MLA: DeepSeek-V2/V3, Kimi-K2) is not in "
-                         "the CUDA pipeline yet: use --device cpu");
     if (cfg->num_experts > 0 && cfg->n_group > MOEQ_K_ROUTER_MAX_GROUPS)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "group-limited expert choice over n_group = %d groups (the CUDA router "
@@ -1433,7 +1442,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     gpu_run g = {.model = model, .cfg = cfg, .opt = opt, .S = calib->nsamples,
                  .T = calib->seqlen, .forward_only = forward_only};
     g.n = g.S * g.T;
-    g.qdim = cfg->num_heads * cfg->head_dim;
+    g.qdim = moeq_o_proj_in_dim(cfg); /* GQA: Hq D; MLA: Hq v_head_dim */
     g.kvdim = cfg->num_kv_heads * cfg->head_dim;
     /* Expert products run over chunks of 32768 tokens (GEMMs large enough
      * for the tensor cores), fewer under a small budget: the chunk's scratch
@@ -1534,16 +1543,20 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     g.rotary_dim = rope.rotary_dim;
     g.attention_factor = rope.attention_factor;
     /* Where the activations live. On the device: the residual stream twice
-     * (fp32), the normed input and the attention output (bf16). When the
-     * budget cannot hold that, the residual stream moves to pinned host
-     * memory and the device keeps the normed input, the larger of the
-     * attention output and the MLP accumulator (never both at once), and a
+     * (fp32), the normed input and the attention output (bf16; MLA: and
+     * its latents and the rope part of its keys). When the budget cannot
+     * hold that, the residual stream moves to pinned host memory and the
+     * device keeps the normed input, the larger of the token mixer's
+     * activations and the MLP accumulator (never both at once), and a
      * chunk of the stream. */
     int odim = g.qdim; /* the widest token-mixer output: attention's, or DeltaNet's */
     for (int l = 0; l < cfg->num_layers; l++)
         if (cfg->layer_is_linear[l] && cfg->la_num_v_heads * cfg->la_v_head_dim > odim)
             odim = cfg->la_num_v_heads * cfg->la_v_head_dim;
-    const size_t o_bytes = (size_t)g.n * odim * 2, acc_bytes = nh * 4;
+    const size_t o_bytes = cfg->attention == MOEQ_ATTENTION_MLA
+                               ? gpu_mla_activation_bytes(cfg, g.n)
+                               : (size_t)g.n * odim * 2,
+                 acc_bytes = nh * 4;
     const size_t on_device = nh * (4 + 4 + 2) + o_bytes;
     const size_t with_host = nh * 2 + (o_bytes > acc_bytes ? o_bytes : acc_bytes) +
                              sizeof(float) * (size_t)g.chunk * cfg->hidden_size;
@@ -1636,8 +1649,9 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         if (!rc && awq)
             rc = gpu_awq_attention_scales(&L, &lw, err);
         if (!rc)
-            rc = lw.is_linear ? gpu_deltanet_stage(&L, &lw, err)
-                              : gpu_attention_stage(&L, &lw, err);
+            rc = lw.is_linear                            ? gpu_deltanet_stage(&L, &lw, err)
+                 : cfg->attention == MOEQ_ATTENTION_MLA ? gpu_mla_stage(&L, &lw, err)
+                                                        : gpu_attention_stage(&L, &lw, err);
         char point[32];
         snprintf(point, sizeof point, "layer-%d-mid", l);
         moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */

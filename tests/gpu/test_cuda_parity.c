@@ -24,6 +24,7 @@
 #include "kernels.h"
 #include "model/forward.h"
 #include "model/deltanet.h"
+#include "model/rope.h"
 #include "quant/awq.h"
 #include "quant/gptq.h"
 
@@ -868,51 +869,55 @@ static void test_rope_matches_cpu(void)
 }
 
 /* Attention with bf16 inputs against the fp32 CPU attention on the same
- * (bf16-rounded) q, k, v, within window (0: none), with sink logits
- * random in [-sink_scale, sink_scale] (0: none), and in chunks of chunk
- * tokens (0: one chunk; the CPU runs cpu_attention_causal on each chunk,
- * as gqa_attention does): the probabilities and the output are rounded to
- * bf16 once each, so 1e-2 of the largest output value. Returns the GPU
- * output (caller frees) and v for exact checks. */
-static float *attention_case(const char *name, int T, int chunk, int Hq, int Hkv, int D,
+ * (bf16-rounded) q, k [D per head], v [Dv per head], within window (0:
+ * none), with sink logits random in [-sink_scale, sink_scale] (0: none),
+ * and in chunks of chunk tokens (0: one chunk; the CPU runs
+ * cpu_attention_causal on each chunk, as gqa_attention does): the
+ * probabilities and the output are rounded to bf16 once each, so 1e-2 of
+ * the largest output value. Returns the GPU output (caller frees) and v
+ * for exact checks. */
+static float *attention_case(const char *name, int T, int chunk, int Hq, int Hkv, int D, int Dv,
                              int window, float sink_scale, uint64_t seed, float **v_out)
 {
-    const size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
+    const size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D, nv = (size_t)T * Hkv * Dv;
+    const size_t no = (size_t)T * Hq * Dv;
     test_rng rng = {seed};
     moeq_error err = {0};
     float *q = random_floats(&rng, nq, 2.0f), *k = random_floats(&rng, nk, 2.0f);
-    float *v = random_floats(&rng, nk, 1.0f);
+    float *v = random_floats(&rng, nv, 1.0f);
     float *sinks = sink_scale > 0 ? random_floats(&rng, (size_t)Hq, sink_scale) : NULL;
-    uint16_t *qb = xmalloc(2 * nq), *kb = xmalloc(2 * nk), *vb = xmalloc(2 * nk);
-    uint16_t *ob = xmalloc(2 * nq);
+    uint16_t *qb = xmalloc(2 * nq), *kb = xmalloc(2 * nk), *vb = xmalloc(2 * nv);
+    uint16_t *ob = xmalloc(2 * no);
     round_to_bf16(q, nq, qb);
     round_to_bf16(k, nk, kb);
-    round_to_bf16(v, nk, vb);
-    float *o_cpu = xmalloc(sizeof(float) * nq), *o_gpu = xmalloc(sizeof(float) * nq);
+    round_to_bf16(v, nv, vb);
+    float *o_cpu = xmalloc(sizeof(float) * no), *o_gpu = xmalloc(sizeof(float) * no);
     const float scale = 0.125f;
     const int step = chunk > 0 ? chunk : T;
     for (int c0 = 0; c0 < T; c0 += step) {
         const size_t q0 = (size_t)c0 * Hq * D, k0 = (size_t)c0 * Hkv * D;
-        CHECK_INT_EQ(cpu_attention_causal(q + q0, k + k0, v + k0, T - c0 < step ? T - c0 : step,
-                                          Hq, Hkv, D, D, scale, window, sinks, o_cpu + q0, &err),
+        const size_t v0 = (size_t)c0 * Hkv * Dv, o0 = (size_t)c0 * Hq * Dv;
+        CHECK_INT_EQ(cpu_attention_causal(q + q0, k + k0, v + v0, T - c0 < step ? T - c0 : step,
+                                          Hq, Hkv, D, Dv, scale, window, sinks, o_cpu + o0,
+                                          &err),
                      MOEQ_OK);
     }
     moeq_cuda_buf dq = to_device(qb, 2 * nq), dk = to_device(kb, 2 * nk),
-                  dv = to_device(vb, 2 * nk), dout, dsc, dp, ds = {0};
+                  dv = to_device(vb, 2 * nv), dout, dsc, dp, ds = {0};
     if (sinks)
         ds = to_device(sinks, sizeof(float) * (size_t)Hq);
-    must(moeq_cuda_alloc(&ctx, &dout, 2 * nq, "out", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dout, 2 * no, "out", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dsc, sizeof(float) * (size_t)Hq * T * T, "scores", &err), &err);
     must(moeq_cuda_alloc(&ctx, &dp, 2 * (size_t)Hq * T * T, "probs", &err), &err);
-    must(moeq_cuda_attention_chunked_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, chunk, Hq, Hkv, D,
+    must(moeq_cuda_attention_chunked_bf16(&ctx, dq.ptr, dk.ptr, dv.ptr, T, chunk, Hq, Hkv, D, Dv,
                                           scale, window, ds.ptr, dsc.ptr, dp.ptr, dout.ptr, &err),
          &err);
     to_host(ob, &dout);
-    for (size_t i = 0; i < nq; i++)
+    for (size_t i = 0; i < no; i++)
         o_gpu[i] = moeq_bf16_to_f32(ob[i]);
-    double rel = max_rel_diff(o_gpu, o_cpu, nq);
-    printf("     attention bf16 %-18s T %d, %d/%d heads of %d: max rel diff %.3g\n", name, T, Hq,
-           Hkv, D, rel);
+    double rel = max_rel_diff(o_gpu, o_cpu, no);
+    printf("     attention bf16 %-18s T %d, %d/%d heads of %d (v %d): max rel diff %.3g\n", name,
+           T, Hq, Hkv, D, Dv, rel);
     CHECK(rel <= 1e-2);
     moeq_cuda_buf *bufs[] = {&dq, &dk, &dv, &dout, &dsc, &dp, &ds};
     for (int i = 0; i < 7; i++)
@@ -932,7 +937,7 @@ static float *attention_case(const char *name, int T, int chunk, int Hq, int Hkv
 static void test_attention_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("causal", T, 0, Hq, Hkv, D, 0, 0.0f, 62, &v);
+    float *v, *o = attention_case("causal", T, 0, Hq, Hkv, D, D, 0, 0.0f, 62, &v);
     /* The first token sees only itself: its output is its own v, exactly
      * up to the bf16 rounding of p = 1 (exact) and of the output. */
     for (int h = 0; h < Hq; h++)
@@ -947,10 +952,10 @@ static void test_attention_matches_cpu(void)
 static void test_attention_sliding_window_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("window 128", T, 0, Hq, Hkv, D, 128, 0.0f, 67, &v);
+    float *v, *o = attention_case("window 128", T, 0, Hq, Hkv, D, D, 128, 0.0f, 67, &v);
     free(o);
     free(v);
-    o = attention_case("window 1", T, 0, Hq, Hkv, D, 1, 0.0f, 68, &v);
+    o = attention_case("window 1", T, 0, Hq, Hkv, D, D, 1, 0.0f, 68, &v);
     size_t differ = 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hq; h++)
@@ -968,10 +973,10 @@ static void test_attention_sliding_window_matches_cpu(void)
 static void test_attention_sinks_match_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
-    float *v, *o = attention_case("sinks", T, 0, Hq, Hkv, D, 0, 4.0f, 69, &v);
+    float *v, *o = attention_case("sinks", T, 0, Hq, Hkv, D, D, 0, 4.0f, 69, &v);
     free(o);
     free(v);
-    o = attention_case("sinks, window 128", T, 0, Hq, Hkv, D, 128, 4.0f, 70, &v);
+    o = attention_case("sinks, window 128", T, 0, Hq, Hkv, D, D, 128, 4.0f, 70, &v);
     free(o);
     free(v);
 }
@@ -984,7 +989,7 @@ static void test_attention_sinks_match_cpu(void)
 static void test_attention_chunked_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64, chunk = 64;
-    float *v, *o = attention_case("chunks of 64", T, chunk, Hq, Hkv, D, 0, 0.0f, 71, &v);
+    float *v, *o = attention_case("chunks of 64", T, chunk, Hq, Hkv, D, D, 0, 0.0f, 71, &v);
     size_t differ = 0;
     for (int t = 0; t < T; t += chunk)
         for (int h = 0; h < Hq; h++)
@@ -994,7 +999,7 @@ static void test_attention_chunked_matches_cpu(void)
     CHECK_INT_EQ(differ, 0);
     free(o);
     free(v);
-    o = attention_case("chunks of 1", T, 1, Hq, Hkv, D, 0, 0.0f, 72, &v);
+    o = attention_case("chunks of 1", T, 1, Hq, Hkv, D, D, 0, 0.0f, 72, &v);
     differ = 0;
     for (size_t i = 0; i < (size_t)T * Hq * D; i++) {
         size_t t = i / ((size_t)Hq * D), h = i / D % Hq, d = i % D;
@@ -1046,6 +1051,140 @@ static void test_attention_temperature_matches_cpu(void)
     free(q);
     free(factors);
     free(q_gpu);
+}
+
+/* MLA (DeepSeek-V3's head dims): q/k heads of qk_nope + qk_rope = 192,
+ * v heads of 128, as many k/v heads as q heads. The first token sees only
+ * itself: its output is its own v, exactly. A v width the GPU took as the
+ * q/k width would read the wrong values or fail this bound. */
+static void test_attention_with_v_head_dim_of_mla_matches_cpu(void)
+{
+    const int T = 300, H = 4, D = 192, Dv = 128;
+    float *v, *o = attention_case("MLA head dims", T, 0, H, H, D, Dv, 0, 0.0f, 84, &v);
+    for (int h = 0; h < H; h++)
+        for (int d = 0; d < Dv; d++)
+            CHECK(o[(size_t)h * Dv + d] == v[(size_t)h * Dv + d]);
+    free(o);
+    free(v);
+}
+
+/* MLA's RoPE as src/model/mla.c applies it: on the rope part after the
+ * nope part of each q head (head stride nope + rot) and on the one k_rot of
+ * each token, interleaved pairs (DeepSeek-V3) and halves, with YaRN's
+ * frequencies and attention factor (the deepseek_v3 golden fixture's
+ * factor 4, mscale 0.8, mscale_all_dim 0.9, so the factor is not 1) at
+ * DeepSeek-V3's widths; the RoPE test's bound, and the nope parts untouched. */
+static void test_rope_on_the_rope_part_of_mla_heads_matches_cpu(void)
+{
+    const int T = 2048, heads = 4, nope = 128, rot = 64, qk = nope + rot;
+    const size_t nq = (size_t)T * heads * qk, nk = (size_t)T * rot;
+    moeq_error err = {0};
+    const moeq_rope_params p = {.type = MOEQ_ROPE_YARN, .theta = 10000.0, .rotary_dim = rot,
+                                .factor = 4.0, .beta_fast = 32, .beta_slow = 1, .mscale = 0.8,
+                                .mscale_all_dim = 0.9, .original_max_position_embeddings = 512,
+                                .max_position_embeddings = 2048, .truncate = 1};
+    float inv_freq[32], factor = 0;
+    must(moeq_rope_compute(&p, 0, inv_freq, &factor, &err), &err);
+    CHECK(factor != 1.0f);
+    test_rng rng = {85};
+    float *q = random_floats(&rng, nq, 2.0f), *k = random_floats(&rng, nk, 2.0f);
+    float *q_cpu = xmalloc(sizeof(float) * nq), *k_cpu = xmalloc(sizeof(float) * nk);
+    float *q_gpu = xmalloc(sizeof(float) * nq), *k_gpu = xmalloc(sizeof(float) * nk);
+    int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++)
+        pos[t] = t % 1024; /* two windows of 1024 */
+    moeq_cuda_buf dq = to_device(q, sizeof(float) * nq), dk = to_device(k, sizeof(float) * nk);
+    moeq_cuda_buf df = to_device(inv_freq, sizeof inv_freq);
+    for (int interleaved = 0; interleaved <= 1; interleaved++) {
+        memcpy(q_cpu, q, sizeof(float) * nq);
+        memcpy(k_cpu, k, sizeof(float) * nk);
+        cpu_rope_apply(q_cpu + nope, T, heads, qk, rot, pos, inv_freq, factor, interleaved);
+        cpu_rope_apply(k_cpu, T, 1, rot, rot, pos, inv_freq, factor, interleaved);
+        must(moeq_cuda_upload(&ctx, dq.ptr, q, dq.bytes, &err), &err);
+        must(moeq_cuda_upload(&ctx, dk.ptr, k, dk.bytes, &err), &err);
+        must(moeq_cuda_check(moeq_k_rope((float *)dq.ptr + nope, T, heads, qk, rot, 1024, df.ptr,
+                                         factor, interleaved, ctx.stream),
+                             "moeq_k_rope", __FILE__, __LINE__, &err),
+             &err);
+        must(moeq_cuda_check(moeq_k_rope(dk.ptr, T, 1, rot, rot, 1024, df.ptr, factor,
+                                         interleaved, ctx.stream),
+                             "moeq_k_rope", __FILE__, __LINE__, &err),
+             &err);
+        to_host(q_gpu, &dq);
+        to_host(k_gpu, &dk);
+        double rq = max_rel_diff(q_gpu, q_cpu, nq), rk = max_rel_diff(k_gpu, k_cpu, nk);
+        size_t nope_changed = 0;
+        for (size_t th = 0; th < (size_t)T * heads; th++)
+            nope_changed += memcmp(q_gpu + th * qk, q + th * qk, sizeof(float) * nope) != 0;
+        printf("     MLA rope %s, attention factor %.6f: q max rel diff %.3g, k_rot %.3g\n",
+               interleaved ? "interleaved" : "halves", factor, rq, rk);
+        CHECK(rq <= 1e-5);
+        CHECK(rk <= 1e-5);
+        CHECK_INT_EQ(nope_changed, 0);
+    }
+    moeq_cuda_free(&ctx, &dq);
+    moeq_cuda_free(&ctx, &dk);
+    moeq_cuda_free(&ctx, &df);
+    free(q);
+    free(k);
+    free(q_cpu);
+    free(k_cpu);
+    free(q_gpu);
+    free(k_gpu);
+    free(pos);
+}
+
+/* MLA's key/value assembly: k = [k_nope | k_rot] per head, k_rot shared by
+ * all heads, v after k_nope in kv_b_proj's output; copies rounded once to
+ * bf16, so exact against the CPU's layout (mla.c) rounded the same way.
+ * v_head_dim differs from qk_nope_head_dim so that a swapped width fails.
+ * A negative size is refused. */
+static void test_mla_split_kv_is_exact(void)
+{
+    const int T = 300, heads = 5, nope = 128, rot = 64, vd = 96, qk = nope + rot;
+    const size_t nkv = (size_t)T * heads * (nope + vd), nr = (size_t)T * rot;
+    const size_t nk = (size_t)T * heads * qk, nv = (size_t)T * heads * vd;
+    test_rng rng = {86};
+    moeq_error err = {0};
+    float *kv = random_floats(&rng, nkv, 3.0f), *kr = random_floats(&rng, nr, 3.0f);
+    uint16_t *k = xmalloc(2 * nk), *v = xmalloc(2 * nv);
+    moeq_cuda_buf dkv = to_device(kv, sizeof(float) * nkv), dkr = to_device(kr, sizeof(float) * nr);
+    moeq_cuda_buf dk, dv;
+    must(moeq_cuda_alloc(&ctx, &dk, 2 * nk, "k", &err), &err);
+    must(moeq_cuda_alloc(&ctx, &dv, 2 * nv, "v", &err), &err);
+    must(moeq_cuda_check(moeq_k_mla_split_kv_bf16(dkv.ptr, dkr.ptr, T, heads, nope, rot, vd,
+                                                  dk.ptr, dv.ptr, ctx.stream),
+                         "moeq_k_mla_split_kv_bf16", __FILE__, __LINE__, &err),
+         &err);
+    to_host(k, &dk);
+    to_host(v, &dv);
+    size_t k_differ = 0, v_differ = 0;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < heads; h++) {
+            const float *src = kv + ((size_t)t * heads + h) * (nope + vd);
+            const uint16_t *kh = k + ((size_t)t * heads + h) * qk;
+            const uint16_t *vh = v + ((size_t)t * heads + h) * vd;
+            for (int c = 0; c < qk; c++)
+                k_differ += kh[c] != moeq_f32_to_bf16(c < nope ? src[c]
+                                                               : kr[(size_t)t * rot + c - nope]);
+            for (int c = 0; c < vd; c++)
+                v_differ += vh[c] != moeq_f32_to_bf16(src[nope + c]);
+        }
+    printf("     MLA k/v assembly %d tokens x %d heads: k values differing %zu, v %zu\n", T,
+           heads, k_differ, v_differ);
+    CHECK_INT_EQ(k_differ, 0);
+    CHECK_INT_EQ(v_differ, 0);
+    CHECK_INT_EQ(moeq_k_mla_split_kv_bf16(dkv.ptr, dkr.ptr, T, -1, nope, rot, vd, dk.ptr, dv.ptr,
+                                          ctx.stream),
+                 cudaErrorInvalidValue);
+    moeq_cuda_free(&ctx, &dkv);
+    moeq_cuda_free(&ctx, &dkr);
+    moeq_cuda_free(&ctx, &dk);
+    moeq_cuda_free(&ctx, &dv);
+    free(kv);
+    free(kr);
+    free(k);
+    free(v);
 }
 
 /* The MLP activation of the GPU loop (a gate/up product, its biases added,
@@ -2193,6 +2332,9 @@ int main(void)
     RUN(test_attention_matches_cpu);
     RUN(test_attention_sliding_window_matches_cpu);
     RUN(test_attention_sinks_match_cpu);
+    RUN(test_attention_with_v_head_dim_of_mla_matches_cpu);
+    RUN(test_rope_on_the_rope_part_of_mla_heads_matches_cpu);
+    RUN(test_mla_split_kv_is_exact);
     RUN(test_attention_chunked_matches_cpu);
     RUN(test_attention_temperature_matches_cpu);
     RUN(test_swiglu_matches_cpu);

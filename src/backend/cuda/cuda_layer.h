@@ -14,17 +14,19 @@ moeq_code moeq_cuda_silu_mul(moeq_cuda_ctx *ctx, const float *gate, const float 
                              float *out, moeq_error *err);
 
 /* Causal softmax attention of one sequence as cpu_attention_causal with
- * bf16 q [T, Hq, D], k, v [T, Hkv, D] and out [T, Hq, D]: scores = scale
- * q k^T per head as batched cuBLAS GEMMs (fp32 accumulate, fp32 scores), a
- * causal softmax (within sliding_window > 0; with the sink logits sinks
- * [Hq], device, unless NULL) to bf16 probabilities, then P v with fp32
- * accumulation, rounded to bf16. Scratch: scores [Hq, T, T] fp32 and probs
- * [Hq, T, T] bf16. Hq must be a multiple of Hkv. */
+ * bf16 q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv] and out [T, Hq, Dv]
+ * (Dv = D but for MLA, whose q/k heads are qk_nope + qk_rope wide and its
+ * v heads v_head_dim): scores = scale q k^T per head as batched cuBLAS
+ * GEMMs (fp32 accumulate, fp32 scores), a causal softmax (within
+ * sliding_window > 0; with the sink logits sinks [Hq], device, unless
+ * NULL) to bf16 probabilities, then P v with fp32 accumulation, rounded to
+ * bf16. Scratch: scores [Hq, T, T] fp32 and probs [Hq, T, T] bf16. Hq must
+ * be a multiple of Hkv. */
 moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
                                           const void *v, int T, int Hq, int Hkv, int D,
-                                          float scale, int sliding_window, const float *sinks,
-                                          float *scores, void *probs, void *out,
-                                          moeq_error *err);
+                                          int Dv, float scale, int sliding_window,
+                                          const float *sinks, float *scores, void *probs,
+                                          void *out, moeq_error *err);
 
 /* Chunked attention (Llama-4's chunked_attention layers; cpu_attention_causal
  * on each chunk, as gqa_attention in forward.c): the T tokens split into
@@ -35,7 +37,7 @@ moeq_code moeq_cuda_attention_causal_bf16(moeq_cuda_ctx *ctx, const void *q, con
  * scratch is [Hq, C, C] for C = min(chunk, T). chunk <= 0: one chunk of T. */
 moeq_code moeq_cuda_attention_chunked_bf16(moeq_cuda_ctx *ctx, const void *q, const void *k,
                                            const void *v, int T, int chunk, int Hq, int Hkv,
-                                           int D, float scale, int sliding_window,
+                                           int D, int Dv, float scale, int sliding_window,
                                            const float *sinks, float *scores, void *probs,
                                            void *out, moeq_error *err);
 
