@@ -19,7 +19,16 @@ SHAPE is one of:
                   scripts on a CPU before they go to a GPU
   deepseek-v3     A DeepSeek-V3-sized MoE block: hidden 7168, 256 experts of
                   2048, top-8, one shared expert of 2048; attention simplified
-                  to GQA with 56 / 8 heads of 128 until MLA lands (qwen2_moe).
+                  to GQA with 56 / 8 heads of 128 (qwen2_moe), the shape the
+                  earlier results were measured on.
+  deepseek-v3-mla DeepSeek-V3's layer as released (arch deepseek_v3): multi-
+                  head latent attention with 128 heads, q_lora_rank 1536,
+                  kv_lora_rank 512, qk_nope/qk_rope/v head dims 128/64/128,
+                  interleaved YaRN RoPE (factor 40, as the checkpoint's
+                  config.json); hidden 7168, 256 experts of 2048, top-8 within
+                  4 of 8 groups by sigmoid scores with a correction bias,
+                  routed_scaling_factor 2.5, one shared expert of 2048. Every
+                  layer is a MoE layer (first_k_dense_replace 0).
 
 Weights are N(0, 0.02^2) in bf16 (norms 1), one shard per layer plus one for
 the embeddings, with an index; the vocabulary is 4096 tokens (the output
@@ -58,6 +67,18 @@ SHAPES = {
         num_experts_per_tok=8, moe_intermediate_size=2048, intermediate_size=18432,
         shared_expert_intermediate_size=2048, norm_topk_prob=True, decoder_sparse_step=1,
         mlp_only_layers=[], rope_theta=1e4, qkv_bias=False),
+    # DeepSeek-V3's config.json (deepseek-ai/DeepSeek-V3), every layer MoE.
+    "deepseek-v3-mla": dict(
+        model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"], hidden_size=7168,
+        num_attention_heads=128, num_key_value_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=256,
+        num_experts_per_tok=8, moe_intermediate_size=2048, intermediate_size=18432,
+        n_shared_experts=1, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+        norm_topk_prob=True, scoring_func="sigmoid", topk_method="noaux_tc",
+        first_k_dense_replace=0, attention_bias=False, rope_theta=1e4, rope_interleave=True,
+        max_position_embeddings=163840,
+        rope_scaling=dict(type="yarn", factor=40, beta_fast=32, beta_slow=1, mscale=1.0,
+                          mscale_all_dim=1.0, original_max_position_embeddings=4096)),
 }
 VOCAB = 4096
 
@@ -83,12 +104,12 @@ def main():
     def ones(n):
         return torch.ones(n, dtype=torch.bfloat16)
 
-    H, D = s["hidden_size"], s["head_dim"]
-    hq, hkv, E, I = s["num_attention_heads"], s["num_key_value_heads"], s["num_experts"], \
-        s["moe_intermediate_size"]
-    config = dict(s, num_hidden_layers=a.layers, vocab_size=VOCAB, rms_norm_eps=1e-6,
-                  max_position_embeddings=32768, tie_word_embeddings=False,
-                  hidden_act="silu", torch_dtype="bfloat16", use_sliding_window=False)
+    H, hq, hkv = s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"]
+    E, I = s.get("num_experts") or s["n_routed_experts"], s["moe_intermediate_size"]
+    deepseek = s["model_type"] == "deepseek_v3"
+    config = dict(dict(max_position_embeddings=32768, use_sliding_window=False), **s,
+                  num_hidden_layers=a.layers, vocab_size=VOCAB, rms_norm_eps=1e-6,
+                  tie_word_embeddings=False, hidden_act="silu", torch_dtype="bfloat16")
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     n_files = a.layers + 1
@@ -104,17 +125,33 @@ def main():
           "lm_head.weight": rnd(VOCAB, H)}, a.layers)
     for L in range(a.layers):
         p = f"model.layers.{L}."
-        t = {p + "input_layernorm.weight": ones(H), p + "post_attention_layernorm.weight": ones(H),
-             p + "self_attn.q_proj.weight": rnd(hq * D, H),
-             p + "self_attn.k_proj.weight": rnd(hkv * D, H),
-             p + "self_attn.v_proj.weight": rnd(hkv * D, H),
-             p + "self_attn.o_proj.weight": rnd(H, hq * D), p + "mlp.gate.weight": rnd(E, H)}
+        t = {p + "input_layernorm.weight": ones(H), p + "post_attention_layernorm.weight": ones(H)}
+        if "kv_lora_rank" in s:  # multi-head latent attention (DeepseekV3Attention's tensors)
+            rq, rkv, rot = s["q_lora_rank"], s["kv_lora_rank"], s["qk_rope_head_dim"]
+            nope, vd = s["qk_nope_head_dim"], s["v_head_dim"]
+            a_ = p + "self_attn."
+            t[a_ + "q_a_proj.weight"] = rnd(rq, H)
+            t[a_ + "q_a_layernorm.weight"] = ones(rq)
+            t[a_ + "q_b_proj.weight"] = rnd(hq * (nope + rot), rq)
+            t[a_ + "kv_a_proj_with_mqa.weight"] = rnd(rkv + rot, H)
+            t[a_ + "kv_a_layernorm.weight"] = ones(rkv)
+            t[a_ + "kv_b_proj.weight"] = rnd(hq * (nope + vd), rkv)
+            t[a_ + "o_proj.weight"] = rnd(H, hq * vd)
+        else:
+            D = s["head_dim"]
+            t[p + "self_attn.q_proj.weight"] = rnd(hq * D, H)
+            t[p + "self_attn.k_proj.weight"] = rnd(hkv * D, H)
+            t[p + "self_attn.v_proj.weight"] = rnd(hkv * D, H)
+            t[p + "self_attn.o_proj.weight"] = rnd(H, hq * D)
+        t[p + "mlp.gate.weight"] = rnd(E, H)
         if s["model_type"] == "qwen3_moe":
             t[p + "self_attn.q_norm.weight"] = ones(D)
             t[p + "self_attn.k_norm.weight"] = ones(D)
         if qkv_bias:
             for n, w in (("q", hq * D), ("k", hkv * D), ("v", hkv * D)):
                 t[p + f"self_attn.{n}_proj.bias"] = rnd(w)
+        if deepseek:  # the router's e_score_correction_bias, fp32 in the checkpoint
+            t[p + "mlp.gate.e_score_correction_bias"] = torch.zeros(E, dtype=torch.float32)
         for e in range(E):
             x = p + f"mlp.experts.{e}."
             t[x + "gate_proj.weight"] = rnd(I, H)
@@ -127,6 +164,12 @@ def main():
             t[x + "up_proj.weight"] = rnd(Is, H)
             t[x + "down_proj.weight"] = rnd(H, Is)
             t[p + "mlp.shared_expert_gate.weight"] = rnd(1, H)
+        if deepseek:  # n_shared_experts of moe_intermediate_size, one plain MLP
+            Is = s["n_shared_experts"] * I
+            x = p + "mlp.shared_experts."
+            t[x + "gate_proj.weight"] = rnd(Is, H)
+            t[x + "up_proj.weight"] = rnd(Is, H)
+            t[x + "down_proj.weight"] = rnd(H, Is)
         save(t, L)
         del t
     total = sum(os.path.getsize(os.path.join(a.out, f)) for f in set(weight_map.values()))

@@ -3,7 +3,8 @@
 # the CUDA backend at real MoE layer shapes (synthetic weights from
 # make_synthetic.py), for each expert-calibration mode. Run on a GPU machine
 # from anywhere:
-#     bench/synthetic/run.sh [SHAPE...]      (default: qwen3-30b-a3b)
+#     bench/synthetic/run.sh [SHAPE...]      (default: qwen3-30b-a3b; the shapes of
+#                                             make_synthetic.py, e.g. deepseek-v3-mla)
 #     env: MODES="all weighted routed" LAYERS=3 NSAMPLES=128 SEQLEN=2048
 #          BUDGET=      (e.g. 24GiB: passed as --vram-budget)
 #          MEMORY=overlapped  (or wait: --wait-for-layer)

@@ -13,23 +13,46 @@ import datetime
 import json
 
 
+def attention_flops(cfg, n, seqlen):
+    """bf16 GEMM FLOPs and GPTQ fp32 work of one attention block: GQA
+    (q/k/v, o_proj), or MLA (DeepSeek-V2/V3 config keys: the a-projections,
+    then q_b/kv_b on their latents, attention with q/k heads of qk_nope +
+    qk_rope and v heads of v_head_dim, o_proj; src/pipeline/mla_cuda.c)."""
+    H, hq, S = cfg["hidden_size"], cfg["num_attention_heads"], n // seqlen
+    if "kv_lora_rank" not in cfg:
+        D, hkv = cfg["head_dim"], cfg["num_key_value_heads"]
+        qd, kvd = hq * D, hkv * D
+        f = 2 * n * H * H                      # q/k/v Hessian
+        f += 2 * n * H * (qd + 2 * kvd)        # q/k/v
+        f += 2 * 2 * S * hq * seqlen * seqlen * D  # q k^T and P v
+        f += 2 * n * qd * qd                   # o_proj Hessian
+        f += 2 * n * qd * H                    # o_proj
+        return f, (qd + 2 * kvd) * H * H + H * qd * qd
+    rq, rkv = cfg.get("q_lora_rank") or 0, cfg["kv_lora_rank"]
+    nope, rot, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    qrow, kvrow, od = hq * (nope + rot), hq * (nope + vd), hq * vd
+    a_rows = (rq or qrow) + rkv + rot          # q_a_proj (or q_proj) and kv_a_proj_with_mqa
+    f = 2 * n * H * H                          # the a-projections' Hessian
+    f += 2 * n * H * a_rows                    # latents and k_rot (q itself without q_lora_rank)
+    f += 2 * n * rq * rq + 2 * n * rkv * rkv   # q_b / kv_b Hessians
+    f += 2 * n * rq * qrow + 2 * n * rkv * kvrow  # q and [k_nope | v] from the latents
+    f += 2 * S * hq * seqlen * seqlen * (nope + rot + vd)  # q k^T and P v
+    f += 2 * n * od * od + 2 * n * od * H      # o_proj Hessian and o_proj
+    gptq = a_rows * H * H + (qrow * rq * rq if rq else 0) + kvrow * rkv * rkv + H * od * od
+    return f, gptq
+
+
 def flops(cfg, mode, n, seqlen, expert_tokens):
     """bf16 tensor-core GEMM FLOPs of one MoE layer as moeq computes it.
 
     Hessians are full GEMMs (2 n d^2: both triangles); attention scores and
     P v are full T x T squares (the causal half is computed too); GPTQ's fp32
     lazy updates (about rows * cols^2) are counted apart in gptq_fp32."""
-    H, D = cfg["hidden_size"], cfg["head_dim"]
-    hq, hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    E, I, k = cfg["num_experts"], cfg["moe_intermediate_size"], cfg["num_experts_per_tok"]
-    Is = cfg.get("shared_expert_intermediate_size", 0)
-    qd, kvd = hq * D, hkv * D
-    S = n // seqlen
-    f = 2 * n * H * H                      # q/k/v Hessian
-    f += 2 * n * H * (qd + 2 * kvd)        # q/k/v
-    f += 2 * 2 * S * hq * seqlen * seqlen * D  # q k^T and P v
-    f += 2 * n * qd * qd                   # o_proj Hessian
-    f += 2 * n * qd * H                    # o_proj
+    H = cfg["hidden_size"]
+    E = cfg.get("num_experts") or cfg["n_routed_experts"]
+    I, k = cfg["moe_intermediate_size"], cfg["num_experts_per_tok"]
+    Is = cfg.get("shared_expert_intermediate_size") or cfg.get("n_shared_experts", 0) * I
+    f, gptq = attention_flops(cfg, n, seqlen)
     f += 2 * n * H * H                     # MLP input Hessian (shared gate/up)
     f += 2 * n * H * E                     # router
     if mode == "routed":
@@ -43,7 +66,7 @@ def flops(cfg, mode, n, seqlen, expert_tokens):
     f += n * k * (2 * H * 2 * I + 2 * I * H)  # the routed forward
     if Is:
         f += 2 * n * H * 2 * Is + 2 * n * Is * Is + n * (2 * H * 2 * Is + 2 * Is * H) + 2 * n * H
-    gptq = (qd + 2 * kvd) * H * H + H * qd * qd + E * (2 * I * H * H + H * I * I)
+    gptq += E * (2 * I * H * H + H * I * I)
     if Is:
         gptq += 2 * Is * H * H + H * Is * Is
     return f, gptq
