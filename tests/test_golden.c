@@ -221,6 +221,12 @@ static void test_qwen3_5_matches_transformers(void) { check_model("qwen3_5"); }
 static void test_qwen3_next_mtp_block_matches_reference(void) { check_mtp("qwen3_next"); }
 static void test_qwen3_5_moe_mtp_block_matches_reference(void) { check_mtp("qwen3_5_moe"); }
 static void test_qwen3_5_mtp_block_matches_reference(void) { check_mtp("qwen3_5"); }
+/* DeepSeek-V3's and GLM-4.5's next-n layer (model.layers.{N}.*, MLA and GQA
+ * inside) against vLLM's drafter as make_golden.py writes it: the zeroed
+ * embedding at position 0, enorm / hnorm / eh_proj, shared_head.norm; the
+ * fixture's shared_head.head is lm_head's copy, as DeepSeek-V3 ships it. */
+static void test_deepseek_v3_nextn_layer_matches_reference(void) { check_mtp("deepseek_v3"); }
+static void test_glm4_moe_nextn_layer_matches_reference(void) { check_mtp("glm4_moe"); }
 static void test_glm4_moe_matches_transformers(void) { check_model("glm4_moe"); }
 static void test_minimax_m2_matches_transformers(void) { check_model("minimax_m2"); }
 static void test_deepseek_v3_mla_with_q_lora_matches_transformers(void)
@@ -252,6 +258,8 @@ int main(void)
     RUN(test_qwen3_next_mtp_block_matches_reference);
     RUN(test_qwen3_5_moe_mtp_block_matches_reference);
     RUN(test_qwen3_5_mtp_block_matches_reference);
+    RUN(test_deepseek_v3_nextn_layer_matches_reference);
+    RUN(test_glm4_moe_nextn_layer_matches_reference);
     RUN(test_glm4_moe_matches_transformers);
     RUN(test_minimax_m2_matches_transformers);
     RUN(test_deepseek_v3_mla_with_q_lora_matches_transformers);

@@ -1,5 +1,6 @@
 /* test_hybrid.c: hybrid models (Gated DeltaNet beside gated full
- * attention), their multimodal checkpoints and MTP blocks: how their configs
+ * attention), their multimodal checkpoints and MTP blocks (and DeepSeek-V3's
+ * and GLM-4.5's next-n prediction layers, the same drafter): how their configs
  * and architecture files are read and refused; the quantization pipeline end
  * to end on their fixtures: which linears are quantized by default and with
  * --quantize-linear-ba / --quantize-mtp, that every tensor of the input
@@ -411,6 +412,110 @@ static float *mtp_logits(const char *name, const char *dir, size_t *count)
     return logits;
 }
 
+/* What quantizing the drafter does to its drafts, on the same inputs (the
+ * original model's final hidden states): top-1 agreement and KL of its
+ * next-next-token distribution, out's drafter against fixture `name`'s.
+ * Holds them to more than half agreeing and KL in (0, 0.1). */
+static void check_drafts_close(const char *name, const char *out)
+{
+    size_t n, nq;
+    float *ref = mtp_logits(name, fixture(name), &n);
+    float *q = mtp_logits(name, out, &nq);
+    const int V = 160;
+    size_t rows = n / V, agree = 0;
+    double kl = 0;
+    for (size_t r = 0; r < rows; r++) {
+        float *a = ref + r * V, *b = q + r * V;
+        int ia = 0, ib = 0;
+        for (int v = 1; v < V; v++) {
+            ia = a[v] > a[ia] ? v : ia;
+            ib = b[v] > b[ib] ? v : ib;
+        }
+        agree += ia == ib;
+        cpu_softmax_rows(a, 1, V, a);
+        cpu_softmax_rows(b, 1, V, b);
+        for (int v = 0; v < V; v++)
+            kl += a[v] * (log(a[v] + 1e-30) - log(b[v] + 1e-30));
+    }
+    kl /= (double)rows;
+    printf("  %s MTP drafts, 4-bit g16: top-1 agreement %.3f, KL %.5f over %zu positions\n",
+           name, (double)agree / (double)rows, kl, rows);
+    CHECK(n == nq && kl > 0 && kl < 0.1 && agree > rows / 2);
+    free(ref);
+    free(q);
+}
+
+/* DeepSeek-V3's (MLA) and GLM-4.5's (GQA) next-n layer with --quantize-mtp:
+ * its decoder layer quantized under model.layers.{N}.*, eh_proj, the norms,
+ * the router and the shared head's copies unchanged (vLLM builds eh_proj as
+ * a plain nn.Linear), no dynamic rule excluding it, report.json's last
+ * entry the MTP block, and its drafts close to the original's. */
+static void check_nextn_quantized(const char *name, int linears, int mtp_linears,
+                                  const char *qweight, int64_t rows, int64_t cols)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir(name));
+    moeq_quantize_options o = options();
+    o.quantize_mtp = 1;
+    moeq_error err = {0};
+    /* 16 windows of 24 tokens, the fixtures' golden length. */
+    CHECK_INT_EQ(quantize_dir(fixture(name), &o, out, 32 * 24, 5, 16, 24, &err), MOEQ_OK);
+    if (err.msg[0])
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(check_every_tensor_reaches_output(fixture(name), out), linears + mtp_linears);
+    st_checkpoint c;
+    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    const st_tensor *t = st_checkpoint_find(&c, qweight);
+    CHECK(t && t->shape[0] == rows && t->shape[1] == cols);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.mlp.experts.7.down_proj.qweight") != NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.mlp.shared_experts.up_proj.qweight") != NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.eh_proj.weight") != NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.eh_proj.qweight") == NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.shared_head.head.weight") != NULL);
+    CHECK(st_checkpoint_find(&c, "model.layers.3.mlp.gate.weight") != NULL);
+    st_checkpoint_close(&c);
+    CHECK(!dynamic_rule(out, "-:model\\.layers\\.3\\..*"));
+    char path[2200], *text;
+    snprintf(path, sizeof path, "%s/report.json", out);
+    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
+    cJSON *rep = cJSON_Parse(text);
+    free(text);
+    cJSON *layers = cJSON_GetObjectItem(rep, "layers");
+    CHECK_INT_EQ(cJSON_GetArraySize(layers), 4);
+    cJSON *last = cJSON_GetArrayItem(layers, 3);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(last, "mtp")));
+    CHECK_INT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(last, "modules")), mtp_linears);
+    cJSON_Delete(rep);
+    check_drafts_close(name, out);
+}
+
+/* 4 + 3 (dense layer 0) + 2 x (4 + 8 x 3 + 3); the next-n layer 4 + 8 x 3 + 3. */
+static void test_quantize_mtp_quantizes_glm4_moe_s_nextn_layer(void)
+{
+    check_nextn_quantized("glm4_moe", 69, 31, "model.layers.3.self_attn.q_proj.qweight", 8, 96);
+}
+
+/* MLA: q_a, q_b, kv_a, kv_b, o; 5 + 3 + 2 x (5 + 8 x 3 + 3); next-n 5 + 8 x 3 + 3. */
+static void test_quantize_mtp_quantizes_deepseek_v3_s_nextn_layer(void)
+{
+    check_nextn_quantized("deepseek_v3", 72, 32, "model.layers.3.self_attn.kv_b_proj.qweight", 4,
+                          160);
+}
+
+/* Without --quantize-mtp the next-n layer is copied and the GPTQ config
+ * excludes it: vLLM builds its decoder layer with the run's quantization
+ * (deepseek_mtp.py), which would otherwise look for GPTQ tensors there. */
+static void test_an_unquantized_nextn_layer_is_excluded_from_gptq(void)
+{
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", test_tmpdir("nextn_kept"));
+    moeq_quantize_options o = options();
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize_dir(fixture("glm4_moe"), &o, out, 32 * 24, 5, 8, 24, &err), MOEQ_OK);
+    CHECK_INT_EQ(check_every_tensor_reaches_output(fixture("glm4_moe"), out), 69);
+    CHECK(dynamic_rule(out, "-:model\\.layers\\.3\\..*"));
+}
+
 static void test_quantize_mtp_quantizes_qwen3_next_s_mtp_block(void)
 {
     char out[2048];
@@ -480,34 +585,7 @@ static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
                      "name")),
                  "mtp.fc.weight");
     cJSON_Delete(rep);
-    /* What quantizing the drafter does to its drafts, on the same inputs:
-     * top-1 agreement and KL of its next-next-token distribution. */
-    size_t n, nq;
-    float *ref = mtp_logits("qwen3_5_moe", fixture("qwen3_5_moe"), &n);
-    float *q = mtp_logits("qwen3_5_moe", out, &nq);
-    const int V = 160;
-    size_t rows = n / V, agree = 0;
-    double kl = 0;
-    for (size_t r = 0; r < rows; r++) {
-        float *a = ref + r * V, *b = q + r * V;
-        int ia = 0, ib = 0;
-        for (int v = 1; v < V; v++) {
-            ia = a[v] > a[ia] ? v : ia;
-            ib = b[v] > b[ib] ? v : ib;
-        }
-        agree += ia == ib;
-        cpu_softmax_rows(a, 1, V, a);
-        cpu_softmax_rows(b, 1, V, b);
-        for (int v = 0; v < V; v++)
-            kl += a[v] * (log(a[v] + 1e-30) - log(b[v] + 1e-30));
-    }
-    kl /= (double)rows;
-    printf("  qwen3_5_moe MTP drafts, 4-bit g16: top-1 agreement %.3f, KL %.5f over %zu "
-           "positions\n",
-           (double)agree / (double)rows, kl, rows);
-    CHECK(n == nq && kl > 0 && kl < 0.1 && agree > rows / 2);
-    free(ref);
-    free(q);
+    check_drafts_close("qwen3_5_moe", out);
 }
 
 /* A minimal Qwen3-Next config.json with `extra` spliced in. */
@@ -597,6 +675,13 @@ static void test_bad_hybrid_architecture_files_are_errors_naming_the_field(void)
          "components.linear_attention must be one of: none, gated_deltanet"},
         {"\"components\": {}, \"mtp_layer_prefix\": [\"l.\"], ", "",
          "\"mtp_layer_prefix\" must be [from, to]"},
+        {"\"components\": {}, \"mtp_layer_prefix\": [\"l.{L}.\", \"l.3.\"], ", "",
+         "to with {L} or {N}"},
+        {"\"components\": {}, \"mtp_keep_fc\": true, ", "",
+         "\"mtp_keep_fc\" must be true or false, beside \"mtp_layer_prefix\""},
+        {"\"components\": {}, \"mtp_layer_prefix\": [\"l.{L}.\", \"l.{N}.\"], "
+         "\"mtp_zero_first_embedding\": 1, ", "",
+         "\"mtp_zero_first_embedding\" must be true or false"},
         {"\"components\": {}, \"keep_modules\": [\"vis.ual\"], ", "",
          "keep_modules entries must be module names"},
         {"\"components\": {}, ", ", \"experts_gate_up\": \"l.{L}.gu\"",
@@ -707,6 +792,9 @@ int main(void)
     RUN(test_a_nextn_prediction_layer_past_the_last_layer_is_copied_unchanged);
     RUN(test_quantize_mtp_calibrates_and_quantizes_the_mtp_block);
     RUN(test_quantize_mtp_quantizes_qwen3_next_s_mtp_block);
+    RUN(test_quantize_mtp_quantizes_glm4_moe_s_nextn_layer);
+    RUN(test_quantize_mtp_quantizes_deepseek_v3_s_nextn_layer);
+    RUN(test_an_unquantized_nextn_layer_is_excluded_from_gptq);
     RUN(test_cli_quantizes_the_mtp_block_or_says_there_is_none);
     RUN(test_an_mtp_block_of_another_form_is_refused);
     return test_summary();

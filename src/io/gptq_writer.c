@@ -9,6 +9,7 @@
 #include "common/parallel.h"
 #include "model/fp8_blocks.h"
 #include "model/fused_experts.h"
+#include "model/mtp.h"
 #include "quant/pack_format.h"
 
 #include <dirent.h>
@@ -764,8 +765,26 @@ static cJSON *gptq_config(const moeq_gptq_writer *w)
     for (int l = 0; l < w->src->cfg.num_layers; l++)
         linear_layers += w->src->cfg.layer_is_linear[l];
     const moeq_arch *a = &w->src->arch;
-    if ((linear_layers && !w->opt->quantize_linear_ba) || a->n_keep_modules) {
+    /* A next-n layer among the numbered ones (DeepSeek-V3, GLM-4.5:
+     * model.layers.{N}.*, no keep_modules entry) copied as it is: vLLM
+     * builds its decoder layer with the run's quantization (deepseek_mtp.py,
+     * glm4_moe_mtp.py: mtp_block under the same prefix), so a rule excludes
+     * it. */
+    char nextn_rule[300] = "";
+    if (!w->opt->quantize_mtp && a->mtp_prefix_to && !strstr(a->mtp_prefix_to, "{L}") &&
+        moeq_mtp_present(w->src)) {
+        size_t o = (size_t)snprintf(nextn_rule, sizeof nextn_rule, "-:");
+        for (const char *p = a->mtp_prefix_to; *p && o + 4 < sizeof nextn_rule; p++) {
+            if (*p == '.')
+                nextn_rule[o++] = '\\';
+            nextn_rule[o++] = *p;
+        }
+        snprintf(nextn_rule + o, sizeof nextn_rule - o, ".*");
+    }
+    if ((linear_layers && !w->opt->quantize_linear_ba) || a->n_keep_modules || nextn_rule[0]) {
         cJSON *dynamic = cJSON_AddObjectToObject(q, "dynamic");
+        if (nextn_rule[0])
+            cJSON_AddObjectToObject(dynamic, nextn_rule);
         if (linear_layers && !w->opt->quantize_linear_ba)
             cJSON_AddObjectToObject(dynamic, "-:.*linear_attn\\.in_proj_ba$");
         /* The architecture's other modules (vision tower, MTP layers),

@@ -442,15 +442,28 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
         const cJSON *from = cJSON_GetArrayItem(mtp, 0), *to = cJSON_GetArrayItem(mtp, 1);
         if (!cJSON_IsArray(mtp) || cJSON_GetArraySize(mtp) != 2 || !cJSON_IsString(from) ||
             !cJSON_IsString(to) || !strstr(from->valuestring, "{L}") ||
-            !strstr(to->valuestring, "{L}")) {
+            (!strstr(to->valuestring, "{L}") && !strstr(to->valuestring, "{N}"))) {
             rc = moeq_fail(err, MOEQ_ERR_FORMAT,
                            "architecture file %s: \"mtp_layer_prefix\" must be [from, to], two "
-                           "tensor-name prefixes with {L}",
+                           "tensor-name prefixes, from with {L}, to with {L} or {N}",
                            source);
             goto done;
         }
         arch->mtp_prefix_from = dup_string(from->valuestring);
         arch->mtp_prefix_to = dup_string(to->valuestring);
+    }
+    const char *mtp_flags[2] = {"mtp_keep_fc", "mtp_zero_first_embedding"};
+    int *mtp_flag_fields[2] = {&arch->mtp_keep_fc, &arch->mtp_zero_first_embedding};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, mtp_flags[i]);
+        if (f && (!cJSON_IsBool(f) || !mtp)) {
+            rc = moeq_fail(err, MOEQ_ERR_FORMAT,
+                           "architecture file %s: \"%s\" must be true or false, beside "
+                           "\"mtp_layer_prefix\"",
+                           source, mtp_flags[i]);
+            goto done;
+        }
+        *mtp_flag_fields[i] = f && cJSON_IsTrue(f);
     }
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
     if (params) {
@@ -583,6 +596,44 @@ void moeq_arch_free(moeq_arch *arch)
     free(arch->mtp_prefix_from);
     free(arch->mtp_prefix_to);
     memset(arch, 0, sizeof *arch);
+}
+
+/* tpl with every "{N}" replaced by n, in a new string; NULL without memory. */
+static char *bind_next(const char *tpl, int n)
+{
+    char num[24];
+    snprintf(num, sizeof num, "%d", n);
+    size_t len = 1;
+    for (const char *p = tpl; *p; p++)
+        len += strncmp(p, "{N}", 3) ? 1 : strlen(num);
+    char *out = malloc(len), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = tpl; *p;) {
+        if (!strncmp(p, "{N}", 3)) {
+            o += sprintf(o, "%s", num);
+            p += 3;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+moeq_code moeq_arch_bind_next_layer(moeq_arch *arch, int next_layer, moeq_error *err)
+{
+    for (int r = 0; r <= MOEQ_T_COUNT; r++) {
+        char **t = r < MOEQ_T_COUNT ? &arch->tensors[r] : &arch->mtp_prefix_to;
+        if (!*t || !strstr(*t, "{N}"))
+            continue;
+        char *bound = bind_next(*t, next_layer);
+        if (!bound)
+            return moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+        free(*t);
+        *t = bound;
+    }
+    return MOEQ_OK;
 }
 
 int moeq_arch_tensor_name(const moeq_arch *arch, moeq_tensor_role role, int layer, int expert,

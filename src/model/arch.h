@@ -142,8 +142,17 @@ typedef struct moeq_arch {
     char **keep_modules;
     int n_keep_modules;
     /* The MTP decoder layer's tensors: the layer templates with this prefix
-     * replaced ("mtp_layer_prefix": [from, to]); NULL without MTP. */
+     * replaced ("mtp_layer_prefix": [from, to]); NULL without MTP. A "{N}"
+     * in any template stands for the first layer past the numbered ones
+     * (num_hidden_layers), where DeepSeek-V3 and GLM-4.5 keep their next-n
+     * layer; moeq_arch_bind_next_layer replaces it once the config is read. */
     char *mtp_prefix_from, *mtp_prefix_to;
+    /* "mtp_keep_fc": the MTP fc stays unquantized with --quantize-mtp (vLLM
+     * builds DeepSeek's and GLM-4.5's eh_proj as a plain nn.Linear). */
+    int mtp_keep_fc;
+    /* "mtp_zero_first_embedding": the drafter sees a zero embedding at
+     * position 0 (vLLM deepseek_mtp.py and glm4_moe_mtp.py mask it). */
+    int mtp_zero_first_embedding;
 } moeq_arch;
 
 const char *moeq_tensor_role_key(moeq_tensor_role role);
@@ -160,6 +169,10 @@ moeq_code moeq_arch_for_model_type(const char *model_type, moeq_arch *arch,
 /* Comma-separated model types of every built-in architecture. */
 void moeq_arch_supported_list(char *buf, size_t bytes);
 void moeq_arch_free(moeq_arch *arch);
+
+/* Replaces "{N}" in every tensor template and the MTP prefix with
+ * next_layer (the config's num_hidden_layers). */
+moeq_code moeq_arch_bind_next_layer(moeq_arch *arch, int next_layer, moeq_error *err);
 
 /* Fills buf with the tensor name for role at layer/expert. Returns 0, or -1
  * when the architecture has no such tensor or buf is too small. */

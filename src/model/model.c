@@ -50,6 +50,8 @@ moeq_code moeq_model_open(const char *dir, const char *arch_file, moeq_model *mo
     if ((rc = moeq_config_load(path, &model->arch, &model->cfg, err)))
         goto fail;
     have_cfg = 1;
+    if ((rc = moeq_arch_bind_next_layer(&model->arch, model->cfg.num_layers, err)))
+        goto fail;
     if ((rc = st_checkpoint_open(&model->ckpt, dir, err)))
         goto fail;
     return MOEQ_OK;

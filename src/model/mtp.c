@@ -119,7 +119,13 @@ moeq_code moeq_mtp_input(const moeq_mtp *mtp, const moeq_mtp_weights *w, const i
             float *row = fc_in + ((size_t)s * (T - 1) + t) * 2 * H;
             if ((rc = moeq_model_embed(&mtp->view, tokens + (size_t)s * T + t + 1, 1, e, err)))
                 break;
-            cpu_rmsnorm(e, w->norm_embedding, 1, H, c->rms_norm_eps, row);
+            /* DeepSeek-V3's and GLM-4.5's drafter zeroes the embedding at
+             * position 0 (vLLM deepseek_mtp.py and glm4_moe_mtp.py,
+             * forward: inputs_embeds[positions == 0] = 0), whose norm is 0. */
+            if (t == 0 && mtp->view.arch.mtp_zero_first_embedding)
+                memset(row, 0, sizeof(float) * (size_t)H);
+            else
+                cpu_rmsnorm(e, w->norm_embedding, 1, H, c->rms_norm_eps, row);
             cpu_rmsnorm(hidden + ((size_t)s * T + t) * H, w->norm_hidden, 1, H, c->rms_norm_eps,
                         row + H);
         }

@@ -5,7 +5,12 @@
  * embedding of token t + 1, RMS-normalises each, projects [embedding; hidden]
  * through fc, runs one full-attention decoder layer (the model's own kind,
  * its tensors under mtp.layers.0) and mtp.norm; the shared lm_head then
- * drafts token t + 2. */
+ * drafts token t + 2. DeepSeek-V3 / Kimi-K2's and GLM-4.5's next-n layer
+ * (model.layers.{num_hidden_layers}.*) is the same computation under other
+ * names (vLLM deepseek_mtp.py, glm4_moe_mtp.py: enorm, hnorm, eh_proj, the
+ * decoder layer, shared_head.norm), with the embedding at position 0 zeroed
+ * and eh_proj left unquantized (arch.h: mtp_zero_first_embedding,
+ * mtp_keep_fc); docs/formats.md has the details. */
 #ifndef MOEQ_MODEL_MTP_H
 #define MOEQ_MODEL_MTP_H
 
@@ -37,7 +42,8 @@ void moeq_mtp_weights_free(moeq_mtp_weights *w);
 
 /* fc's input for windows of T tokens: row (s, t) for t < T - 1 is
  * [norm_embedding(embed(tokens[s, t + 1])); norm_hidden(hidden[s, t])], with
- * hidden [S * T, H] the main model's final normed hidden states.
+ * hidden [S * T, H] the main model's final normed hidden states (the
+ * embedding part zero at t = 0 where the architecture masks it).
  * fc_in [S * (T - 1), 2H]. */
 moeq_code moeq_mtp_input(const moeq_mtp *mtp, const moeq_mtp_weights *w, const int32_t *tokens,
                          const float *hidden, int S, int T, float *fc_in, moeq_error *err);

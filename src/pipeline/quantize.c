@@ -640,8 +640,9 @@ done:
 /* The MTP block after the last layer: its true inputs are the quantized
  * model's final normed hidden state at t and the embedding of token t + 1
  * (mtp.h), over windows one token shorter. fc against the Hessian of that
- * concatenation, then its decoder layer like any full-attention layer. x is
- * the last layer's output [S * T, H]. */
+ * concatenation (kept as it is where the architecture says mtp_keep_fc),
+ * then its decoder layer like any full-attention layer of the model (GQA or
+ * MLA). x is the last layer's output [S * T, H]. */
 static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_set *calib,
                                     const moeq_quantize_options *opt,
                                     const moeq_rope_cache *rope, const float *x,
@@ -668,9 +669,10 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
     res.names = &mtp.view.arch;
     c.cfg = &mtp.view.cfg;
     res.seconds_load = now_seconds() - t0;
+    const int quantize_fc = !model->arch.mtp_keep_fc;
     if (opt->progress)
-        fprintf(opt->progress, "MTP block: loaded in %.2f s, quantizing fc, attention and %s\n",
-                res.seconds_load, w.layer.is_moe ? "experts" : "MLP");
+        fprintf(opt->progress, "MTP block: loaded in %.2f s, quantizing %sattention and %s\n",
+                res.seconds_load, quantize_fc ? "fc, " : "", w.layer.is_moe ? "experts" : "MLP");
     hidden = malloc(sizeof(float) * (size_t)S * T * H);
     fc_in = malloc(sizeof(float) * (size_t)n * 2 * H);
     x0 = malloc(sizeof(float) * (size_t)n * H);
@@ -686,7 +688,7 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
         (rc = check_finite(&c, fc_in, (size_t)n * 2 * H, "the input of the MTP fc", err)))
         goto done;
     res.seconds_capture += now_seconds() - t0;
-    if (opt->method == MOEQ_METHOD_GPTQ) {
+    if (quantize_fc && opt->method == MOEQ_METHOD_GPTQ) {
         t0 = now_seconds();
         if ((rc = hessian(Hm, fc_in, n, 2 * H, NULL, 2.0f / (float)n, err)))
             goto done;
@@ -695,12 +697,15 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
             goto done;
     }
     t0 = now_seconds();
-    if ((rc = quantize_weight(&c, &prep, MOEQ_T_MTP_FC, -1, w.fc, H, 2 * H, n, 0, err)))
+    if (quantize_fc &&
+        (rc = quantize_weight(&c, &prep, MOEQ_T_MTP_FC, -1, w.fc, H, 2 * H, n, 0, err)))
         goto done;
     res.seconds_solve += now_seconds() - t0;
     cpu_linear(fc_in, n, 2 * H, w.fc, NULL, H, x0);
-    if ((rc = quantize_attention(&c, &w.layer, rope, x0, S, T1, x1, err)) ||
-        (rc = quantize_mlp(&c, &w.layer, x1, n, err)))
+    rc = c.cfg->attention == MOEQ_ATTENTION_MLA
+             ? quantize_mla(&c, &w.layer, rope, x0, S, T1, x1, err)
+             : quantize_attention(&c, &w.layer, rope, x0, S, T1, x1, err);
+    if (rc || (rc = quantize_mlp(&c, &w.layer, x1, n, err)))
         goto done;
     res.seconds_wall = now_seconds() - t_block;
     if (sink)

@@ -17,10 +17,15 @@ Each model directory gets golden.safetensors with:
   layer.{L}.mlp     F32 [S, T, H] MLP / MoE block output (before the residual add)
   layer.{L}.out     F32 [S, T, H] decoder layer output
   logits            F32 [S, T, V]
-Multimodal Qwen3.5 fixtures add their multi-token-prediction block:
+Multimodal Qwen3.5 fixtures add their multi-token-prediction block, and the
+DeepSeek-V3 and GLM-4.5 ones their next-n prediction layer (NEXTN_MODELS):
   mtp.hidden_in     F32 [S, T, H]   the final normed hidden state it reads
-  mtp.out           F32 [S, T-1, H] its output after mtp.norm (position t drafts token t + 2)
+  mtp.out           F32 [S, T-1, H] its output after mtp.norm / shared_head.norm
+                                    (position t drafts token t + 2)
   mtp.logits        F32 [S, T-1, V]
+transformers runs neither: their reference is written here after vLLM's
+drafter (mtp_reference, nextn_reference), with transformers' own decoder
+layer class for the layer inside.
 The reference runs in fp32 on the bf16 weights read back from disk, so the
 only difference left for moeq's fp32 CPU forward is summation order.
 Shapes are chosen to catch mistakes: kv heads != heads, head_dim set apart
@@ -184,6 +189,11 @@ MODEL_TOKENS = {"qwen3_next": 80}
 # the multimodal Qwen3.5 ones below get it too).
 MTP_MODELS = {"qwen3_next"}
 
+# Models that ship a next-n prediction layer past the numbered ones
+# (model.layers.{num_hidden_layers}.*, num_nextn_predict_layers = 1), added
+# after saving as DeepSeek-V3 and GLM-4.5 checkpoints carry it.
+NEXTN_MODELS = {"glm4_moe", "deepseek_v3"}
+
 # Sources shipped quantized by their publishers (tests/golden/quantized_sources.py): the
 # model is built as above, then its linears are rewritten in that format; the reference
 # forward runs on the weights transformers' own dequantization gives.
@@ -336,6 +346,9 @@ def main():
         if name in MTP_MODELS:
             add_mtp_tensors(out_dir, kw, torch.Generator().manual_seed(77))
             rec.update(mtp_reference(ref, out_dir, tokens))
+        if name in NEXTN_MODELS:
+            add_nextn_layer(out_dir, kw["num_hidden_layers"], torch.Generator().manual_seed(78))
+            rec.update(nextn_reference(ref, out_dir, tokens))
         rec = {k: v.float().contiguous() for k, v in rec.items()}
         rec["tokens"] = tokens.to(torch.int32).contiguous()
         save_file(rec, os.path.join(out_dir, "golden.safetensors"),
@@ -520,6 +533,99 @@ def mtp_reference(ref, out_dir, tokens):
                   position_ids=pos)
         y = norm("mtp.norm.weight")(y)
         logits = ref.lm_head(y)
+    return {"mtp.hidden_in": hidden["h"], "mtp.out": y, "mtp.logits": logits}
+
+
+def add_nextn_layer(out_dir, n_layers, gen):
+    # DeepSeek-V3's and GLM-4.5's next-n prediction layer, under the names
+    # vLLM's deepseek_mtp.py / glm4_moe_mtp.py load (model.layers.{N}.*, N =
+    # num_hidden_layers): enorm, hnorm, eh_proj [H, 2H] over [embedding;
+    # hidden], a decoder layer shaped like the last (sparse) one, and
+    # shared_head.norm; shared_head.head and embed_tokens are copies of
+    # lm_head and the embedding, as DeepSeek-V3's checkpoint ships them.
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors = load_file(path)
+    last, nxt = f"model.layers.{n_layers - 1}.", f"model.layers.{n_layers}."
+    h = tensors["model.embed_tokens.weight"].shape[1]
+
+    def rand(name, shape):
+        if name.endswith("e_score_correction_bias"):
+            v = 0.05 * torch.randn(shape, generator=gen)
+        elif name.endswith("bias"):
+            v = 0.1 * torch.randn(shape, generator=gen)
+        elif "norm" in name:
+            v = 1.0 + 0.2 * torch.randn(shape, generator=gen)
+        else:
+            v = 0.08 * torch.randn(shape, generator=gen)
+        return v.to(torch.bfloat16)
+
+    for k in sorted(k for k in tensors if k.startswith(last)):
+        tensors[nxt + k[len(last):]] = rand(k, tensors[k].shape)
+    for k, shape in (("eh_proj.weight", [h, 2 * h]), ("enorm.weight", [h]),
+                     ("hnorm.weight", [h]), ("shared_head.norm.weight", [h])):
+        tensors[nxt + k] = rand(k, shape)
+    tensors[nxt + "shared_head.head.weight"] = tensors["lm_head.weight"].clone()
+    tensors[nxt + "embed_tokens.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, path, metadata={"format": "pt"})
+    cpath = os.path.join(out_dir, "config.json")
+    with open(cpath) as f:
+        saved = json.load(f)
+    saved["num_nextn_predict_layers"] = 1
+    with open(cpath, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def nextn_reference(ref, out_dir, tokens):
+    # The next-n layer as vLLM runs it for speculative decoding
+    # (deepseek_mtp.py DeepSeekMultiTokenPredictorLayer.forward, the same in
+    # glm4_moe_mtp.py): at position t the main model's final normed hidden
+    # state h_t (the model's output, after model.norm) and the embedding of
+    # token t + 1, zeroed at position 0; enorm and hnorm; eh_proj over
+    # [embedding; hidden]; the decoder layer (transformers' own class, layer
+    # index num_hidden_layers, so sparse); compute_logits then applies
+    # shared_head.norm and shared_head.head.
+    lm = ref.model
+    cfg = ref.config
+    n = cfg.num_hidden_layers
+    layer = type(lm.layers[-1])(cfg, n).eval()
+    p = f"model.layers.{n}."
+    w = {k[len(p):]: v.float() for k, v in
+         load_file(os.path.join(out_dir, "model.safetensors")).items() if k.startswith(p)}
+    own = ("eh_proj.", "enorm.", "hnorm.", "shared_head.", "embed_tokens.")
+    sd = {k: v for k, v in w.items() if ".experts." not in k and not k.startswith(own)}
+    e_n = cfg.n_routed_experts
+    sd["mlp.experts.gate_up_proj"] = torch.stack([torch.cat(
+        [w[f"mlp.experts.{e}.gate_proj.weight"], w[f"mlp.experts.{e}.up_proj.weight"]])
+        for e in range(e_n)])
+    sd["mlp.experts.down_proj"] = torch.stack(
+        [w[f"mlp.experts.{e}.down_proj.weight"] for e in range(e_n)])
+    layer.load_state_dict(sd, strict=True)
+
+    def norm(key):
+        m = type(lm.norm)(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        m.weight.data = w[key]
+        return m
+
+    hidden = {}
+    hook = lm.norm.register_forward_hook(lambda mod, a, out: hidden.setdefault("h", out.detach()))
+    with torch.no_grad():
+        ref(input_ids=tokens)
+    hook.remove()
+    S, T = tokens.shape
+    with torch.no_grad():
+        emb = lm.embed_tokens(tokens[:, 1:]).clone()
+        emb[:, 0] = 0  # positions == 0
+        e = norm("enorm.weight")(emb)
+        h = norm("hnorm.weight")(hidden["h"][:, :-1])
+        x = torch.nn.functional.linear(torch.cat([e, h], dim=-1), w["eh_proj.weight"])
+        pos = torch.arange(T - 1)[None].expand(S, -1)
+        mask = torch.full((T - 1, T - 1), float("-inf")).triu(1)[None, None].expand(S, 1, -1, -1)
+        y = layer(x, position_embeddings=lm.rotary_emb(x, pos), attention_mask=mask,
+                  position_ids=pos)
+        y = y[0] if isinstance(y, tuple) else y
+        y = norm("shared_head.norm.weight")(y)
+        logits = torch.nn.functional.linear(y, w["shared_head.head.weight"])
     return {"mtp.hidden_in": hidden["h"], "mtp.out": y, "mtp.logits": logits}
 
 
