@@ -5,8 +5,10 @@
 #ifndef MOEQ_TESTS_FIXTURE_RUN_H
 #define MOEQ_TESTS_FIXTURE_RUN_H
 
+#include "backend/cpu/cpu_ops.h"
 #include "io/gptq_writer.h"
 #include "model/model.h"
+#include "model/mtp.h"
 #include "pipeline/evaluate.h"
 #include "pipeline/quantize.h"
 
@@ -97,6 +99,113 @@ static inline double kl_on_random_tokens(const char *model_dir, const char *out,
     moeq_model_close(&q);
     moeq_model_close(&orig);
     return r.kl;
+}
+
+/* The MTP drafts of the checkpoint at dir on the golden windows of the
+ * fixture at fixture_dir (its golden.safetensors: tokens, and mtp.hidden_in,
+ * the original model's final normed hidden states, so every checkpoint gets
+ * the same inputs): logits [S (T - 1), V] in a new buffer, their count in
+ * *count; NULL (err says why) when anything fails. */
+static inline float *mtp_draft_logits(const char *fixture_dir, const char *dir, size_t *count,
+                                      moeq_error *err)
+{
+    char gpath[4200];
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", fixture_dir);
+    moeq_model m;
+    st_file g;
+    moeq_mtp mtp;
+    moeq_mtp_weights w;
+    moeq_head_weights head;
+    moeq_rope_cache rope;
+    float *logits = NULL;
+    if (moeq_model_open(dir, NULL, &m, err))
+        return NULL;
+    if (st_file_open(&g, gpath, err)) {
+        moeq_model_close(&m);
+        return NULL;
+    }
+    if (!moeq_mtp_open(&m, &mtp, err)) {
+        if (!moeq_mtp_weights_load(&mtp, &w, err)) {
+            if (!moeq_head_weights_load(&m, &head, err)) {
+                if (!moeq_rope_cache_init(&m.cfg, &rope, err)) {
+                    const st_tensor *tok = st_file_find(&g, "tokens");
+                    const st_tensor *hid = st_file_find(&g, "mtp.hidden_in");
+                    const int S = (int)tok->shape[0], T = (int)tok->shape[1],
+                              H = m.cfg.hidden_size;
+                    const size_t n = (size_t)S * (T - 1);
+                    float *in = malloc(sizeof(float) * n * 2 * H);
+                    float *out = malloc(sizeof(float) * n * H);
+                    logits = malloc(sizeof(float) * n * m.cfg.vocab_size);
+                    if (!in || !out || !logits ||
+                        moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data,
+                                       (const float *)hid->data, S, T, in, err) ||
+                        moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1, out, err)) {
+                        free(logits);
+                        logits = NULL;
+                    } else {
+                        cpu_linear(out, (int)n, H, head.lm_head, NULL, m.cfg.vocab_size, logits);
+                        *count = n * (size_t)m.cfg.vocab_size;
+                    }
+                    free(in);
+                    free(out);
+                    moeq_rope_cache_free(&rope);
+                }
+                moeq_head_weights_free(&head);
+            }
+            moeq_mtp_weights_free(&w);
+        }
+        moeq_mtp_close(&mtp);
+    }
+    st_file_close(&g);
+    moeq_model_close(&m);
+    return logits;
+}
+
+/* What quantizing the drafter does to its drafts on the same inputs: the
+ * checkpoint at out against the fixture's own, top-1 agreement (fraction)
+ * and mean KL of the next-next-token distributions, over *positions
+ * positions of the golden windows. 0, or -1 when either cannot be run. */
+static inline int mtp_drafts_compare(const char *fixture_dir, const char *out, double *agree,
+                                     double *kl, size_t *positions)
+{
+    moeq_error err = {0};
+    size_t n = 0, nq = 0;
+    float *ref = mtp_draft_logits(fixture_dir, fixture_dir, &n, &err);
+    float *q = ref ? mtp_draft_logits(fixture_dir, out, &nq, &err) : NULL;
+    moeq_model m;
+    int V = 0;
+    if (q && n == nq && !moeq_model_open(fixture_dir, NULL, &m, &err)) {
+        V = m.cfg.vocab_size;
+        moeq_model_close(&m);
+    }
+    if (!V) {
+        fprintf(stderr, "  MTP drafts of %s: %s\n", out, err.msg);
+        free(ref);
+        free(q);
+        return -1;
+    }
+    const size_t rows = n / (size_t)V;
+    size_t same = 0;
+    double sum = 0;
+    for (size_t r = 0; r < rows; r++) {
+        float *a = ref + r * V, *b = q + r * V;
+        int ia = 0, ib = 0;
+        for (int v = 1; v < V; v++) {
+            ia = a[v] > a[ia] ? v : ia;
+            ib = b[v] > b[ib] ? v : ib;
+        }
+        same += ia == ib;
+        cpu_softmax_rows(a, 1, V, a);
+        cpu_softmax_rows(b, 1, V, b);
+        for (int v = 0; v < V; v++)
+            sum += a[v] * (log(a[v] + 1e-30) - log(b[v] + 1e-30));
+    }
+    *agree = (double)same / (double)rows;
+    *kl = sum / (double)rows;
+    *positions = rows;
+    free(ref);
+    free(q);
+    return 0;
 }
 
 /* A copy of model directory src in dst (which must exist) whose bf16

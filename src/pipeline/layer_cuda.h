@@ -12,6 +12,7 @@
 #include "backend/cuda/cuda_ctx.h"
 #include "backend/cuda/cuda_gptq.h"
 #include "model/model.h"
+#include "model/mtp.h"
 #include "model/weights.h"
 
 #include <stddef.h>
@@ -273,5 +274,17 @@ size_t gpu_mla_activation_bytes(const moeq_config *cfg, int n);
  * CPU loop's order from the same inputs, then x1 = x + attention(x) with
  * the quantized weights. */
 moeq_code gpu_mla_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *err);
+
+/* ---- the multi-token-prediction layer (mtp_cuda.c) */
+
+/* After the last layer, whose output fills the residual stream (windows of
+ * g->T tokens): the MTP layer's input for windows of g->T - 1 tokens, built
+ * on the device from that output (the model's final norm, final_norm as
+ * applied) and the embeddings of the next tokens; fc quantized on it into
+ * L's results unless the architecture keeps it (mtp_keep_fc); fc's output
+ * left in the residual stream, packed [S (T - 1), H], for the layer's
+ * stages, which the caller runs on windows of g->T - 1 tokens. */
+moeq_code gpu_mtp_input(gpu_layer *L, const moeq_mtp *mtp, const moeq_mtp_weights *w,
+                        const float *final_norm, const int32_t *tokens, moeq_error *err);
 
 #endif

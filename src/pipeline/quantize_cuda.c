@@ -153,15 +153,16 @@ static moeq_code codes_reserve(gpu_run *g, int b, size_t bytes, moeq_error *err)
     return rc;
 }
 
-/* Points the layer's codes at buffer l & 1, grown to the layer's size.
+/* Points the layer's codes at buffer l & 1, grown to the layer's size and
+ * extra_bytes (codes of linears beside the layer's own: the MTP fc).
  * both: reserve the other buffer too (the run's first layer, when another
  * follows: nothing uses it yet), so that pinning is a one-time cost of that
  * layer only. */
 static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_weights *lw,
-                                 moeq_error *err)
+                                 size_t extra_bytes, moeq_error *err)
 {
     const int b = l & 1;
-    const size_t bytes = layer_code_bytes(g->cfg, g->opt, lw);
+    const size_t bytes = layer_code_bytes(g->cfg, g->opt, lw) + extra_bytes;
     moeq_code rc = codes_reserve(g, b, bytes, err);
     if (!rc && both)
         rc = codes_reserve(g, !b, bytes, err);
@@ -1172,6 +1173,95 @@ done:
     return rc;
 }
 
+/* The stages of one decoder layer after its codes are reserved: the
+ * attention block (Gated DeltaNet on linear layers, MLA where the model
+ * has it), then the MLP or experts. The numbered layers and the MTP layer both run through here, so
+ * the MTP layer runs every layer kind the loop has. */
+static moeq_code layer_stages(gpu_layer *L, moeq_layer_weights *lw, moeq_error *err)
+{
+    /* AWQ folds its scales into lw's host weights before each stage. */
+    const int awq = L->g->opt->method == MOEQ_METHOD_AWQ && !L->g->forward_only;
+    moeq_code rc = awq ? gpu_awq_attention_scales(L, lw, err) : MOEQ_OK;
+    if (!rc)
+        rc = lw->is_linear                                  ? gpu_deltanet_stage(L, lw, err)
+             : L->g->cfg->attention == MOEQ_ATTENTION_MLA ? gpu_mla_stage(L, lw, err)
+                                                          : gpu_attention_stage(L, lw, err);
+    char point[32];
+    snprintf(point, sizeof point, "layer-%d-mid", L->res->layer);
+    moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
+    if (!rc && awq)
+        rc = gpu_awq_mlp_scales(L, lw, err);
+    if (!rc)
+        rc = mlp_stage(L, lw, err);
+    if (!rc)
+        gpu_awq_finish_layer(L);
+    gpu_awq_free(L);
+    return rc;
+}
+
+/* Every GPU of the run works on windows of T tokens of the model cfg
+ * describes (the MTP layer's view, or the model again after it). */
+static void team_windows(team *t, int ranks, const moeq_config *cfg, int S, int T)
+{
+    for (int k = 0; k < ranks; k++) {
+        t->run[k]->cfg = cfg;
+        t->run[k]->S = S;
+        t->run[k]->T = T;
+        t->run[k]->n = S * T;
+    }
+}
+
+/* The MTP layer after the last one (model/mtp.h), calibrated on its true
+ * inputs over windows one token shorter: its input built on the GPU
+ * (mtp_cuda.c), then the stages of a numbered layer on its weights, seen
+ * through the MTP view of the model; written after the last layer. */
+static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib_set *calib,
+                           const moeq_layer_sink *sink, moeq_error *err)
+{
+    const moeq_config *cfg = &model->cfg;
+    const int ranks = g->opt->n_devices > 1 ? g->opt->n_devices : 1, H = cfg->hidden_size;
+    moeq_mtp mtp = {0};
+    moeq_mtp_weights w = {0};
+    float *final_norm = NULL;
+    moeq_layer_result res = {.layer = cfg->num_layers};
+    gpu_layer L = {.g = g, .res = &res};
+    const double t0 = gpu_now_seconds();
+    moeq_code rc;
+    if (g->T < 2)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
+                         "--quantize-mtp needs windows of at least 2 tokens (--seqlen)");
+    if ((rc = moeq_mtp_open(model, &mtp, err)) || (rc = moeq_mtp_weights_load(&mtp, &w, err)) ||
+        (rc = moeq_model_load_f32(model, MOEQ_T_FINAL_NORM, -1, -1, H, 0, &final_norm, err)))
+        goto done;
+    moeq_model_center_norm(model, final_norm, H);
+    const int quantize_fc = !model->arch.mtp_keep_fc;
+    res.names = &mtp.view.arch;
+    res.seconds_load = gpu_now_seconds() - t0;
+    if (g->opt->progress)
+        fprintf(g->opt->progress, "MTP block: loaded in %.2f s, quantizing %sattention and %s "
+                                  "on %s\n",
+                res.seconds_load, quantize_fc ? "fc, " : "", w.layer.is_moe ? "experts" : "MLP",
+                g->cu.device_name);
+    L.t_stage = gpu_now_seconds();
+    if ((gpu_gptq(&L) &&
+         (rc = codes_for_layer(g, cfg->num_layers, 0, &w.layer,
+                               quantize_fc ? 2 * (size_t)H * H : 0, err))) ||
+        (rc = gpu_mtp_input(&L, &mtp, &w, final_norm, calib->tokens, err)))
+        goto done;
+    team_windows(g->team, ranks, &mtp.view.cfg, g->S, g->T - 1);
+    rc = layer_stages(&L, &w.layer, err);
+    team_windows(g->team, ranks, cfg, g->S, g->T + 1);
+    res.seconds_wall = gpu_now_seconds() - t0;
+    if (!rc && sink)
+        rc = sink->write_layer(sink->ctx, &res, err);
+done:
+    moeq_layer_result_free(&res);
+    free(final_norm);
+    moeq_mtp_weights_free(&w);
+    moeq_mtp_close(&mtp);
+    return rc;
+}
+
 /* ---- overlapped memory mode: helper threads */
 
 /* Pins (page-locks) or unpins the large host arrays of a layer so that
@@ -1410,10 +1500,16 @@ moeq_code moeq_cuda_pipeline_supports(const moeq_model *model, const moeq_quanti
                          "%d) are not in the CUDA pipeline: use --device cpu",
                          cfg->la_k_head_dim, cfg->la_v_head_dim, model->arch.name,
                          MOEQ_K_DELTA_MAX_DK, MOEQ_K_DELTA_MAX_DV);
-    if (opt->quantize_mtp)
-        return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
-                         "MTP block calibration (--quantize-mtp) is not in the CUDA pipeline yet: "
-                         "use --device cpu");
+    /* The MTP layer runs through the stages of a numbered layer (the
+     * model's attention kind, MoE like its sparse layers), so the checks
+     * below are its checks too; here only its form (one layer). */
+    if (opt->quantize_mtp) {
+        moeq_mtp mtp;
+        moeq_code rc = moeq_mtp_open(model, &mtp, err);
+        if (rc)
+            return rc;
+        moeq_mtp_close(&mtp);
+    }
     if (cfg->num_experts > 0 && cfg->n_group > MOEQ_K_ROUTER_MAX_GROUPS)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "group-limited expert choice over n_group = %d groups (the CUDA router "
@@ -1644,24 +1740,10 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                     g.cu.device_name);
         L.t_stage = gpu_now_seconds();
         rc = gpu_gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
-                                            &lw, err)
+                                            &lw, 0, err)
                           : MOEQ_OK;
-        if (!rc && awq)
-            rc = gpu_awq_attention_scales(&L, &lw, err);
         if (!rc)
-            rc = lw.is_linear                            ? gpu_deltanet_stage(&L, &lw, err)
-                 : cfg->attention == MOEQ_ATTENTION_MLA ? gpu_mla_stage(&L, &lw, err)
-                                                        : gpu_attention_stage(&L, &lw, err);
-        char point[32];
-        snprintf(point, sizeof point, "layer-%d-mid", l);
-        moeq_failpoint(point, NULL); /* a test hook: killed mid-layer */
-        if (!rc && awq)
-            rc = gpu_awq_mlp_scales(&L, &lw, err);
-        if (!rc)
-            rc = mlp_stage(&L, &lw, err);
-        if (!rc)
-            gpu_awq_finish_layer(&L);
-        gpu_awq_free(&L);
+            rc = layer_stages(&L, &lw, err);
         /* The layer's output on the host, for the resumable record: two
          * pinned buffers taken in turn (the writer may still read the
          * other one, the previous layer's). */
@@ -1702,6 +1784,8 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
             goto done;
     }
     rc = writer_finish(&wr, err);
+    if (!rc && opt->quantize_mtp)
+        rc = mtp_layer(&g, model, calib, sink, err);
     if (!rc && hidden_out) { /* the last layer's output */
         if (!(*hidden_out = malloc(sizeof(float) * nh)))
             rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the final hidden states");

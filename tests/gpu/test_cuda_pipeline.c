@@ -18,7 +18,9 @@
  *    does grouping experts (--expert-batch) where each expert is swept alone
  *    (routed, weighted); with the router bypassed a group's gate/up rows are
  *    one sweep whose lazy-update GEMM cuBLAS may tile differently for
- *    another row count, so there nearly all codes must agree. */
+ *    another row count, so there nearly all codes must agree;
+ *  - with --quantize-mtp, the MTP layer after the last one the same way, and
+ *    its drafts close to the original's. */
 #include "../test.h"
 #include "../fixture_run.h"
 
@@ -151,7 +153,7 @@ static moeq_code run(const moeq_model *m, const moeq_calib_set *cs, moeq_quantiz
                      int cuda, collected *out, size_t *peak, moeq_error *err)
 {
     memset(out, 0, sizeof *out);
-    out->layers = m->cfg.num_layers;
+    out->layers = m->cfg.num_layers + (opt.quantize_mtp ? 1 : 0); /* the MTP layer last */
     out->experts = m->cfg.num_experts;
     if (out->experts)
         out->tokens = calloc((size_t)out->layers * out->experts, sizeof(int64_t));
@@ -1482,6 +1484,109 @@ static void test_eval_on_the_gpu_matches_the_cpu(void)
     moeq_model_close(&orig);
 }
 
+/* m quantized through the writer into out on cs, on the GPU (cuda) or the CPU. */
+static moeq_code quantize_to(const moeq_model *m, const moeq_calib_set *cs,
+                             const moeq_quantize_options *opt, int cuda, const char *out,
+                             moeq_error *err)
+{
+    moeq_gptq_writer w;
+    moeq_code rc = moeq_gptq_writer_open(&w, m, opt, out, NULL, 0, 0, err);
+    if (rc)
+        return rc;
+    moeq_layer_sink sink = {moeq_gptq_writer_write_layer, moeq_gptq_writer_layer_done, &w};
+    rc = cuda ? moeq_quantize_layers_cuda(m, cs, opt, &sink, NULL, err)
+              : moeq_quantize_layers(m, cs, opt, &sink, err);
+    if (!rc)
+        rc = moeq_gptq_writer_finish(&w, NULL, err);
+    moeq_gptq_writer_close(&w);
+    return rc;
+}
+
+/* --quantize-mtp on the GPU against the CPU, on every fixture with an MTP
+ * layer: glm4_moe's next-n layer (GQA, eh_proj kept), deepseek_v3's (MLA,
+ * eh_proj kept) and qwen3_5_moe's MTP block (output-gated attention, fc
+ * quantized); each must run. The MTP layer's linears (entries of
+ * layer num_hidden_layers) against the CPU's: the same ones, RTN identical codes,
+ * GPTQ (all experts) at least 0.85 identical, the floor of the other golden
+ * cases; then each backend's checkpoint's drafts against the original's on
+ * the golden windows, as the CPU test measures them (top-1 agreement above
+ * 0.5, KL in (0, 0.1); the CPU's printed beside). */
+static void test_mtp_layer_matches_cpu(void)
+{
+    const char *archs[] = {"glm4_moe", "deepseek_v3", "qwen3_5_moe"};
+    int ran = 0;
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
+        char dir[1024], out[2][2200];
+        golden_dir(dir, sizeof dir, archs[i]);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN,
+                                     .gptq = moeq_gptq_default_config(),
+                                     .expert_calib = MOEQ_EXPERT_CALIB_ALL,
+                                     .min_expert_tokens = 16, .true_sequential = 1,
+                                     .token_chunk = 4096, .quantize_mtp = 1};
+        opt.gptq.group_size = 16;
+        if (moeq_cuda_pipeline_supports(&m, &opt, &err)) {
+            fprintf(stderr, "  %s --quantize-mtp on the GPU: %s\n", archs[i], err.msg);
+            moeq_model_close(&m);
+            continue;
+        }
+        ran++;
+        moeq_calib_set cs = {0};
+        random_calib(&m, 4, 64, 71, &cs);
+        const int mtp = m.cfg.num_layers;
+        for (int g = 0; g < 2; g++) {
+            opt.method = g ? MOEQ_METHOD_GPTQ : MOEQ_METHOD_RTN;
+            collected cpu, gpu;
+            CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
+            moeq_code rc = run(&m, &cs, opt, 1, &gpu, NULL, &err);
+            if (rc)
+                fprintf(stderr, "  %s\n", err.msg);
+            CHECK_INT_EQ(rc, MOEQ_OK);
+            int n_cpu = 0, n_gpu = 0;
+            for (int k = 0; k < cpu.n; k++)
+                n_cpu += cpu.layer[k] == mtp;
+            for (int k = 0; k < gpu.n; k++)
+                n_gpu += gpu.layer[k] == mtp;
+            comparison s = compare_layer(&gpu, &cpu, mtp);
+            double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+            printf("     %-10s %-4s MTP layer: %d linears (gpu %d), identical codes %.5f, loss "
+                   "gpu/cpu - 1 = %+.3f; whole run %d linears, %d missing\n",
+                   archs[i], moeq_method_name(opt.method), n_cpu, n_gpu, same,
+                   s.loss_cpu > 0 ? s.loss_gpu / s.loss_cpu - 1 : 0, cpu.n,
+                   compare(&gpu, &cpu).missing);
+            CHECK(n_cpu > 0);
+            CHECK_INT_EQ(n_gpu, n_cpu);
+            CHECK_INT_EQ(s.missing, 0);
+            CHECK_INT_EQ(compare(&gpu, &cpu).missing, 0);
+            CHECK(same >= (g ? 0.85 : 1.0));
+            collected_free(&cpu);
+            collected_free(&gpu);
+        }
+        /* GPTQ through the writer on both backends, then the drafts. */
+        double agree[2] = {0}, kl[2] = {0};
+        size_t rows[2] = {0};
+        for (int cuda = 0; cuda < 2; cuda++) {
+            snprintf(out[cuda], sizeof out[cuda], "%s/%s-%s", test_tmpdir("cuda_mtp"), archs[i],
+                     cuda ? "gpu" : "cpu");
+            moeq_code rc = quantize_to(&m, &cs, &opt, cuda, out[cuda], &err);
+            if (rc)
+                fprintf(stderr, "  %s\n", err.msg);
+            CHECK_INT_EQ(rc, MOEQ_OK);
+            CHECK_INT_EQ(mtp_drafts_compare(dir, out[cuda], &agree[cuda], &kl[cuda], &rows[cuda]),
+                         0);
+        }
+        printf("     %-10s GPTQ MTP drafts against the original over %zu positions: gpu top-1 "
+               "%.3f KL %.5f, cpu top-1 %.3f KL %.5f\n",
+               archs[i], rows[1], agree[1], kl[1], agree[0], kl[0]);
+        CHECK(agree[1] > 0.5 && kl[1] > 0 && kl[1] < 0.1);
+        moeq_calib_set_free(&cs);
+        moeq_model_close(&m);
+    }
+    CHECK_INT_EQ(ran, 3);
+}
+
 /* A device listed twice is refused before anything runs. */
 static void test_device_listed_twice_is_refused(void)
 {
@@ -1515,6 +1620,7 @@ int main(void)
     RUN(test_hybrid_architectures);
     RUN(test_awq_matches_cpu);
     RUN(test_awq_budget_is_held_with_the_same_result);
+    RUN(test_mtp_layer_matches_cpu);
     RUN(test_forward_matches_cpu_on_gpt_oss_and_minimax);
     RUN(test_llama4_matches_cpu);
     RUN(test_forward_matches_cpu_on_llama4);

@@ -8,6 +8,7 @@
 #include "../test.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static void golden_dir(char *buf, size_t n, const char *arch)
 {
@@ -94,9 +95,8 @@ static void test_true_sequential_false_is_refused(void)
     moeq_model_close(&m);
 }
 
-/* The hybrid models' MTP block (--quantize-mtp) is refused naming it, and
- * Gated DeltaNet heads wider than the CUDA delta rule holds (key heads
- * or value heads over 128) naming both widths. */
+/* Gated DeltaNet heads wider than the CUDA delta rule holds (key heads or
+ * value heads over 128) are refused naming both widths. */
 static void test_hybrid_components_are_refused_by_name(void)
 {
     char dir[1024];
@@ -105,10 +105,6 @@ static void test_hybrid_components_are_refused_by_name(void)
     moeq_error err = {0};
     CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
     moeq_quantize_options opt = default_options();
-    opt.quantize_mtp = 1;
-    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
-    CHECK_CONTAINS(err.msg, "--quantize-mtp");
-    opt.quantize_mtp = 0;
     m.cfg.la_k_head_dim = 256;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
     CHECK_CONTAINS(err.msg, "linear_key_head_dim 256");
@@ -118,6 +114,41 @@ static void test_hybrid_components_are_refused_by_name(void)
     CHECK_CONTAINS(err.msg, "linear_value_head_dim 256");
     m.cfg.la_v_head_dim = 128;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_OK);
+    moeq_model_close(&m);
+}
+
+/* --quantize-mtp runs the MTP layer through the stages of a numbered
+ * layer, so the loop takes it exactly where it takes the model: the same
+ * answer, word for word, with and without it (all four pass); a model
+ * without an MTP layer is refused naming that. */
+static void test_quantize_mtp_follows_the_loop_s_own_support(void)
+{
+    const char *archs[] = {"glm4_moe", "deepseek_v3", "qwen3_5_moe", "qwen3_next"};
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, archs[i]);
+        moeq_error plain = {0}, mtp = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &plain), MOEQ_OK);
+        moeq_quantize_options opt = default_options();
+        moeq_code rc_plain = moeq_cuda_pipeline_supports(&m, &opt, &plain);
+        opt.quantize_mtp = 1;
+        moeq_code rc_mtp = moeq_cuda_pipeline_supports(&m, &opt, &mtp);
+        printf("  %s --quantize-mtp: %s\n", archs[i], rc_mtp ? mtp.msg : "runs on the GPU");
+        CHECK_INT_EQ(rc_mtp, rc_plain);
+        CHECK_STR_EQ(mtp.msg, plain.msg);
+        CHECK_INT_EQ(rc_mtp, MOEQ_OK);
+        moeq_model_close(&m);
+    }
+    char dir[1024];
+    golden_dir(dir, sizeof dir, "qwen3_moe");
+    moeq_error err = {0};
+    moeq_model m;
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    moeq_quantize_options opt = default_options();
+    opt.quantize_mtp = 1;
+    CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_NOT_FOUND);
+    CHECK_CONTAINS(err.msg, "no MTP block");
     moeq_model_close(&m);
 }
 
@@ -197,5 +228,6 @@ int main(void)
     RUN(test_more_than_64_expert_groups_are_refused);
     RUN(test_awq_passes_where_the_cpu_runs_it);
     RUN(test_awq_refusals_match_the_cpu);
+    RUN(test_quantize_mtp_follows_the_loop_s_own_support);
     return test_summary();
 }
