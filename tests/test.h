@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static int test_failures_in_current;
 static int test_passed;
@@ -72,17 +73,31 @@ static int test_failed;
         }                                                                      \
     } while (0)
 
+static inline double test_now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs one test and says how it went, with its wall time (the GPU tests
+ * must fit a device budget); stdout is flushed so that a run killed by a
+ * time limit still shows what finished. */
 #define RUN(fn)                                                                \
     do {                                                                       \
         test_failures_in_current = 0;                                          \
+        double t0_ = test_now_seconds();                                       \
         fn();                                                                  \
+        double dt_ = test_now_seconds() - t0_;                                 \
         if (test_failures_in_current) {                                        \
             test_failed++;                                                     \
-            fprintf(stderr, "FAIL %s\n", #fn);                                 \
+            fflush(stdout);                                                    \
+            fprintf(stderr, "FAIL %s (%.1f s)\n", #fn, dt_);                   \
         } else {                                                               \
             test_passed++;                                                     \
-            printf("ok   %s\n", #fn);                                          \
+            printf("ok   %s (%.1f s)\n", #fn, dt_);                            \
         }                                                                      \
+        fflush(stdout);                                                        \
     } while (0)
 
 static inline int test_summary(void)
