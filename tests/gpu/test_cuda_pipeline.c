@@ -1625,9 +1625,9 @@ int main(void)
     RUN(test_demo_model_bf16_scales);
     RUN(test_golden_architectures);
     RUN(test_hybrid_architectures);
+    RUN(test_mtp_layer_matches_cpu);
     RUN(test_awq_matches_cpu);
     RUN(test_awq_budget_is_held_with_the_same_result);
-    RUN(test_mtp_layer_matches_cpu);
     RUN(test_forward_matches_cpu_on_gpt_oss_and_minimax);
     RUN(test_llama4_matches_cpu);
     RUN(test_forward_matches_cpu_on_llama4);
