@@ -298,22 +298,26 @@ static int64_t report_routing_changes(const char *dir, int *layers)
  * 1. The layer loops' results on the same random windows (fewer than the
  *    8192 tokens the CPU scores its candidates on, so both score on the
  *    same tokens): the fraction of linears whose chosen alpha is the
- *    CPU's, of identical grids (the clipping search's choice) and of
- *    identical codes, each held to a floor; no layer's routing changes on
- *    either (the router compensated exactly).
- * 2. Each quantized through the writer and evaluated against the original
- *    (CPU eval, 512 random tokens): the GPU output's KL within kl_margin
- *    of the CPU AWQ output's, RTN's printed beside them; the GPU output's
+ *    CPU's; among the linears with the CPU's alpha (and o_proj, which has
+ *    none), the fraction of (row, group) grids with the CPU's clip ratio,
+ *    seen as a scale within 0.5% of the CPU's (the ratios are 1% apart, so
+ *    a neighbour moves the scale by 1% or more; the same ratio differs only
+ *    by the GPU's input scale, from bf16 activations, and the fp16 rounding
+ *    of the scale); identical codes; no layer's routing changes on either
+ *    (the router compensated exactly).
+ * 2. with_kl: each loop's output written and evaluated against the original
+ *    (CPU eval, 512 random tokens): the GPU output's KL within 25% of the
+ *    CPU AWQ output's, RTN's printed beside them; the GPU output's
  *    report.json lists 0 routing changes for every MoE layer.
  * The GPU's activations are bf16 (fp32 on the CPU): the scale searches'
  * losses differ in their third digit, so an alpha near a tie moves, and
  * with it every code of the linears it scales. The floors and the margin
- * below are provisional (set before any GPU run of this test); the values
- * are printed so the next run can tighten them. */
+ * are provisional, set before the values were measured on a GPU; every
+ * value is printed. */
 static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, int S, int T,
-                     int group_size, double min_alpha, double min_grids, double min_codes,
-                     double kl_margin)
+                     int group_size, int with_kl)
 {
+    const double min_alpha = 0.5, min_clip = 0.5, min_codes = 0.3, kl_margin = 0.25;
     moeq_error err = {0};
     moeq_model m;
     CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
@@ -328,34 +332,50 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
     random_calib(&m, S, T, 71, &cs);
     collected cpu, gpu;
     size_t peak = 0;
+    double t0 = test_now_seconds();
     CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
+    const double t_cpu = test_now_seconds() - t0;
+    t0 = test_now_seconds();
     moeq_code rc = run(&m, &cs, opt, 1, &gpu, &peak, &err);
+    const double t_gpu = test_now_seconds() - t0;
     if (rc)
         fprintf(stderr, "  %s\n", err.msg);
     CHECK_INT_EQ(rc, MOEQ_OK);
     comparison c = compare(&gpu, &cpu);
     int alphas = 0, same_alpha = 0;
+    size_t clips = 0, same_clip = 0;
     for (int i = 0; i < cpu.n; i++) {
         const moeq_quantized_linear *a = &cpu.linears[i];
         const moeq_quantized_linear *b = find(&gpu, cpu.layer[i], a->role, a->expert);
-        if (!b || a->awq_alpha < 0)
+        if (!b || b->q.rows != a->q.rows || b->q.n_groups != a->q.n_groups)
             continue;
-        alphas++;
-        same_alpha += a->awq_alpha == b->awq_alpha;
+        if (a->awq_alpha >= 0) {
+            alphas++;
+            same_alpha += a->awq_alpha == b->awq_alpha;
+        }
+        if (a->awq_alpha != b->awq_alpha)
+            continue;
+        for (size_t k = 0; k < (size_t)a->q.rows * a->q.n_groups; k++) {
+            clips++;
+            same_clip += fabs((double)b->q.scales[k] / a->q.scales[k] - 1.0) < 0.005;
+        }
     }
     const double fa = alphas ? (double)same_alpha / alphas : 0;
+    const double fl = clips ? (double)same_clip / (double)clips : 0;
     const double fg = c.grids ? (double)c.same_grids / (double)c.grids : 0;
     const double fc = c.codes ? (double)c.same_codes / (double)c.codes : 0;
-    printf("     %-10s awq %-8s %3d linears: same alpha %.4f (%d of %d), grids %.5f, codes %.5f, "
-           "loss gpu/cpu - 1 = %+.4f, routing changes cpu %lld gpu %lld over %d layers, peak "
-           "device %.1f MiB\n",
-           name, moeq_expert_calib_name(mode), cpu.n, fa, same_alpha, alphas, fg, fc,
-           c.loss_cpu > 0 ? c.loss_gpu / c.loss_cpu - 1 : 0, (long long)cpu.routing_changes,
-           (long long)gpu.routing_changes, gpu.routing_layers, peak / 1048576.0);
+    printf("     %-10s awq %-8s %d x %d tokens, %3d linears: same alpha %.4f (%d of %d), same "
+           "clip ratio %.4f (of %zu grids), identical grids %.4f, codes %.4f, loss gpu/cpu - 1 = "
+           "%+.4f, routing changes cpu %lld gpu %lld over %d layers, peak device %.1f MiB; cpu "
+           "%.2f s, gpu %.2f s\n",
+           name, moeq_expert_calib_name(mode), S, T, cpu.n, fa, same_alpha, alphas, fl, clips, fg,
+           fc, c.loss_cpu > 0 ? c.loss_gpu / c.loss_cpu - 1 : 0, (long long)cpu.routing_changes,
+           (long long)gpu.routing_changes, gpu.routing_layers, peak / 1048576.0, t_cpu, t_gpu);
+    fflush(stdout);
     CHECK_INT_EQ(c.missing, 0);
     CHECK(alphas > 0);
     CHECK(fa >= min_alpha);
-    CHECK(fg >= min_grids);
+    CHECK(fl >= min_clip);
     CHECK(fc >= min_codes);
     CHECK_INT_EQ(gpu.routing_changes, 0);
     CHECK_INT_EQ(gpu.routing_layers, moe_layers);
@@ -363,7 +383,10 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
     collected_free(&cpu);
     collected_free(&gpu);
     moeq_calib_set_free(&cs);
-
+    if (!with_kl) {
+        moeq_model_close(&m);
+        return;
+    }
     char base[1100], out_cpu[1200], out_gpu[1200], out_rtn[1200];
     snprintf(base, sizeof base, "%s", test_tmpdir("cuda_awq"));
     snprintf(out_cpu, sizeof out_cpu, "%s/cpu", base);
@@ -386,6 +409,7 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
            "RTN %.6f; report.json: %lld routing changes over %d layers\n",
            name, moeq_expert_calib_name(mode), kl_gpu, kl_cpu, kl_gpu / kl_cpu - 1, kl_rtn,
            (long long)changes, layers);
+    fflush(stdout);
     CHECK(isfinite(kl_gpu) && isfinite(kl_cpu) && kl_cpu > 0);
     CHECK(kl_gpu <= kl_cpu * (1 + kl_margin));
     CHECK_INT_EQ(changes, 0);
@@ -430,19 +454,21 @@ static void test_awq_budget_is_held_with_the_same_result(void)
     moeq_model_close(&m);
 }
 
-/* The demo model (16 experts, top-2, no shared expert) and qwen2_moe (a
- * shared expert behind a sigmoid gate, dense MLPs on layers 0 and 2) in
- * every expert calibration mode. */
+/* The demo model (16 experts, top-2, no shared expert; 2 windows of 128
+ * tokens, so that the CPU's AWQ inside the test stays short) and qwen2_moe
+ * (a shared expert behind a sigmoid gate, dense MLPs on layers 0 and 2) in
+ * every expert calibration mode; the outputs evaluated in the default
+ * mode (weighted). */
 static void test_awq_matches_cpu(void)
 {
     char dir[1024];
     golden_dir(dir, sizeof dir, "qwen2_moe");
     for (int mode = 0; mode < 3; mode++) {
-        awq_case(demo_dir, "demo", (moeq_expert_calib)mode, 8, 256, 128, 0.6, 0.6, 0.5, 0.10);
-        awq_case(dir, "qwen2_moe", (moeq_expert_calib)mode, 4, 64, 16, 0.6, 0.6, 0.5, 0.10);
+        const int kl = mode == MOEQ_EXPERT_CALIB_WEIGHTED;
+        awq_case(demo_dir, "demo", (moeq_expert_calib)mode, 2, 128, 128, kl);
+        awq_case(dir, "qwen2_moe", (moeq_expert_calib)mode, 4, 64, 16, kl);
     }
 }
-
 
 static void test_demo_model_all_modes(void)
 {
