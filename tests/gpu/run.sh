@@ -5,7 +5,13 @@
 # test, and the demo model quantized on both backends and evaluated; writes
 # the logs to $OUT when it is set (else build/gpu/logs). Exits non-zero on
 # any failure. Dependencies: tests/gpu/env.sh.
+#     bash tests/gpu/run.sh [all|tests|jobs]
+# tests: ctest and the two CUDA test programs; jobs: the demo jobs, GPU
+# evaluation, several GPUs, resume and device fallback; all (default): both,
+# in that order (the two halves fit separate device calls of 10 minutes).
 set -euo pipefail
+PART=${1:-all}
+case "$PART" in all | tests | jobs) ;; *) echo "usage: run.sh [all|tests|jobs]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/../.."
 BUILD=build/gpu
 LOGS=${OUT:-$BUILD/logs}
@@ -22,9 +28,13 @@ status=0
 
 build_moeq_cuda "$LOGS/build.log" || { tail -30 "$LOGS/build.log"; exit 1; }
 
+if [ "$PART" != jobs ]; then
 (cd "$BUILD" && ctest --output-on-failure -j 8) 2>&1 | tee "$LOGS/ctest.log" || status=1
 "$BUILD/test_cuda_parity" 2>&1 | tee "$LOGS/parity.log" || status=1
 "$BUILD/test_cuda_pipeline" 2>&1 | tee "$LOGS/pipeline.log" || status=1
+fi
+
+if [ "$PART" != tests ]; then
 
 # The main job on both backends: the demo model with the bundled calibration
 # set, then each output evaluated against the original (CPU eval).
@@ -140,9 +150,11 @@ q=(quantize --model demo/qwen3-moe-demo --nsamples 4 --seqlen 128 --true-sequent
 } > "$LOGS/fallback.log" 2>&1 || { status=1; echo "device fallback: FAILED"; cat "$f"/*.err; }
 tail -n 1 "$LOGS/fallback.log"
 
+fi
+
 if [ "$status" -ne 0 ]; then
     echo "run.sh: FAILED (logs in $LOGS)"
 else
-    echo "run.sh: all passed (logs in $LOGS)"
+    echo "run.sh ($PART): all passed (logs in $LOGS)"
 fi
 exit "$status"
