@@ -306,18 +306,21 @@ static int64_t report_routing_changes(const char *dir, int *layers)
  *    of the scale); identical codes; no layer's routing changes on either
  *    (the router compensated exactly).
  * 2. with_kl: each loop's output written and evaluated against the original
- *    (CPU eval, 512 random tokens): the GPU output's KL within 25% of the
+ *    (CPU eval, 512 random tokens): the GPU output's KL within 10% of the
  *    CPU AWQ output's, RTN's printed beside them; the GPU output's
  *    report.json lists 0 routing changes for every MoE layer.
  * The GPU's activations are bf16 (fp32 on the CPU): the scale searches'
  * losses differ in their third digit, so an alpha near a tie moves, and
- * with it every code of the linears it scales. The floors and the margin
- * are provisional, set before the values were measured on a GPU; every
- * value is printed. */
+ * with it every code of the linears it scales. Every value is printed. */
 static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, int S, int T,
                      int group_size, int with_kl)
 {
-    const double min_alpha = 0.5, min_clip = 0.5, min_codes = 0.3, kl_margin = 0.25;
+    /* Measured on an H100 (demo at group 128, 2 x 128 tokens; qwen2_moe as
+     * below): same alpha 0.67-0.86, same clip ratio 0.41-0.81 (near-ties of
+     * the clipping search under bf16 activations), identical codes
+     * 0.92-0.97, KL of the GPU output -6.5% (qwen2_moe) and +1.7% (demo)
+     * from the CPU's. Floors with margin below those. */
+    const double min_alpha = 0.5, min_clip = 0.3, min_codes = 0.85, kl_margin = 0.10;
     moeq_error err = {0};
     moeq_model m;
     CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
@@ -454,20 +457,21 @@ static void test_awq_budget_is_held_with_the_same_result(void)
     moeq_model_close(&m);
 }
 
-/* The demo model (16 experts, top-2, no shared expert; 2 windows of 128
- * tokens, so that the CPU's AWQ inside the test stays short) and qwen2_moe
- * (a shared expert behind a sigmoid gate, dense MLPs on layers 0 and 2) in
- * every expert calibration mode; the outputs evaluated in the default
- * mode (weighted). */
+/* qwen2_moe (a shared expert behind a sigmoid gate, dense MLPs on layers 0
+ * and 2) in every expert calibration mode, its outputs evaluated in the
+ * default mode (weighted); the demo model (16 experts, top-2) in the
+ * default mode with groups of 16: the CPU's clipping search costs each row
+ * 80 x cols x group products whatever the tokens, about 80 s a mode at
+ * group 128 on the GPU machine's CPU (the demo job of run.sh evaluates
+ * the GPU's AWQ at group 128 against RTN). */
 static void test_awq_matches_cpu(void)
 {
     char dir[1024];
     golden_dir(dir, sizeof dir, "qwen2_moe");
-    for (int mode = 0; mode < 3; mode++) {
-        const int kl = mode == MOEQ_EXPERT_CALIB_WEIGHTED;
-        awq_case(demo_dir, "demo", (moeq_expert_calib)mode, 2, 128, 128, kl);
-        awq_case(dir, "qwen2_moe", (moeq_expert_calib)mode, 4, 64, 16, kl);
-    }
+    for (int mode = 0; mode < 3; mode++)
+        awq_case(dir, "qwen2_moe", (moeq_expert_calib)mode, 4, 64, 16,
+                 mode == MOEQ_EXPERT_CALIB_WEIGHTED);
+    awq_case(demo_dir, "demo", MOEQ_EXPERT_CALIB_WEIGHTED, 2, 128, 16, 0);
 }
 
 static void test_demo_model_all_modes(void)
