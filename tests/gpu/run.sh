@@ -28,10 +28,20 @@ status=0
 
 build_moeq_cuda "$LOGS/build.log" || { tail -30 "$LOGS/build.log"; exit 1; }
 
+# A test program that hangs fails after its limit (seconds) instead of
+# stopping the script; the log says which one.
+limited() {
+    local limit=$1 rc=0
+    shift
+    timeout "$limit" "$@" || rc=$?
+    [ "$rc" -eq 124 ] && echo "TIMED OUT after $limit s: $*"
+    return "$rc"
+}
+
 if [ "$PART" != jobs ]; then
 (cd "$BUILD" && ctest --output-on-failure -j 8) 2>&1 | tee "$LOGS/ctest.log" || status=1
-"$BUILD/test_cuda_parity" 2>&1 | tee "$LOGS/parity.log" || status=1
-"$BUILD/test_cuda_pipeline" 2>&1 | tee "$LOGS/pipeline.log" || status=1
+limited 300 "$BUILD/test_cuda_parity" 2>&1 | tee "$LOGS/parity.log" || status=1
+limited 480 "$BUILD/test_cuda_pipeline" 2>&1 | tee "$LOGS/pipeline.log" || status=1
 fi
 
 if [ "$PART" != tests ]; then
