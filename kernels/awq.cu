@@ -7,6 +7,7 @@
 // repeats bit for bit.
 #include "grid.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 #include <math.h>
 
@@ -14,7 +15,6 @@ namespace {
 
 using namespace moeq_grid_dev;
 
-constexpr unsigned kFull = 0xffffffffu;
 constexpr int kColThreads = 128;
 constexpr int kSumThreads = 256;
 

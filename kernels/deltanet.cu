@@ -6,20 +6,12 @@
 // gated RMSNorm. Element ops round as the CPU does (_rn intrinsics keep
 // nvcc from fusing what the reference computes as separate roundings).
 #include "kernels.h"
+#include "launch.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
 
 namespace {
-
-constexpr unsigned kFull = 0xffffffffu;
-constexpr int kThreads = 256;
-
-unsigned blocks_for(size_t n)
-{
-    size_t b = (n + kThreads - 1) / kThreads;
-    return (unsigned)(b < 65535 ? (b ? b : 1) : 65535);
-}
 
 __device__ float sigmoid(float x)
 {

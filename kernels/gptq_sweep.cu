@@ -12,6 +12,7 @@
 // block-start copy gptq.c fits dynamic groups on.
 #include "grid.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,8 +24,6 @@ using namespace moeq_grid_dev;
 
 constexpr int kSlots = MOEQ_K_GPTQ_MAX_BLOCK / 32;
 constexpr int kSweepWarps = 16;
-constexpr unsigned kFull = 0xffffffffu;
-
 __device__ float warp_sum(float x)
 {
     for (int off = 16; off > 0; off >>= 1)

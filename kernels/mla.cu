@@ -4,12 +4,11 @@
 // k_rot, is one per token and shared by every head. The attention GEMMs
 // want k [tokens, heads, nope + rot] and v [tokens, heads, vd] in bf16.
 #include "kernels.h"
+#include "launch.cuh"
 
 #include <cuda_bf16.h>
 
 namespace {
-
-constexpr int kThreads = 256;
 
 // One thread per output element of a (token, head): first the nope + rot of
 // k, then the vd of v; each value is a copy rounded once to bf16.
@@ -47,10 +46,8 @@ extern "C" cudaError_t moeq_k_mla_split_kv_bf16(const float *kv, const float *k_
     if (tokens < 0 || heads < 0 || nope < 0 || rot < 0 || vd < 0)
         return cudaErrorInvalidValue;
     const size_t total = (size_t)tokens * heads * (nope + rot + vd);
-    if (total) {
-        size_t blocks = (total + kThreads - 1) / kThreads;
-        mla_split_kv_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), kThreads, 0,
-                              stream>>>(kv, k_rot, tokens, heads, nope, rot, vd, k, v);
-    }
+    if (total)
+        mla_split_kv_kernel<<<blocks_for(total), kThreads, 0, stream>>>(kv, k_rot, tokens, heads,
+                                                                        nope, rot, vd, k, v);
     return cudaGetLastError();
 }

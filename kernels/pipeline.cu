@@ -8,20 +8,12 @@
 // the dequantization of GPTQ codes, and the query/gate split and sigmoid
 // output gate of output-gated attention. bf16 is passed as uint16_t bits.
 #include "kernels.h"
+#include "launch.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
 
 namespace {
-
-constexpr unsigned kFull = 0xffffffffu;
-constexpr int kThreads = 256;
-
-unsigned blocks_for(size_t n)
-{
-    size_t b = (n + kThreads - 1) / kThreads;
-    return (unsigned)(b < 65535 ? (b ? b : 1) : 65535);
-}
 
 // Blocks for a one-row-per-block kernel over rows rows.
 unsigned row_blocks(int rows)
