@@ -6,12 +6,14 @@
 #define MOEQ_TESTS_FIXTURE_RUN_H
 
 #include "backend/cpu/cpu_ops.h"
+#include "common/fileio.h"
 #include "io/gptq_writer.h"
 #include "model/model.h"
 #include "model/mtp.h"
 #include "pipeline/evaluate.h"
 #include "pipeline/quantize.h"
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -62,6 +64,20 @@ static inline moeq_code quantize_dir_with(fixture_layer_loop layers, const char 
     if (rc)
         fprintf(stderr, "  (%s: %s)\n", model_dir, err->msg);
     return rc;
+}
+
+/* out/report.json parsed (the caller deletes it); NULL when it cannot be
+ * read or parsed. */
+static inline cJSON *read_report(const char *out)
+{
+    char path[2200], *text;
+    moeq_error err = {0};
+    snprintf(path, sizeof path, "%s/report.json", out);
+    if (moeq_read_text_file(path, 1 << 24, &text, &err))
+        return NULL;
+    cJSON *rep = cJSON_Parse(text);
+    free(text);
+    return rep;
 }
 
 /* quantize_dir_with the CPU layer loop. */

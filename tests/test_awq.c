@@ -213,11 +213,8 @@ static long check_router_compensation(const char *model_dir, const char *out)
     free(lb);
     moeq_model_close(&a);
     moeq_model_close(&b);
-    char path[2200], *text;
-    snprintf(path, sizeof path, "%s/report.json", out);
-    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
-    cJSON *rep = cJSON_Parse(text);
-    free(text);
+    cJSON *rep = read_report(out);
+    CHECK(rep != NULL);
     const cJSON *layer;
     int moe_layers = 0;
     cJSON_ArrayForEach(layer, cJSON_GetObjectItem(rep, "layers"))

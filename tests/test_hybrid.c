@@ -413,11 +413,8 @@ static void check_nextn_quantized(const char *name, int linears, int mtp_linears
     CHECK(st_checkpoint_find(&c, "model.layers.3.mlp.gate.weight") != NULL);
     st_checkpoint_close(&c);
     CHECK(!dynamic_rule(out, "-:model\\.layers\\.3\\..*"));
-    char path[2200], *text;
-    snprintf(path, sizeof path, "%s/report.json", out);
-    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
-    cJSON *rep = cJSON_Parse(text);
-    free(text);
+    cJSON *rep = read_report(out);
+    CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 4);
     cJSON *last = cJSON_GetArrayItem(layers, 3);
@@ -492,11 +489,8 @@ static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
     CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
     CHECK(dynamic_rule(out, "-:(.*\\.)?visual\\..*"));
     /* report.json marks the MTP block's entry, after the 4 layers. */
-    char path[2200], *text;
-    snprintf(path, sizeof path, "%s/report.json", out);
-    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
-    cJSON *rep = cJSON_Parse(text);
-    free(text);
+    cJSON *rep = read_report(out);
+    CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 5);
     CHECK(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 4), "mtp")));

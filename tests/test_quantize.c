@@ -145,10 +145,8 @@ static void test_output_has_gptq_tensors_configs_and_report(void)
     cJSON_Delete(cfg);
     snprintf(path, sizeof path, "%s/quantize_config.json", out);
     CHECK(moeq_file_exists(path));
-    snprintf(path, sizeof path, "%s/report.json", out);
-    CHECK_INT_EQ(moeq_read_text_file(path, 1 << 24, &text, &err), MOEQ_OK);
-    cJSON *rep = cJSON_Parse(text);
-    free(text);
+    cJSON *rep = read_report(out);
+    CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 3);
     cJSON *l0 = cJSON_GetArrayItem(layers, 0);

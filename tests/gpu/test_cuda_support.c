@@ -24,6 +24,24 @@ static moeq_quantize_options default_options(void)
                                    .true_sequential = 1};
 }
 
+/* Each golden fixture in archs passes the CUDA loop's support check with
+ * opt (the error names the fixture when one does not). */
+static void check_supported(const char *const *archs, size_t n, const moeq_quantize_options *opt)
+{
+    for (size_t i = 0; i < n; i++) {
+        char dir[1024];
+        golden_dir(dir, sizeof dir, archs[i]);
+        moeq_error err = {0};
+        moeq_model m;
+        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        moeq_code rc = moeq_cuda_pipeline_supports(&m, opt, &err);
+        if (rc)
+            fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
+        CHECK_INT_EQ(rc, MOEQ_OK);
+        moeq_model_close(&m);
+    }
+}
+
 /* The architectures the CUDA loop implements pass, whatever keys their
  * config.json carries (transformers 5 writes layer_types for every model);
  * gpt_oss has sinks, sliding-window layers, the clamped SwiGLU and MLP and
@@ -42,18 +60,7 @@ static void test_supported_architectures_pass(void)
                            "llama4",        "qwen3_next",    "qwen3_5_moe", "qwen3_5",
                            "deepseek_v3",   "deepseek_v3_q_proj", "deepseek_v2"};
     moeq_quantize_options opt = default_options();
-    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, archs[i]);
-        moeq_error err = {0};
-        moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_code rc = moeq_cuda_pipeline_supports(&m, &opt, &err);
-        if (rc)
-            fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
-        moeq_model_close(&m);
-    }
+    check_supported(archs, sizeof archs / sizeof *archs, &opt);
 }
 
 /* Scales exact in bf16 as well as fp16 (--format awq or compressed-tensors on
@@ -175,18 +182,7 @@ static void test_awq_passes_where_the_cpu_runs_it(void)
     const char *archs[] = {"qwen3_moe", "qwen2_moe", "mixtral", "llama", "qwen2", "qwen3"};
     moeq_quantize_options opt = default_options();
     opt.method = MOEQ_METHOD_AWQ;
-    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, archs[i]);
-        moeq_error err = {0};
-        moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_code rc = moeq_cuda_pipeline_supports(&m, &opt, &err);
-        if (rc)
-            fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
-        moeq_model_close(&m);
-    }
+    check_supported(archs, sizeof archs / sizeof *archs, &opt);
 }
 
 /* What the CPU's AWQ refuses, the CUDA loop refuses with the same words
