@@ -237,13 +237,14 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
         (rc = moeq_cuda_alloc(&g->cu, &g->o, 2 * (size_t)n * qdim, "attention outputs", err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
-    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
-                                                 "q/k/v_proj", &prep, err)))
+    if (gpu_uses_hessians(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                                                          "q/k/v_proj", &prep, err)))
         goto done;
     const piece qkv[3] = {{MOEQ_T_Q_PROJ, -1, lw->q, q_rows, n, 0, NULL},
                           {MOEQ_T_K_PROJ, -1, lw->k, kvdim, n, 0, NULL},
                           {MOEQ_T_V_PROJ, -1, lw->v, kvdim, n, 0, NULL}};
-    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv, err)) ||
+    if ((rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, qkv, 3, H, &wqkv,
+                                 err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
@@ -253,12 +254,12 @@ moeq_code gpu_attention_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_e
     if ((rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
     gpu_attn_free(g, &a);
-    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->o.ptr, n, qdim, NULL, 2.0f / (float)n,
-                                                 "o_proj", &prep, err)))
+    if (gpu_uses_hessians(L) && (rc = gpu_hessian_prepare(L, g->o.ptr, n, qdim, NULL,
+                                                          2.0f / (float)n, "o_proj", &prep, err)))
         goto done;
     const piece o_piece = {MOEQ_T_O_PROJ, -1, lw->o, H, n, 0, NULL};
-    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &o_piece, 1, qdim, &wo,
-                                 err)) ||
+    if ((rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, &o_piece, 1, qdim,
+                                 &wo, err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     if (!(rc = gpu_add_block_output(g, qdim, wo.ptr, o_bias.ptr, err)))

@@ -70,8 +70,8 @@ moeq_code gpu_deltanet_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_er
         (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
     /* Every in_proj reads the normed input: one Hessian for all of them. */
-    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
-                                                 "linear attention in_proj", &prep, err)))
+    if (gpu_uses_hessians(L) && (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                                                          "linear attention in_proj", &prep, err)))
         goto done;
     /* The stack's rows: [qkvz | ba] fused, [qkv | z | b | a] separate, the
      * b/a rows only when quantized (else wba holds them as stored). */
@@ -89,7 +89,8 @@ moeq_code gpu_deltanet_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_er
             in[n_in++] = (piece){MOEQ_T_LA_IN_A, -1, w->in_a, Hv, n, 0, NULL};
         }
     }
-    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, in, n_in, H, &win, err)))
+    if ((rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, in, n_in, H, &win,
+                                 err)))
         goto done;
     if (!ba) {
         const size_t rows_h = (size_t)Hv * H;
@@ -155,11 +156,12 @@ moeq_code gpu_deltanet_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_er
     moeq_cuda_buf *scratch[] = {&proj, &pba, &qkv, &z, &b, &a, &cv};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++)
         moeq_cuda_free(&g->cu, scratch[i]);
-    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(L, g->o.ptr, n, vd, NULL, 2.0f / (float)n,
-                                                 "out_proj", &prep, err)))
+    if (gpu_uses_hessians(L) && (rc = gpu_hessian_prepare(L, g->o.ptr, n, vd, NULL, 2.0f / (float)n,
+                                                          "out_proj", &prep, err)))
         goto done;
     const piece out = {MOEQ_T_LA_OUT_PROJ, -1, w->out, H, n, 0, NULL};
-    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &out, 1, vd, &wo, err)) ||
+    if ((rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, &out, 1, vd, &wo,
+                                 err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     if (!(rc = gpu_add_block_output(g, vd, wo.ptr, NULL, err)))

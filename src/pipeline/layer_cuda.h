@@ -122,7 +122,7 @@ moeq_code gpu_hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, c
 /* 1 when the run quantizes against the second moments of its linears'
  * inputs: GPTQ (Hessians, prepared and swept), and AWQ, whose clipping
  * search scores grids against the same matrices, unfactored (else RTN). */
-int gpu_gptq(const gpu_layer *L);
+int gpu_uses_hessians(const gpu_layer *L);
 
 /* Prepares the count Hessians H (H_ptrs[i] = H[i].ptr) of cols columns into
  * preps, as moeq_cuda_gptq_prepare_many; AWQ: each H moves into its

@@ -80,12 +80,12 @@ static moeq_code quantize_on_inputs(gpu_layer *L, const void *in, int cols, moeq
     gpu_run *g = L->g;
     moeq_cuda_gptq_prepared prep = {0};
     moeq_code rc = MOEQ_OK;
-    if (gpu_gptq(L))
+    if (gpu_uses_hessians(L))
         rc = gpu_hessian_prepare(L, in, g->n, cols, NULL, 2.0f / (float)g->n,
                                  moeq_tensor_role_key(role), &prep, err);
     const piece p = {role, -1, w, rows, g->n, 0, NULL};
     if (!rc)
-        rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &p, 1, cols, wq, err);
+        rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, &p, 1, cols, wq, err);
     if (!rc)
         rc = gpu_sync_time(L, &L->res->seconds_solve, err);
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);
@@ -123,13 +123,14 @@ moeq_code gpu_mla_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_error *
         goto done;
 
     /* 1. The a-projections: one stack, one Hessian of the normed input. */
-    if (gpu_gptq(L) &&
+    if (gpu_uses_hessians(L) &&
         (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
                                   rq ? "q_a_proj/kv_a_proj" : "q_proj/kv_a_proj", &prep, err)))
         goto done;
     const piece a[2] = {{lin[0].role, -1, lin[0].w, lin[0].rows, n, 0, NULL},
                         {lin[1].role, -1, lin[1].w, lin[1].rows, n, 0, NULL}};
-    if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, a, 2, H, &wa, err)) ||
+    if ((rc =
+             gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, a, 2, H, &wa, err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
         goto done;
     moeq_cuda_gptq_prepared_free(&g->cu, &prep);

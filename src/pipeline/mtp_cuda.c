@@ -94,10 +94,11 @@ moeq_code gpu_mtp_input(gpu_layer *L, const moeq_mtp *mtp, const moeq_mtp_weight
     /* fc against the Hessian of its input, or as it is. */
     if (quantize_fc) {
         const piece fc = {MOEQ_T_MTP_FC, -1, w->fc, H, n1, 0, NULL};
-        if ((gpu_gptq(L) && (rc = gpu_hessian_prepare(L, in.ptr, n1, 2 * H, NULL,
-                                                      2.0f / (float)n1, "MTP fc", &prep, err))) ||
-            (rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &fc, 1, 2 * H, &wfc,
-                                     err)) ||
+        if ((gpu_uses_hessians(L) &&
+             (rc = gpu_hessian_prepare(L, in.ptr, n1, 2 * H, NULL, 2.0f / (float)n1, "MTP fc",
+                                       &prep, err))) ||
+            (rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, &fc, 1, 2 * H,
+                                     &wfc, err)) ||
             (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
             goto done;
     } else if ((rc = gpu_upload_bf16(g, w->fc, (size_t)H * 2 * H, "MTP fc", &wfc, err))) {

@@ -533,13 +533,17 @@ static moeq_code all_token_mlp(gpu_layer *L, const moeq_mlp_weights *mlp,
     const piece gu[2] = {{roles[0], -1, mlp->gate, inter, n, 0, mlp->gate16},
                          {roles[1], -1, mlp->up, inter, n, 0, mlp->up16}};
     const piece down = {roles[2], -1, mlp->down, H, n, 0, mlp->down16};
-    if ((rc = gpu_scratch_alloc(g, inter, &s, err)) || (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
-        (rc = gpu_quantize_stack(L, gpu_gptq(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu, err)) ||
+    if ((rc = gpu_scratch_alloc(g, inter, &s, err)) ||
+        (rc = mlp_biases_upload(g, mlp, 1, &b, err)) ||
+        (rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? prep_all : NULL, NULL, gu, 2, H, &wgu,
+                                 err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
-        (gpu_gptq(L) && (rc = chunked_hessian_prepare(
-                             L, &s, wgu.ptr, gu_bias_of(&b, 0), inter, NULL, n, NULL,
-                             2.0f / (float)n, moeq_tensor_role_key(roles[2]), &prep, err))) ||
-        (rc = gpu_quantize_stack(L, gpu_gptq(L) ? &prep : NULL, NULL, &down, 1, inter, &wd, err)) ||
+        (gpu_uses_hessians(L) &&
+         (rc = chunked_hessian_prepare(L, &s, wgu.ptr, gu_bias_of(&b, 0), inter, NULL, n, NULL,
+                                       2.0f / (float)n, moeq_tensor_role_key(roles[2]), &prep,
+                                       err))) ||
+        (rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &prep : NULL, NULL, &down, 1, inter, &wd,
+                                 err)) ||
         (rc = gpu_sync_time(L, &L->res->seconds_solve, err)) ||
         (rc = gpu_upload_bf16(g, gate_host, (size_t)H, "shared expert gate", &gate, err)) ||
         (rc = gpu_mlp_forward(g, &s, wgu.ptr, gu_bias_of(&b, 0), wd.ptr, down_bias_of(g, &b, 0),
@@ -611,7 +615,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         size_t used = g->cu.bytes_in_use + g->opt->vram_budget / 16 + ((size_t)64 << 20);
         /* Routed and weighted: the own gate/up Hessians of a lane batch,
          * their permuted copies and factors. */
-        if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gpu_gptq(L)))
+        if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gpu_uses_hessians(L)))
             used += (size_t)MOEQ_CUDA_SOLVER_LANES * 3 * sizeof(float) * H * H;
         size_t budget = g->opt->vram_budget, per = expert_bytes(g, inter);
         size_t fit = budget > used ? (budget - used) / per : 0;
@@ -634,7 +638,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
             break;
         /* gate/up: one sweep for the whole group against the shared
          * Hessian (all; GPTQ), or per expert against its own. */
-        int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gpu_gptq(L);
+        int shared = mode == MOEQ_EXPERT_CALIB_ALL || !gpu_uses_hessians(L);
         if (shared) {
             for (int i = 0; i < ng; i++) {
                 const moeq_mlp_weights *m = &lw->experts[e0 + i];
@@ -643,8 +647,8 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 pieces[2 * i + 1] =
                     (piece){MOEQ_EXPERT_ROLES[1], e0 + i, m->up, inter, n, 0, m->up16};
             }
-            if ((rc = gpu_quantize_stack(L, gpu_gptq(L) ? prep_all : NULL, NULL, pieces, 2 * ng, H,
-                                         &wgu, err)) ||
+            if ((rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? prep_all : NULL, NULL, pieces,
+                                         2 * ng, H, &wgu, err)) ||
                 (rc = gpu_sync_time(L, &L->res->seconds_solve, err)))
                 break;
         } else if ((rc = moeq_cuda_alloc(&g->cu, &wgu, 2 * (size_t)ng * 2 * inter * H,
@@ -732,7 +736,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
                 rc = gpu_sync_time(L, &L->res->seconds_solve, err);
         }
         /* Each expert's down_proj Hessian from its quantized gate/up. */
-        for (int i = 0; i < ng && !rc && gpu_gptq(L); i++) {
+        for (int i = 0; i < ng && !rc && gpu_uses_hessians(L); i++) {
             const expert_cal *c = &cal[i];
             if (!(rc = chunked_hessian(L, &s, (const uint16_t *)wgu.ptr + (size_t)i * 2 * inter * H,
                                        gu_bias_of(&b, i), inter, c->idx, c->scale, c->count, c->w,
@@ -744,7 +748,7 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         if (rc)
             break;
         /* The group's down_proj Hessians, prepared together. */
-        if (!rc && gpu_gptq(L)) {
+        if (!rc && gpu_uses_hessians(L)) {
             int failed = -1;
             if (!(rc = gpu_sync_time(L, &L->res->seconds_hessian, err)) &&
                 (rc = gpu_prepare_many(L, Hd, Hd_ptrs, ng, inter, preps, &failed, err)))
@@ -757,15 +761,15 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
             moeq_cuda_free(&g->cu, &Hd[i]);
         /* The group's down_proj weights: one segmented sweep when the rows
          * allow it, else expert by expert (same results). */
-        if (!rc && gpu_gptq(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
+        if (!rc && gpu_uses_hessians(L) && H % MOEQ_K_GPTQ_SEG_ROWS_MULTIPLE == 0) {
             rc = gpu_quantize_stack(L, NULL, prep_ptrs, pieces, ng, inter, &wd, err);
         } else if (!rc) {
             rc = moeq_cuda_alloc(&g->cu, &wd, 2 * (size_t)ng * H * inter, "dequantized down_proj",
                                  err);
             for (int i = 0; i < ng && !rc; i++) {
                 moeq_cuda_buf one = {0};
-                rc = gpu_quantize_stack(L, gpu_gptq(L) ? &preps[i] : NULL, NULL, &pieces[i], 1,
-                                        inter, &one, err);
+                rc = gpu_quantize_stack(L, gpu_uses_hessians(L) ? &preps[i] : NULL, NULL,
+                                        &pieces[i], 1, inter, &one, err);
                 if (!rc)
                     rc = MOEQ_CU(cudaMemcpyAsync((uint16_t *)wd.ptr + (size_t)i * H * inter,
                                                  one.ptr, one.bytes, cudaMemcpyDeviceToDevice,
@@ -1132,9 +1136,10 @@ static moeq_code mlp_stage(gpu_layer *L, const moeq_layer_weights *lw, moeq_erro
     if ((rc = MOEQ_CU(cudaMemsetAsync(acc, 0, sizeof(float) * nh, g->cu.stream))) ||
         (rc = gpu_sync_time(L, &L->res->seconds_capture, err)))
         goto done;
-    if (gpu_gptq(L) && (rc = gpu_hessian_prepare(
-                            L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
-                            lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj", &prep, err)))
+    if (gpu_uses_hessians(L) &&
+        (rc = gpu_hessian_prepare(L, g->h.ptr, n, H, NULL, 2.0f / (float)n,
+                                  lw->is_moe ? "gate/up_proj (all tokens)" : "gate/up_proj", &prep,
+                                  err)))
         goto done;
     if (lw->is_moe)
         rc = experts_stage(L, lw, &prep, err);
@@ -1243,9 +1248,9 @@ static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib
                 res.seconds_load, quantize_fc ? "fc, " : "", w.layer.is_moe ? "experts" : "MLP",
                 g->cu.device_name);
     L.t_stage = gpu_now_seconds();
-    if ((gpu_gptq(&L) &&
-         (rc = codes_for_layer(g, cfg->num_layers, 0, &w.layer,
-                               quantize_fc ? 2 * (size_t)H * H : 0, err))) ||
+    if ((gpu_uses_hessians(&L) &&
+         (rc = codes_for_layer(g, cfg->num_layers, 0, &w.layer, quantize_fc ? 2 * (size_t)H * H : 0,
+                               err))) ||
         (rc = gpu_mtp_input(&L, &mtp, &w, final_norm, calib->tokens, err)))
         goto done;
     team_windows(g->team, ranks, &mtp.view.cfg, g->S, g->T - 1);
@@ -1739,9 +1744,10 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                                  : lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
         L.t_stage = gpu_now_seconds();
-        rc = gpu_gptq(&L) ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers,
-                                            &lw, 0, err)
-                          : MOEQ_OK;
+        rc = gpu_uses_hessians(&L)
+                 ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers, &lw, 0,
+                                   err)
+                 : MOEQ_OK;
         if (!rc)
             rc = layer_stages(&L, &lw, err);
         /* The layer's output on the host, for the resumable record: two

@@ -424,7 +424,7 @@ moeq_code gpu_hessian_prepare(gpu_layer *L, const void *x, int rows, int cols, c
     return gpu_finish_prepare(L, &H, rc, cols, module, prep, err);
 }
 
-int gpu_gptq(const gpu_layer *L)
+int gpu_uses_hessians(const gpu_layer *L)
 {
     return L->g->opt->method == MOEQ_METHOD_GPTQ || L->g->opt->method == MOEQ_METHOD_AWQ;
 }
