@@ -560,6 +560,35 @@ static void test_same_inputs_give_byte_identical_output(void)
     }
 }
 
+/* token_chunk 0 is the default chunk (a library caller that leaves it out
+ * once looped forever on the CPU): the output equals an explicit chunk of
+ * MOEQ_DEFAULT_TOKEN_CHUNK byte for byte; a negative chunk is refused. */
+static void test_token_chunk_zero_is_the_default_chunk(void)
+{
+    const char *dir = test_tmpdir("quant_token_chunk");
+    char a[2048], b[2048], c[2048];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(c, sizeof c, "%s/c", dir);
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
+    o.token_chunk = 0;
+    CHECK_INT_EQ(run("qwen3_moe", &o, a, &err), MOEQ_OK);
+    o.token_chunk = MOEQ_DEFAULT_TOKEN_CHUNK;
+    CHECK_INT_EQ(run("qwen3_moe", &o, b, &err), MOEQ_OK);
+    for (int i = 1; i <= 4; i++) {
+        char fa[2200], fb[2200];
+        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", a, i);
+        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", b, i);
+        CHECK(same_file(fa, fb));
+    }
+    o.token_chunk = -1;
+    CHECK_INT_EQ(run("qwen3_moe", &o, c, &err), MOEQ_ERR_INVALID_ARG);
+    CHECK_CONTAINS(err.msg, "token chunk -1");
+    struct stat st;
+    CHECK(stat(c, &st) != 0);
+}
+
 static void test_existing_output_is_refused_and_failures_leave_nothing(void)
 {
     const char *dir = test_tmpdir("quant_refuse");
@@ -844,6 +873,7 @@ int main(void)
     RUN(test_routed_with_every_expert_below_the_floor_equals_bypass);
     RUN(test_true_sequential_off_calibrates_on_the_original_layer);
     RUN(test_same_inputs_give_byte_identical_output);
+    RUN(test_token_chunk_zero_is_the_default_chunk);
     RUN(test_existing_output_is_refused_and_failures_leave_nothing);
     RUN(test_nan_weights_and_activations_stop_the_run_naming_layer_and_module);
     RUN(test_fp8_source_becomes_gptq_without_fp8_tensors_or_config);

@@ -329,7 +329,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     static const char *const methods[] = {"gptq", "rtn", "awq"};
     static const char *const modes[] = {"routed", "all", "weighted"};
     moeq_quantize_options opt = {.gptq = g, .min_expert_tokens = min_expert_tokens,
-                                 .true_sequential = true_sequential, .token_chunk = 4096,
+                                 .true_sequential = true_sequential,
                                  .quantize_linear_ba = quantize_linear_ba,
                                  .quantize_mtp = quantize_mtp};
     int choice;
@@ -456,8 +456,6 @@ int moeq_cmd_quantize(int argc, char **argv)
     }
 #endif
     opt.wait_for_layer = wait_for_layer || !use_cuda;
-    if (use_cuda)
-        opt.token_chunk = 0; /* the CUDA loop sizes its chunks itself */
     if (load_calibration(calib, calib_lang, tokenizer, model_dir, nsamples, seqlen, (uint64_t)seed, &set,
                          &err))
         goto done;

@@ -173,7 +173,7 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
                                  moeq_layer_result *res, moeq_error *err)
 {
     const int hidden = c->cfg->hidden_size, inter = mlp->intermediate;
-    const int chunk = c->opt->token_chunk;
+    const int chunk = c->opt->token_chunk > 0 ? c->opt->token_chunk : MOEQ_DEFAULT_TOKEN_CHUNK;
     double t0 = now_seconds();
     moeq_gptq_prepared own_gu = {0}, prep_down = {0};
     char what[96];
@@ -748,6 +748,9 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
     if (awq_missing)
         return moeq_fail(err, MOEQ_ERR_UNSUPPORTED,
                          "--method awq is not implemented for %s: use --method gptq", awq_missing);
+    if (opt->token_chunk < 0)
+        return moeq_fail(err, MOEQ_ERR_INVALID_ARG, "token chunk %d: must be 0 (the default) or more",
+                         opt->token_chunk);
     float *x = malloc(sizeof(float) * nh), *x1 = malloc(sizeof(float) * nh);
     float *y = malloc(sizeof(float) * nh);
     moeq_rope_cache rope = {0};

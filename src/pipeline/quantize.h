@@ -52,6 +52,9 @@ const char *moeq_method_name(moeq_method method);
 /* The most CUDA devices one run uses (--devices). */
 #define MOEQ_MAX_DEVICES 16
 
+/* The CPU loop's token chunk when moeq_quantize_options.token_chunk is 0. */
+enum { MOEQ_DEFAULT_TOKEN_CHUNK = 4096 };
+
 typedef struct moeq_quantize_options {
     moeq_method method;
     moeq_gptq_config gptq;
@@ -61,8 +64,9 @@ typedef struct moeq_quantize_options {
     int true_sequential;    /* each stage calibrated on the quantized earlier ones
                              * (q/k/v -> o -> gate/up -> down); 0: every stage on
                              * the original layer's activations */
-    int token_chunk;        /* tokens per chunk of expert activations (CUDA: 0 =
-                             * automatic, else at most this many) */
+    int token_chunk;        /* tokens per chunk of expert activations; 0: the
+                             * default (CPU: MOEQ_DEFAULT_TOKEN_CHUNK; CUDA: as
+                             * the budget allows), else at most this many */
     int devices[MOEQ_MAX_DEVICES]; /* CUDA devices of moeq_quantize_layers_cuda: */
     int n_devices;          /* devices[0] (the primary) runs attention and holds the
                              * residual stream; experts are spread over all of them.

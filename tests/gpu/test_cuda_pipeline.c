@@ -1422,12 +1422,9 @@ static void test_nonfinite_layer_output_stops_the_run(void)
  * so the tolerances are wider than test_eval_on_the_gpu_matches_the_cpu's
  * and unmeasured on a GPU: perplexities within 2%, KL within 20%, top-1
  * agreement within 0.03.
- * OPEN DEFECT: on an H100 (2026-11-25) this test printed nothing in 220 s
- * and was killed, twice; the CPU half (quantize, CPU eval) takes 0.5 s on
- * a 2-core machine, and the GPU forward of the unquantized fixture passes
- * (test_forward_matches_cpu_on_hybrid_models), so the GPU forward of the
- * QUANTIZED hybrid checkpoint hangs or crawls; cause not found. Rerun alone
- * with MOEQ_TEST_ONLY=test_eval_on_the_gpu_of_a_hybrid_model. */
+ * It once never finished: its quantize_dir left token_chunk 0, which the
+ * CPU loop took as a chunk of 0 tokens and looped on; 0 now means the
+ * default chunk (test_token_chunk_zero_is_the_default_chunk). */
 static void test_eval_on_the_gpu_of_a_hybrid_model(void)
 {
     char dir[1024], out[2048];
