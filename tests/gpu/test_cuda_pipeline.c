@@ -163,14 +163,135 @@ static moeq_code run(const moeq_model *m, const moeq_calib_set *cs, moeq_quantiz
     return moeq_quantize_layers(m, cs, &opt, &sink, err);
 }
 
-static void random_calib(const moeq_model *m, int S, int T, uint64_t seed, moeq_calib_set *cs)
+/* n random token ids below vocab_size from seed. */
+static void random_tokens(int32_t *tokens, size_t n, uint64_t seed, int vocab_size)
 {
     test_rng rng = {seed};
+    for (size_t i = 0; i < n; i++)
+        tokens[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)vocab_size);
+}
+
+static void random_calib(const moeq_model *m, int S, int T, uint64_t seed, moeq_calib_set *cs)
+{
     cs->nsamples = S;
     cs->seqlen = T;
     cs->tokens = malloc(sizeof(int32_t) * (size_t)S * T);
-    for (int i = 0; i < S * T; i++)
-        cs->tokens[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)m->cfg.vocab_size);
+    random_tokens(cs->tokens, (size_t)S * T, seed, m->cfg.vocab_size);
+}
+
+/* A model opened with S random windows of T tokens (seed) to calibrate on. */
+typedef struct calibrated {
+    moeq_model m;
+    moeq_calib_set cs;
+} calibrated;
+
+static void calibrated_open(calibrated *c, const char *dir, int S, int T, uint64_t seed)
+{
+    moeq_error err = {0};
+    memset(&c->cs, 0, sizeof c->cs);
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, &c->m, &err), MOEQ_OK);
+    random_calib(&c->m, S, T, seed, &c->cs);
+}
+
+static void calibrated_close(calibrated *c)
+{
+    moeq_calib_set_free(&c->cs);
+    moeq_model_close(&c->m);
+}
+
+/* The fraction of the compared codes that are identical (0 when none were). */
+static double same_codes_fraction(comparison s)
+{
+    return s.codes ? (double)s.same_codes / (double)s.codes : 0;
+}
+
+/* How many of c's linears belong to layer. */
+static int linears_of_layer(const collected *c, int layer)
+{
+    int n = 0;
+    for (int k = 0; k < c->n; k++)
+        n += c->layer[k] == layer;
+    return n;
+}
+
+/* A GPU run that must succeed; its error is printed when it does not. */
+static void run_gpu_ok(const moeq_model *m, const moeq_calib_set *cs, moeq_quantize_options opt,
+                       collected *out, size_t *peak, moeq_error *err)
+{
+    moeq_code rc = run(m, cs, opt, 1, out, peak, err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err->msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+}
+
+/* run_gpu_ok with the run's progress lines kept in log (log_size bytes,
+ * NUL-terminated). */
+static void run_gpu_logged(const moeq_model *m, const moeq_calib_set *cs,
+                           moeq_quantize_options opt, collected *out, size_t *peak,
+                           moeq_error *err, char *log, size_t log_size)
+{
+    FILE *progress = tmpfile();
+    opt.progress = progress;
+    run_gpu_ok(m, cs, opt, out, peak, err);
+    rewind(progress);
+    size_t got = fread(log, 1, log_size - 1, progress);
+    log[got] = 0;
+    fclose(progress);
+}
+
+/* opt on GPU 0 alone (one, each device's peak in peak_one when given), then
+ * with opt set to GPUs 0 and 1 (two, peak_two): the experts split. */
+static void run_on_one_and_two_gpus(const moeq_model *m, const moeq_calib_set *cs,
+                                    moeq_quantize_options *opt, collected *one, size_t *peak_one,
+                                    collected *two, size_t *peak_two)
+{
+    moeq_error err = {0};
+    CHECK_INT_EQ(run(m, cs, *opt, 1, one, peak_one, &err), MOEQ_OK);
+    opt->n_devices = 2;
+    opt->devices[0] = 0;
+    opt->devices[1] = 1;
+    run_gpu_ok(m, cs, *opt, two, peak_two, &err);
+}
+
+/* Two GPU runs of one setting: without a --vram-budget (free_run), then
+ * under budget_bytes (budget_run, its progress lines kept in log when one
+ * is given), and the peak device memory of each. */
+typedef struct budget_runs {
+    collected free_run, budget_run;
+    size_t peak_free, peak_budget;
+} budget_runs;
+
+static void run_without_and_with_budget(const calibrated *c, moeq_quantize_options opt,
+                                        size_t budget_bytes, char *log, size_t log_size,
+                                        budget_runs *r)
+{
+    moeq_error err = {0};
+    r->peak_free = r->peak_budget = 0;
+    run_gpu_ok(&c->m, &c->cs, opt, &r->free_run, &r->peak_free, &err);
+    opt.vram_budget = budget_bytes;
+    if (log)
+        run_gpu_logged(&c->m, &c->cs, opt, &r->budget_run, &r->peak_budget, &err, log, log_size);
+    else
+        run_gpu_ok(&c->m, &c->cs, opt, &r->budget_run, &r->peak_budget, &err);
+}
+
+/* The budget run's codes against the free run's, printed after label:
+ * none missing, nearly all (0.99) identical, and the budget held. */
+static void check_budget_codes(const budget_runs *r, const char *label, size_t budget_bytes)
+{
+    comparison s = compare(&r->budget_run, &r->free_run);
+    double same = same_codes_fraction(s);
+    printf("     %speak without a budget %.2f MiB, with %zu MiB %.2f MiB; identical codes %.6f\n",
+           label, r->peak_free / 1048576.0, budget_bytes >> 20, r->peak_budget / 1048576.0, same);
+    CHECK(r->peak_budget <= budget_bytes);
+    CHECK_INT_EQ(s.missing, 0);
+    CHECK(same >= 0.99);
+}
+
+static void budget_runs_free(budget_runs *r)
+{
+    collected_free(&r->free_run);
+    collected_free(&r->budget_run);
 }
 
 /* The number of GPU scales that bf16 or fp16 would change. */
@@ -186,6 +307,17 @@ static size_t scales_not_bf16_and_fp16(const collected *c)
         }
     }
     return inexact;
+}
+
+/* The settings every case starts from: method, expert calibration mode,
+ * token_chunk tokens a forward chunk (0: the default), at least 16 tokens
+ * for an expert's own Hessian, true-sequential, GPTQ's default config. */
+static moeq_quantize_options test_options(moeq_method method, moeq_expert_calib mode,
+                                          int token_chunk)
+{
+    return (moeq_quantize_options){.method = method, .gptq = moeq_gptq_default_config(),
+                                   .expert_calib = mode, .min_expert_tokens = 16,
+                                   .true_sequential = 1, .token_chunk = token_chunk};
 }
 
 /* One model, one setting: CPU vs CUDA. */
@@ -207,12 +339,9 @@ static void pipeline_case_opt(const char *dir, const char *name, int S, int T,
     collected cpu, gpu;
     size_t peak = 0;
     CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
-    moeq_code rc = run(&m, &cs, opt, 1, &gpu, &peak, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    run_gpu_ok(&m, &cs, opt, &gpu, &peak, &err);
     comparison s = compare(&gpu, &cpu);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    double same = same_codes_fraction(s);
     int64_t tok_total_cpu = 0, tok_total_gpu = 0, tok_diff = 0;
     for (int i = 0; cpu.tokens && i < cpu.layers * cpu.experts; i++) {
         tok_total_cpu += cpu.tokens[i];
@@ -245,11 +374,25 @@ static void pipeline_case_opt(const char *dir, const char *name, int S, int T,
 static void pipeline_case(const char *dir, const char *name, int group_size, int S, int T,
                           moeq_method method, moeq_expert_calib mode, double min_same)
 {
-    moeq_quantize_options opt = {.method = method, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = mode, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
+    moeq_quantize_options opt = test_options(method, mode, 4096);
     opt.gptq.group_size = group_size;
     pipeline_case_opt(dir, name, S, T, opt, min_same);
+}
+
+/* The cases every model runs, with their floors of identical codes: RTN
+ * (1.0) and GPTQ (0.85) on all tokens, then GPTQ routed (0.70) and
+ * weighted (0.85) where asked. */
+static void pipeline_modes(const char *dir, const char *name, int group_size, int S, int T,
+                           int routed, int weighted)
+{
+    pipeline_case(dir, name, group_size, S, T, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
+    pipeline_case(dir, name, group_size, S, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
+    if (routed)
+        pipeline_case(dir, name, group_size, S, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
+                      0.70);
+    if (weighted)
+        pipeline_case(dir, name, group_size, S, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
+                      0.85);
 }
 
 static char demo_dir[1024];
@@ -257,6 +400,13 @@ static char demo_dir[1024];
 static void golden_dir(char *buf, size_t n, const char *arch)
 {
     snprintf(buf, n, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, arch);
+}
+
+static void calibrated_open_golden(calibrated *c, const char *arch, int S, int T, uint64_t seed)
+{
+    char dir[1024];
+    golden_dir(dir, sizeof dir, arch);
+    calibrated_open(c, dir, S, T, seed);
 }
 
 /* ---- AWQ: CPU vs CUDA */
@@ -327,9 +477,7 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
     int moe_layers = 0;
     for (int l = 0; l < m.cfg.num_layers; l++)
         moe_layers += m.cfg.layer_is_moe[l];
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_AWQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = mode, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_AWQ, mode, 4096);
     opt.gptq.group_size = group_size;
     moeq_calib_set cs = {0};
     random_calib(&m, S, T, 71, &cs);
@@ -339,11 +487,8 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
     CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
     const double t_cpu = test_now_seconds() - t0;
     t0 = test_now_seconds();
-    moeq_code rc = run(&m, &cs, opt, 1, &gpu, &peak, &err);
+    run_gpu_ok(&m, &cs, opt, &gpu, &peak, &err);
     const double t_gpu = test_now_seconds() - t0;
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
     comparison c = compare(&gpu, &cpu);
     int alphas = 0, same_alpha = 0;
     size_t clips = 0, same_clip = 0;
@@ -428,33 +573,20 @@ static void awq_case(const char *dir, const char *name, moeq_expert_calib mode, 
  * memory, which changes where values live, not what they are). */
 static void test_awq_budget_is_held_with_the_same_result(void)
 {
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 256, 75, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_AWQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_WEIGHTED,
-                                 .min_expert_tokens = 16, .true_sequential = 1,
-                                 .token_chunk = 1024};
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
-    opt.vram_budget = (size_t)40 << 20;
-    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    int same = same_bytes(&a, &b);
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 64, 256, 75);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_AWQ, MOEQ_EXPERT_CALIB_WEIGHTED, 1024);
+    const size_t budget_bytes = (size_t)40 << 20;
+    budget_runs r;
+    run_without_and_with_budget(&cal, opt, budget_bytes, NULL, 0, &r);
+    int same = same_bytes(&r.free_run, &r.budget_run);
     printf("     AWQ peak without a budget %.2f MiB, with 40 MiB %.2f MiB; identical bytes %d\n",
-           peak_free / 1048576.0, peak_budget / 1048576.0, same);
-    CHECK(peak_budget <= opt.vram_budget);
-    CHECK(peak_free > opt.vram_budget);
-    CHECK(a.n > 0 && same);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+           r.peak_free / 1048576.0, r.peak_budget / 1048576.0, same);
+    CHECK(r.peak_budget <= budget_bytes);
+    CHECK(r.peak_free > budget_bytes);
+    CHECK(r.free_run.n > 0 && same);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* qwen2_moe (a shared expert behind a sigmoid gate, dense MLPs on layers 0
@@ -474,18 +606,13 @@ static void test_awq_matches_cpu(void)
     awq_case(demo_dir, "demo", MOEQ_EXPERT_CALIB_WEIGHTED, 2, 128, 16, 0);
 }
 
+/* Routed GPTQ's floor is the lowest (0.70): each expert's Hessian comes
+ * from its own ~1000 tokens, and bf16 activations move about 1.5% of the
+ * routing decisions, so the per-expert Hessians differ more than the
+ * all-token ones (measured on an H100: 0.775 identical, loss within 0.4%). */
 static void test_demo_model_all_modes(void)
 {
-    pipeline_case(demo_dir, "demo", 128, 8, 256, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
-    pipeline_case(demo_dir, "demo", 128, 8, 256, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-    /* Routed: each expert's Hessian comes from its own ~1000 tokens, and
-     * bf16 activations move about 1.5% of the routing decisions, so the
-     * per-expert Hessians differ more than the all-token ones (measured on
-     * an H100: 0.775 identical, loss within 0.4%). */
-    pipeline_case(demo_dir, "demo", 128, 8, 256, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
-                  0.70);
-    pipeline_case(demo_dir, "demo", 128, 8, 256, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
-                  0.85);
+    pipeline_modes(demo_dir, "demo", 128, 8, 256, 1, 1);
 }
 
 /* Scales exact in bf16 as well as fp16, as --format awq or compressed-tensors
@@ -496,9 +623,7 @@ static void test_demo_model_all_modes(void)
  * near-ties, so whole-model g_idx differ between the backends.) */
 static void test_demo_model_bf16_scales(void)
 {
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 4096);
     opt.gptq.scale_bf16 = 1;
     pipeline_case_opt(demo_dir, "demo", 8, 256, opt, 0.85);
     opt.gptq.sym = 0;
@@ -537,16 +662,8 @@ static void test_golden_architectures(void)
                  {"deepseek_v2", 1, 1}};
     char dir[1024];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        const char *arch = cases[i].arch;
-        golden_dir(dir, sizeof dir, arch);
-        pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
-        pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-        if (cases[i].moe)
-            pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
-                          0.70);
-        if (cases[i].weighted)
-            pipeline_case(dir, arch, 16, 4, 64, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
-                          0.85);
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        pipeline_modes(dir, cases[i].arch, 16, 4, 64, cases[i].moe, cases[i].weighted);
     }
 }
 
@@ -569,21 +686,11 @@ static void test_hybrid_architectures(void)
     } cases[] = {{"qwen3_next", 1}, {"qwen3_5_moe", 1}, {"qwen3_5", 0}};
     char dir[1024];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        const char *arch = cases[i].arch;
-        golden_dir(dir, sizeof dir, arch);
-        pipeline_case(dir, arch, 16, 4, 96, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
-        pipeline_case(dir, arch, 16, 4, 96, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-        if (cases[i].moe) {
-            pipeline_case(dir, arch, 16, 4, 96, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED,
-                          0.70);
-            pipeline_case(dir, arch, 16, 4, 96, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
-                          0.85);
-        }
+        golden_dir(dir, sizeof dir, cases[i].arch);
+        pipeline_modes(dir, cases[i].arch, 16, 4, 96, cases[i].moe, cases[i].moe);
     }
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096,
-                                 .quantize_linear_ba = 1};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 4096);
+    opt.quantize_linear_ba = 1;
     opt.gptq.group_size = 16;
     const char *ba_archs[] = {"qwen3_next", "qwen3_5"};
     for (int i = 0; i < 2; i++) {
@@ -608,9 +715,7 @@ static void forward_case(const char *arch, int T, const int *devices, int n_devi
     moeq_model m;
     CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)S * T);
-    test_rng r = {81};
-    for (int i = 0; i < S * T; i++)
-        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)m.cfg.vocab_size);
+    random_tokens(tokens, (size_t)S * T, 81, m.cfg.vocab_size);
     float *cpu = NULL, *gpu = NULL;
     CHECK_INT_EQ(moeq_forward_hidden(&m, tokens, S, T, NULL, &cpu, &err), MOEQ_OK);
     moeq_code rc = moeq_forward_hidden_cuda(&m, tokens, S, T, devices, n_devices, NULL, &gpu,
@@ -726,12 +831,29 @@ static void test_llama4_matches_cpu(void)
         CHECK(c->qk_l2_norm && c->attn_temperature_tuning && c->rope_interleaved);
         CHECK_INT_EQ(c->router, MOEQ_ROUTER_TOPK_SIGMOID_INPUT);
         moeq_model_close(&m);
-        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1.0);
-        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0.85);
-        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED, 0.70);
-        pipeline_case(dir, archs[a], 16, 4, T, MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_WEIGHTED,
-                      0.85);
+        pipeline_modes(dir, archs[a], 16, 4, T, 1, 1);
     }
+}
+
+/* q scored against orig on n tokens in windows of T, on the CPU (cpu) and
+ * with its decoder layers on GPU device (gpu); both printed after label. */
+static void eval_on_cpu_and_gpu(const moeq_model *q, const moeq_model *orig, const int32_t *tokens,
+                                int n, int T, const int *device, const char *label,
+                                moeq_eval_result *cpu, moeq_eval_result *gpu)
+{
+    moeq_error err = {0};
+    memset(cpu, 0, sizeof *cpu);
+    memset(gpu, 0, sizeof *gpu);
+    CHECK_INT_EQ(moeq_evaluate_on(q, orig, tokens, n, T, 0, NULL, NULL, 0, NULL, cpu, &err),
+                 MOEQ_OK);
+    moeq_code rc = moeq_evaluate_on(q, orig, tokens, n, T, 0, NULL, device, 1, NULL, gpu, &err);
+    if (rc)
+        fprintf(stderr, "  %s\n", err.msg);
+    CHECK_INT_EQ(rc, MOEQ_OK);
+    printf("     %scpu: ppl %.4f ref %.4f kl %.6f top1 %.4f; gpu: ppl %.4f ref %.4f kl %.6f top1 "
+           "%.4f\n",
+           label, cpu->perplexity, cpu->ref_perplexity, cpu->kl, cpu->top1_agreement,
+           gpu->perplexity, gpu->ref_perplexity, gpu->kl, gpu->top1_agreement);
 }
 
 /* The multimodal Llama-4 checkpoint quantized on the GPU through the
@@ -747,9 +869,7 @@ static void test_llama4_multimodal_cuda_output_keeps_the_vision_model(void)
     char src_dir[1024], out[2048];
     golden_dir(src_dir, sizeof src_dir, "llama4");
     snprintf(out, sizeof out, "%s/out", test_tmpdir("cuda_llama4_mm"));
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0);
     opt.gptq.group_size = 16;
     moeq_error err = {0};
     CHECK_INT_EQ(quantize_dir_with(cuda_layer_loop, src_dir, &opt, out, 2048, 99, 16, 32, &err),
@@ -780,22 +900,10 @@ static void test_llama4_multimodal_cuda_output_keeps_the_vision_model(void)
     CHECK_INT_EQ(moeq_model_open(out, NULL, &q, &err), MOEQ_OK);
     CHECK_INT_EQ(moeq_model_open(src_dir, NULL, &orig, &err), MOEQ_OK);
     int32_t tokens[512];
-    test_rng r = {83};
-    for (int i = 0; i < 512; i++)
-        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)orig.cfg.vocab_size);
+    random_tokens(tokens, 512, 83, orig.cfg.vocab_size);
     const int device = 0;
-    moeq_eval_result cpu = {0}, gpu = {0};
-    CHECK_INT_EQ(moeq_evaluate_on(&q, &orig, tokens, 512, 64, 0, NULL, NULL, 0, NULL, &cpu, &err),
-                 MOEQ_OK);
-    moeq_code rc = moeq_evaluate_on(&q, &orig, tokens, 512, 64, 0, NULL, &device, 1, NULL, &gpu,
-                                    &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    printf("     llama4 eval cpu: ppl %.4f ref %.4f kl %.6f top1 %.4f; gpu: ppl %.4f ref %.4f "
-           "kl %.6f top1 %.4f\n",
-           cpu.perplexity, cpu.ref_perplexity, cpu.kl, cpu.top1_agreement, gpu.perplexity,
-           gpu.ref_perplexity, gpu.kl, gpu.top1_agreement);
+    moeq_eval_result cpu, gpu;
+    eval_on_cpu_and_gpu(&q, &orig, tokens, 512, 64, &device, "llama4 eval ", &cpu, &gpu);
     CHECK(cpu.perplexity > 1);
     CHECK_NEAR(gpu.perplexity, cpu.perplexity, 0, 0.005);
     CHECK_NEAR(gpu.ref_perplexity, cpu.ref_perplexity, 0, 0.005);
@@ -842,9 +950,7 @@ static void test_forward_matches_cpu_on_hybrid_models(void)
 static void test_multimodal_vision_tensors_reach_the_cuda_output_unchanged(void)
 {
     const char *archs[] = {"qwen3_5", "qwen3_5_moe"};
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0);
     opt.gptq.group_size = 16;
     for (int a = 0; a < 2; a++) {
         char dir[1024], out[2048];
@@ -897,26 +1003,20 @@ static void test_multimodal_vision_tensors_reach_the_cuda_output_unchanged(void)
 static void test_expert_groups_and_reruns_are_bit_identical(void)
 {
     moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 4, 256, 72, &cs);
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 4, 256, 72);
     for (int mode = 0; mode < 3; mode++) {
-        moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ,
-                                     .gptq = moeq_gptq_default_config(),
-                                     .expert_calib = (moeq_expert_calib)mode,
-                                     .min_expert_tokens = 16, .true_sequential = 1,
-                                     .token_chunk = 300};
+        moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, (moeq_expert_calib)mode, 300);
         collected a, b, c, d;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_OK);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &a, NULL, &err), MOEQ_OK);
         opt.wait_for_layer = 1; /* the other memory mode: the same bytes */
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &b, NULL, &err), MOEQ_OK);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &b, NULL, &err), MOEQ_OK);
         opt.wait_for_layer = 0;
         opt.host_fp32_weights = 1; /* the weights widened on the host: the same bytes */
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &d, NULL, &err), MOEQ_OK);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &d, NULL, &err), MOEQ_OK);
         opt.host_fp32_weights = 0;
         opt.expert_batch = 3;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &c, NULL, &err), MOEQ_OK);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &c, NULL, &err), MOEQ_OK);
         int rerun = same_bytes(&a, &b), grouped = same_bytes(&a, &c), widened = same_bytes(&a, &d);
         comparison s = compare(&c, &a);
         double same = (double)s.same_codes / (double)s.codes;
@@ -936,18 +1036,15 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
         collected_free(&d);
     }
     /* RTN rounds on the host: bf16 weights widened there give the same bytes. */
-    moeq_quantize_options rtn = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1};
+    moeq_quantize_options rtn = test_options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 0);
     collected a, d;
-    CHECK_INT_EQ(run(&m, &cs, rtn, 1, &a, NULL, &err), MOEQ_OK);
+    CHECK_INT_EQ(run(&cal.m, &cal.cs, rtn, 1, &a, NULL, &err), MOEQ_OK);
     rtn.host_fp32_weights = 1;
-    CHECK_INT_EQ(run(&m, &cs, rtn, 1, &d, NULL, &err), MOEQ_OK);
+    CHECK_INT_EQ(run(&cal.m, &cal.cs, rtn, 1, &d, NULL, &err), MOEQ_OK);
     CHECK(a.n > 0 && same_bytes(&a, &d));
     collected_free(&a);
     collected_free(&d);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
 }
 
 /* A budget that forces expert groups is held: the peak stays below it and
@@ -955,34 +1052,15 @@ static void test_expert_groups_and_reruns_are_bit_identical(void)
  * bypass mode). */
 static void test_budget_is_held(void)
 {
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 8, 256, 74, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
-    opt.vram_budget = (size_t)24 << 20;
-    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    comparison s = compare(&b, &a);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
-    printf("     peak without a budget %.2f MiB, with 24 MiB %.2f MiB; identical codes %.6f\n",
-           peak_free / 1048576.0, peak_budget / 1048576.0, same);
-    CHECK(peak_budget <= opt.vram_budget);
-    CHECK(peak_budget < peak_free);
-    CHECK_INT_EQ(s.missing, 0);
-    CHECK(same >= 0.99);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 8, 256, 74);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 4096);
+    budget_runs r;
+    run_without_and_with_budget(&cal, opt, (size_t)24 << 20, NULL, 0, &r);
+    check_budget_codes(&r, "", (size_t)24 << 20);
+    CHECK(r.peak_budget < r.peak_free);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* A budget below the device-resident activations (16384 tokens: the fp32
@@ -993,43 +1071,19 @@ static void test_budget_is_held(void)
  * of the experts in bypass mode). */
 static void test_residual_stream_moves_to_host_memory_under_a_small_budget(void)
 {
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 256, 75, &cs);
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 64, 256, 75);
     /* The budget's token chunk (1024) for both runs: the same GEMM shapes. */
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 1024};
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
-    opt.vram_budget = (size_t)40 << 20;
-    FILE *progress = tmpfile();
-    opt.progress = progress;
-    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 1024);
+    const size_t budget_bytes = (size_t)40 << 20;
+    budget_runs r;
     char log[4096] = {0};
-    rewind(progress);
-    size_t got = fread(log, 1, sizeof log - 1, progress);
-    log[got] = 0;
-    fclose(progress);
+    run_without_and_with_budget(&cal, opt, budget_bytes, log, sizeof log, &r);
     CHECK_CONTAINS(log, "the residual stream (0.03 GiB) stays in pinned host memory");
-    comparison s = compare(&b, &a);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
-    printf("     peak without a budget %.2f MiB, with 40 MiB %.2f MiB; identical codes %.6f\n",
-           peak_free / 1048576.0, peak_budget / 1048576.0, same);
-    CHECK(peak_budget <= opt.vram_budget);
-    CHECK(peak_free > opt.vram_budget);
-    CHECK_INT_EQ(s.missing, 0);
-    CHECK(same >= 0.99);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    check_budget_codes(&r, "", budget_bytes);
+    CHECK(r.peak_free > budget_bytes);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* A budget on a hybrid model: 6 MiB allows the DeltaNet core a sixteenth,
@@ -1039,37 +1093,15 @@ static void test_residual_stream_moves_to_host_memory_under_a_small_budget(void)
  * GEMMs of another row count may sum in another order: nearly all). */
 static void test_hybrid_budget_is_held(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "qwen3_next");
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 4, 96, 82, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096};
+    calibrated cal;
+    calibrated_open_golden(&cal, "qwen3_next", 4, 96, 82);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 4096);
     opt.gptq.group_size = 16;
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
-    opt.vram_budget = (size_t)6 << 20;
-    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    comparison s = compare(&b, &a);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
-    printf("     qwen3_next peak without a budget %.2f MiB, with 6 MiB %.2f MiB; identical "
-           "codes %.6f\n",
-           peak_free / 1048576.0, peak_budget / 1048576.0, same);
-    CHECK(peak_budget <= opt.vram_budget);
-    CHECK_INT_EQ(s.missing, 0);
-    CHECK(same >= 0.99);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    budget_runs r;
+    run_without_and_with_budget(&cal, opt, (size_t)6 << 20, NULL, 0, &r);
+    check_budget_codes(&r, "qwen3_next ", (size_t)6 << 20);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* MLA's activations under a budget (deepseek_v3, 16384 tokens): on the
@@ -1083,69 +1115,37 @@ static void test_hybrid_budget_is_held(void)
  * peaks 19.9 MiB without the budget and 12.2 MiB with it, codes identical). */
 static void test_mla_activations_are_counted_under_a_budget(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "deepseek_v3");
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 256, 82, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 1024};
+    calibrated cal;
+    calibrated_open_golden(&cal, "deepseek_v3", 64, 256, 82);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 1024);
     opt.gptq.group_size = 16;
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, &peak_free, &err), MOEQ_OK);
-    opt.vram_budget = (size_t)14 << 20;
-    FILE *progress = tmpfile();
-    opt.progress = progress;
-    moeq_code rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    const size_t budget_bytes = (size_t)14 << 20;
+    budget_runs r;
     char log[4096] = {0};
-    rewind(progress);
-    size_t got = fread(log, 1, sizeof log - 1, progress);
-    log[got] = 0;
-    fclose(progress);
+    run_without_and_with_budget(&cal, opt, budget_bytes, log, sizeof log, &r);
     CHECK_CONTAINS(log, "stays in pinned host memory");
-    comparison s = compare(&b, &a);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
-    printf("     deepseek_v3: peak without a budget %.2f MiB, with 14 MiB %.2f MiB; identical "
-           "codes %.6f\n",
-           peak_free / 1048576.0, peak_budget / 1048576.0, same);
-    CHECK(peak_budget <= opt.vram_budget);
-    CHECK(peak_free > opt.vram_budget);
-    CHECK_INT_EQ(s.missing, 0);
-    CHECK(same >= 0.99);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    check_budget_codes(&r, "deepseek_v3: ", budget_bytes);
+    CHECK(r.peak_free > budget_bytes);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* A budget below what the activations need is refused up front, naming it. */
 static void test_budget_too_small_is_refused(void)
 {
     moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 512, 73, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 4096,
-                                 .vram_budget = 16 << 20};
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 64, 512, 73);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 4096);
+    opt.vram_budget = 16 << 20;
     collected a;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_OOM);
+    CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &a, NULL, &err), MOEQ_ERR_OOM);
     CHECK_CONTAINS(err.msg, "--vram-budget 0.02 GiB");
     CHECK_CONTAINS(err.msg, "32768 calibration tokens");
     CHECK_CONTAINS(err.msg, "even with the residual stream in host memory");
     CHECK_INT_EQ(a.n, 0);
     collected_free(&a);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
 }
 
 /* Several GPUs (--devices 0,1): each layer's experts are split over them.
@@ -1161,31 +1161,18 @@ static void test_budget_too_small_is_refused(void)
 static void test_several_gpus_match_one(void)
 {
     moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 8, 256, 76, &cs);
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 8, 256, 76);
     for (int mode = 0; mode < 3; mode++) {
-        moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ,
-                                     .gptq = moeq_gptq_default_config(),
-                                     .expert_calib = (moeq_expert_calib)mode,
-                                     .min_expert_tokens = 16, .true_sequential = 1,
-                                     .token_chunk = 4096};
+        moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, (moeq_expert_calib)mode, 4096);
         collected one, two, again;
         size_t peak1[2] = {0}, peak2[2] = {0};
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, peak1, &err), MOEQ_OK);
-        opt.n_devices = 2;
-        opt.devices[0] = 0;
-        opt.devices[1] = 1;
-        moeq_code rc = run(&m, &cs, opt, 1, &two, peak2, &err);
-        if (rc)
-            fprintf(stderr, "  %s\n", err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
+        run_on_one_and_two_gpus(&cal.m, &cal.cs, &opt, &one, peak1, &two, peak2);
         opt.wait_for_layer = 1;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &again, NULL, &err), MOEQ_OK);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &again, NULL, &err), MOEQ_OK);
         comparison l0 = compare_layer(&two, &one, 0), all = compare(&two, &one);
-        double same0 = l0.codes ? (double)l0.same_codes / (double)l0.codes : 0;
-        double same = all.codes ? (double)all.same_codes / (double)all.codes : 0;
+        double same0 = same_codes_fraction(l0);
+        double same = same_codes_fraction(all);
         printf("     %-8s 2 GPUs vs 1: layer 0 identical codes %.6f, all layers %.6f, loss "
                "2/1 - 1 = %+.4f; peak %.1f + %.1f MiB (one GPU %.1f MiB); rerun identical %d\n",
                moeq_expert_calib_name((moeq_expert_calib)mode), same0, same,
@@ -1205,24 +1192,16 @@ static void test_several_gpus_match_one(void)
         collected_free(&two);
         collected_free(&again);
     }
-    moeq_calib_set_free(&cs);
+    moeq_calib_set_free(&cal.cs);
     /* The residual stream in host memory (as in the test above), 2 GPUs. */
-    random_calib(&m, 64, 256, 75, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 1024,
-                                 .vram_budget = (size_t)40 << 20};
+    random_calib(&cal.m, 64, 256, 75, &cal.cs);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 1024);
+    opt.vram_budget = (size_t)40 << 20;
     collected one, two;
     size_t peak[2] = {0};
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
-    opt.n_devices = 2;
-    opt.devices[1] = 1;
-    moeq_code rc = run(&m, &cs, opt, 1, &two, peak, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    run_on_one_and_two_gpus(&cal.m, &cal.cs, &opt, &one, NULL, &two, peak);
     comparison s = compare(&two, &one);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    double same = same_codes_fraction(s);
     printf("     residual stream in host memory, 40 MiB budget: peaks %.1f and %.1f MiB, "
            "identical codes %.6f\n",
            peak[0] / 1048576.0, peak[1] / 1048576.0, same);
@@ -1232,8 +1211,7 @@ static void test_several_gpus_match_one(void)
     CHECK(peak[1] > 0 && peak[1] <= opt.vram_budget);
     collected_free(&one);
     collected_free(&two);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
 }
 
 /* Llama-4 on several GPUs: the experts of rank 1 scale their inputs by
@@ -1245,26 +1223,12 @@ static void test_several_gpus_match_one(void)
  * rank 1 holds about half of the experts). */
 static void test_several_gpus_scale_llama4_expert_inputs(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "llama4_text");
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 4, 64, 82, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ROUTED,
-                                 .min_expert_tokens = 16, .true_sequential = 1};
+    calibrated cal;
+    calibrated_open_golden(&cal, "llama4_text", 4, 64, 82);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED, 0);
     opt.gptq.group_size = 16;
     collected one, two;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
-    opt.n_devices = 2;
-    opt.devices[0] = 0;
-    opt.devices[1] = 1;
-    moeq_code rc = run(&m, &cs, opt, 1, &two, NULL, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    run_on_one_and_two_gpus(&cal.m, &cal.cs, &opt, &one, NULL, &two, NULL);
     comparison l0 = compare_layer(&two, &one, 0);
     printf("     llama4_text routed, 2 GPUs vs 1: layer 0 identical codes %zu of %zu\n",
            l0.same_codes, l0.codes);
@@ -1273,8 +1237,7 @@ static void test_several_gpus_scale_llama4_expert_inputs(void)
     CHECK_INT_EQ(l0.same_codes, l0.codes);
     collected_free(&one);
     collected_free(&two);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
     const int devices[2] = {0, 1};
     forward_case("llama4_text", 64, devices, 2, 0.025);
 }
@@ -1289,30 +1252,14 @@ static void test_several_gpus_run_hybrid_models(void)
     const int devices[2] = {0, 1};
     for (int a = 0; a < 2; a++) { /* the MoE ones: qwen3_next, qwen3_5_moe */
         const char *arch = HYBRID_FORWARD[a].arch;
-        char dir[1024];
-        golden_dir(dir, sizeof dir, arch);
-        moeq_error err = {0};
-        moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_calib_set cs = {0};
-        random_calib(&m, 4, 96, 83, &cs);
-        moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ,
-                                     .gptq = moeq_gptq_default_config(),
-                                     .expert_calib = MOEQ_EXPERT_CALIB_ROUTED,
-                                     .min_expert_tokens = 16, .true_sequential = 1,
-                                     .token_chunk = 4096};
+        calibrated cal;
+        calibrated_open_golden(&cal, arch, 4, 96, 83);
+        moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED, 4096);
         opt.gptq.group_size = 16;
         collected one, two;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
-        opt.n_devices = 2;
-        opt.devices[0] = 0;
-        opt.devices[1] = 1;
-        moeq_code rc = run(&m, &cs, opt, 1, &two, NULL, &err);
-        if (rc)
-            fprintf(stderr, "  %s\n", err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
+        run_on_one_and_two_gpus(&cal.m, &cal.cs, &opt, &one, NULL, &two, NULL);
         comparison l0 = compare_layer(&two, &one, 0), all = compare(&two, &one);
-        double same = all.codes ? (double)all.same_codes / (double)all.codes : 0;
+        double same = same_codes_fraction(all);
         printf("     %s routed, 2 GPUs vs 1: layer 0 identical codes %zu of %zu, all layers "
                "%.6f, loss 2/1 - 1 = %+.4f\n",
                arch, l0.same_codes, l0.codes, same,
@@ -1324,8 +1271,7 @@ static void test_several_gpus_run_hybrid_models(void)
         CHECK_NEAR(all.loss_gpu, all.loss_cpu, 0, 0.01);
         collected_free(&one);
         collected_free(&two);
-        moeq_calib_set_free(&cs);
-        moeq_model_close(&m);
+        calibrated_close(&cal);
         forward_case(arch, 96, devices, 2, HYBRID_FORWARD[a].bound);
     }
 }
@@ -1338,31 +1284,15 @@ static void test_several_gpus_run_hybrid_models(void)
  * The floors are unmeasured on this model. */
 static void test_several_gpus_run_mla(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "deepseek_v3");
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 4, 64, 83, &cs);
+    calibrated cal;
+    calibrated_open_golden(&cal, "deepseek_v3", 4, 64, 83);
     for (int mode = 0; mode < 3; mode++) {
-        moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ,
-                                     .gptq = moeq_gptq_default_config(),
-                                     .expert_calib = (moeq_expert_calib)mode,
-                                     .min_expert_tokens = 16, .true_sequential = 1,
-                                     .token_chunk = 4096};
+        moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, (moeq_expert_calib)mode, 4096);
         opt.gptq.group_size = 16;
         collected one, two;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &one, NULL, &err), MOEQ_OK);
-        opt.n_devices = 2;
-        opt.devices[0] = 0;
-        opt.devices[1] = 1;
-        moeq_code rc = run(&m, &cs, opt, 1, &two, NULL, &err);
-        if (rc)
-            fprintf(stderr, "  %s\n", err.msg);
-        CHECK_INT_EQ(rc, MOEQ_OK);
+        run_on_one_and_two_gpus(&cal.m, &cal.cs, &opt, &one, NULL, &two, NULL);
         comparison all = compare(&two, &one);
-        double same = all.codes ? (double)all.same_codes / (double)all.codes : 0;
+        double same = same_codes_fraction(all);
         printf("     deepseek_v3 %-8s 2 GPUs vs 1: identical codes %.6f, loss 2/1 - 1 = %+.4f\n",
                moeq_expert_calib_name((moeq_expert_calib)mode), same,
                all.loss_cpu > 0 ? all.loss_gpu / all.loss_cpu - 1 : 0);
@@ -1373,8 +1303,7 @@ static void test_several_gpus_run_mla(void)
         collected_free(&one);
         collected_free(&two);
     }
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
     const int devices[2] = {0, 1};
     forward_case("deepseek_v3", 64, devices, 2, 0.025);
 }
@@ -1391,17 +1320,13 @@ static void test_nonfinite_layer_output_stops_the_run(void)
     CHECK(mkdir(src, 0755) == 0);
     copy_poisoned(demo_dir, src, "model.layers.1.post_attention_layernorm.weight", 5, 0x7149);
     moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(src, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 256, 78, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 1024};
+    calibrated cal;
+    calibrated_open(&cal, src, 64, 256, 78);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 1024);
     for (int host = 0; host < 2; host++) {
         opt.vram_budget = host ? (size_t)40 << 20 : 0;
         collected a;
-        CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_NUMERIC);
+        CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &a, NULL, &err), MOEQ_ERR_NUMERIC);
         printf("     residual stream %s: %s\n", host ? "in host memory" : "on the device",
                err.msg);
         CHECK_CONTAINS(err.msg, "layer 1: ");
@@ -1409,8 +1334,7 @@ static void test_nonfinite_layer_output_stops_the_run(void)
         CHECK_INT_EQ(a.n, 52); /* layer 0's 4 + 16 x 3 linears reached the sink, not layer 1's */
         collected_free(&a);
     }
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
 }
 
 /* moeq eval on the GPU for a hybrid model: qwen3_next (fused DeltaNet
@@ -1431,32 +1355,17 @@ static void test_eval_on_the_gpu_of_a_hybrid_model(void)
     golden_dir(dir, sizeof dir, "qwen3_next");
     snprintf(out, sizeof out, "%s/q", test_tmpdir("cuda_eval_hybrid"));
     moeq_error err = {0};
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0);
     opt.gptq.group_size = 16;
     CHECK_INT_EQ(quantize_dir(dir, &opt, out, 16 * 96, 84, 8, 96, &err), MOEQ_OK);
     moeq_model q, orig;
     CHECK_INT_EQ(moeq_model_open(out, NULL, &q, &err), MOEQ_OK);
     CHECK_INT_EQ(moeq_model_open(dir, NULL, &orig, &err), MOEQ_OK);
     int32_t tokens[8 * 96];
-    test_rng r = {85};
-    for (int i = 0; i < 8 * 96; i++)
-        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)orig.cfg.vocab_size);
+    random_tokens(tokens, 8 * 96, 85, orig.cfg.vocab_size);
     const int device = 0;
     moeq_eval_result cpu, gpu;
-    CHECK_INT_EQ(moeq_evaluate_on(&q, &orig, tokens, 8 * 96, 96, 0, NULL, NULL, 0, NULL, &cpu,
-                                  &err),
-                 MOEQ_OK);
-    moeq_code rc = moeq_evaluate_on(&q, &orig, tokens, 8 * 96, 96, 0, NULL, &device, 1, NULL,
-                                    &gpu, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    printf("     qwen3_next cpu: ppl %.4f ref %.4f kl %.6f top1 %.4f; gpu: ppl %.4f ref %.4f kl "
-           "%.6f top1 %.4f\n",
-           cpu.perplexity, cpu.ref_perplexity, cpu.kl, cpu.top1_agreement, gpu.perplexity,
-           gpu.ref_perplexity, gpu.kl, gpu.top1_agreement);
+    eval_on_cpu_and_gpu(&q, &orig, tokens, 8 * 96, 96, &device, "qwen3_next ", &cpu, &gpu);
     CHECK_INT_EQ((long long)gpu.predicted, (long long)cpu.predicted);
     CHECK_NEAR(gpu.perplexity, cpu.perplexity, 0, 0.02);
     CHECK_NEAR(gpu.ref_perplexity, cpu.ref_perplexity, 0, 0.02);
@@ -1479,31 +1388,16 @@ static void test_eval_on_the_gpu_matches_the_cpu(void)
     char out[2048];
     snprintf(out, sizeof out, "%s/q", dir);
     moeq_error err = {0};
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1};
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 0);
     CHECK_INT_EQ(quantize_dir(demo_dir, &opt, out, 8192, 79, 4, 256, &err), MOEQ_OK);
     moeq_model q, orig;
     CHECK_INT_EQ(moeq_model_open(out, NULL, &q, &err), MOEQ_OK);
     CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &orig, &err), MOEQ_OK);
     int32_t *tokens = malloc(sizeof(int32_t) * 16 * 256);
-    test_rng r = {80};
-    for (int i = 0; i < 16 * 256; i++)
-        tokens[i] = (int32_t)(test_rng_next(&r) % (uint64_t)orig.cfg.vocab_size);
+    random_tokens(tokens, 16 * 256, 80, orig.cfg.vocab_size);
     const int gpus[2] = {0, 1};
     moeq_eval_result cpu, gpu, two;
-    CHECK_INT_EQ(moeq_evaluate_on(&q, &orig, tokens, 16 * 256, 256, 0, NULL, NULL, 0, NULL, &cpu,
-                                  &err),
-                 MOEQ_OK);
-    moeq_code rc = moeq_evaluate_on(&q, &orig, tokens, 16 * 256, 256, 0, NULL, gpus, 1, NULL,
-                                    &gpu, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    printf("     cpu: ppl %.4f ref %.4f kl %.6f top1 %.4f; gpu: ppl %.4f ref %.4f kl %.6f top1 "
-           "%.4f\n",
-           cpu.perplexity, cpu.ref_perplexity, cpu.kl, cpu.top1_agreement, gpu.perplexity,
-           gpu.ref_perplexity, gpu.kl, gpu.top1_agreement);
+    eval_on_cpu_and_gpu(&q, &orig, tokens, 16 * 256, 256, gpus, "", &cpu, &gpu);
     CHECK_INT_EQ((long long)gpu.predicted, (long long)cpu.predicted);
     CHECK_NEAR(gpu.perplexity, cpu.perplexity, 0, 0.005);
     CHECK_NEAR(gpu.ref_perplexity, cpu.ref_perplexity, 0, 0.005);
@@ -1567,11 +1461,8 @@ static void test_mtp_layer_matches_cpu(void)
         moeq_error err = {0};
         moeq_model m;
         CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-        moeq_quantize_options opt = {.method = MOEQ_METHOD_RTN,
-                                     .gptq = moeq_gptq_default_config(),
-                                     .expert_calib = MOEQ_EXPERT_CALIB_ALL,
-                                     .min_expert_tokens = 16, .true_sequential = 1,
-                                     .token_chunk = 4096, .quantize_mtp = 1};
+        moeq_quantize_options opt = test_options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL, 4096);
+        opt.quantize_mtp = 1;
         opt.gptq.group_size = 16;
         if (moeq_cuda_pipeline_supports(&m, &opt, &err)) {
             fprintf(stderr, "  %s --quantize-mtp on the GPU: %s\n", archs[i], err.msg);
@@ -1586,17 +1477,10 @@ static void test_mtp_layer_matches_cpu(void)
             opt.method = g ? MOEQ_METHOD_GPTQ : MOEQ_METHOD_RTN;
             collected cpu, gpu;
             CHECK_INT_EQ(run(&m, &cs, opt, 0, &cpu, NULL, &err), MOEQ_OK);
-            moeq_code rc = run(&m, &cs, opt, 1, &gpu, NULL, &err);
-            if (rc)
-                fprintf(stderr, "  %s\n", err.msg);
-            CHECK_INT_EQ(rc, MOEQ_OK);
-            int n_cpu = 0, n_gpu = 0;
-            for (int k = 0; k < cpu.n; k++)
-                n_cpu += cpu.layer[k] == mtp;
-            for (int k = 0; k < gpu.n; k++)
-                n_gpu += gpu.layer[k] == mtp;
+            run_gpu_ok(&m, &cs, opt, &gpu, NULL, &err);
+            int n_cpu = linears_of_layer(&cpu, mtp), n_gpu = linears_of_layer(&gpu, mtp);
             comparison s = compare_layer(&gpu, &cpu, mtp);
-            double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+            double same = same_codes_fraction(s);
             printf("     %-10s %-4s MTP layer: %d linears (gpu %d), identical codes %.5f, loss "
                    "gpu/cpu - 1 = %+.3f; whole run %d linears, %d missing\n",
                    archs[i], moeq_method_name(opt.method), n_cpu, n_gpu, same,
@@ -1641,77 +1525,47 @@ static void test_mtp_layer_matches_cpu(void)
  * identical, as the other host-memory case holds the whole model. */
 static void test_mtp_layer_with_the_residual_stream_in_host_memory(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "glm4_moe");
-    moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 64, 256, 75, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .token_chunk = 1024, .quantize_mtp = 1};
+    calibrated cal;
+    calibrated_open_golden(&cal, "glm4_moe", 64, 256, 75);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 1024);
+    opt.quantize_mtp = 1;
     opt.gptq.group_size = 16;
-    collected a, b;
-    size_t peak_free = 0, peak_budget = 0;
-    moeq_code rc = run(&m, &cs, opt, 1, &a, &peak_free, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
-    opt.vram_budget = (size_t)10 << 20;
-    FILE *progress = tmpfile();
-    opt.progress = progress;
-    rc = run(&m, &cs, opt, 1, &b, &peak_budget, &err);
-    if (rc)
-        fprintf(stderr, "  %s\n", err.msg);
-    CHECK_INT_EQ(rc, MOEQ_OK);
+    const size_t budget_bytes = (size_t)10 << 20;
+    budget_runs r;
     char log[8192] = {0};
-    rewind(progress);
-    size_t got = fread(log, 1, sizeof log - 1, progress);
-    log[got] = 0;
-    fclose(progress);
+    run_without_and_with_budget(&cal, opt, budget_bytes, log, sizeof log, &r);
     CHECK_CONTAINS(log, "stays in pinned host memory");
     CHECK_CONTAINS(log, "MTP block: loaded");
-    const int mtp = m.cfg.num_layers;
-    int na = 0, nb = 0;
-    for (int k = 0; k < a.n; k++)
-        na += a.layer[k] == mtp;
-    for (int k = 0; k < b.n; k++)
-        nb += b.layer[k] == mtp;
-    comparison s = compare_layer(&b, &a, mtp);
-    double same = s.codes ? (double)s.same_codes / (double)s.codes : 0;
+    const int mtp = cal.m.cfg.num_layers;
+    int na = linears_of_layer(&r.free_run, mtp), nb = linears_of_layer(&r.budget_run, mtp);
+    comparison s = compare_layer(&r.budget_run, &r.free_run, mtp);
+    double same = same_codes_fraction(s);
     printf("     glm4_moe MTP layer, residual stream on the host: %d linears (%d without a budget), "
            "identical codes %.6f; peak %.2f MiB (%.2f MiB without a budget)\n",
-           nb, na, same, peak_budget / 1048576.0, peak_free / 1048576.0);
+           nb, na, same, r.peak_budget / 1048576.0, r.peak_free / 1048576.0);
     CHECK(na > 0);
     CHECK_INT_EQ(nb, na);
     CHECK_INT_EQ(s.missing, 0);
     CHECK(same >= 0.99);
-    CHECK(peak_budget <= opt.vram_budget);
-    collected_free(&a);
-    collected_free(&b);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    CHECK(r.peak_budget <= budget_bytes);
+    budget_runs_free(&r);
+    calibrated_close(&cal);
 }
 
 /* A device listed twice is refused before anything runs. */
 static void test_device_listed_twice_is_refused(void)
 {
     moeq_error err = {0};
-    moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(demo_dir, NULL, &m, &err), MOEQ_OK);
-    moeq_calib_set cs = {0};
-    random_calib(&m, 2, 64, 77, &cs);
-    moeq_quantize_options opt = {.method = MOEQ_METHOD_GPTQ, .gptq = moeq_gptq_default_config(),
-                                 .expert_calib = MOEQ_EXPERT_CALIB_ALL, .min_expert_tokens = 16,
-                                 .true_sequential = 1, .n_devices = 2};
+    calibrated cal;
+    calibrated_open(&cal, demo_dir, 2, 64, 77);
+    moeq_quantize_options opt = test_options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL, 0);
+    opt.n_devices = 2;
     collected a;
-    CHECK_INT_EQ(run(&m, &cs, opt, 1, &a, NULL, &err), MOEQ_ERR_INVALID_ARG);
+    CHECK_INT_EQ(run(&cal.m, &cal.cs, opt, 1, &a, NULL, &err), MOEQ_ERR_INVALID_ARG);
     CHECK_CONTAINS(err.msg, "CUDA device 0 is listed twice");
     CHECK_INT_EQ(a.n, 0);
     collected_free(&a);
-    moeq_calib_set_free(&cs);
-    moeq_model_close(&m);
+    calibrated_close(&cal);
 }
 
 int main(void)
