@@ -452,11 +452,33 @@ static void explain_first_difference(const moeq_quantized *g, const moeq_quantiz
     printf("\n");
 }
 
+/* The grid of one sweep case: GPTQ's default config (4 bits, groups of
+ * 128, symmetric, blocks of 128, no act-order) but for the fields given.
+ * mse 0 keeps min/max grids, bit-exact with the CPU; above 0 the clipping
+ * search runs with that norm. */
+typedef struct sweep_grid {
+    int bits, group_size, block_size; /* 0: the default's */
+    int asym, act_order, static_groups, bf16_scales;
+    double mse;
+} sweep_grid;
+
 /* Sweeps W on both backends against the CPU's preparation (uploaded, so
  * only the sweeps differ) and compares. */
-static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, int cols,
+static sweep_stats sweep_case(const char *name, sweep_grid grid, int rows, int cols,
                               uint64_t seed)
 {
+    moeq_gptq_config cfg = moeq_gptq_default_config();
+    if (grid.bits)
+        cfg.bits = grid.bits;
+    if (grid.group_size)
+        cfg.group_size = grid.group_size;
+    if (grid.block_size)
+        cfg.block_size = grid.block_size;
+    cfg.sym = !grid.asym;
+    cfg.desc_act = grid.act_order;
+    cfg.static_groups = grid.static_groups;
+    cfg.scale_bf16 = grid.bf16_scales;
+    cfg.mse = grid.mse;
     test_rng rng = {seed};
     moeq_error err = {0};
     sweep_stats s = {0};
@@ -511,88 +533,60 @@ static sweep_stats sweep_case(const char *name, moeq_gptq_config cfg, int rows, 
 
 static void test_gptq_sweep_matches_cpu_4bit_g128_sym(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    sweep_case("4-bit g128 sym", cfg, 512, 640, 31);
+    sweep_case("4-bit g128 sym", (sweep_grid){.mse = 0}, 512, 640, 31);
 }
 
 static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.sym = 0;
-    cfg.desc_act = 1;
-    sweep_case("4-bit g128 asym act-order", cfg, 512, 640, 32);
+    sweep_case("4-bit g128 asym act-order", (sweep_grid){.asym = 1, .act_order = 1}, 512, 640,
+               32);
 }
 
 static void test_gptq_sweep_matches_cpu_3bit_g32_static_groups(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.bits = 3;
-    cfg.group_size = 32;
-    cfg.sym = 0;
-    cfg.desc_act = 1;
-    cfg.static_groups = 1;
-    sweep_case("3-bit g32 asym act-order static", cfg, 300, 512, 33);
+    sweep_case("3-bit g32 asym act-order static",
+               (sweep_grid){.bits = 3, .group_size = 32, .asym = 1, .act_order = 1,
+                            .static_groups = 1},
+               300, 512, 33);
 }
 
 static void test_gptq_sweep_matches_cpu_8bit_per_row(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.bits = 8;
-    cfg.group_size = -1;
-    sweep_case("8-bit per-row sym", cfg, 256, 512, 34);
+    sweep_case("8-bit per-row sym", (sweep_grid){.bits = 8, .group_size = -1}, 256, 512, 34);
 }
 
 /* A group of 256 spans two blocks: its grid is fitted on the second block's
  * columns as the first block's lazy update left them. */
 static void test_gptq_sweep_matches_cpu_2bit_g256_spanning_blocks(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.bits = 2;
-    cfg.group_size = 256;
-    cfg.sym = 0;
-    cfg.desc_act = 1;
-    sweep_case("2-bit g256 asym act-order", cfg, 256, 768, 35);
+    sweep_case("2-bit g256 asym act-order",
+               (sweep_grid){.bits = 2, .group_size = 256, .asym = 1, .act_order = 1}, 256, 768,
+               35);
 }
 
 /* Blocks of 96 leave a 32-column tail and start groups mid-block. */
 static void test_gptq_sweep_matches_cpu_block_96_g64(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.group_size = 64;
-    cfg.block_size = 96;
-    sweep_case("4-bit g64 block 96", cfg, 200, 512, 36);
+    sweep_case("4-bit g64 block 96", (sweep_grid){.group_size = 64, .block_size = 96}, 200, 512,
+               36);
 }
 
 static void test_gptq_sweep_matches_cpu_4bit_g128_sym_clipping_search(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 2.4;
-    sweep_case("4-bit g128 sym mse 2.4", cfg, 512, 640, 37);
+    sweep_case("4-bit g128 sym mse 2.4", (sweep_grid){.mse = 2.4}, 512, 640, 37);
 }
 
 static void test_gptq_sweep_matches_cpu_3bit_asym_static_clipping_search(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.bits = 3;
-    cfg.sym = 0;
-    cfg.desc_act = 1;
-    cfg.static_groups = 1;
-    cfg.mse = 2.4;
-    sweep_case("3-bit g128 asym act-order static mse 2.4", cfg, 300, 512, 38);
+    sweep_case("3-bit g128 asym act-order static mse 2.4",
+               (sweep_grid){.bits = 3, .asym = 1, .act_order = 1, .static_groups = 1,
+                            .mse = 2.4},
+               300, 512, 38);
 }
 
 static void test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.group_size = -1;
-    cfg.mse = 2.0;
-    sweep_case("4-bit per-row mse 2", cfg, 256, 512, 39);
+    sweep_case("4-bit per-row mse 2", (sweep_grid){.group_size = -1, .mse = 2.0}, 256, 512, 39);
 }
 
 /* Scales exact in bf16 as well as fp16 (--format awq / compressed-tensors on
@@ -600,23 +594,16 @@ static void test_gptq_sweep_matches_cpu_per_row_clipping_search_norm_2(void)
  * exactly; a sweep that rounded to fp16 only would move codes there. */
 static void test_gptq_sweep_matches_cpu_4bit_g128_asym_act_order_bf16_scales(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.mse = 0; /* min/max grids: bit-exact with the CPU */
-    cfg.sym = 0;
-    cfg.desc_act = 1;
-    cfg.scale_bf16 = 1;
-    sweep_case("4-bit g128 asym act-order bf16 scales", cfg, 512, 640, 40);
+    sweep_case("4-bit g128 asym act-order bf16 scales",
+               (sweep_grid){.asym = 1, .act_order = 1, .bf16_scales = 1}, 512, 640, 40);
 }
 
 static void test_gptq_sweep_matches_cpu_4bit_g32_sym_static_clipping_search_bf16_scales(void)
 {
-    moeq_gptq_config cfg = moeq_gptq_default_config();
-    cfg.group_size = 32;
-    cfg.desc_act = 1;
-    cfg.static_groups = 1;
-    cfg.mse = 2.4;
-    cfg.scale_bf16 = 1;
-    sweep_case("4-bit g32 sym static mse 2.4 bf16 scales", cfg, 256, 512, 41);
+    sweep_case("4-bit g32 sym static mse 2.4 bf16 scales",
+               (sweep_grid){.group_size = 32, .act_order = 1, .static_groups = 1, .mse = 2.4,
+                            .bf16_scales = 1},
+               256, 512, 41);
 }
 
 /* Three weights with three Hessians (act-order: three permutations) in one
@@ -934,6 +921,21 @@ static float *attention_case(const char *name, int T, int chunk, int Hq, int Hkv
     return o_gpu;
 }
 
+/* How many output values of the tokens 0, step, 2 step, ... differ from
+ * the token's own v (of its query head's k/v head): none where each of
+ * those tokens sees only itself. */
+static size_t outputs_not_own_v(const float *o, const float *v, int T, int step, int Hq, int Hkv,
+                                int D)
+{
+    size_t differ = 0;
+    for (int t = 0; t < T; t += step)
+        for (int h = 0; h < Hq; h++)
+            for (int d = 0; d < D; d++)
+                differ += o[((size_t)t * Hq + h) * D + d] !=
+                          v[((size_t)t * Hkv + h / (Hq / Hkv)) * D + d];
+    return differ;
+}
+
 static void test_attention_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64;
@@ -956,13 +958,7 @@ static void test_attention_sliding_window_matches_cpu(void)
     free(o);
     free(v);
     o = attention_case("window 1", T, 0, Hq, Hkv, D, D, 1, 0.0f, 68, &v);
-    size_t differ = 0;
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < Hq; h++)
-            for (int d = 0; d < D; d++)
-                differ += o[((size_t)t * Hq + h) * D + d] !=
-                          v[((size_t)t * Hkv + h / (Hq / Hkv)) * D + d];
-    CHECK_INT_EQ(differ, 0);
+    CHECK_INT_EQ(outputs_not_own_v(o, v, T, 1, Hq, Hkv, D), 0);
     free(o);
     free(v);
 }
@@ -990,22 +986,11 @@ static void test_attention_chunked_matches_cpu(void)
 {
     const int T = 300, Hq = 8, Hkv = 2, D = 64, chunk = 64;
     float *v, *o = attention_case("chunks of 64", T, chunk, Hq, Hkv, D, D, 0, 0.0f, 71, &v);
-    size_t differ = 0;
-    for (int t = 0; t < T; t += chunk)
-        for (int h = 0; h < Hq; h++)
-            for (int d = 0; d < D; d++)
-                differ += o[((size_t)t * Hq + h) * D + d] !=
-                          v[((size_t)t * Hkv + h / (Hq / Hkv)) * D + d];
-    CHECK_INT_EQ(differ, 0);
+    CHECK_INT_EQ(outputs_not_own_v(o, v, T, chunk, Hq, Hkv, D), 0);
     free(o);
     free(v);
     o = attention_case("chunks of 1", T, 1, Hq, Hkv, D, D, 0, 0.0f, 72, &v);
-    differ = 0;
-    for (size_t i = 0; i < (size_t)T * Hq * D; i++) {
-        size_t t = i / ((size_t)Hq * D), h = i / D % Hq, d = i % D;
-        differ += o[i] != v[(t * Hkv + h / (Hq / Hkv)) * D + d];
-    }
-    CHECK_INT_EQ(differ, 0);
+    CHECK_INT_EQ(outputs_not_own_v(o, v, T, 1, Hq, Hkv, D), 0);
     free(o);
     free(v);
 }
