@@ -10,9 +10,12 @@
 #include <stdio.h>
 #include <string.h>
 
-static void golden_dir(char *buf, size_t n, const char *arch)
+/* The golden fixture arch opened into m (err says why where it does not). */
+static void open_golden(const char *arch, moeq_model *m, moeq_error *err)
 {
-    snprintf(buf, n, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, arch);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, arch);
+    CHECK_INT_EQ(moeq_model_open(dir, NULL, m, err), MOEQ_OK);
 }
 
 static moeq_quantize_options default_options(void)
@@ -29,11 +32,9 @@ static moeq_quantize_options default_options(void)
 static void check_supported(const char *const *archs, size_t n, const moeq_quantize_options *opt)
 {
     for (size_t i = 0; i < n; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, archs[i]);
         moeq_error err = {0};
         moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        open_golden(archs[i], &m, &err);
         moeq_code rc = moeq_cuda_pipeline_supports(&m, opt, &err);
         if (rc)
             fprintf(stderr, "  %s: %s\n", archs[i], err.msg);
@@ -67,11 +68,9 @@ static void test_supported_architectures_pass(void)
  * a bf16 model) are the CUDA sweep's as well: GPTQ and RTN pass. */
 static void test_bf16_exact_scales_pass(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "qwen3_moe");
     moeq_error err = {0};
     moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    open_golden("qwen3_moe", &m, &err);
     moeq_quantize_options opt = default_options();
     opt.gptq.scale_bf16 = 1;
     for (int f = 0; f < 2; f++) {
@@ -90,11 +89,9 @@ static void test_bf16_exact_scales_pass(void)
 /* A setting the loop lacks is refused the same way. */
 static void test_true_sequential_false_is_refused(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "qwen3_moe");
     moeq_error err = {0};
     moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    open_golden("qwen3_moe", &m, &err);
     moeq_quantize_options opt = default_options();
     opt.true_sequential = 0;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
@@ -106,11 +103,9 @@ static void test_true_sequential_false_is_refused(void)
  * value heads over 128) are refused naming both widths. */
 static void test_hybrid_components_are_refused_by_name(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "qwen3_5_moe");
     moeq_model m;
     moeq_error err = {0};
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    open_golden("qwen3_5_moe", &m, &err);
     moeq_quantize_options opt = default_options();
     m.cfg.la_k_head_dim = 256;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
@@ -132,11 +127,9 @@ static void test_quantize_mtp_follows_the_loop_s_own_support(void)
 {
     const char *archs[] = {"glm4_moe", "deepseek_v3", "qwen3_5_moe", "qwen3_next"};
     for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, archs[i]);
         moeq_error plain = {0}, mtp = {0};
         moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &plain), MOEQ_OK);
+        open_golden(archs[i], &m, &plain);
         moeq_quantize_options opt = default_options();
         moeq_code rc_plain = moeq_cuda_pipeline_supports(&m, &opt, &plain);
         opt.quantize_mtp = 1;
@@ -147,11 +140,9 @@ static void test_quantize_mtp_follows_the_loop_s_own_support(void)
         CHECK_INT_EQ(rc_mtp, MOEQ_OK);
         moeq_model_close(&m);
     }
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "qwen3_moe");
     moeq_error err = {0};
     moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    open_golden("qwen3_moe", &m, &err);
     moeq_quantize_options opt = default_options();
     opt.quantize_mtp = 1;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_NOT_FOUND);
@@ -163,11 +154,9 @@ static void test_quantize_mtp_follows_the_loop_s_own_support(void)
  * n_group (no real model comes near; DeepSeek-V3 has 8). */
 static void test_more_than_64_expert_groups_are_refused(void)
 {
-    char dir[1024];
-    golden_dir(dir, sizeof dir, "glm4_moe");
     moeq_error err = {0};
     moeq_model m;
-    CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+    open_golden("glm4_moe", &m, &err);
     moeq_quantize_options opt = default_options();
     m.cfg.n_group = 128;
     CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_ERR_UNSUPPORTED);
@@ -199,11 +188,9 @@ static void test_awq_refusals_match_the_cpu(void)
         {"gpt_oss", "--method awq is not implemented for MLP biases", 1},
         {"qwen3_moe", "AWQ (--method awq) on several GPUs (--devices)", 2}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char dir[1024];
-        golden_dir(dir, sizeof dir, cases[i].arch);
         moeq_error err = {0};
         moeq_model m;
-        CHECK_INT_EQ(moeq_model_open(dir, NULL, &m, &err), MOEQ_OK);
+        open_golden(cases[i].arch, &m, &err);
         moeq_quantize_options opt = default_options();
         CHECK_INT_EQ(moeq_cuda_pipeline_supports(&m, &opt, &err), MOEQ_OK);
         opt.method = MOEQ_METHOD_AWQ;
