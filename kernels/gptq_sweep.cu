@@ -51,32 +51,79 @@ __device__ void warp_range(float xmin, float xmax, int sym, float *lo, float *hi
     *hi = xmax;
 }
 
-// sum |x^ - x|^norm of the warp's values x[lane + 32 k] (k < n / 32 + 1).
-// The warp reduction sums in another order than grid.c's loop, so a
-// candidate within float rounding of the best may win on one side only. The
+// The clipping search's candidate grids spread over the lanes: lane l
+// holds candidates l, l + 32 and l + 64 (those below MOEQ_K_GRID_MSE_STEPS),
+// each with its reciprocal scale, so the search fits each grid once rather
+// than once per candidate in every lane. Candidate 0 is the full range.
+struct candidates_t {
+    float scale[3], inv[3];
+    int32_t zero[3];
+};
+
+__device__ candidates_t lane_candidates(float xmin, float xmax, int bits, int sym,
+                                        int scale_bf16, int lane)
+{
+    candidates_t c;
+#pragma unroll
+    for (int r = 0; r < 3; r++) {
+        int i = r * 32 + lane;
+        float p = 1.0f - (float)i / (float)MOEQ_K_GRID_MSE_GRID;
+        grid_t g = grid_from_range(i == 0 ? xmin : p * xmin, i == 0 ? xmax : p * xmax, bits, sym,
+                                   scale_bf16);
+        c.scale[r] = g.scale;
+        c.inv[r] = 1.0f / g.scale;
+        c.zero[r] = g.zero;
+    }
+    return c;
+}
+
+// |x^ - x|^norm of one value on the grid (scale, 1 / scale, zero). The
 // search rounds x * (1 / scale) where grid_code divides (a value exactly
 // between two codes may round the other way: it only scores a candidate;
-// the chosen grid quantizes with grid_code).
-__device__ float warp_clip_error(grid_t g, const float *x, int n, const uint8_t *dead,
-                                 int bits, float norm, int lane)
+// the chosen grid quantizes with grid_code). d^norm goes through the
+// special-function unit: powf's exact path costs about as much as the rest
+// of the search. Relative error ~3e-7 (lg2.approx's 2^-22.6 absolute error
+// times norm ln 2); log2(0) is -inf, so d = 0 scores exp2(-inf) = 0.
+__device__ inline float clip_error_of(float v, float scale, float inv, float lo, float hi,
+                                      float norm)
+{
+    float c = fminf(fmaxf(rintf(v * inv), lo), hi); // the code minus the zero point
+    float d = fabsf(scale * c - v);
+    return norm == 2.0f ? d * d : exp2f(norm * __log2f(d));
+}
+
+// The search over the candidates of cand (the first one the full range):
+// the candidate of least summed error, the first among equals, as
+// moeq_grid_fit_mse. score(scale, inv, lo, hi) is the warp-summed error of
+// one candidate, the same value in every lane.
+template <typename Score>
+__device__ grid_t search_candidates(const candidates_t &cand, int bits, Score score)
 {
     const int32_t maxq = (1 << bits) - 1;
-    const float inv = 1.0f / g.scale, lo = (float)-g.zero, hi = (float)(maxq - g.zero);
-    float sum = 0.0f;
-    for (int i = lane; i < n; i += 32) {
-        float v = dead && dead[i] ? 0.0f : x[i];
-        float c = fminf(fmaxf(rintf(v * inv), lo), hi); // the code minus the zero point
-        float d = fabsf(g.scale * c - v);
-        // d^norm through the special-function unit: powf's exact path costs
-        // about as much as the rest of the search. Relative error ~3e-7
-        // (lg2.approx's 2^-22.6 absolute error times norm ln 2).
-        sum += norm == 2.0f ? d * d : d > 0.0f ? exp2f(norm * __log2f(d)) : 0.0f;
+    grid_t best = {0.0f, 0};
+    float best_err = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 3; r++) {
+        for (int k = 0; k < 32 && r * 32 + k < MOEQ_K_GRID_MSE_STEPS; k++) {
+            float scale = __shfl_sync(kFull, cand.scale[r], k);
+            float inv = __shfl_sync(kFull, cand.inv[r], k);
+            int32_t zero = __shfl_sync(kFull, cand.zero[r], k);
+            float e = score(scale, inv, (float)-zero, (float)(maxq - zero));
+            if ((r == 0 && k == 0) || e < best_err) { // warp-uniform after the warp sum
+                best_err = e;
+                best.scale = scale;
+                best.zero = zero;
+            }
+        }
     }
-    return warp_sum(sum);
+    return best;
 }
 
 // The grid of x[0..n) (stride 1; dead[i] marks values read as 0), with the
-// clipping search when norm > 0: moeq_grid_fit_mse of grid.c.
+// clipping search when norm > 0: moeq_grid_fit_mse of grid.c. Each lane sums
+// its values x[lane + 32 k] and the warp then sums the lanes: another order
+// than grid.c's loop, so a candidate within float rounding of the best may
+// win on one side only.
 __device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits, int sym,
                            int scale_bf16, float norm, int lane)
 {
@@ -87,20 +134,46 @@ __device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits,
         xmax = v > xmax ? v : xmax;
     }
     warp_range(xmin, xmax, sym, &xmin, &xmax);
-    grid_t best = grid_from_range(xmin, xmax, bits, sym, scale_bf16);
     if (norm <= 0.0f)
-        return best;
-    float best_err = warp_clip_error(best, x, n, dead, bits, norm, lane);
-    for (int i = 1; i < MOEQ_K_GRID_MSE_STEPS; i++) {
-        float p = 1.0f - (float)i / (float)MOEQ_K_GRID_MSE_GRID;
-        grid_t g = grid_from_range(p * xmin, p * xmax, bits, sym, scale_bf16);
-        float e = warp_clip_error(g, x, n, dead, bits, norm, lane);
-        if (e < best_err) { // the same value in every lane after warp_sum
-            best_err = e;
-            best = g;
+        return grid_from_range(xmin, xmax, bits, sym, scale_bf16);
+    const candidates_t cand = lane_candidates(xmin, xmax, bits, sym, scale_bf16, lane);
+    return search_candidates(cand, bits, [&](float scale, float inv, float lo, float hi) {
+        float sum = 0.0f;
+        for (int i = lane; i < n; i += 32)
+            sum += clip_error_of(dead && dead[i] ? 0.0f : x[i], scale, inv, lo, hi, norm);
+        return warp_sum(sum);
+    });
+}
+
+// warp_fit for a group of at most 32 * kSlots values with none dead (the
+// sweep's dynamic groups), its values loaded once into registers; the same
+// sums in the same order.
+__device__ grid_t warp_fit_small(const float *x, int n, int bits, int sym, int scale_bf16,
+                                 float norm, int lane)
+{
+    float xs[kSlots];
+    float xmin = 0.0f, xmax = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kSlots; s++) {
+        int i = s * 32 + lane;
+        xs[s] = i < n ? x[i] : 0.0f;
+        if (i < n) {
+            xmin = xs[s] < xmin ? xs[s] : xmin;
+            xmax = xs[s] > xmax ? xs[s] : xmax;
         }
     }
-    return best;
+    warp_range(xmin, xmax, sym, &xmin, &xmax);
+    if (norm <= 0.0f)
+        return grid_from_range(xmin, xmax, bits, sym, scale_bf16);
+    const candidates_t cand = lane_candidates(xmin, xmax, bits, sym, scale_bf16, lane);
+    return search_candidates(cand, bits, [&](float scale, float inv, float lo, float hi) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kSlots; s++)
+            if (s * 32 + lane < n)
+                sum += clip_error_of(xs[s], scale, inv, lo, hi, norm);
+        return warp_sum(sum);
+    });
 }
 
 // The segment of row r: the Hessian (hinv, perm, dead) its rows share.
@@ -161,10 +234,29 @@ __global__ void fit_static_kernel(const float *W, moeq_k_gptq_args a)
     }
 }
 
+// The block's column c in the sweep's shared memory: its group, as -1 - g
+// when the group's grid is fitted at c (a dynamic group's first column, or
+// column 0 without groups), so the rows need no division per column.
+__device__ int column_group(const moeq_k_gptq_args &a, const int32_t *perm, int i)
+{
+    const int g = group_of(a, perm, i);
+    const bool fit = a.group_size > 0 ? !a.static_groups && i % a.group_size == 0 : i == 0;
+    return fit ? -1 - g : g;
+}
+
+// Shared memory of the sweep of a block of nb columns: U's block, padded by
+// 32 * kSlots floats (the update of a partial block's last columns reads
+// past its last row into values it never stores), then the column groups.
+size_t sweep_smem_bytes(int nb)
+{
+    return sizeof(float) * ((size_t)nb * nb + 32 * kSlots) + sizeof(int) * (size_t)nb;
+}
+
 __global__ void __launch_bounds__(kSweepWarps * 32)
     sweep_block_kernel(moeq_k_gptq_args a, int i1, int nb)
 {
     extern __shared__ float u_s[]; // U[i1 + c][i1 + j] at u_s[c * nb + j]
+    int *col_group = (int *)(u_s + nb * nb + 32 * kSlots);
     // Every row of the block is in one segment (seg_rows is a multiple of
     // kSweepWarps).
     const int seg = segment_of(a, (long long)blockIdx.x * kSweepWarps);
@@ -174,6 +266,10 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
         int c = k / nb, j = k - c * nb;
         u_s[k] = hinv[(size_t)(i1 + c) * a.cols + i1 + j];
     }
+    for (int k = threadIdx.x; k < 32 * kSlots; k += blockDim.x)
+        u_s[nb * nb + k] = 0.0f;
+    for (int c = threadIdx.x; c < nb; c += blockDim.x)
+        col_group[c] = column_group(a, perm, i1 + c);
     __syncthreads();
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * kSweepWarps + threadIdx.x / 32;
@@ -181,6 +277,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
         return; // whole warps leave together
     const int32_t maxq = (1 << a.bits) - 1;
     const int gs = a.group_size;
+    const int fit_n = gs > 0 ? gs : a.cols;
     float *wr = a.w + (size_t)r * a.cols;
     float v[kSlots];
 #pragma unroll
@@ -188,50 +285,51 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
         int j = s * 32 + lane;
         v[s] = j < nb ? wr[i1 + j] : 0.0f;
     }
-    uint8_t q_slot[kSlots];
-    float e_slot[kSlots];
+    uint32_t q_slot[kSlots] = {0};
+    float e_slot[kSlots] = {0.0f};
     int g_cur = -1;
     grid_t gr = {1.0f, 0};
     double loss = 0.0;
+    // Column c = 32 s + k lives in lane k's slot s. Slots are unrolled, so
+    // v, q_slot and e_slot stay in registers; a lane's columns after c are
+    // updated with c's error (the lanes past nb update values never stored).
 #pragma unroll
     for (int s = 0; s < kSlots; s++) {
-        for (int k = 0; k < 32; k++) {
+        const int kmax = nb - s * 32 < 32 ? nb - s * 32 : 32;
+        for (int k = 0; k < kmax; k++) {
             const int c = s * 32 + k;
-            if (c >= nb)
-                break;
-            const int i = i1 + c;
             const float wi = __shfl_sync(kFull, v[s], k);
-            const int g = group_of(a, perm, i);
-            const bool fit = gs > 0 ? !a.static_groups && i % gs == 0 : i == 0;
-            if (fit) {
-                gr = warp_fit(wr + i, gs > 0 ? gs : a.cols, nullptr, a.bits, a.sym,
-                              a.scale_bf16, a.mse, lane);
+            const int cg = col_group[c];
+            if (cg < 0) {
+                const int g = -1 - cg;
+                gr = fit_n <= 32 * kSlots
+                         ? warp_fit_small(wr + i1 + c, fit_n, a.bits, a.sym, a.scale_bf16, a.mse,
+                                          lane)
+                         : warp_fit(wr + i1 + c, fit_n, nullptr, a.bits, a.sym, a.scale_bf16,
+                                    a.mse, lane);
                 if (lane == 0) {
                     a.scales[(size_t)g * a.rows + r] = gr.scale;
                     a.zeros[(size_t)g * a.rows + r] = gr.zero;
                 }
                 g_cur = g;
-            } else if (g != g_cur) {
-                gr.scale = a.scales[(size_t)g * a.rows + r];
-                gr.zero = a.zeros[(size_t)g * a.rows + r];
-                g_cur = g;
+            } else if (cg != g_cur) {
+                gr.scale = a.scales[(size_t)cg * a.rows + r];
+                gr.zero = a.zeros[(size_t)cg * a.rows + r];
+                g_cur = cg;
             }
             const float d = u_s[c * nb + c];
             const int32_t q = grid_code(gr, wi, maxq);
             const float value = __fmul_rn(gr.scale, (float)(q - gr.zero));
             const float e = __fdiv_rn(__fsub_rn(wi, value), d);
             loss += 0.5 * (double)e * e;
-            if (lane == k) { // column c lives in this lane's slot s
-                q_slot[s] = (uint8_t)q;
-                e_slot[s] = e;
-            }
-            const float *u = u_s + c * nb;
+            q_slot[s] = lane == k ? (uint32_t)q : q_slot[s];
+            e_slot[s] = lane == k ? e : e_slot[s];
+            const float *u = u_s + c * nb + lane;
+            if (lane > k)
+                v[s] = __fsub_rn(v[s], __fmul_rn(e, u[s * 32]));
 #pragma unroll
-            for (int t = s; t < kSlots; t++) {
-                int j = t * 32 + lane;
-                if (j > c && j < nb)
-                    v[t] = __fsub_rn(v[t], __fmul_rn(e, u[j]));
-            }
+            for (int t = s + 1; t < kSlots; t++)
+                v[t] = __fsub_rn(v[t], __fmul_rn(e, u[t * 32]));
         }
     }
     // One coalesced store per slot instead of one lane's store per column.
@@ -239,7 +337,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
     for (int s = 0; s < kSlots; s++) {
         int c = s * 32 + lane;
         if (c < nb) {
-            a.codes_perm[(size_t)r * a.cols + i1 + c] = q_slot[s];
+            a.codes_perm[(size_t)r * a.cols + i1 + c] = (uint8_t)q_slot[s];
             a.err_block[(size_t)r * a.block_size + c] = e_slot[s];
         }
     }
@@ -295,7 +393,7 @@ extern "C" cudaError_t moeq_k_gptq_sweep_block(const moeq_k_gptq_args *a, int i1
         return cudaErrorInvalidValue;
     if (a->rows <= 0)
         return cudaSuccess;
-    size_t smem = sizeof(float) * (size_t)nb * nb;
+    size_t smem = sweep_smem_bytes(nb);
     cudaError_t e = cudaFuncSetAttribute(sweep_block_kernel,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
