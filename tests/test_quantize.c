@@ -57,31 +57,12 @@ static moeq_code run(const char *name, const moeq_quantize_options *opt, const c
     return quantize_dir(fixture(name), opt, out, 64 * 32, 99, 16, 32, err); /* calib_for's */
 }
 
-/* KL of the quantized checkpoint at out against the fixture, on the
- * fixture's own golden token windows (not the calibration tokens). */
+/* KL of the quantized checkpoint at out against the fixture, on 512
+ * pseudo-random tokens (seed 12345, not the calibration stream) in windows
+ * of 32. */
 static double kl_against_original(const char *name, const char *out)
 {
-    moeq_model orig, q;
-    moeq_error err = {0};
-    moeq_eval_result r = {0};
-    if (moeq_model_open(fixture(name), NULL, &orig, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return INFINITY;
-    }
-    if (moeq_model_open(out, NULL, &q, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        moeq_model_close(&orig);
-        return INFINITY;
-    }
-    int32_t tokens[512];
-    test_rng g = {12345};
-    for (int i = 0; i < 512; i++)
-        tokens[i] = (int32_t)(test_rng_next(&g) % (uint64_t)orig.cfg.vocab_size);
-    if (moeq_evaluate(&q, &orig, tokens, 512, 32, 0, NULL, NULL, &r, &err))
-        fprintf(stderr, "  %s\n", err.msg);
-    moeq_model_close(&q);
-    moeq_model_close(&orig);
-    return r.kl;
+    return kl_on_random_tokens(fixture(name), out, 12345, 32);
 }
 
 static void test_output_has_gptq_tensors_configs_and_report(void)
@@ -702,36 +683,42 @@ static int count_qweights(const st_checkpoint *c)
     return n;
 }
 
-/* Quantizes fixture name in each expert mode; each output stays close to
- * the original. The first (all) is left in dir/NAME-1 for the layout checks. */
-static void quantize_in_every_mode(const char *name, const char *dir)
+/* Quantizes fixture name in each expert mode, in a fresh directory
+ * (returned) of the test's own; each output stays close to the original.
+ * The all-experts output (dir/NAME-1) is opened into c for the layout
+ * checks and its path left in out. */
+static const char *quantize_in_every_mode(const char *name, st_checkpoint *c, char *out,
+                                          size_t out_size)
 {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "quant_%s", name);
+    const char *dir = test_tmpdir(tmp);
     moeq_expert_calib modes[] = {MOEQ_EXPERT_CALIB_ROUTED, MOEQ_EXPERT_CALIB_ALL,
                                  MOEQ_EXPERT_CALIB_WEIGHTED};
     for (int m = 0; m < 3; m++) {
-        char out[2048];
-        snprintf(out, sizeof out, "%s/%s-%d", dir, name, m);
+        char mode_out[2048];
+        snprintf(mode_out, sizeof mode_out, "%s/%s-%d", dir, name, m);
         moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, modes[m]);
         moeq_error err = {0};
-        CHECK_INT_EQ(run(name, &o, out, &err), MOEQ_OK);
-        double kl = kl_against_original(name, out);
+        CHECK_INT_EQ(run(name, &o, mode_out, &err), MOEQ_OK);
+        double kl = kl_against_original(name, mode_out);
         printf("  %s %s: KL %.5f\n", name, moeq_expert_calib_name(modes[m]), kl);
         if (!(kl > 0 && kl < 0.05)) {
             fprintf(stderr, "  %s mode %d: KL %g\n", name, m, kl);
             test_failures_in_current++;
         }
     }
+    snprintf(out, out_size, "%s/%s-1", dir, name);
+    moeq_error err = {0};
+    CHECK_INT_EQ(st_checkpoint_open(c, out, &err), MOEQ_OK);
+    return dir;
 }
 
 static void test_glm4_moe_quantizes_to_vllm_tensor_names(void)
 {
-    const char *dir = test_tmpdir("quant_glm4_moe");
-    quantize_in_every_mode("glm4_moe", dir);
     char out[2048];
-    snprintf(out, sizeof out, "%s/glm4_moe-1", dir);
     st_checkpoint c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_in_every_mode("glm4_moe", &c, out, sizeof out);
     /* Layer 0 dense (first_k_dense_replace 1), layers 1-2 MoE: 8 experts,
      * two shared experts' width (64). Heads 4 x 24, kv heads 2. */
     expect_gptq(&c, "model.layers.0.self_attn.q_proj.", 96, 64);
@@ -753,13 +740,9 @@ static void test_glm4_moe_quantizes_to_vllm_tensor_names(void)
 
 static void test_minimax_m2_quantizes_to_vllm_tensor_names(void)
 {
-    const char *dir = test_tmpdir("quant_minimax_m2");
-    quantize_in_every_mode("minimax_m2", dir);
     char out[2048];
-    snprintf(out, sizeof out, "%s/minimax_m2-1", dir);
     st_checkpoint c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_in_every_mode("minimax_m2", &c, out, sizeof out);
     /* Every layer MoE: 6 experts w1 (gate), w3 (up), w2 (down) of width 48. */
     expect_gptq(&c, "model.layers.0.block_sparse_moe.experts.5.w1.", 48, 64);
     expect_gptq(&c, "model.layers.0.block_sparse_moe.experts.5.w3.", 48, 64);
@@ -775,13 +758,9 @@ static void test_minimax_m2_quantizes_to_vllm_tensor_names(void)
 
 static void test_deepseek_v3_quantizes_every_mla_linear(void)
 {
-    const char *dir = test_tmpdir("quant_deepseek_v3");
-    quantize_in_every_mode("deepseek_v3", dir);
     char out[2048];
-    snprintf(out, sizeof out, "%s/deepseek_v3-1", dir);
     st_checkpoint c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    const char *dir = quantize_in_every_mode("deepseek_v3", &c, out, sizeof out);
     /* 4 heads, nope 16 + rope 8, v 24, q_lora 48, kv_lora 32. */
     for (int l = 0; l < 3; l++) {
         char base[256];
@@ -812,6 +791,7 @@ static void test_deepseek_v3_quantizes_every_mla_linear(void)
     char rtn[2048];
     snprintf(rtn, sizeof rtn, "%s/rtn", dir);
     moeq_quantize_options o = options(MOEQ_METHOD_RTN, MOEQ_EXPERT_CALIB_ALL);
+    moeq_error err = {0};
     CHECK_INT_EQ(run("deepseek_v3", &o, rtn, &err), MOEQ_OK);
     double kl_gptq = kl_against_original("deepseek_v3", out);
     double kl_rtn = kl_against_original("deepseek_v3", rtn);
@@ -821,13 +801,9 @@ static void test_deepseek_v3_quantizes_every_mla_linear(void)
 
 static void test_deepseek_v3_without_q_lora_quantizes_q_proj(void)
 {
-    const char *dir = test_tmpdir("quant_deepseek_v3_q_proj");
-    quantize_in_every_mode("deepseek_v3_q_proj", dir);
     char out[2048];
-    snprintf(out, sizeof out, "%s/deepseek_v3_q_proj-1", dir);
     st_checkpoint c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_in_every_mode("deepseek_v3_q_proj", &c, out, sizeof out);
     /* 4 heads, nope 8 + rope 16, v 16, kv_lora 32; layers 0-1 dense. */
     expect_gptq(&c, "model.layers.3.self_attn.q_proj.", 96, 64);
     expect_gptq(&c, "model.layers.3.self_attn.kv_a_proj_with_mqa.", 48, 64);
@@ -842,13 +818,9 @@ static void test_deepseek_v3_without_q_lora_quantizes_q_proj(void)
 
 static void test_deepseek_v2_quantizes_every_mla_linear(void)
 {
-    const char *dir = test_tmpdir("quant_deepseek_v2");
-    quantize_in_every_mode("deepseek_v2", dir);
     char out[2048];
-    snprintf(out, sizeof out, "%s/deepseek_v2-1", dir);
     st_checkpoint c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_in_every_mode("deepseek_v2", &c, out, sizeof out);
     /* 4 heads, nope 16 + rope 8, v 16, q_lora 48, kv_lora 32; 8 experts and
      * two shared experts' width (64) from layer 1. */
     expect_gptq(&c, "model.layers.2.self_attn.q_a_proj.", 48, 64);
