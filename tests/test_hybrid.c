@@ -45,6 +45,16 @@ static moeq_code quantize(const char *name, const moeq_quantize_options *opt, co
     return quantize_dir(fixture(name), opt, out, 16 * 96, 77, 8, 96, err);
 }
 
+/* quantize into a fresh directory of the test's own (test_tmpdir(tmp)),
+ * out its "out" there (out_size bytes); the run must succeed. */
+static void quantize_into(const char *name, const moeq_quantize_options *opt, const char *tmp,
+                          char *out, size_t out_size)
+{
+    snprintf(out, out_size, "%s/out", test_tmpdir(tmp));
+    moeq_error err = {0};
+    CHECK_INT_EQ(quantize(name, opt, out, &err), MOEQ_OK);
+}
+
 /* KL of the checkpoint at out against the fixture over 512 tokens. */
 static double kl_against_original(const char *name, const char *out)
 {
@@ -142,12 +152,11 @@ static int dynamic_rule(const char *out, const char *rule)
 
 static void test_qwen3_next_quantizes_deltanet_and_gated_attention(void)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_next"));
     moeq_quantize_options o = options();
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize("qwen3_next", &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into("qwen3_next", &o, "hybrid_next", out, sizeof out);
     st_checkpoint c;
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
     /* in_proj_qkvz [256, 64] -> qweight [8, 256]; out_proj [64, 64];
      * the gated q_proj of full layer 1 [256, 64]. */
@@ -186,12 +195,10 @@ static void test_qwen3_next_quantizes_deltanet_and_gated_attention(void)
 
 static void test_qwen3_next_at_8_bits_is_nearly_lossless(void)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_next_8bit"));
     moeq_quantize_options o = options();
     o.gptq.bits = 8;
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize("qwen3_next", &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into("qwen3_next", &o, "hybrid_next_8bit", out, sizeof out);
     double kl = kl_against_original("qwen3_next", out);
     printf("  qwen3_next 8-bit g16: KL %.5f\n", kl);
     CHECK(kl > 0 && kl < 0.005);
@@ -199,13 +206,12 @@ static void test_qwen3_next_at_8_bits_is_nearly_lossless(void)
 
 static void test_quantize_linear_ba_quantizes_the_gate_projections_too(void)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_next_ba"));
     moeq_quantize_options o = options();
     o.quantize_linear_ba = 1;
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize("qwen3_next", &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into("qwen3_next", &o, "hybrid_next_ba", out, sizeof out);
     st_checkpoint c;
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
     /* in_proj_ba [16, 64] -> qweight [8, 16] */
     const st_tensor *t = st_checkpoint_find(&c, "model.layers.2.linear_attn.in_proj_ba.qweight");
@@ -243,12 +249,11 @@ static int config_object_kept(const char *name, const char *out, const char *key
  * its nested structure and tells loaders which modules stay unquantized. */
 static void check_multimodal(const char *name, int expect_quantized)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir(name));
     moeq_quantize_options o = options();
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize(name, &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into(name, &o, name, out, sizeof out);
     st_checkpoint c;
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
     CHECK(st_checkpoint_find(&c, "model.language_model.layers.0.linear_attn.in_proj_qkv.qweight"));
     CHECK(st_checkpoint_find(&c, "model.language_model.layers.2.self_attn.o_proj.qweight"));
@@ -453,12 +458,10 @@ static void test_an_unquantized_nextn_layer_is_excluded_from_gptq(void)
 
 static void test_quantize_mtp_quantizes_qwen3_next_s_mtp_block(void)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_mtp_next"));
     moeq_quantize_options o = options();
     o.quantize_mtp = 1;
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize("qwen3_next", &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into("qwen3_next", &o, "hybrid_mtp_next", out, sizeof out);
     /* The 96 linears of the language model, the MTP block's fc + 4 + 27. */
     CHECK_INT_EQ(check_every_tensor_reaches_output(fixture("qwen3_next"), out), 96 + 1 + 4 + 27);
     CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
@@ -467,13 +470,12 @@ static void test_quantize_mtp_quantizes_qwen3_next_s_mtp_block(void)
 
 static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("hybrid_mtp"));
     moeq_quantize_options o = options();
     o.quantize_mtp = 1;
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize("qwen3_5_moe", &o, out, &err), MOEQ_OK);
+    char out[2048];
+    quantize_into("qwen3_5_moe", &o, "hybrid_mtp", out, sizeof out);
     st_checkpoint c;
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
     /* fc [64, 128] -> qweight [16, 64]; the MTP layer's attention and experts. */
     const st_tensor *t = st_checkpoint_find(&c, "mtp.fc.qweight");
