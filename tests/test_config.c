@@ -18,6 +18,18 @@ static moeq_arch builtin(const char *type)
     return a;
 }
 
+/* json (read from path, for the errors) through the built-in architecture
+ * of model type `type`: it must parse. The caller frees the config. */
+static moeq_config parse_ok(const char *type, const char *json, const char *path)
+{
+    moeq_arch a = builtin(type);
+    moeq_config c;
+    moeq_error err = {0};
+    CHECK_INT_EQ(moeq_config_parse(json, path, &a, &c, &err), MOEQ_OK);
+    moeq_arch_free(&a);
+    return c;
+}
+
 /* Qwen3-30B-A3B's config as transformers 4.x wrote it. */
 static const char *QWEN3_MOE_V4 =
     "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 2048, \"num_hidden_layers\": 48,"
@@ -41,11 +53,8 @@ static const char *QWEN3_MOE_V5 =
 
 static void test_v4_and_v5_spellings_give_the_same_spec(void)
 {
-    moeq_arch a = builtin("qwen3_moe");
-    moeq_config c4, c5;
-    moeq_error err = {0};
-    CHECK_INT_EQ(moeq_config_parse(QWEN3_MOE_V4, "v4.json", &a, &c4, &err), MOEQ_OK);
-    CHECK_INT_EQ(moeq_config_parse(QWEN3_MOE_V5, "v5.json", &a, &c5, &err), MOEQ_OK);
+    moeq_config c4 = parse_ok("qwen3_moe", QWEN3_MOE_V4, "v4.json");
+    moeq_config c5 = parse_ok("qwen3_moe", QWEN3_MOE_V5, "v5.json");
     CHECK_INT_EQ(c4.num_experts, 128);
     CHECK_INT_EQ(c5.num_experts, 128);
     CHECK_INT_EQ(c4.num_experts_per_tok, 8);
@@ -63,46 +72,34 @@ static void test_v4_and_v5_spellings_give_the_same_spec(void)
         CHECK(c4.layer_is_moe[l] && c5.layer_is_moe[l]);
     moeq_config_free(&c4);
     moeq_config_free(&c5);
-    moeq_arch_free(&a);
 }
 
 static void test_n_routed_experts_spelling_is_read(void)
 {
-    moeq_arch a = builtin("qwen3_moe");
-    moeq_config c;
-    moeq_error err = {0};
     const char *json = "{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
                        " \"vocab_size\": 100, \"n_routed_experts\": 16, \"num_experts_per_tok\": 4,"
                        " \"moe_intermediate_size\": 32, \"intermediate_size\": 128}";
-    CHECK_INT_EQ(moeq_config_parse(json, "c.json", &a, &c, &err), MOEQ_OK);
+    moeq_config c = parse_ok("qwen3_moe", json, "c.json");
     CHECK_INT_EQ(c.num_experts, 16);
     moeq_config_free(&c);
-    moeq_arch_free(&a);
 }
 
 static void test_head_dim_absent_or_null_is_hidden_over_heads(void)
 {
-    moeq_arch a = builtin("mixtral");
-    moeq_config c;
-    moeq_error err = {0};
     const char *json = "{\"hidden_size\": 4096, \"num_hidden_layers\": 2, \"num_attention_heads\": 32,"
                        " \"num_key_value_heads\": 8, \"head_dim\": null, \"vocab_size\": 32000,"
                        " \"num_local_experts\": 8, \"num_experts_per_tok\": 2,"
                        " \"intermediate_size\": 14336, \"rope_theta\": 1e6}";
-    CHECK_INT_EQ(moeq_config_parse(json, "c.json", &a, &c, &err), MOEQ_OK);
+    moeq_config c = parse_ok("mixtral", json, "c.json");
     CHECK_INT_EQ(c.head_dim, 128);
     CHECK_INT_EQ(c.moe_intermediate_size, 14336); /* Mixtral: experts use intermediate_size */
     CHECK_INT_EQ(c.norm_topk_prob, 1);
     CHECK(c.layer_is_moe[0] && c.layer_is_moe[1]);
     moeq_config_free(&c);
-    moeq_arch_free(&a);
 }
 
 static void test_rope_scaling_v4_and_rope_parameters_v5_agree(void)
 {
-    moeq_arch a = builtin("llama");
-    moeq_config c4, c5;
-    moeq_error err = {0};
     const char *v4 = "{\"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_attention_heads\": 4,"
                      " \"vocab_size\": 10, \"intermediate_size\": 96, \"rope_theta\": 500000.0,"
                      " \"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0,"
@@ -112,8 +109,7 @@ static void test_rope_scaling_v4_and_rope_parameters_v5_agree(void)
                      " {\"rope_type\": \"llama3\", \"rope_theta\": 500000.0, \"factor\": 8.0,"
                      " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
                      " \"original_max_position_embeddings\": 8192}}";
-    CHECK_INT_EQ(moeq_config_parse(v4, "v4.json", &a, &c4, &err), MOEQ_OK);
-    CHECK_INT_EQ(moeq_config_parse(v5, "v5.json", &a, &c5, &err), MOEQ_OK);
+    moeq_config c4 = parse_ok("llama", v4, "v4.json"), c5 = parse_ok("llama", v5, "v5.json");
     CHECK_INT_EQ(c4.rope.type, MOEQ_ROPE_LLAMA3);
     CHECK_INT_EQ(c5.rope.type, MOEQ_ROPE_LLAMA3);
     CHECK(c4.rope.theta == 500000.0 && c5.rope.theta == 500000.0);
@@ -123,20 +119,16 @@ static void test_rope_scaling_v4_and_rope_parameters_v5_agree(void)
     CHECK_INT_EQ(c4.qkv_bias, 0);
     moeq_config_free(&c4);
     moeq_config_free(&c5);
-    moeq_arch_free(&a);
 }
 
 static void test_qwen_sparse_step_and_mlp_only_layers_pick_dense_layers(void)
 {
-    moeq_arch a = builtin("qwen2_moe");
-    moeq_config c;
-    moeq_error err = {0};
     const char *json = "{\"hidden_size\": 64, \"num_hidden_layers\": 6, \"num_attention_heads\": 4,"
                        " \"vocab_size\": 10, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
                        " \"moe_intermediate_size\": 32, \"intermediate_size\": 96,"
                        " \"decoder_sparse_step\": 2, \"mlp_only_layers\": [3],"
                        " \"shared_expert_intermediate_size\": 48}";
-    CHECK_INT_EQ(moeq_config_parse(json, "c.json", &a, &c, &err), MOEQ_OK);
+    moeq_config c = parse_ok("qwen2_moe", json, "c.json");
     int want[6] = {0, 1, 0, 0, 0, 1}; /* (L+1) % 2 == 0, minus layer 3 */
     for (int l = 0; l < 6; l++)
         CHECK_INT_EQ(c.layer_is_moe[l], want[l]);
@@ -144,7 +136,6 @@ static void test_qwen_sparse_step_and_mlp_only_layers_pick_dense_layers(void)
     CHECK_INT_EQ(c.norm_topk_prob, 0);
     CHECK_INT_EQ(c.shared_expert_intermediate_size, 48);
     moeq_config_free(&c);
-    moeq_arch_free(&a);
 }
 
 static void expect_config_error(const char *type, const char *json, moeq_code code,
@@ -339,7 +330,6 @@ static void test_deepseek_v3_and_kimi_k2_configs_give_mla_routing_and_dense_laye
 
 static void test_glm45_config_reads_partial_rotary_shared_expert_and_groups(void)
 {
-    moeq_arch a = builtin("glm4_moe");
     /* GLM-4.5-Air's config.json. */
     const char *json =
         "{\"model_type\": \"glm4_moe\", \"hidden_size\": 4096, \"num_hidden_layers\": 46,"
@@ -350,9 +340,7 @@ static void test_glm45_config_reads_partial_rotary_shared_expert_and_groups(void
         " \"n_group\": 1, \"topk_group\": 1, \"routed_scaling_factor\": 1.0,"
         " \"first_k_dense_replace\": 1, \"norm_topk_prob\": true, \"rope_theta\": 1000000,"
         " \"rms_norm_eps\": 1e-05, \"max_position_embeddings\": 131072}";
-    moeq_config c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(moeq_config_parse(json, "glm.json", &a, &c, &err), MOEQ_OK);
+    moeq_config c = parse_ok("glm4_moe", json, "glm.json");
     CHECK_INT_EQ(c.attention, MOEQ_ATTENTION_GQA);
     CHECK_INT_EQ(c.rope.rotary_dim, 64);
     CHECK_INT_EQ(c.qkv_bias, 1);
@@ -370,16 +358,14 @@ static void test_glm45_config_reads_partial_rotary_shared_expert_and_groups(void
     strcpy(copy, json);
     char *p = strstr(copy, "\"partial_rotary_factor\"");
     memcpy(p, "\"unrelated_option_name\"", 23);
-    CHECK_INT_EQ(moeq_config_parse(copy, "glm.json", &a, &c, &err), MOEQ_OK);
+    c = parse_ok("glm4_moe", copy, "glm.json");
     CHECK_INT_EQ(c.rope.rotary_dim, 64);
     moeq_config_free(&c);
     free(copy);
-    moeq_arch_free(&a);
 }
 
 static void test_minimax_m2_rotary_dim_and_full_qk_norm(void)
 {
-    moeq_arch a = builtin("minimax_m2");
     const char *json =
         "{\"model_type\": \"minimax_m2\", \"hidden_size\": 3072, \"num_hidden_layers\": 62,"
         " \"num_attention_heads\": 48, \"num_key_value_heads\": 8, \"head_dim\": 128,"
@@ -387,9 +373,7 @@ static void test_minimax_m2_rotary_dim_and_full_qk_norm(void)
         " \"num_local_experts\": 256, \"num_experts_per_tok\": 8, \"vocab_size\": 200064,"
         " \"use_qk_norm\": true, \"qk_norm_type\": \"per_layer\", \"scoring_func\": \"sigmoid\","
         " \"use_routing_bias\": true}";
-    moeq_config c;
-    moeq_error err = {0};
-    CHECK_INT_EQ(moeq_config_parse(json, "mm.json", &a, &c, &err), MOEQ_OK);
+    moeq_config c = parse_ok("minimax_m2", json, "mm.json");
     CHECK_INT_EQ(c.rope.rotary_dim, 64);
     CHECK_INT_EQ(c.qk_norm, 1);
     CHECK_INT_EQ(c.qk_norm_full, 1);
@@ -399,7 +383,6 @@ static void test_minimax_m2_rotary_dim_and_full_qk_norm(void)
     for (int l = 0; l < 62; l++)
         CHECK_INT_EQ(c.layer_is_moe[l], 1);
     moeq_config_free(&c);
-    moeq_arch_free(&a);
 }
 
 static void test_deepseek_v2_greedy_topk_method_ignores_groups(void)
