@@ -15,6 +15,8 @@ typedef struct {
     int S, T, V;
 } fixture;
 
+/* The golden fixture `name`: its model and golden tokens and logits; -1
+ * (counted as a failure of the running test) when it does not open. */
 static int open_fixture(const char *name, fixture *f)
 {
     char dir[4096], path[4200];
@@ -23,6 +25,7 @@ static int open_fixture(const char *name, fixture *f)
     snprintf(path, sizeof path, "%s/golden.safetensors", dir);
     if (moeq_model_open(dir, NULL, &f->model, &err) || st_file_open(&f->golden, path, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
+        test_failures_in_current++;
         return -1;
     }
     const st_tensor *t = st_file_find(&f->golden, "tokens");
@@ -55,10 +58,8 @@ static void log_softmax(const float *x, int v, double *out)
 static void test_perplexity_equals_exp_mean_nll_of_transformers_logits(void)
 {
     fixture f;
-    if (open_fixture("qwen3_moe", &f)) {
-        test_failures_in_current++;
+    if (open_fixture("qwen3_moe", &f))
         return;
-    }
     double nll = 0, *lp = malloc(sizeof(double) * f.V);
     for (int s = 0; s < f.S; s++)
         for (int t = 0; t + 1 < f.T; t++) {
@@ -86,10 +87,8 @@ static void test_kl_and_top1_against_a_reference_match_a_direct_computation(void
     /* Two different models over the same 160-token vocabulary and tokens:
      * qwen3 (dense) as the candidate, qwen3_moe as the reference. */
     fixture cand, ref;
-    if (open_fixture("qwen3", &cand) || open_fixture("qwen3_moe", &ref)) {
-        test_failures_in_current++;
+    if (open_fixture("qwen3", &cand) || open_fixture("qwen3_moe", &ref))
         return;
-    }
     CHECK_INT_EQ(cand.V, ref.V);
     int S = ref.S, T = ref.T, V = ref.V;
     /* The candidate's golden logits are for its own tokens; score both on
@@ -139,10 +138,8 @@ static void test_kl_and_top1_against_a_reference_match_a_direct_computation(void
 static void test_a_model_against_itself_has_zero_kl_and_full_agreement(void)
 {
     fixture f;
-    if (open_fixture("mixtral", &f)) {
-        test_failures_in_current++;
+    if (open_fixture("mixtral", &f))
         return;
-    }
     moeq_eval_result r;
     moeq_error err = {0};
     CHECK_INT_EQ(moeq_evaluate(&f.model, &f.model, f.tokens, (size_t)f.S * f.T, f.T, 0, NULL,
@@ -157,10 +154,8 @@ static void test_a_model_against_itself_has_zero_kl_and_full_agreement(void)
 static void test_windows_drop_the_tail_and_respect_max_windows(void)
 {
     fixture f;
-    if (open_fixture("llama", &f)) {
-        test_failures_in_current++;
+    if (open_fixture("llama", &f))
         return;
-    }
     moeq_eval_result r;
     moeq_error err = {0};
     /* 48 tokens in windows of 10: 4 windows, the last 8 tokens dropped. */
@@ -177,10 +172,8 @@ static void test_windows_drop_the_tail_and_respect_max_windows(void)
 static void test_too_few_tokens_and_bad_ids_are_errors(void)
 {
     fixture f;
-    if (open_fixture("llama", &f)) {
-        test_failures_in_current++;
+    if (open_fixture("llama", &f))
         return;
-    }
     moeq_eval_result r;
     moeq_error err = {0};
     CHECK_INT_EQ(moeq_evaluate(&f.model, NULL, f.tokens, 5, 10, 0, NULL, NULL, &r, &err),
