@@ -5,53 +5,31 @@
  * what the format cannot hold. tests/peer/check_formats_peer.py checks the
  * same tensors against GPTQModel's AWQ dequantization. */
 #include "test.h"
+#include "pack_fixture.h"
 
 #include "common/dtype.h"
 #include "quant/pack_awq.h"
 
-#include <time.h>
-
 static test_rng rng;
 
-/* Every field at random over its whole range; natural g_idx (AWQ has none). */
+/* Every field of a 4-bit weight at random; fp16 scales, natural g_idx (AWQ
+ * has none). */
 static void random_quantized(moeq_quantized *q, int rows, int cols, int group_size)
 {
-    moeq_error err;
-    if (moeq_quantized_alloc(q, rows, cols, 4, group_size, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    for (size_t i = 0; i < (size_t)rows * cols; i++)
-        q->codes[i] = (uint8_t)(test_rng_next(&rng) % 16);
-    for (size_t i = 0; i < (size_t)q->n_groups * rows; i++) {
-        q->zeros[i] = (int32_t)(test_rng_next(&rng) % 16);
-        uint16_t h = (uint16_t)(((1 + test_rng_next(&rng) % 29) << 10) |
-                                (test_rng_next(&rng) & 0x3ff));
-        q->scales[i] = moeq_f16_to_f32(h);
-    }
-    for (int c = 0; c < cols; c++)
-        q->g_idx[c] = group_size > 0 ? c / group_size : 0;
+    pack_random_quantized(&rng, q, rows, cols, 4, group_size, 0, 0);
 }
 
-/* [8 out, 16 in], one group: code (o, c) = (o + c) mod 16, zero (o) = o + 1,
- * scale (o) = 0.5 + o. By hand: the word of input c holds, nibble 0 upward,
- * outputs 0 2 4 6 1 3 5 7; c = 0: 0 2 4 6 1 3 5 7 -> 0x75316420; c = 1:
- * 1 3 5 7 2 4 6 8 -> 0x86427531; c = 9: 9 B D F A C E 0 -> 0x0ECAFDB9;
- * zeros 1 3 5 7 2 4 6 8 -> 0x86427531. */
+/* pack_hand_quantized_8x16: [8 out, 16 in], one group, code (o, c) =
+ * (o + c) mod 16, zero (o) = o + 1, scale (o) = 0.5 + o. By hand: the word
+ * of input c holds, nibble 0 upward, outputs 0 2 4 6 1 3 5 7; c = 0:
+ * 0 2 4 6 1 3 5 7 -> 0x75316420; c = 1: 1 3 5 7 2 4 6 8 -> 0x86427531;
+ * c = 9: 9 B D F A C E 0 -> 0x0ECAFDB9; zeros 1 3 5 7 2 4 6 8 -> 0x86427531. */
 static void test_words_match_hand_computed_values(void)
 {
     moeq_quantized q;
     moeq_packed_awq p;
     moeq_error err;
-    CHECK_INT_EQ(moeq_quantized_alloc(&q, 8, 16, 4, -1, &err), MOEQ_OK);
-    for (int o = 0; o < 8; o++) {
-        for (int c = 0; c < 16; c++)
-            q.codes[o * 16 + c] = (uint8_t)((o + c) % 16);
-        q.zeros[o] = o + 1;
-        q.scales[o] = 0.5f + (float)o;
-    }
-    for (int c = 0; c < 16; c++)
-        q.g_idx[c] = 0;
+    pack_hand_quantized_8x16(&q);
     CHECK_INT_EQ(moeq_pack_awq(&q, &p, &err), MOEQ_OK);
     CHECK_INT_EQ((uint32_t)p.qweight[0], 0x75316420u);
     CHECK_INT_EQ((uint32_t)p.qweight[1], 0x86427531u);
@@ -124,9 +102,7 @@ static void test_what_the_format_cannot_hold_is_rejected(void)
 
 int main(void)
 {
-    const char *s = getenv("MOEQ_TEST_SEED");
-    rng.s = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) * 2654435761u + 1;
-    printf("seed %llu (set MOEQ_TEST_SEED to repeat)\n", (unsigned long long)rng.s);
+    pack_seed_rng(&rng);
     RUN(test_words_match_hand_computed_values);
     RUN(test_zero_points_are_stored_without_offset);
     RUN(test_round_trip_restores_every_field);

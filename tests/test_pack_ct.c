@@ -6,33 +6,18 @@
  * without zero points, and the errors. tests/peer/check_formats_peer.py
  * checks the same tensors against compressed-tensors' own decompression. */
 #include "test.h"
+#include "pack_fixture.h"
 
 #include "common/dtype.h"
 #include "quant/pack_ct.h"
 
-#include <time.h>
-
 static test_rng rng;
 
+/* Every field at random; scales exact in bf16 and fp16 (the model's dtype
+ * may be either), natural g_idx (compressed-tensors keeps none here). */
 static void random_quantized(moeq_quantized *q, int rows, int cols, int bits, int group_size)
 {
-    moeq_error err;
-    if (moeq_quantized_alloc(q, rows, cols, bits, group_size, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    const uint64_t levels = 1u << bits;
-    for (size_t i = 0; i < (size_t)rows * cols; i++)
-        q->codes[i] = (uint8_t)(test_rng_next(&rng) % levels);
-    for (size_t i = 0; i < (size_t)q->n_groups * rows; i++) {
-        q->zeros[i] = (int32_t)(test_rng_next(&rng) % levels);
-        /* bf16 values in fp16's normal range: exact in both */
-        uint16_t h = (uint16_t)(((1 + test_rng_next(&rng) % 29) << 10) |
-                                ((test_rng_next(&rng) & 0x7) << 7));
-        q->scales[i] = moeq_f16_to_f32(h);
-    }
-    for (int c = 0; c < cols; c++)
-        q->g_idx[c] = group_size > 0 ? c / group_size : 0;
+    pack_random_quantized(&rng, q, rows, cols, bits, group_size, 1, 0);
 }
 
 /* 4 bits, [8 out, 16 in], groups of 8: code (o, c) = (o + c) mod 16, zero
@@ -150,9 +135,7 @@ static void test_what_the_format_cannot_hold_is_rejected(void)
 
 int main(void)
 {
-    const char *s = getenv("MOEQ_TEST_SEED");
-    rng.s = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) * 2654435761u + 1;
-    printf("seed %llu (set MOEQ_TEST_SEED to repeat)\n", (unsigned long long)rng.s);
+    pack_seed_rng(&rng);
     RUN(test_4bit_words_match_hand_computed_values);
     RUN(test_8bit_symmetric_words_and_no_zero_point);
     RUN(test_round_trip_restores_every_field_for_every_width);

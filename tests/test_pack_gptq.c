@@ -5,36 +5,18 @@
  * tests/peer/check_gptq_peer.py checks the same tensors against the peer
  * projects' own dequantization code. */
 #include "test.h"
+#include "pack_fixture.h"
 
 #include "common/dtype.h"
 #include "quant/pack_gptq.h"
 
-#include <time.h>
-
 static test_rng rng;
 
-/* A quantized weight with every field drawn at random: codes and zeros over
- * their whole range, fp16 scales, and a g_idx in shuffled (act-order-like)
- * order. */
+/* Every field at random: fp16 scales, and a g_idx in shuffled
+ * (act-order-like) order. */
 static void random_quantized(moeq_quantized *q, int rows, int cols, int bits, int group_size)
 {
-    moeq_error err;
-    if (moeq_quantized_alloc(q, rows, cols, bits, group_size, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    const uint64_t levels = 1u << bits;
-    for (size_t i = 0; i < (size_t)rows * cols; i++)
-        q->codes[i] = (uint8_t)(test_rng_next(&rng) % levels);
-    for (size_t i = 0; i < (size_t)q->n_groups * rows; i++) {
-        q->zeros[i] = (int32_t)(test_rng_next(&rng) % levels);
-        /* exponent field 1..29: positive normal fp16 values */
-        uint16_t h = (uint16_t)(((1 + test_rng_next(&rng) % 29) << 10) |
-                                (test_rng_next(&rng) & 0x3ff));
-        q->scales[i] = moeq_f16_to_f32(h);
-    }
-    for (int c = 0; c < cols; c++)
-        q->g_idx[c] = (int32_t)(test_rng_next(&rng) % (uint64_t)q->n_groups);
+    pack_random_quantized(&rng, q, rows, cols, bits, group_size, 0, 1);
 }
 
 static void test_round_trip_restores_every_field_for_every_bit_width(void)
@@ -93,23 +75,16 @@ static void test_2_4_8_bit_fields_sit_at_bits_times_position_in_their_word(void)
     }
 }
 
-/* 4 bits, [8 out, 16 in], one group: code (o, c) = (o + c) mod 16 and zero
- * (o) = o + 1. By hand: qweight[0][o] holds inputs 0..7 as nibbles, lowest
- * first, qweight[1][o] inputs 8..15; qzeros stores zero - 1 = o. */
+/* pack_hand_quantized_8x16: 4 bits, [8 out, 16 in], one group, code
+ * (o, c) = (o + c) mod 16, zero (o) = o + 1. By hand: qweight[0][o] holds
+ * inputs 0..7 as nibbles, lowest first, qweight[1][o] inputs 8..15; qzeros
+ * stores zero - 1 = o. */
 static void test_4bit_words_match_hand_computed_values(void)
 {
     moeq_quantized q;
     moeq_packed_gptq p;
     moeq_error err;
-    CHECK_INT_EQ(moeq_quantized_alloc(&q, 8, 16, 4, -1, &err), MOEQ_OK);
-    for (int o = 0; o < 8; o++) {
-        for (int c = 0; c < 16; c++)
-            q.codes[o * 16 + c] = (uint8_t)((o + c) % 16);
-        q.zeros[o] = o + 1;
-        q.scales[o] = 0.5f + (float)o;
-    }
-    for (int c = 0; c < 16; c++)
-        q.g_idx[c] = 0;
+    pack_hand_quantized_8x16(&q);
     CHECK_INT_EQ(moeq_pack_gptq(&q, &p, &err), MOEQ_OK);
     CHECK_INT_EQ(moeq_gptq_qweight_rows(4, 16), 2);
     CHECK_INT_EQ(moeq_gptq_qzeros_cols(4, 8), 1);
@@ -303,9 +278,7 @@ static void test_unpack_rejects_inconsistent_tensors(void)
 
 int main(void)
 {
-    const char *s = getenv("MOEQ_TEST_SEED");
-    rng.s = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) * 2654435761u + 1;
-    printf("seed %llu (set MOEQ_TEST_SEED to repeat)\n", (unsigned long long)rng.s);
+    pack_seed_rng(&rng);
     RUN(test_round_trip_restores_every_field_for_every_bit_width);
     RUN(test_2_4_8_bit_fields_sit_at_bits_times_position_in_their_word);
     RUN(test_4bit_words_match_hand_computed_values);
