@@ -65,15 +65,25 @@ static double kl_against_original(const char *name, const char *out)
     return kl_on_random_tokens(fixture(name), out, 12345, 32);
 }
 
+/* GPTQ of fixture `name` with expert mode `mode` into out (tmp/out, in a
+ * fresh directory of the test's own; out_size bytes), which must succeed,
+ * then opened into c. */
+static void quantize_and_open(const char *name, moeq_expert_calib mode, const char *tmp,
+                              char *out, size_t out_size, st_checkpoint *c)
+{
+    snprintf(out, out_size, "%s/out", test_tmpdir(tmp));
+    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, mode);
+    moeq_error err = {0};
+    CHECK_INT_EQ(run(name, &o, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_checkpoint_open(c, out, &err), MOEQ_OK);
+}
+
 static void test_output_has_gptq_tensors_configs_and_report(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_layout"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("qwen3_moe", &o, out, &err), MOEQ_OK);
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("qwen3_moe", MOEQ_EXPERT_CALIB_ALL, "quant_layout", out, sizeof out, &c);
+    moeq_error err = {0};
     /* experts.7.down_proj of layer 2: [64 out, 32 in] -> 4-bit qweight [4, 64],
      * 2 groups of 16 */
     const st_tensor *qw = st_checkpoint_find(&c, "model.layers.2.mlp.experts.7.down_proj.qweight");
@@ -225,12 +235,9 @@ static cJSON *read_output_config(const char *out)
 static void test_fp8_source_becomes_gptq_without_fp8_tensors_or_config(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_fp8"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("qwen3_moe_fp8", &o, out, &err), MOEQ_OK);
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("qwen3_moe_fp8", MOEQ_EXPERT_CALIB_ALL, "quant_fp8", out, sizeof out, &c);
+    moeq_error err = {0};
     CHECK_INT_EQ(fp8_leftovers(&c), 0);
     /* q_proj [128, 160]: qweight [20, 128]; experts.3.down_proj [160, 80]:
      * qweight [10, 160], 5 groups of 16 */
@@ -285,12 +292,9 @@ static uint16_t bf16_at(const st_tensor *t, size_t i)
 static void test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_gpt_oss"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("gpt_oss", &o, out, &err), MOEQ_OK);
     st_checkpoint c, src;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("gpt_oss", MOEQ_EXPERT_CALIB_ROUTED, "quant_gpt_oss", out, sizeof out, &c);
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&src, fixture("gpt_oss"), &err), MOEQ_OK);
     /* Per expert, under the names vLLM maps (experts.E.{gate,up,down}_proj):
      * gate/up [32 out, 64 in] -> qweight [8, 32]; down [64, 32] -> [4, 64]. */
@@ -344,12 +348,9 @@ static void test_gpt_oss_fused_experts_are_written_per_expert_with_their_biases(
 static void test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_config(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_gpt_oss_mxfp4"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("gpt_oss_mxfp4", &o, out, &err), MOEQ_OK);
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("gpt_oss_mxfp4", MOEQ_EXPERT_CALIB_ALL, "quant_gpt_oss_mxfp4", out,
+                      sizeof out, &c);
     int leftovers = 0, qweights = 0;
     for (size_t i = 0; i < c.n_tensors; i++) {
         leftovers += strstr(c.tensors[i]->name, "_blocks") || strstr(c.tensors[i]->name, "_scales") ||
@@ -375,12 +376,8 @@ static void test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_conf
 static void test_llama4_fused_experts_are_written_per_expert_beside_the_shared_expert(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_llama4"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ROUTED);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("llama4_text", &o, out, &err), MOEQ_OK);
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("llama4_text", MOEQ_EXPERT_CALIB_ROUTED, "quant_llama4", out, sizeof out, &c);
     /* Experts under vLLM's per-expert names: gate/up [32, 64] -> qweight
      * [8, 32], down [64, 32] -> [4, 64]; the shared expert and layer 2's
      * dense MLP [96, 64] under their own names. */
@@ -412,12 +409,9 @@ static void test_llama4_fused_experts_are_written_per_expert_beside_the_shared_e
 static void test_llama4_multimodal_checkpoint_keeps_its_vision_model(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("quant_llama4_mm"));
-    moeq_quantize_options o = options(MOEQ_METHOD_GPTQ, MOEQ_EXPERT_CALIB_ALL);
-    moeq_error err = {0};
-    CHECK_INT_EQ(run("llama4", &o, out, &err), MOEQ_OK);
     st_checkpoint c, src;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_and_open("llama4", MOEQ_EXPERT_CALIB_ALL, "quant_llama4_mm", out, sizeof out, &c);
+    moeq_error err = {0};
     CHECK_INT_EQ(st_checkpoint_open(&src, fixture("llama4"), &err), MOEQ_OK);
     const st_tensor *t = st_checkpoint_find(
         &c, "language_model.model.layers.1.feed_forward.experts.3.gate_proj.qweight");
