@@ -22,7 +22,9 @@ onto modules one to one. The loaders:
     the model in fp32.
 GPTQModel refuses asymmetric gptq from any other quantizer (see
 GPTQ_ASYM_REFUSAL); that case is printed as REFUSED and counted apart.
-For each format, symmetric and asymmetric:
+For each checkpoint (the CHECKPOINT arguments; without them, the demo MoE
+quantized here in every case of check_formats_peer.CASES: each format,
+symmetric and asymmetric; --build, --moeq and --device as there):
   1. Modules. Every linear moeq quantized (attention and all experts) must be
      an instance of the loader's quantized module (compressed-tensors: a
      Linear carrying a quantization_scheme; GPTQModel: its kernel's class),
@@ -45,7 +47,8 @@ after transformers 5) has num_local_experts and rope_parameters.rope_theta.
 The loader therefore reads a directory of links to the checkpoint's files
 with a config.json that adds those two keys and changes nothing else.
 
-Setup (CPU only; build/ is git-ignored; the system's torch is reused):
+Setup by hand (CPU only; build/ is git-ignored; the system's torch is
+reused):
     python3 -m venv --system-site-packages build/peer-moe-venv
     build/peer-moe-venv/bin/pip install -U setuptools wheel
     build/peer-moe-venv/bin/pip install transformers==4.57.6
@@ -53,6 +56,9 @@ Setup (CPU only; build/ is git-ignored; the system's torch is reused):
         gptqmodel==5.6.12 transformers==4.57.6
     build/peer-moe-venv/bin/pip install --no-deps compressed-tensors==0.14.0.1
     build/peer-moe-venv/bin/python tests/peer/check_moe_loaders_peer.py
+On the GPU machine `tests/gpu/run.sh formats` runs it on the checkpoints it
+quantized on the GPU, with these versions from the wheels of
+tests/gpu/fetch-wheels.sh (the loaders themselves run on the CPU).
 (gptqmodel's sdist needs torch visible at build time, hence
 --no-build-isolation; BUILD_CUDA_EXT=0 skips its CUDA extensions.)
 compressed-tensors with transformers 4.57.6, as measured: 0.14.0.1 loads
@@ -66,7 +72,6 @@ model's Linears without a weight ("'Linear' object has no attribute
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -75,7 +80,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_formats_peer import MOEQ, ROOT, build, moeq_weights, quantize  # noqa: E402
+from check_formats_peer import (Tools, add_common_args, checkpoints_to_check,  # noqa: E402
+                                describe, quantization_config)
 
 WINDOWS, SEQLEN = 4, 64
 # Logits tolerances: max |diff| / max |logit| and top-1 agreement over the
@@ -171,28 +177,28 @@ def check_modules(model, dtype, is_quant, ref, n_experts, tol):
     return len(names), worst
 
 
-def run_case(fmt, sym, args, tmp, ids, tok_path):
-    out = os.path.join(tmp, f"{fmt}-{int(sym)}")
-    quantize(args.model, out, fmt, sym, args.calib, args.nsamples, args.seqlen)
-    ref = moeq_weights(out, tmp)
-    lpath = os.path.join(tmp, f"logits-{fmt}-{int(sym)}.bin")
-    subprocess.run([MOEQ, "eval", out, "--tokens", tok_path, "--seqlen", str(SEQLEN),
-                    "--logits-out", lpath, "--device", "cpu", "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
-    cfg = loader_dir(out, out + "-loader")
-    vocab = cfg["vocab_size"]
-    ours = torch.from_numpy(np.fromfile(lpath, dtype="<f4").reshape(WINDOWS, SEQLEN, vocab))
-    model, dtype, is_quant = load(fmt, out + "-loader")
+def run_case(path, tools, tmp, tok_path):
+    """Loads one checkpoint whole and checks it; prints its line and returns
+    True when the modules and logits pass."""
+    fmt, method, backend = describe(path)
+    ref = tools.weights(path, tmp)
+    ours = tools.eval_logits(path, tok_path, SEQLEN, os.path.join(tmp, "logits.bin"))
+    loader = os.path.join(tmp, os.path.basename(path) + "-loader")
+    cfg = loader_dir(path, loader)
+    ours = ours.reshape(WINDOWS, SEQLEN, cfg["vocab_size"])
+    model, dtype, is_quant = load(fmt, loader)
     model.eval()
     count, probe = check_modules(model, dtype, is_quant, ref, cfg["num_local_experts"],
                                  PROBE_TOL[fmt])
+    ids = np.fromfile(tok_path, dtype="<i4").reshape(WINDOWS, SEQLEN)
     with torch.no_grad():
         theirs = torch.stack([model(torch.from_numpy(w.astype("int64"))[None]).logits[0].float()
                               for w in ids])
     rel = float((theirs - ours).abs().max() / ours.abs().max())
     top1 = float((theirs.argmax(-1) == ours.argmax(-1)).float().mean())
     ok = rel <= REL_TOL and top1 >= TOP1_MIN
-    print(f"{fmt:18s} {'sym ' if sym else 'asym'} ({str(dtype)[6:]}): {count} quantized modules "
+    print(f"loader {os.path.basename(path)} ({fmt}, {method}, quantized on {backend}; "
+          f"{str(dtype)[6:]}): {count} quantized modules "
           f"({type(dict(model.named_modules())[sorted(ref)[0][:-7]]).__name__}), identity probe "
           f"max {probe:.2e}; logits max |diff| / max |logit| {rel:.2e} (tol {REL_TOL:g}), "
           f"top-1 {top1:.4f} (min {TOP1_MIN:g}): {'ok' if ok else 'FAIL'}", flush=True)
@@ -200,19 +206,15 @@ def run_case(fmt, sym, args, tmp, ids, tok_path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(ROOT, "demo", "qwen3-moe-demo"))
-    ap.add_argument("--calib", default=None, help="default: moeq's bundled calib_data")
-    ap.add_argument("--nsamples", type=int, default=8)
-    ap.add_argument("--seqlen", type=int, default=128)
-    ap.add_argument("--formats", default="compressed-tensors,gptq,awq")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(ap)
     args = ap.parse_args()
     import compressed_tensors
     import gptqmodel
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"compressed-tensors {compressed_tensors.__version__}, gptqmodel {gptqmodel.__version__}")
-    build()
+    tools = Tools(args)
     vocab = json.load(open(os.path.join(args.model, "config.json")))["vocab_size"]
     ids = np.random.default_rng(11).integers(0, vocab, (WINDOWS, SEQLEN)).astype("<i4")
     passed = failed = 0
@@ -220,23 +222,24 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = os.path.join(tmp, "ids.bin")
         ids.tofile(tok_path)
-        for fmt in args.formats.split(","):
-            for sym in (True, False):
-                case = f"{fmt:18s} {'sym ' if sym else 'asym'}"
-                try:
-                    ok = run_case(fmt, sym, args, tmp, ids, tok_path)
-                    passed += ok
-                    failed += not ok
-                except Exception as e:  # reported with the case, never hidden
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                    if fmt == "gptq" and not sym and GPTQ_ASYM_REFUSAL in str(e):
-                        print(f"{case}: REFUSED by GPTQModel: {msg}", flush=True)
-                        refused.append(case.split()[0] + " asym")
-                        continue
-                    traceback.print_exc()
-                    print(f"{case}: FAIL: {msg}", flush=True)
-                    failed += 1
-    print(f"{passed} passed, {failed} failed" +
+        for path in checkpoints_to_check(args, tools, args.work or tmp):
+            case = f"loader {os.path.basename(path)}"
+            try:
+                ok = run_case(path, tools, tmp, tok_path)
+                passed += ok
+                failed += not ok
+            except Exception as e:  # reported with the case, never hidden
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                q = quantization_config(path)
+                if q.get("quant_method") == "gptq" and not q["sym"] and \
+                        GPTQ_ASYM_REFUSAL in str(e):
+                    print(f"{case}: REFUSED by GPTQModel: {msg}", flush=True)
+                    refused.append(os.path.basename(path))
+                    continue
+                traceback.print_exc()
+                print(f"{case}: FAIL: {msg}", flush=True)
+                failed += 1
+    print(f"check_moe_loaders_peer: {passed} passed, {failed} failed" +
           (f"; not loaded (refused by the loader): {', '.join(refused)}" if refused else ""))
     sys.exit(1 if failed else 0)
 
