@@ -2,16 +2,30 @@
 # tests/gpu/run.sh: the one script a GPU machine runs. Builds moeq with the
 # CUDA backend for Hopper (sm_90, Release), runs the CPU test suite (ctest),
 # the CPU-vs-CUDA op parity test with its timings, the CPU-vs-CUDA pipeline
-# test, and the demo model quantized on both backends and evaluated; writes
-# the logs to $OUT when it is set (else build/gpu/logs). Exits non-zero on
-# any failure. Dependencies: tests/gpu/env.sh.
-#     bash tests/gpu/run.sh [all|tests|jobs]
+# test, the demo model quantized on both backends and evaluated, and the
+# output formats checked by the libraries that own them; writes the logs to
+# $OUT when it is set (else build/gpu/logs). Exits non-zero on any failure.
+# Dependencies: tests/gpu/env.sh; for formats, the wheels of
+# tests/gpu/fetch-wheels.sh in .whl/formats (carry .whl to the machine).
+#     bash tests/gpu/run.sh [all|tests|jobs|formats]
 # tests: ctest and the two CUDA test programs; jobs: the demo jobs, GPU
-# evaluation, several GPUs, resume and device fallback; all (default): both,
-# in that order (the two halves fit separate device calls of 10 minutes).
+# evaluation, several GPUs, resume and device fallback; formats: the demo
+# quantized on the GPU in every --format, symmetric and asymmetric, each
+# checkpoint dequantized by its format's own library (bit for bit against
+# moeq's reading) and loaded whole by a real loader (logits against moeq
+# eval's); all (default): the three, in that order (each fits a separate
+# device call of 10 minutes).
+#     CPU_CHECK=1 [PYTHON=python3] bash tests/gpu/run.sh formats
+# is a dry run of the formats part on a machine without a GPU: a CPU build
+# (build/gpu-peer), moeq --device cpu, the Python checks run by $PYTHON.
 set -euo pipefail
 PART=${1:-all}
-case "$PART" in all | tests | jobs) ;; *) echo "usage: run.sh [all|tests|jobs]" >&2; exit 2 ;; esac
+CPU_CHECK=${CPU_CHECK:-0}
+case "$PART" in all | tests | jobs | formats) ;; *) echo "usage: run.sh [all|tests|jobs|formats]" >&2; exit 2 ;; esac
+if [ "$CPU_CHECK" = 1 ] && [ "$PART" != formats ]; then
+    echo "run.sh: CPU_CHECK=1 is a dry run of the formats part only" >&2
+    exit 2
+fi
 cd "$(dirname "$0")/../.."
 BUILD=build/gpu
 LOGS=${OUT:-$BUILD/logs}
@@ -23,10 +37,12 @@ status=0
 {
     date -u '+%Y-%m-%dT%H:%M:%SZ'
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-    nvcc --version | tail -1
+    nvcc --version | tail -1 || true
 } 2>&1 | tee "$LOGS/env.log"
 
-build_moeq_cuda "$LOGS/build.log" || { tail -30 "$LOGS/build.log"; exit 1; }
+if [ "$CPU_CHECK" != 1 ]; then
+    build_moeq_cuda "$LOGS/build.log" || { tail -30 "$LOGS/build.log"; exit 1; }
+fi
 
 # A test program that hangs fails after its limit (seconds) instead of
 # stopping the script; the log says which one.
@@ -38,13 +54,13 @@ limited() {
     return "$rc"
 }
 
-if [ "$PART" != jobs ]; then
+if [ "$PART" = all ] || [ "$PART" = tests ]; then
 (cd "$BUILD" && ctest --output-on-failure -j 8) 2>&1 | tee "$LOGS/ctest.log" || status=1
 limited 300 "$BUILD/test_cuda_parity" 2>&1 | tee "$LOGS/parity.log" || status=1
 limited 480 "$BUILD/test_cuda_pipeline" 2>&1 | tee "$LOGS/pipeline.log" || status=1
 fi
 
-if [ "$PART" != tests ]; then
+if [ "$PART" = all ] || [ "$PART" = jobs ]; then
 
 # The main job on both backends: the demo model with the bundled calibration
 # set, then each output evaluated against the original (CPU eval).
@@ -159,6 +175,104 @@ q=(quantize --model demo/qwen3-moe-demo --nsamples 4 --seqlen 128 --true-sequent
     [ ! -e "$f/cuda.moeq-partial" ] && echo "device fallback: auto ran on the CPU, cuda refused"
 } > "$LOGS/fallback.log" 2>&1 || { status=1; echo "device fallback: FAILED"; cat "$f"/*.err; }
 tail -n 1 "$LOGS/fallback.log"
+
+fi
+
+if [ "$PART" = all ] || [ "$PART" = formats ]; then
+
+# Every output format read by the library that owns it. The demo is
+# quantized on the GPU in each case of CASES in tests/peer/check_formats_peer.py
+# (gptq with GPTQ, awq with AWQ and with GPTQ, compressed-tensors with GPTQ;
+# symmetric and asymmetric); then
+#   check_formats_peer.py dequantizes every quantized linear with GPTQModel
+#     (gptq, awq) or compressed-tensors and compares it with moeq's own
+#     reading (tests/peer/dequant_cli.c) bit for bit;
+#   check_moe_loaders_peer.py loads each checkpoint whole (transformers 4.57
+#     for compressed-tensors, GPTQModel for gptq and awq; on the CPU), checks
+#     every quantized module against moeq's weights and compares the logits
+#     with `moeq eval`'s within a tolerance. GPTQModel refuses asymmetric gptq
+#     it did not write: reported as REFUSED, not as a pass.
+# The packages come from .whl/formats (tests/gpu/fetch-wheels.sh), installed
+# under /tmp/site-formats and put first on PYTHONPATH for these two scripts
+# only. dequant_cli links a CPU build of the library (build/gpu-peer).
+PYTHON=${PYTHON:-python3}
+F=$BUILD/formats
+SITE=/tmp/site-formats
+rm -rf "$F" && mkdir -p "$F"
+if [ "$CPU_CHECK" = 1 ]; then
+    moeq_args=(--device cpu)
+else
+    moeq_args=(--moeq "$BUILD/moeq" --device cuda)
+fi
+peer() {
+    PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" "$@"
+}
+if ! compgen -G ".whl/formats/*.whl" > /dev/null; then
+    echo "formats: FAILED: no wheels in .whl/formats (run tests/gpu/fetch-wheels.sh, carry .whl)"
+    status=1
+elif ! { rm -rf "$SITE" && "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+            --no-cache-dir --upgrade --target "$SITE" .whl/formats/*.whl; } \
+        > "$LOGS/formats-wheels.log" 2>&1; then
+    tail -20 "$LOGS/formats-wheels.log"
+    echo "formats: FAILED: installing .whl/formats"
+    status=1
+elif ! peer - > "$LOGS/formats-import.log" 2>&1 <<'PY'; then
+import compressed_tensors, gptqmodel, torch, transformers
+print(f"formats: torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"compressed-tensors {compressed_tensors.__version__}, gptqmodel {gptqmodel.__version__}")
+PY
+    tail -20 "$LOGS/formats-import.log"
+    echo "formats: FAILED: the peers do not import"
+    status=1
+else
+    grep "^formats:" "$LOGS/formats-import.log"
+    # GPTQModel wraps its torch kernel's dequantization in torch.compile,
+    # whose CPU code needs the interpreter's C headers; without them the
+    # same functions run eagerly (TORCHDYNAMO_DISABLE, for the rest of the
+    # script: this part is the last), and the log says so.
+    if ! "$PYTHON" -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        echo "formats: no Python.h for $PYTHON: torch.compile disabled, GPTQModel's kernels run eagerly"
+        export TORCHDYNAMO_DISABLE=1
+    fi
+    common=(--build build/gpu-peer "${moeq_args[@]}")
+    peer tests/peer/check_formats_peer.py "${common[@]}" --work "$F" --skip-logits \
+        > "$LOGS/formats-weights.log" 2>&1 || status=1
+    grep -E "^(weights|check_formats_peer)" "$LOGS/formats-weights.log" ||
+        tail -30 "$LOGS/formats-weights.log"
+    # The checkpoints just checked, as the first script wrote them.
+    ckpts=("$F"/*)
+    if [ -d "${ckpts[0]}" ]; then
+        peer tests/peer/check_moe_loaders_peer.py "${common[@]}" "${ckpts[@]}" \
+            > "$LOGS/formats-loaders.log" 2>&1 || status=1
+        grep -E "^(loader|check_moe_loaders_peer|torch)" "$LOGS/formats-loaders.log" ||
+            tail -30 "$LOGS/formats-loaders.log"
+    else
+        echo "formats: FAILED: no checkpoint was quantized"
+        status=1
+    fi
+    # One line per checkpoint: both checks' verdicts.
+    "$PYTHON" - "$LOGS/formats-weights.log" "$LOGS/formats-loaders.log" "${ckpts[@]}" \
+        <<'PY' 2>&1 | tee "$LOGS/formats-summary.log"
+import os, re, sys
+logs = [open(p).read().splitlines() if os.path.exists(p) else [] for p in sys.argv[1:3]]
+def verdict(lines, key, name):
+    line = next((l for l in lines if l.startswith(f"{key} {name} ") or
+                 l.startswith(f"{key} {name}:")), None)
+    if line is None:
+        return "NOT RUN"
+    m = re.search(r"logits max \|diff\| / max \|logit\| (\S+) .*top-1 (\S+)", line)
+    word = line.rsplit(" ", 1)[-1]
+    if "REFUSED" in line:
+        return "REFUSED by GPTQModel (asymmetric v1 it did not write)"
+    return word + (f" (logits {m.group(1)}, top-1 {m.group(2)})" if m else "")
+for path in sys.argv[3:]:
+    name = os.path.basename(path)
+    print(f"formats {name}: weights against the library, bit for bit: "
+          f"{verdict(logs[0], 'weights', name)}; "
+          f"whole-model load {verdict(logs[1], 'loader', name)}")
+PY
+fi
 
 fi
 
