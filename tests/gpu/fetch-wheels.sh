@@ -25,16 +25,22 @@
 #     (--no-build-isolation; its setup.py imports torch): a py3-none-any wheel;
 #   device-smi, logbar, tokenicer: pure Python, py3-none-any;
 #   pypcre: a C extension, compiled against this machine's PCRE2 headers
-#     (libpcre2-dev) by a Python 3.12 interpreter ($PYTHON312, default
-#     python3.12), linked to libpcre2-8.so.0, which any Debian or Ubuntu has
+#     (libpcre2-dev) by a Python 3.12 interpreter ($PYTHON312, else
+#     python3.12 or pyenv's 3.12), linked to libpcre2-8.so.0, which any Debian or Ubuntu has
 #     (and .deps/ carries).
 # Everything else is a binary or pure-Python wheel for CPython 3.12 on
 # manylinux x86-64. The script checks that .whl/formats ends up with exactly
 # the pinned set.
-#     tests/gpu/fetch-wheels.sh            # about 27 MB
+#     tests/gpu/fetch-wheels.sh            # 19 wheels, 26 MiB
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEST=.whl/formats
+# A Python 3.12 for pypcre: $PYTHON312, else python3.12, else pyenv's.
+if [ -z "${PYTHON312:-}" ]; then
+    for p in python3.12 $(pyenv root 2>/dev/null)/versions/3.12*/bin/python3; do
+        if "$p" -c '' 2>/dev/null; then PYTHON312=$p; break; fi
+    done
+fi
 PYTHON312=${PYTHON312:-python3.12}
 
 # CPython 3.12 manylinux wheels, downloaded as they are.
