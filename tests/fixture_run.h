@@ -66,18 +66,18 @@ static inline moeq_code quantize_dir_with(fixture_layer_loop layers, const char 
     return rc;
 }
 
-/* out/report.json parsed (the caller deletes it); NULL when it cannot be
- * read or parsed. */
-static inline cJSON *read_report(const char *out)
+/* The JSON file `name` of the output at out (config.json, report.json)
+ * parsed (the caller deletes it); NULL when it cannot be read or parsed. */
+static inline cJSON *read_output_json(const char *out, const char *name)
 {
     char path[2200], *text;
     moeq_error err = {0};
-    snprintf(path, sizeof path, "%s/report.json", out);
+    snprintf(path, sizeof path, "%s/%s", out, name);
     if (moeq_read_text_file(path, 1 << 24, &text, &err))
         return NULL;
-    cJSON *rep = cJSON_Parse(text);
+    cJSON *json = cJSON_Parse(text);
     free(text);
-    return rep;
+    return json;
 }
 
 /* quantize_dir_with the CPU layer loop. */

@@ -213,7 +213,7 @@ static long check_router_compensation(const char *model_dir, const char *out)
     free(lb);
     moeq_model_close(&a);
     moeq_model_close(&b);
-    cJSON *rep = read_report(out);
+    cJSON *rep = read_output_json(out, "report.json");
     CHECK(rep != NULL);
     const cJSON *layer;
     int moe_layers = 0;

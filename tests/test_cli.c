@@ -1,49 +1,33 @@
 /* test_cli.c: the moeq command line as a user runs it: exit codes, the
  * help text, and errors that name what is wrong. */
 #include "test.h"
-
-#include <sys/wait.h>
-
-/* Runs `moeq ARGS` with stderr merged into the captured output; returns the
- * exit status. */
-static int run(const char *args, char *out, size_t bytes)
-{
-    char cmd[16384];
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>&1", MOEQ_SOURCE_DIR, MOEQ_BINARY, args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, bytes - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+#include "cli_run.h"
 
 static char out[1 << 16];
 
 static void test_version_and_help_exit_zero(void)
 {
-    CHECK_INT_EQ(run("--version", out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq("--version", out, sizeof out), 0);
     CHECK_CONTAINS(out, "moeq 0.");
 #ifdef MOEQ_HAVE_CUDA
     CHECK_CONTAINS(out, "(backends: cpu, cuda)");
 #else
     CHECK_CONTAINS(out, "(backends: cpu)");
 #endif
-    CHECK_INT_EQ(run("--help", out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq("--help", out, sizeof out), 0);
     CHECK_CONTAINS(out, "inspect");
     CHECK_CONTAINS(out, "eval");
 }
 
 static void test_unknown_command_is_a_usage_error(void)
 {
-    CHECK_INT_EQ(run("frobnicate", out, sizeof out), 2);
+    CHECK_INT_EQ(run_moeq("frobnicate", out, sizeof out), 2);
     CHECK_CONTAINS(out, "unknown command 'frobnicate'");
 }
 
 static void test_inspect_reports_experts_and_quantized_share(void)
 {
-    CHECK_INT_EQ(run("inspect tests/fixtures/golden/qwen3_moe", out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq("inspect tests/fixtures/golden/qwen3_moe", out, sizeof out), 0);
     CHECK_CONTAINS(out, "qwen3_moe");
     CHECK_CONTAINS(out, "3 (2 MoE, 1 dense)");
     CHECK_CONTAINS(out, "8 per MoE layer, top-2");
@@ -57,19 +41,19 @@ static void test_inspect_reports_experts_and_quantized_share(void)
 
 static void test_inspect_of_a_non_model_directory_fails_naming_config(void)
 {
-    CHECK_INT_EQ(run("inspect tests", out, sizeof out), 1);
+    CHECK_INT_EQ(run_moeq("inspect tests", out, sizeof out), 1);
     CHECK_CONTAINS(out, "tests/config.json");
 }
 
 static void test_unknown_option_is_a_usage_error(void)
 {
-    CHECK_INT_EQ(run("inspect tests/fixtures/golden/llama --bogus", out, sizeof out), 2);
+    CHECK_INT_EQ(run_moeq("inspect tests/fixtures/golden/llama --bogus", out, sizeof out), 2);
     CHECK_CONTAINS(out, "unknown option \"--bogus\"");
 }
 
 static void test_eval_help_states_the_protocol(void)
 {
-    CHECK_INT_EQ(run("eval --help", out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq("eval --help", out, sizeof out), 0);
     CHECK_CONTAINS(out, "non-overlapping windows");
     CHECK_CONTAINS(out, "--logits-out");
     CHECK_CONTAINS(out, "--tokens");
@@ -90,7 +74,7 @@ static void test_eval_scores_a_token_file(void)
              "eval tests/fixtures/golden/llama --tokens '%s' --seqlen 16 --quiet "
              "--reference tests/fixtures/golden/llama",
              abs);
-    CHECK_INT_EQ(run(args, out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq(args, out, sizeof out), 0);
     CHECK_CONTAINS(out, "3 x 16 tokens (45 predicted positions)");
     CHECK_CONTAINS(out, "kl          0.000000");
     CHECK_CONTAINS(out, "top1_agree  1.000000");
@@ -99,15 +83,18 @@ static void test_eval_scores_a_token_file(void)
 
 static void test_eval_needs_exactly_one_input(void)
 {
-    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama", out, sizeof out), 2);
+    CHECK_INT_EQ(run_moeq("eval tests/fixtures/golden/llama", out, sizeof out), 2);
     CHECK_CONTAINS(out, "exactly one of --text and --tokens");
-    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --seqlen x --tokens a", out, sizeof out), 2);
+    CHECK_INT_EQ(run_moeq("eval tests/fixtures/golden/llama --seqlen x --tokens a", out,
+                          sizeof out),
+                 2);
     CHECK_CONTAINS(out, "--seqlen: \"x\" is not an integer");
     /* Where it runs: a bad --device, a GPU that is not there. */
-    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --tokens a --device tpu", out, sizeof out),
+    CHECK_INT_EQ(run_moeq("eval tests/fixtures/golden/llama --tokens a --device tpu", out,
+                          sizeof out),
                  2);
     CHECK_CONTAINS(out, "--device must be auto, cpu, cuda or cuda:N");
-    CHECK_INT_EQ(run("eval tests/fixtures/golden/llama --tokens a --devices 0,97", out,
+    CHECK_INT_EQ(run_moeq("eval tests/fixtures/golden/llama --tokens a --devices 0,97", out,
                      sizeof out),
                  2);
     CHECK_CONTAINS(out, "--devices 0,97: ");
@@ -131,14 +118,14 @@ static void test_quantize_demo_end_to_end_and_eval_the_result(void)
              "quantize --model " DEMO " --out '%s/%s/q' --calib '%s' --nsamples 4 --seqlen 64 "
              "--expert-calib routed --min-expert-tokens 4",
              cwd, dir, calib);
-    CHECK_INT_EQ(run(args, out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq(args, out, sizeof out), 0);
     CHECK_CONTAINS(out, "layer 4/4");
     CHECK_CONTAINS(out, "expert tokens");
     CHECK_CONTAINS(out, "wrote ");
     snprintf(args, sizeof args,
              "eval '%s/%s/q' --reference " DEMO " --text '%s' --seqlen 64 --quiet", cwd, dir,
              calib);
-    CHECK_INT_EQ(run(args, out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq(args, out, sizeof out), 0);
     CHECK_CONTAINS(out, "kl ");
     free(cwd);
 }
@@ -190,12 +177,12 @@ static void test_quantize_bad_settings_are_clear_errors_and_write_nothing(void)
             snprintf(extra, sizeof extra, "--calib '%s'", small);
         snprintf(args, sizeof args, "quantize --model " DEMO " --out '%s/%s/out' %s", cwd, dir,
                  extra);
-        CHECK_INT_EQ(run(args, out, sizeof out), cases[i].status);
+        CHECK_INT_EQ(run_moeq(args, out, sizeof out), cases[i].status);
         CHECK_CONTAINS(out, cases[i].message);
     }
     /* An existing output directory is refused. */
     snprintf(args, sizeof args, "quantize --model " DEMO " --out '%s/%s'", cwd, dir);
-    CHECK_INT_EQ(run(args, out, sizeof out), 2);
+    CHECK_INT_EQ(run_moeq(args, out, sizeof out), 2);
     CHECK_CONTAINS(out, "already exists");
     /* Nothing but the two inputs was left behind. */
     char cmd[8400];

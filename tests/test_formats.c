@@ -4,6 +4,7 @@
  * quantization_config its loaders expect, moeq reads each back, and all
  * three hold exactly the same weights. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
@@ -61,15 +62,10 @@ static moeq_gptq_config config_4bit(void)
     return g;
 }
 
+/* The quantization_config of out/config.json (the caller deletes it). */
 static cJSON *read_quantization_config(const char *out)
 {
-    char path[2200], *text;
-    moeq_error err = {0};
-    snprintf(path, sizeof path, "%s/config.json", out);
-    if (moeq_read_text_file(path, 1 << 20, &text, &err))
-        return NULL;
-    cJSON *cfg = cJSON_Parse(text);
-    free(text);
+    cJSON *cfg = read_output_json(out, "config.json");
     cJSON *q = cJSON_DetachItemFromObject(cfg, "quantization_config");
     cJSON_Delete(cfg);
     return q;

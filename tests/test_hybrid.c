@@ -8,6 +8,7 @@
  * quantized checkpoint reads back through moeq close to the original. */
 #include "test.h"
 #include "fixture_run.h"
+#include "cli_run.h"
 
 #include "common/fileio.h"
 #include "io/gptq_writer.h"
@@ -19,7 +20,6 @@
 #include "pipeline/quantize.h"
 
 #include <cjson/cJSON.h>
-#include <sys/wait.h>
 
 static const char *fixture(const char *name)
 {
@@ -418,7 +418,7 @@ static void check_nextn_quantized(const char *name, int linears, int mtp_linears
     CHECK(st_checkpoint_find(&c, "model.layers.3.mlp.gate.weight") != NULL);
     st_checkpoint_close(&c);
     CHECK(!dynamic_rule(out, "-:model\\.layers\\.3\\..*"));
-    cJSON *rep = read_report(out);
+    cJSON *rep = read_output_json(out, "report.json");
     CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 4);
@@ -491,7 +491,7 @@ static void test_quantize_mtp_calibrates_and_quantizes_the_mtp_block(void)
     CHECK(!dynamic_rule(out, "-:(.*\\.)?mtp\\..*"));
     CHECK(dynamic_rule(out, "-:(.*\\.)?visual\\..*"));
     /* report.json marks the MTP block's entry, after the 4 layers. */
-    cJSON *rep = read_report(out);
+    cJSON *rep = read_output_json(out, "report.json");
     CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 5);
@@ -644,20 +644,6 @@ static void test_an_mtp_block_of_another_form_is_refused(void)
     moeq_model_close(&m);
 }
 
-/* Runs `moeq ARGS` from the source directory, output into out; the exit status. */
-static int run_cli(const char *args, char *out, size_t bytes)
-{
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>&1", MOEQ_SOURCE_DIR, MOEQ_BINARY, args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, bytes - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_cli_quantizes_the_mtp_block_or_says_there_is_none(void)
 {
     char dir[2048], bin[2200], args[8192];
@@ -677,7 +663,7 @@ static void test_cli_quantizes_the_mtp_block_or_says_there_is_none(void)
              "quantize --model tests/fixtures/golden/qwen3_5_moe --out '%s/out' --calib '%s' "
              "--nsamples 4 --seqlen 96 --group-size 16 --quantize-mtp true",
              dir, bin);
-    CHECK_INT_EQ(run_cli(args, out, sizeof out), 0);
+    CHECK_INT_EQ(run_moeq(args, out, sizeof out), 0);
     CHECK_CONTAINS(out, "MTP block: loaded");
     CHECK_CONTAINS(out, "\nmtp ");
     char path[2300];
@@ -691,7 +677,7 @@ static void test_cli_quantizes_the_mtp_block_or_says_there_is_none(void)
              "quantize --model tests/fixtures/golden/qwen3_moe --out '%s/out2' --calib '%s' "
              "--nsamples 4 --seqlen 96 --group-size 16 --quantize-mtp true",
              dir, bin);
-    CHECK(run_cli(args, out, sizeof out) != 0);
+    CHECK(run_moeq(args, out, sizeof out) != 0);
     CHECK_CONTAINS(out, "--quantize-mtp: tests/fixtures/golden/qwen3_moe has no MTP block that "
                         "architecture qwen3_moe names");
     snprintf(path, sizeof path, "%s/out2", dir);

@@ -136,7 +136,7 @@ static void test_output_has_gptq_tensors_configs_and_report(void)
     cJSON_Delete(cfg);
     snprintf(path, sizeof path, "%s/quantize_config.json", out);
     CHECK(moeq_file_exists(path));
-    cJSON *rep = read_report(out);
+    cJSON *rep = read_output_json(out, "report.json");
     CHECK(rep != NULL);
     cJSON *layers = cJSON_GetObjectItem(rep, "layers");
     CHECK_INT_EQ(cJSON_GetArraySize(layers), 3);
@@ -220,18 +220,6 @@ static int fp8_leftovers(const st_checkpoint *c)
     return n;
 }
 
-static cJSON *read_output_config(const char *out)
-{
-    char path[2200], *text = NULL;
-    moeq_error err = {0};
-    snprintf(path, sizeof path, "%s/config.json", out);
-    if (moeq_read_text_file(path, 1 << 20, &text, &err))
-        return NULL;
-    cJSON *cfg = cJSON_Parse(text);
-    free(text);
-    return cfg;
-}
-
 static void test_fp8_source_becomes_gptq_without_fp8_tensors_or_config(void)
 {
     char out[2048];
@@ -271,7 +259,7 @@ static void test_fp8_source_becomes_gptq_without_fp8_tensors_or_config(void)
     free(head);
     moeq_model_close(&src);
     st_checkpoint_close(&c);
-    cJSON *cfg = read_output_config(out);
+    cJSON *cfg = read_output_json(out, "config.json");
     cJSON *q = cJSON_GetObjectItem(cfg, "quantization_config");
     CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "quant_method")), "gptq");
     CHECK(cJSON_GetObjectItem(q, "weight_block_size") == NULL);
@@ -363,7 +351,7 @@ static void test_gpt_oss_mxfp4_source_becomes_gptq_without_mxfp4_tensors_or_conf
     CHECK(t && t->shape[0] == 4 && t->shape[1] == 64);
     CHECK(st_checkpoint_find(&c, "model.layers.1.mlp.experts.0.up_proj.bias") != NULL);
     st_checkpoint_close(&c);
-    cJSON *cfg = read_output_config(out);
+    cJSON *cfg = read_output_json(out, "config.json");
     cJSON *q = cJSON_GetObjectItem(cfg, "quantization_config");
     CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(q, "quant_method")), "gptq");
     CHECK(cJSON_GetObjectItem(q, "modules_to_not_convert") == NULL);
@@ -434,7 +422,7 @@ static void test_llama4_multimodal_checkpoint_keeps_its_vision_model(void)
     st_checkpoint_close(&src);
     st_checkpoint_close(&c);
     /* Loaders are told to leave them unquantized. */
-    cJSON *cfg = read_output_config(out);
+    cJSON *cfg = read_output_json(out, "config.json");
     cJSON *dyn = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "quantization_config"), "dynamic");
     CHECK(cJSON_GetObjectItem(dyn, "-:(.*\\.)?vision_model\\..*") != NULL);
     CHECK(cJSON_GetObjectItem(dyn, "-:(.*\\.)?multi_modal_projector\\..*") != NULL);
