@@ -107,16 +107,25 @@ static double kl_between(const char *a, const char *b)
     return r.kl;
 }
 
-static void test_awq_checkpoint_has_gemm_tensors_and_config(void)
+/* The fixture quantized asymmetrically (config_4bit, sym 0) in format
+ * into out (tmp/out, in a fresh directory of the test's own; out_size
+ * bytes), which must succeed, then opened into c. */
+static void quantize_asym_and_open(moeq_format format, const char *tmp, char *out,
+                                   size_t out_size, st_checkpoint *c)
 {
-    char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("fmt_awq"));
+    snprintf(out, out_size, "%s/out", test_tmpdir(tmp));
     moeq_gptq_config g = config_4bit();
     g.sym = 0;
     moeq_error err = {0};
-    CHECK_INT_EQ(quantize(MOEQ_FORMAT_AWQ, &g, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(quantize(format, &g, out, &err), MOEQ_OK);
+    CHECK_INT_EQ(st_checkpoint_open(c, out, &err), MOEQ_OK);
+}
+
+static void test_awq_checkpoint_has_gemm_tensors_and_config(void)
+{
+    char out[2048];
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_asym_and_open(MOEQ_FORMAT_AWQ, "fmt_awq", out, sizeof out, &c);
     /* experts.5.down_proj of layer 1: [64 out, 32 in], groups of 16 */
     const char *e = "model.layers.1.mlp.experts.5.down_proj.";
     char n[256];
@@ -147,13 +156,8 @@ static void test_awq_checkpoint_has_gemm_tensors_and_config(void)
 static void test_compressed_tensors_checkpoint_has_packed_tensors_and_config(void)
 {
     char out[2048];
-    snprintf(out, sizeof out, "%s/out", test_tmpdir("fmt_ct"));
-    moeq_gptq_config g = config_4bit();
-    g.sym = 0;
-    moeq_error err = {0};
-    CHECK_INT_EQ(quantize(MOEQ_FORMAT_COMPRESSED_TENSORS, &g, out, &err), MOEQ_OK);
     st_checkpoint c;
-    CHECK_INT_EQ(st_checkpoint_open(&c, out, &err), MOEQ_OK);
+    quantize_asym_and_open(MOEQ_FORMAT_COMPRESSED_TENSORS, "fmt_ct", out, sizeof out, &c);
     const char *e = "model.layers.1.mlp.experts.5.down_proj.";
     char n[256];
     snprintf(n, sizeof n, "%sweight_packed", e);
