@@ -224,6 +224,47 @@ static inline int mtp_drafts_compare(const char *fixture_dir, const char *out, d
     return 0;
 }
 
+/* Exits the test program with err's message when rc says a fixture could
+ * not be made (nothing a test could check would mean anything then). */
+static inline void fixture_must(moeq_code rc, const moeq_error *err)
+{
+    if (rc) {
+        fprintf(stderr, "%s\n", err->msg);
+        exit(2);
+    }
+}
+
+/* The checkpoint at src (its tensors and config.json) copied into dir as
+ * one model.safetensors, without the tensor named `drop` and with
+ * `replacement` (when not NULL) in place of the tensor of its name. */
+static inline void rewrite_checkpoint(const char *src, const char *dir, const char *drop,
+                                      const st_tensor *replacement)
+{
+    st_checkpoint c;
+    moeq_error err = {0};
+    fixture_must(st_checkpoint_open(&c, src, &err), &err);
+    st_writer w;
+    st_writer_init(&w);
+    for (size_t i = 0; i < c.n_tensors; i++) {
+        const st_tensor *t = c.tensors[i];
+        if (!strcmp(t->name, drop))
+            continue;
+        if (replacement && !strcmp(t->name, replacement->name))
+            t = replacement;
+        fixture_must(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes,
+                                   &err),
+                     &err);
+    }
+    char path[4200], cfg_src[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    fixture_must(st_writer_write(&w, path, &err), &err);
+    st_writer_free(&w);
+    st_checkpoint_close(&c);
+    snprintf(cfg_src, sizeof cfg_src, "%s/config.json", src);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    fixture_must(moeq_copy_file(cfg_src, path, &err), &err);
+}
+
 /* A copy of model directory src in dst (which must exist) whose bf16
  * tensor `name` has the bits `bits` as its element `at` (0x7FC0: NaN,
  * 0x7F7F: the largest finite bf16, about 3.39e38). */

@@ -4,6 +4,7 @@
  * pick their layers. The forwards themselves are checked against
  * transformers in test_golden.c. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "common/fileio.h"
 #include "model/fused_experts.h"
@@ -21,45 +22,10 @@ static const char *fixture(void)
  * `reshape` (when not NULL) by a [2, 2] BF16 tensor of zeros. */
 static void rewrite_fixture(const char *dir, const char *drop, const char *reshape)
 {
-    st_checkpoint c;
-    moeq_error err = {0};
-    if (st_checkpoint_open(&c, fixture(), &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    st_writer w;
-    st_writer_init(&w);
     static const uint16_t zeros[4] = {0};
-    for (size_t i = 0; i < c.n_tensors; i++) {
-        const st_tensor *t = c.tensors[i];
-        const int64_t small[2] = {2, 2};
-        moeq_code rc = MOEQ_OK;
-        if (!strcmp(t->name, drop))
-            continue;
-        if (reshape && !strcmp(t->name, reshape))
-            rc = st_writer_add(&w, t->name, ST_BF16, 2, small, zeros, sizeof zeros, &err);
-        else
-            rc = st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes,
-                               &err);
-        if (rc) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(2);
-        }
-    }
-    char path[4200], cfg_src[4200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (st_writer_write(&w, path, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    st_writer_free(&w);
-    st_checkpoint_close(&c);
-    snprintf(cfg_src, sizeof cfg_src, "%s/config.json", fixture());
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if (moeq_copy_file(cfg_src, path, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
+    const st_tensor small = {.name = reshape, .dtype = ST_BF16, .ndim = 2, .shape = {2, 2},
+                             .nbytes = sizeof zeros, .data = zeros};
+    rewrite_checkpoint(fixture(), dir, drop, reshape ? &small : NULL);
 }
 
 static moeq_code load_layer(const char *dir, int layer, moeq_error *err)

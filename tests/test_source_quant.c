@@ -5,6 +5,7 @@
  * tests/fixtures/quantized/); moeq must match them bit for bit. The
  * whole-model forwards on these sources are in test_golden.c. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "common/fileio.h"
 #include "model/fp8_blocks.h"
@@ -118,47 +119,12 @@ static void test_fp8_scale_of_an_integer_dtype_is_refused(void)
  * `drop` and giving `reshape` (when not NULL) the shape [1, 1]. */
 static void rewrite_fp8_fixture(const char *dir, const char *drop, const char *reshape)
 {
-    char src[4096], path[4200];
+    static const float one = 1.0f;
+    const st_tensor small = {.name = reshape, .dtype = ST_F32, .ndim = 2, .shape = {1, 1},
+                             .nbytes = sizeof one, .data = &one};
+    char src[4096];
     snprintf(src, sizeof src, "%s", fixture_path("golden/qwen3_moe_fp8"));
-    st_checkpoint c;
-    moeq_error err = {0};
-    if (st_checkpoint_open(&c, src, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    st_writer w;
-    st_writer_init(&w);
-    float one = 1.0f;
-    for (size_t i = 0; i < c.n_tensors; i++) {
-        const st_tensor *t = c.tensors[i];
-        int64_t small[2] = {1, 1};
-        moeq_code rc = MOEQ_OK;
-        if (!strcmp(t->name, drop))
-            continue;
-        if (reshape && !strcmp(t->name, reshape))
-            rc = st_writer_add(&w, t->name, ST_F32, 2, small, &one, sizeof one, &err);
-        else
-            rc = st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes,
-                               &err);
-        if (rc) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(2);
-        }
-    }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (st_writer_write(&w, path, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
-    st_writer_free(&w);
-    st_checkpoint_close(&c);
-    char cfg_src[4200], cfg_dst[4200];
-    snprintf(cfg_src, sizeof cfg_src, "%s/config.json", src);
-    snprintf(cfg_dst, sizeof cfg_dst, "%s/config.json", dir);
-    if (moeq_copy_file(cfg_src, cfg_dst, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(2);
-    }
+    rewrite_checkpoint(src, dir, drop, reshape ? &small : NULL);
 }
 
 static moeq_code load_q_proj(const char *dir, moeq_error *err)
