@@ -304,7 +304,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         {"seed", ARG_INT, &seed, "N", "picks the windows (default 0)"},
         {"device", ARG_STRING, &device, "auto|cpu|cuda[:N]", "where the layer loop runs (default auto: the first GPU, else the CPU)"},
         {"devices", ARG_STRING, &devices, "N,N,...", "CUDA: several GPUs of this host, e.g. 0,1: experts split over them by FLOPs (NCCL); the first also runs attention and holds the residual stream"},
-        {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold on each GPU, e.g. 24GiB (default: no limit)"},
+        {"vram-budget", ARG_STRING, &vram_budget, "SIZE", "CUDA: device memory the run may hold on each GPU, e.g. 24GiB (default: expert groups sized to the free device memory)"},
         {"resume", ARG_FLAG, &resume, NULL, "continue an interrupted run of the same --out from its last completed layer (same model, data and settings)"},
         {"state-every", ARG_INT, &state_every, "N", "save the state --resume needs after every N layers (default 1; 0: never); each save writes the calibration set's hidden states (tokens x hidden x 4 bytes)"},
         {"wait-for-layer", ARG_FLAG, &wait_for_layer, NULL, "CUDA: read, quantize and write one layer after the other (lowest memory); default: read the next layer and write the previous one beside the GPU work"},

@@ -231,13 +231,13 @@ static moeq_code reference_alloc(gpu_run *g, float *spare, int stage_rows, refer
                                  moeq_error *err)
 {
     const size_t bytes = sizeof(float) * (size_t)g->n * g->cfg->hidden_size;
-    const size_t budget = g->opt->vram_budget;
+    const size_t budget = gpu_memory_limit(g);
     memset(r, 0, sizeof *r);
     r->dev = spare;
     if (spare)
         return MOEQ_OK;
     moeq_code rc;
-    if (!budget || g->cu.bytes_in_use + bytes + budget / 16 <= budget) {
+    if (g->cu.bytes_in_use + bytes + budget / 16 <= budget) {
         rc = moeq_cuda_alloc(&g->cu, &r->own, bytes, "AWQ reference outputs", err);
         r->dev = r->own.ptr;
         return rc;
@@ -697,10 +697,10 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
     size_t weights_bytes = 0;
     for (int i = 0; i < n_mlps; i++)
         weights_bytes += (size_t)block_mlp(&b, i)->intermediate * H * (8 + 2);
-    b.resident = !opt->vram_budget ||
-                 g->cu.bytes_in_use + weights_bytes + opt->vram_budget / 16 + ((size_t)64 << 20) +
-                         (g->resid_host ? sizeof(float) * (size_t)n * H : 0) <=
-                     opt->vram_budget;
+    const size_t limit = gpu_memory_limit(g);
+    b.resident = g->cu.bytes_in_use + weights_bytes + limit / 16 + ((size_t)64 << 20) +
+                     (g->resid_host ? sizeof(float) * (size_t)n * H : 0) <=
+                 limit;
     for (int i = 0; i < (b.resident ? n_mlps : 1) && !rc; i++) {
         const size_t c = (size_t)(b.resident ? block_mlp(&b, i)->intermediate : inter) * H;
         if (!(rc = moeq_cuda_alloc(&g->cu, &b.src[i], sizeof(float) * 2 * c, "gate/up for AWQ",

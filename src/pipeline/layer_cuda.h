@@ -78,9 +78,24 @@ typedef struct piece {
 
 double gpu_now_seconds(void);
 
+/* The device bytes g's plans may fill: --vram-budget, or without one 15/16
+ * of the device memory that was free when g's context was made (the rest
+ * for what the libraries allocate themselves and the pool's fragments).
+ * Expert groups and AWQ's resident weights are sized to it, so a model
+ * whose experts do not all fit the device runs in groups instead of
+ * failing. */
+size_t gpu_memory_limit(const gpu_run *g);
+
 /* Waits for L's device work and adds the time since the stage mark to
- * *bucket (the mark moves to now). */
-moeq_code gpu_sync_time(gpu_layer *L, double *bucket, moeq_error *err);
+ * *bucket (the mark moves to now); with MOEQ_TRACE set, also to the call
+ * site's total, which gpu_trace_flush prints after the layer. */
+moeq_code gpu_sync_time_at(gpu_layer *L, double *bucket, const char *file, int line,
+                           moeq_error *err);
+#define gpu_sync_time(L, bucket, err) gpu_sync_time_at((L), (bucket), __FILE__, __LINE__, (err))
+
+/* MOEQ_TRACE: the layer's synchronised steps by source line, slowest
+ * first, to stderr; then the totals start again. Nothing without it. */
+void gpu_trace_flush(int layer);
 
 /* C[m, n] (ldc) = alpha A[m, k] (lda) B[n, k]^T (ldb) + beta C: row-major bf16
  * A and B, fp32 accumulation, C in fp32 or bf16. */

@@ -72,7 +72,9 @@ typedef struct moeq_quantize_options {
                              * residual stream; experts are spread over all of them.
                              * 0 means 1 */
     int expert_batch;       /* CUDA: experts per group; 0 = as the budget allows */
-    size_t vram_budget;     /* CUDA: device bytes the run may use; 0 = no limit */
+    size_t vram_budget;     /* CUDA: device bytes the run may use; 0: allocations
+                             * uncapped, expert groups sized to the device memory
+                             * free at the start (gpu_memory_limit) */
     int host_fp32_weights;  /* CUDA: decode every weight to fp32 on the host, as the
                              * loop did before bf16 weights stayed bf16 (a test of
                              * that path: the output must not change) */

@@ -153,19 +153,48 @@ static moeq_code codes_reserve(gpu_run *g, int b, size_t bytes, moeq_error *err)
     return rc;
 }
 
+/* Both codes buffers pinned for the largest layer from `first` on, before
+ * that layer starts (in overlapped mode while the reader reads it):
+ * pinning takes seconds at large MoE layers (11.3 GB a buffer at
+ * DeepSeek-V3's), a cost of the run's setup, counted in its total but in
+ * no layer's stages. The second buffer only when a second layer follows. */
+static moeq_code codes_pin_for_run(gpu_run *g, int first, FILE *progress, moeq_error *err)
+{
+    const moeq_config *cfg = g->cfg;
+    size_t bytes = 0;
+    for (int l = first; l < cfg->num_layers; l++) {
+        /* What layer_code_bytes reads of a layer's weights, from the
+         * config as the loader sets it (moeq_layer_weights_load). */
+        moeq_layer_weights shape = {.is_moe = cfg->layer_is_moe[l],
+                                    .is_linear = cfg->layer_is_linear[l]};
+        shape.has_shared = shape.is_moe &&
+                           g->model->arch.shared_expert != MOEQ_SHARED_EXPERT_NONE &&
+                           cfg->shared_expert_intermediate_size > 0;
+        shape.shared.intermediate = cfg->shared_expert_intermediate_size;
+        shape.dense.intermediate = cfg->intermediate_size;
+        size_t b = layer_code_bytes(cfg, g->opt, &shape);
+        bytes = b > bytes ? b : bytes;
+    }
+    double t0 = gpu_now_seconds();
+    moeq_code rc = codes_reserve(g, first & 1, bytes, err);
+    if (!rc && first + 1 < cfg->num_layers)
+        rc = codes_reserve(g, !(first & 1), bytes, err);
+    if (!rc && progress)
+        fprintf(progress, "pinned %.2f GiB of host memory for the quantized codes in %.2f s\n",
+                (first + 1 < cfg->num_layers ? 2.0 : 1.0) * (double)bytes / 1073741824.0,
+                gpu_now_seconds() - t0);
+    return rc;
+}
+
 /* Points the layer's codes at buffer l & 1, grown to the layer's size and
- * extra_bytes (codes of linears beside the layer's own: the MTP fc).
- * both: reserve the other buffer too (the run's first layer, when another
- * follows: nothing uses it yet), so that pinning is a one-time cost of that
- * layer only. */
-static moeq_code codes_for_layer(gpu_run *g, int l, int both, const moeq_layer_weights *lw,
+ * extra_bytes (codes of linears beside the layer's own: the MTP fc) when
+ * codes_pin_for_run did not already make it that large. */
+static moeq_code codes_for_layer(gpu_run *g, int l, const moeq_layer_weights *lw,
                                  size_t extra_bytes, moeq_error *err)
 {
     const int b = l & 1;
     const size_t bytes = layer_code_bytes(g->cfg, g->opt, lw) + extra_bytes;
     moeq_code rc = codes_reserve(g, b, bytes, err);
-    if (!rc && both)
-        rc = codes_reserve(g, !b, bytes, err);
     if (rc)
         return rc;
     g->codes_next = g->codes_host[b];
@@ -608,16 +637,17 @@ static moeq_code experts_range(gpu_layer *L, const moeq_layer_weights *lw,
         goto done;
     /* Expert groups: as many as the budget left allows (at least one). */
     int G = g->opt->expert_batch > 0 ? g->opt->expert_batch : E;
-    if (g->opt->expert_batch <= 0 && g->opt->vram_budget > 0) {
+    if (g->opt->expert_batch <= 0) {
         /* What the group loop allocates besides the experts (scratch, the
          * down_proj Hessians and factors, cuSOLVER's workspace) stays
          * within a reserve of 1/16 of the budget plus 64 MiB. */
-        size_t used = g->cu.bytes_in_use + g->opt->vram_budget / 16 + ((size_t)64 << 20);
+        const size_t budget = gpu_memory_limit(g);
+        size_t used = g->cu.bytes_in_use + budget / 16 + ((size_t)64 << 20);
         /* Routed and weighted: the own gate/up Hessians of a lane batch,
          * their permuted copies and factors. */
         if (!(mode == MOEQ_EXPERT_CALIB_ALL || !gpu_uses_hessians(L)))
             used += (size_t)MOEQ_CUDA_SOLVER_LANES * 3 * sizeof(float) * H * H;
-        size_t budget = g->opt->vram_budget, per = expert_bytes(g, inter);
+        size_t per = expert_bytes(g, inter);
         size_t fit = budget > used ? (budget - used) / per : 0;
         G = fit < 1 ? 1 : fit < (size_t)E ? (int)fit : E;
     }
@@ -1249,7 +1279,7 @@ static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib
                 g->cu.device_name);
     L.t_stage = gpu_now_seconds();
     if ((gpu_uses_hessians(&L) &&
-         (rc = codes_for_layer(g, cfg->num_layers, 0, &w.layer, quantize_fc ? 2 * (size_t)H * H : 0,
+         (rc = codes_for_layer(g, cfg->num_layers, &w.layer, quantize_fc ? 2 * (size_t)H * H : 0,
                                err))) ||
         (rc = gpu_mtp_input(&L, &mtp, &w, final_norm, calib->tokens, err)))
         goto done;
@@ -1709,6 +1739,9 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
     const int overlap = !opt->wait_for_layer;
     if (overlap && (rc = loader_start(&ld, model, g.cu.device, opt->start_layer, err)))
         goto done;
+    if (!forward_only && (opt->method == MOEQ_METHOD_GPTQ || opt->method == MOEQ_METHOD_AWQ) &&
+        (rc = codes_pin_for_run(&g, opt->start_layer, opt->progress, err)))
+        goto done;
     for (int l = opt->start_layer; l < cfg->num_layers; l++) {
         moeq_layer_result res = {.layer = l, .routing_changes = -1};
         gpu_layer L = {.g = &g, .res = &res};
@@ -1745,11 +1778,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                     g.cu.device_name);
         L.t_stage = gpu_now_seconds();
         rc = gpu_uses_hessians(&L)
-                 ? codes_for_layer(&g, l, l == opt->start_layer && l + 1 < cfg->num_layers, &lw, 0,
-                                   err)
+                 ? codes_for_layer(&g, l, &lw, 0, err)
                  : MOEQ_OK;
         if (!rc)
             rc = layer_stages(&L, &lw, err);
+        gpu_trace_flush(l);
         /* The layer's output on the host, for the resumable record: two
          * pinned buffers taken in turn (the writer may still read the
          * other one, the previous layer's). */

@@ -8,6 +8,7 @@
 #include "common/dtype.h"
 #include "kernels.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,11 +21,80 @@ double gpu_now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-moeq_code gpu_sync_time(gpu_layer *L, double *bucket, moeq_error *err)
+size_t gpu_memory_limit(const gpu_run *g)
+{
+    return g->opt->vram_budget ? g->opt->vram_budget : g->cu.free_at_init / 16 * 15;
+}
+
+/* MOEQ_TRACE=1 in the environment: the time of every synchronised step,
+ * summed by the source line that closed it, printed after each layer
+ * (gpu_trace_flush) to stderr. For finding where a stage's time goes; the
+ * report's stage seconds are the same with or without it. */
+enum { TRACE_SITES = 256 };
+typedef struct {
+    const char *file;
+    int line;
+    long count;
+    double seconds;
+} trace_site;
+static trace_site trace_sites[TRACE_SITES];
+static int trace_n;
+static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int trace_enabled(void)
+{
+    static int enabled = -1; /* read once; racing first readers agree */
+    if (enabled < 0) {
+        const char *v = getenv("MOEQ_TRACE");
+        enabled = v && *v && strcmp(v, "0") != 0;
+    }
+    return enabled;
+}
+
+static void trace_add(const char *file, int line, double seconds)
+{
+    pthread_mutex_lock(&trace_lock);
+    int i = 0;
+    while (i < trace_n && !(trace_sites[i].line == line && !strcmp(trace_sites[i].file, file)))
+        i++;
+    if (i == trace_n && trace_n < TRACE_SITES)
+        trace_sites[trace_n++] = (trace_site){file, line, 0, 0.0};
+    if (i < trace_n) {
+        trace_sites[i].count++;
+        trace_sites[i].seconds += seconds;
+    }
+    pthread_mutex_unlock(&trace_lock);
+}
+
+static int by_seconds_desc(const void *a, const void *b)
+{
+    double x = ((const trace_site *)a)->seconds, y = ((const trace_site *)b)->seconds;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+void gpu_trace_flush(int layer)
+{
+    if (!trace_enabled())
+        return;
+    pthread_mutex_lock(&trace_lock);
+    qsort(trace_sites, (size_t)trace_n, sizeof *trace_sites, by_seconds_desc);
+    for (int i = 0; i < trace_n; i++) {
+        const char *base = strrchr(trace_sites[i].file, '/');
+        fprintf(stderr, "trace layer %d: %8.3f s %6ld x  %s:%d\n", layer, trace_sites[i].seconds,
+                trace_sites[i].count, base ? base + 1 : trace_sites[i].file, trace_sites[i].line);
+    }
+    trace_n = 0;
+    pthread_mutex_unlock(&trace_lock);
+}
+
+moeq_code gpu_sync_time_at(gpu_layer *L, double *bucket, const char *file, int line,
+                           moeq_error *err)
 {
     moeq_code rc = moeq_cuda_sync(&L->g->cu, err);
     double t = gpu_now_seconds();
     *bucket += t - L->t_stage;
+    if (trace_enabled())
+        trace_add(file, line, t - L->t_stage);
     L->t_stage = t;
     return rc;
 }

@@ -52,6 +52,8 @@ typedef struct moeq_cuda_ctx {
     size_t peak_bytes;         /* the most bytes_in_use has been */
     size_t budget_bytes;       /* 0, or the most bytes_in_use may reach: an
                                 * allocation past it fails as out of memory */
+    size_t free_at_init;       /* the device's free memory once the context, its
+                                * streams and library handles existed */
 } moeq_cuda_ctx;
 
 moeq_code moeq_cuda_check(cudaError_t status, const char *call, const char *file, int line,
