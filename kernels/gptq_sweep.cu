@@ -119,61 +119,60 @@ __device__ grid_t search_candidates(const candidates_t &cand, int bits, Score sc
     return best;
 }
 
-// The grid of x[0..n) (stride 1; dead[i] marks values read as 0), with the
-// clipping search when norm > 0: moeq_grid_fit_mse of grid.c. Each lane sums
-// its values x[lane + 32 k] and the warp then sums the lanes: another order
-// than grid.c's loop, so a candidate within float rounding of the best may
-// win on one side only.
-__device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits, int sym,
-                           int scale_bf16, float norm, int lane)
+// The grid of the values a warp's lanes visit with for_each(f) (f(v) for
+// each of the lane's values, in order), with the clipping search when
+// norm > 0: moeq_grid_fit_mse of grid.c. Each lane sums its values in order
+// and the warp then sums the lanes: another order than grid.c's loop, so a
+// candidate within float rounding of the best may win on one side only.
+template <typename ForEach>
+__device__ grid_t fit_lane_values(ForEach for_each, int bits, int sym, int scale_bf16,
+                                  float norm, int lane)
 {
     float xmin = 0.0f, xmax = 0.0f;
-    for (int i = lane; i < n; i += 32) {
-        float v = dead && dead[i] ? 0.0f : x[i];
+    for_each([&](float v) {
         xmin = v < xmin ? v : xmin;
         xmax = v > xmax ? v : xmax;
-    }
+    });
     warp_range(xmin, xmax, sym, &xmin, &xmax);
     if (norm <= 0.0f)
         return grid_from_range(xmin, xmax, bits, sym, scale_bf16);
     const candidates_t cand = lane_candidates(xmin, xmax, bits, sym, scale_bf16, lane);
     return search_candidates(cand, bits, [&](float scale, float inv, float lo, float hi) {
         float sum = 0.0f;
-        for (int i = lane; i < n; i += 32)
-            sum += clip_error_of(dead && dead[i] ? 0.0f : x[i], scale, inv, lo, hi, norm);
+        for_each([&](float v) { sum += clip_error_of(v, scale, inv, lo, hi, norm); });
         return warp_sum(sum);
     });
 }
 
+// The grid of x[0..n) (stride 1; dead[i] marks values read as 0): lane l
+// visits x[l + 32 k].
+__device__ grid_t warp_fit(const float *x, int n, const uint8_t *dead, int bits, int sym,
+                           int scale_bf16, float norm, int lane)
+{
+    auto for_each = [&](auto f) {
+        for (int i = lane; i < n; i += 32)
+            f(dead && dead[i] ? 0.0f : x[i]);
+    };
+    return fit_lane_values(for_each, bits, sym, scale_bf16, norm, lane);
+}
+
 // warp_fit for a group of at most 32 * kSlots values with none dead (the
-// sweep's dynamic groups), its values loaded once into registers; the same
-// sums in the same order.
+// sweep's dynamic groups), its values loaded once into registers for the
+// range and every candidate; the same values in the same order.
 __device__ grid_t warp_fit_small(const float *x, int n, int bits, int sym, int scale_bf16,
                                  float norm, int lane)
 {
     float xs[kSlots];
-    float xmin = 0.0f, xmax = 0.0f;
 #pragma unroll
-    for (int s = 0; s < kSlots; s++) {
-        int i = s * 32 + lane;
-        xs[s] = i < n ? x[i] : 0.0f;
-        if (i < n) {
-            xmin = xs[s] < xmin ? xs[s] : xmin;
-            xmax = xs[s] > xmax ? xs[s] : xmax;
-        }
-    }
-    warp_range(xmin, xmax, sym, &xmin, &xmax);
-    if (norm <= 0.0f)
-        return grid_from_range(xmin, xmax, bits, sym, scale_bf16);
-    const candidates_t cand = lane_candidates(xmin, xmax, bits, sym, scale_bf16, lane);
-    return search_candidates(cand, bits, [&](float scale, float inv, float lo, float hi) {
-        float sum = 0.0f;
+    for (int s = 0; s < kSlots; s++)
+        xs[s] = s * 32 + lane < n ? x[s * 32 + lane] : 0.0f;
+    auto for_each = [&](auto f) {
 #pragma unroll
         for (int s = 0; s < kSlots; s++)
             if (s * 32 + lane < n)
-                sum += clip_error_of(xs[s], scale, inv, lo, hi, norm);
-        return warp_sum(sum);
-    });
+                f(xs[s]);
+    };
+    return fit_lane_values(for_each, bits, sym, scale_bf16, norm, lane);
 }
 
 // x rounded to the nearest TF32 value (10 fraction bits; halfway rounds

@@ -434,6 +434,17 @@ static void test_llama4_multimodal_checkpoint_keeps_its_vision_model(void)
 
 static int same_file(const char *a, const char *b);
 
+/* Each of the four shards of outputs a and b is the same, byte for byte. */
+static void check_same_shards(const char *a, const char *b)
+{
+    for (int s = 1; s <= 4; s++) {
+        char fa[2200], fb[2200];
+        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", a, s);
+        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", b, s);
+        CHECK(same_file(fa, fb));
+    }
+}
+
 static void test_true_sequential_off_calibrates_on_the_original_layer(void)
 {
     const char *dir = test_tmpdir("quant_sequential");
@@ -493,12 +504,7 @@ static void test_routed_with_every_expert_below_the_floor_equals_bypass(void)
     moeq_error err = {0};
     CHECK_INT_EQ(run("mixtral", &oa, a, &err), MOEQ_OK);
     CHECK_INT_EQ(run("mixtral", &orr, b, &err), MOEQ_OK);
-    for (int s = 1; s <= 4; s++) {
-        char fa[2200], fb[2200];
-        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", a, s);
-        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", b, s);
-        CHECK(same_file(fa, fb));
-    }
+    check_same_shards(a, b);
 }
 
 static void test_same_inputs_give_byte_identical_output(void)
@@ -539,12 +545,7 @@ static void test_token_chunk_zero_is_the_default_chunk(void)
     CHECK_INT_EQ(run("qwen3_moe", &o, a, &err), MOEQ_OK);
     o.token_chunk = MOEQ_DEFAULT_TOKEN_CHUNK;
     CHECK_INT_EQ(run("qwen3_moe", &o, b, &err), MOEQ_OK);
-    for (int i = 1; i <= 4; i++) {
-        char fa[2200], fb[2200];
-        snprintf(fa, sizeof fa, "%s/model-%05d-of-00004.safetensors", a, i);
-        snprintf(fb, sizeof fb, "%s/model-%05d-of-00004.safetensors", b, i);
-        CHECK(same_file(fa, fb));
-    }
+    check_same_shards(a, b);
     o.token_chunk = -1;
     CHECK_INT_EQ(run("qwen3_moe", &o, c, &err), MOEQ_ERR_INVALID_ARG);
     CHECK_CONTAINS(err.msg, "token chunk -1");
