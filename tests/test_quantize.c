@@ -133,6 +133,17 @@ static void test_output_has_gptq_tensors_configs_and_report(void)
     CHECK(cJSON_IsTrue(cJSON_GetObjectItem(q, "sym")));
     CHECK(cJSON_IsFalse(cJSON_GetObjectItem(q, "desc_act")));
     CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(cfg, "model_type")), "qwen3_moe");
+    /* What optimum converts in each layer: the 4 attention projections, the
+     * 8 experts' 3 and the dense layer's 3, sorted; never the router. */
+    cJSON *in_block = cJSON_GetObjectItem(q, "modules_in_block_to_quantize");
+    CHECK_INT_EQ(cJSON_GetArraySize(in_block), 1);
+    cJSON *names = cJSON_GetArrayItem(in_block, 0);
+    CHECK_INT_EQ(cJSON_GetArraySize(names), 4 + 8 * 3 + 3);
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetArrayItem(names, 0)), "mlp.down_proj");
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetArrayItem(names, 1)), "mlp.experts.0.down_proj");
+    CHECK_STR_EQ(cJSON_GetStringValue(cJSON_GetArrayItem(names, 30)), "self_attn.v_proj");
+    const cJSON *name;
+    cJSON_ArrayForEach(name, names) CHECK(strcmp(cJSON_GetStringValue(name), "mlp.gate"));
     cJSON_Delete(cfg);
     snprintf(path, sizeof path, "%s/quantize_config.json", out);
     CHECK(moeq_file_exists(path));

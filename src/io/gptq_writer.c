@@ -735,6 +735,77 @@ static void add_meta(const moeq_gptq_writer *w, cJSON *q)
     cJSON_AddStringToObject(meta, "expert_calib", moeq_expert_calib_name(w->opt->expert_calib));
 }
 
+/* The part of a module name after its decoder layer ("layers.N."), or NULL
+ * for a module outside the layers. */
+static const char *name_in_block(const char *name)
+{
+    for (const char *p = strstr(name, "layers."); p; p = strstr(p + 1, "layers.")) {
+        if (p != name && p[-1] != '.')
+            continue;
+        const char *d = p + strlen("layers.");
+        if (*d < '0' || *d > '9')
+            continue;
+        while (*d >= '0' && *d <= '9')
+            d++;
+        if (*d == '.')
+            return d + 1;
+    }
+    return NULL;
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Every module name quantized in some decoder layer, relative to its layer
+ * ("self_attn.q_proj", "mlp.experts.3.gate_proj"), sorted and unique, as
+ * GPTQConfig's modules_in_block_to_quantize (one list). transformers 4.x
+ * loads GPTQ through optimum, whose GPTQQuantizer.convert_model replaces
+ * every nn.Linear of every layer by a quantized module unless this list is
+ * given, and then keeps only the names that end with one of its entries
+ * (optimum gptq/quantizer.py, convert_model): without it a MoE router such
+ * as mlp.gate, an nn.Linear moeq keeps in its dtype, would be built
+ * quantized and left at random values (measured with transformers 4.57.6 and
+ * optimum 2.0.0 on the demo model). Returns NULL when out of memory. */
+static cJSON *modules_in_block(const cJSON *weight_map)
+{
+    static const char suffix[] = ".qweight";
+    const size_t suffix_len = sizeof suffix - 1;
+    int n = 0, cap = cJSON_GetArraySize(weight_map);
+    char **names = calloc((size_t)cap + 1, sizeof *names);
+    cJSON *outer = cJSON_CreateArray(), *list = cJSON_CreateArray();
+    int ok = names && outer && list;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, weight_map)
+    {
+        size_t len = strlen(t->string);
+        const char *rel = name_in_block(t->string);
+        if (!ok || !rel || len <= suffix_len || strcmp(t->string + len - suffix_len, suffix))
+            continue;
+        size_t rel_len = (size_t)(t->string + len - suffix_len - rel);
+        if (!(names[n] = malloc(rel_len + 1))) {
+            ok = 0;
+            break;
+        }
+        memcpy(names[n], rel, rel_len);
+        names[n++][rel_len] = '\0';
+    }
+    if (ok)
+        qsort(names, (size_t)n, sizeof *names, compare_strings);
+    for (int i = 0; ok && i < n; i++)
+        if (i == 0 || strcmp(names[i], names[i - 1]))
+            ok = cJSON_AddItemToArray(list, cJSON_CreateString(names[i]));
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    if (ok && cJSON_AddItemToArray(outer, list))
+        return outer;
+    cJSON_Delete(list); /* never attached to outer here */
+    cJSON_Delete(outer);
+    return NULL;
+}
+
 /* GPTQ v1 as AutoGPTQ/GPTQModel write it (quantize_config.json, the same
  * object under config.json's quantization_config). */
 static cJSON *gptq_config(const moeq_gptq_writer *w)
@@ -752,6 +823,9 @@ static cJSON *gptq_config(const moeq_gptq_writer *w)
     cJSON_AddBoolToObject(q, "lm_head", 0);
     cJSON_AddStringToObject(q, "quant_method", "gptq");
     cJSON_AddStringToObject(q, "checkpoint_format", "gptq");
+    cJSON *in_block = modules_in_block(w->weight_map);
+    if (in_block)
+        cJSON_AddItemToObject(q, "modules_in_block_to_quantize", in_block);
     /* Linears a loader would otherwise expect quantized. vLLM builds one
      * GPTQ module per fused projection with the run's settings unless a
      * "dynamic" rule starting with "-:" matches its name (re.match; vLLM

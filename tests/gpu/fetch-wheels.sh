@@ -12,7 +12,8 @@
 # into 3-D parameters and does not load per-expert quantized tensors, so the
 # whole-model loaders run under transformers 4.57.6, which wants
 # huggingface_hub < 1.0, tokenizers <= 0.23.0 and requests (its import-time
-# version check); compressed-tensors 0.14.0.1 is the release that loaded both
+# version check) and loads GPTQ through optimum (2.0.0, the release before
+# gptqmodel 5.6.12); compressed-tensors 0.14.0.1 is the release that loaded both
 # the symmetric and the asymmetric demo checkpoint under it; gptqmodel 5.6.12
 # with the releases of its runtime imports current when it came out
 # (December 2025: device-smi, logbar, pypcre, tokenicer). The rest are what
@@ -31,7 +32,7 @@
 # Everything else is a binary or pure-Python wheel for CPython 3.12 on
 # manylinux x86-64. The script checks that .whl/formats ends up with exactly
 # the pinned set.
-#     tests/gpu/fetch-wheels.sh            # 19 wheels, 26 MiB
+#     tests/gpu/fetch-wheels.sh            # 20 wheels, 26 MiB
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEST=.whl/formats
@@ -47,7 +48,7 @@ PYTHON312=${PYTHON312:-python3.12}
 DOWNLOAD=(
     transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 requests==2.34.2
     urllib3==2.8.0 charset_normalizer==3.5.2
-    compressed-tensors==0.14.0.1 loguru==0.7.3 pydantic==2.13.4 pydantic_core==2.46.4
+    optimum==2.0.0 compressed-tensors==0.14.0.1 loguru==0.7.3 pydantic==2.13.4 pydantic_core==2.46.4
     annotated_types==0.7.0 typing_inspection==0.4.2
     threadpoolctl==3.8.0 pillow==12.0.0
 )

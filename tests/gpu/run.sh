@@ -188,10 +188,11 @@ if [ "$PART" = all ] || [ "$PART" = formats ]; then
 #     (gptq, awq) or compressed-tensors and compares it with moeq's own
 #     reading (tests/peer/dequant_cli.c) bit for bit;
 #   check_moe_loaders_peer.py loads each checkpoint whole (transformers 4.57
-#     for compressed-tensors, GPTQModel for gptq and awq; on the CPU), checks
-#     every quantized module against moeq's weights and compares the logits
-#     with `moeq eval`'s within a tolerance. GPTQModel refuses asymmetric gptq
-#     it did not write: reported as REFUSED, not as a pass.
+#     for compressed-tensors and gptq, GPTQModel for gptq and awq; on the
+#     CPU), checks every quantized module against moeq's weights and
+#     compares the logits with `moeq eval`'s within a tolerance. GPTQModel
+#     refuses asymmetric gptq it did not write: reported as REFUSED, not as
+#     a pass (transformers loads it).
 # The packages come from .whl/formats (tests/gpu/fetch-wheels.sh), installed
 # under /tmp/site-formats and put first on PYTHONPATH for these two scripts
 # only. dequant_cli links a CPU build of the library (build/gpu-peer).
@@ -256,21 +257,19 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
         <<'PY' 2>&1 | tee "$LOGS/formats-summary.log"
 import os, re, sys
 logs = [open(p).read().splitlines() if os.path.exists(p) else [] for p in sys.argv[1:3]]
-def verdict(lines, key, name):
-    line = next((l for l in lines if l.startswith(f"{key} {name} ") or
-                 l.startswith(f"{key} {name}:")), None)
-    if line is None:
-        return "NOT RUN"
-    m = re.search(r"logits max \|diff\| / max \|logit\| (\S+) .*top-1 (\S+)", line)
-    word = line.rsplit(" ", 1)[-1]
+def verdict(line):
     if "REFUSED" in line:
-        return "REFUSED by GPTQModel (asymmetric v1 it did not write)"
-    return word + (f" (logits {m.group(1)}, top-1 {m.group(2)})" if m else "")
+        return "REFUSED (asymmetric v1 it did not write)"
+    m = re.search(r"logits max \|diff\| / max \|logit\| (\S+) .*top-1 (\S+)", line)
+    return line.rsplit(" ", 1)[-1] + (f" (logits {m.group(1)}, top-1 {m.group(2)})" if m else "")
 for path in sys.argv[3:]:
     name = os.path.basename(path)
+    weights = [verdict(l) for l in logs[0] if l.startswith(f"weights {name} ")]
+    loads = [f"{l.split()[2].rstrip(':')} {verdict(l)}" for l in logs[1]
+             if l.startswith(f"loader {name} ")]
     print(f"formats {name}: weights against the library, bit for bit: "
-          f"{verdict(logs[0], 'weights', name)}; "
-          f"whole-model load {verdict(logs[1], 'loader', name)}")
+          f"{weights[0] if weights else 'NOT RUN'}; whole-model loads: "
+          f"{', '.join(loads) if loads else 'NOT RUN'}")
 PY
 fi
 
