@@ -193,12 +193,17 @@ if [ "$PART" = all ] || [ "$PART" = formats ]; then
 #     compares the logits with `moeq eval`'s within a tolerance. GPTQModel
 #     refuses asymmetric gptq it did not write: reported as REFUSED, not as
 #     a pass (transformers loads it).
-# The packages come from .whl/formats (tests/gpu/fetch-wheels.sh), installed
-# under /tmp/site-formats and put first on PYTHONPATH for these two scripts
-# only. dequant_cli links a CPU build of the library (build/gpu-peer).
+# The packages come from tests/gpu/fetch-wheels.sh: .whl/formats, carried
+# with each call, and transformers 4.57.6 from .whl/formats-large, which does
+# not fit in the same call: carried once and kept on the machine in
+# build/formats-wheels (copied there here when a call carries it). They are
+# installed under /tmp/site-formats and put first on PYTHONPATH for these
+# two scripts only. dequant_cli links a CPU build of the library
+# (build/gpu-peer).
 PYTHON=${PYTHON:-python3}
 F=$BUILD/formats
 SITE=/tmp/site-formats
+KEPT=build/formats-wheels
 rm -rf "$F" && mkdir -p "$F"
 if [ "$CPU_CHECK" = 1 ]; then
     moeq_args=(--device cpu)
@@ -208,25 +213,50 @@ fi
 peer() {
     PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" "$@"
 }
-if ! compgen -G ".whl/formats/*.whl" > /dev/null; then
-    echo "formats: FAILED: no wheels in .whl/formats (run tests/gpu/fetch-wheels.sh, carry .whl)"
+if compgen -G ".whl/formats-large/*.whl" > /dev/null; then
+    mkdir -p "$KEPT" && cp .whl/formats-large/*.whl "$KEPT"/
+fi
+if ! compgen -G ".whl/formats/*.whl" > /dev/null || ! compgen -G "$KEPT/*.whl" > /dev/null; then
+    echo "formats: FAILED: wheels missing (.whl/formats: $(ls .whl/formats 2>/dev/null | wc -l)," \
+        "$KEPT: $(ls "$KEPT" 2>/dev/null | wc -l)); run tests/gpu/fetch-wheels.sh and carry" \
+        ".whl/formats, and .whl/formats-large once (see its header)"
     status=1
 elif ! { rm -rf "$SITE" && "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
-            --no-cache-dir --upgrade --target "$SITE" .whl/formats/*.whl; } \
+            --no-cache-dir --upgrade --target "$SITE" .whl/formats/*.whl "$KEPT"/*.whl; } \
         > "$LOGS/formats-wheels.log" 2>&1; then
     tail -20 "$LOGS/formats-wheels.log"
-    echo "formats: FAILED: installing .whl/formats"
+    echo "formats: FAILED: installing the wheels"
     status=1
+# The versions the checks were written for, or a clear stop. The scripts
+# leave through os._exit (see check_formats_peer.finish), and so does this.
 elif ! peer - > "$LOGS/formats-import.log" 2>&1 <<'PY'; then
-import compressed_tensors, gptqmodel, torch, transformers
-print(f"formats: torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"compressed-tensors {compressed_tensors.__version__}, gptqmodel {gptqmodel.__version__}")
+import os, sys
+import compressed_tensors, gptqmodel, optimum.version, torch, transformers
+have = {"transformers": transformers.__version__, "optimum": optimum.version.__version__,
+        "compressed-tensors": compressed_tensors.__version__,
+        "gptqmodel": gptqmodel.__version__}
+want = {"transformers": "4.57.6", "optimum": "2.0.0", "compressed-tensors": "0.14.0.1",
+        "gptqmodel": "5.6.12"}
+print(f"formats: torch {torch.__version__}, "
+      + ", ".join(f"{k} {v}" for k, v in have.items()), flush=True)
+bad = {k: v for k, v in have.items() if v != want[k]}
+if bad:
+    print(f"formats: imported {bad}, expected {want}", flush=True)
+sys.stderr.flush()
+os._exit(1 if bad else 0)
 PY
     tail -20 "$LOGS/formats-import.log"
-    echo "formats: FAILED: the peers do not import"
+    echo "formats: FAILED: the peers do not import, or not in the versions of the wheels"
     status=1
 else
     grep "^formats:" "$LOGS/formats-import.log"
+    # Diagnostics: which package, imported alone, makes a normal interpreter
+    # exit fail (an abort at teardown was seen on the GPU machine).
+    for m in torch tokenizers transformers compressed_tensors optimum pcre gptqmodel; do
+        rc=0
+        peer -c "import $m" > /dev/null 2>&1 || rc=$?
+        echo "formats: plain exit after importing $m alone: rc $rc"
+    done | tee -a "$LOGS/formats-import.log" | grep -v "rc 0$" || true
     # GPTQModel wraps its torch kernel's dequantization in torch.compile,
     # whose CPU code needs the interpreter's C headers; without them the
     # same functions run eagerly (TORCHDYNAMO_DISABLE, for the rest of the

@@ -139,6 +139,17 @@ class Tools:
         return torch.from_numpy(np.fromfile(out, dtype="<f4").reshape(-1, vocab))
 
 
+def finish(status):
+    """Exits with status without the interpreter's teardown: on the GPU
+    machine an imported package left a C++ std::thread joinable at exit and
+    the process aborted ("terminate called without an active exception")
+    after its work was done and printed, turning any result into a failure.
+    Output is flushed first; temporary folders are gone by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def checkpoints_to_check(args, tools, work):
     """The CHECKPOINT arguments, or CASES of --model quantized into work."""
     if args.checkpoints:
@@ -373,7 +384,7 @@ def main():
             failed += not dense_logits(tools, tmp)
     print(f"check_formats_peer: {len(paths)} checkpoints, "
           + (f"{failed} FAILED" if failed else "all bit-exact"))
-    sys.exit(1 if failed else 0)
+    finish(1 if failed else 0)
 
 
 if __name__ == "__main__":

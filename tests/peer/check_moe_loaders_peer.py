@@ -86,7 +86,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_formats_peer import (Tools, add_common_args, checkpoints_to_check,  # noqa: E402
-                                describe, quantization_config)
+                                describe, finish, quantization_config)
 
 WINDOWS, SEQLEN = 4, 64
 # Logits tolerances: max |diff| / max |logit| and top-1 agreement over the
@@ -268,7 +268,7 @@ def main():
                     failed += 1
     print(f"check_moe_loaders_peer: {passed} passed, {failed} failed" +
           (f"; not loaded (refused by the loader): {', '.join(refused)}" if refused else ""))
-    sys.exit(1 if failed else 0)
+    finish(1 if failed else 0)
 
 
 if __name__ == "__main__":
