@@ -140,9 +140,10 @@ def load(fmt, loader, path):
         # gptq/quantizer.py, convert_model), here its torch kernel, the one
         # GPTQModel.load uses below (GPTQConfig's backend is a loading
         # attribute, merged into the checkpoint's config). Left to choose,
-        # it takes TorchFusedQuantLinear on the CPU, which read the
-        # asymmetric demo checkpoint with 60% of the weights 1 to 4 steps off
-        # (symmetric: exact); not investigated further (bench/RESULTS.md).
+        # it takes TorchFusedQuantLinear on the CPU, which reads every grid
+        # as symmetric (torch_fused.py, transform_cpu, replaces qzeros by
+        # zeros): the asymmetric demo checkpoint came out with 60% of the
+        # weights 1 to 4 steps off (bench/RESULTS.md).
         from gptqmodel.nn_modules.qlinear.torch import TorchQuantLinear
         from transformers import AutoModelForCausalLM, GPTQConfig
         model = AutoModelForCausalLM.from_pretrained(
