@@ -7,6 +7,7 @@
 #include "calib/token_stream.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "common/clock.h"
 #include "io/gptq_writer.h"
 #include "common/fileio.h"
 #include "common/hash.h"
@@ -17,19 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifndef MOEQ_DEFAULT_CALIB_DIR
 #define MOEQ_DEFAULT_CALIB_DIR "calib_data"
 #endif
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double peak_rss_mib(void)
 {
@@ -61,11 +54,11 @@ typedef struct run_ctx {
 static moeq_code on_layer(void *ctx, const moeq_layer_result *r, moeq_error *err)
 {
     run_ctx *c = ctx;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     moeq_code rc = moeq_gptq_writer_write_layer(c->writer, r, err);
     if (rc)
         return rc;
-    double t = now_seconds();
+    double t = moeq_now_seconds();
     layer_summary *s = &c->layers[r->layer];
     s->seconds = t - c->last;
     s->modules = r->n_linears;
@@ -380,7 +373,7 @@ int moeq_cmd_quantize(int argc, char **argv)
     FILE *progress = quiet ? NULL : stderr;
     opt.progress = progress;
 
-    double start = now_seconds();
+    double start = moeq_now_seconds();
     moeq_model model;
     if (moeq_model_open(model_dir, arch_file, &model, &err))
         return moeq_cli_report("quantize", 1, err.msg);
@@ -484,7 +477,7 @@ int moeq_cmd_quantize(int argc, char **argv)
             fprintf(progress, "resuming after layer %d/%d of the interrupted run\n",
                     writer.resume_layer, model.cfg.num_layers);
     }
-    ctx.start = ctx.last = now_seconds();
+    ctx.start = ctx.last = moeq_now_seconds();
     moeq_layer_sink sink = {on_layer, on_layer_done, &ctx};
     size_t peak_device[MOEQ_MAX_DEVICES] = {0};
 #ifdef MOEQ_HAVE_CUDA
@@ -497,7 +490,7 @@ int moeq_cmd_quantize(int argc, char **argv)
         goto done;
     if (progress && ctx.tty)
         fprintf(progress, "\n");
-    double total = now_seconds() - start;
+    double total = moeq_now_seconds() - start;
     cJSON *settings = cJSON_CreateObject();
     cJSON_AddStringToObject(settings, "moeq_version", MOEQ_VERSION);
     cJSON_AddStringToObject(settings, "model", model_dir);

@@ -2,6 +2,7 @@
  * layout in docs/formats.md). */
 #include "io/gptq_writer.h"
 
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "common/failpoint.h"
 #include "common/fileio.h"
@@ -18,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 static char *dup_string(const char *s)
@@ -610,13 +610,6 @@ static moeq_code add_layer_copies(moeq_gptq_writer *w, shard *s, const char *sha
     return MOEQ_OK;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The architecture naming r's tensors and the {L} it names them with: the
  * model's and r->layer, or the MTP block's view and its layer 0. */
 static const moeq_arch *names_of(const moeq_gptq_writer *w, const moeq_layer_result *r,
@@ -674,7 +667,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
                                        moeq_error *err)
 {
     moeq_gptq_writer *w = writer;
-    const double t0 = now_seconds();
+    const double t0 = moeq_now_seconds();
     char file[64], path[4200];
     shard_name(w, r->layer, file, sizeof file);
     snprintf(path, sizeof path, "%s/%s", w->tmp_dir, file);
@@ -717,7 +710,7 @@ moeq_code moeq_gptq_writer_write_layer(void *writer, const moeq_layer_result *r,
     snprintf(point, sizeof point, "layer-%d-shard", r->layer);
     moeq_failpoint(point, path); /* a test hook: a shard torn by a kill */
     if (!rc)
-        cJSON_AddItemToArray(w->report_layers, layer_report(w, r, now_seconds() - t0));
+        cJSON_AddItemToArray(w->report_layers, layer_report(w, r, moeq_now_seconds() - t0));
     for (int i = 0; s.packed && i < r->n_linears; i++)
         moeq_packed_linear_free(&s.packed[i]);
     free(s.packed);

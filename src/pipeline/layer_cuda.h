@@ -76,8 +76,6 @@ typedef struct piece {
     const uint16_t *w16; /* host bf16 [rows, cols] as the checkpoint stores it */
 } piece;
 
-double gpu_now_seconds(void);
-
 /* The device bytes g's plans may fill: --vram-budget, or without one 15/16
  * of the device memory that was free when g's context was made (the rest
  * for what the libraries allocate themselves and the pool's fragments).

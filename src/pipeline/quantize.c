@@ -9,6 +9,7 @@
 #include "pipeline/quantize.h"
 
 #include "backend/cpu/cpu_ops.h"
+#include "common/clock.h"
 #include "common/failpoint.h"
 #include "model/deltanet.h"
 #include "model/forward.h"
@@ -19,7 +20,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 const char *moeq_expert_calib_name(moeq_expert_calib mode)
 {
@@ -50,13 +50,6 @@ const char *moeq_method_name(moeq_method method)
     case MOEQ_METHOD_AWQ: return "awq";
     }
     return "?";
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* The state of one layer's quantization. */
@@ -110,9 +103,9 @@ static moeq_code prepare(const layer_ctx *c, const float *H, int cols, const cha
     memset(prep, 0, sizeof *prep);
     if (c->opt->method != MOEQ_METHOD_GPTQ)
         return MOEQ_OK;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     moeq_code rc = moeq_gptq_prepare(H, cols, &c->opt->gptq, prep, err);
-    c->res->seconds_prepare += now_seconds() - t0;
+    c->res->seconds_prepare += moeq_now_seconds() - t0;
     if (rc)
         return moeq_wrap(err, "layer %d, %s: ", c->layer, what);
     return MOEQ_OK;
@@ -174,7 +167,7 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
 {
     const int hidden = c->cfg->hidden_size, inter = mlp->intermediate;
     const int chunk = c->opt->token_chunk > 0 ? c->opt->token_chunk : MOEQ_DEFAULT_TOKEN_CHUNK;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     moeq_gptq_prepared own_gu = {0}, prep_down = {0};
     char what[96];
     float *H = NULL, *g = NULL, *u = NULL;
@@ -187,8 +180,8 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
         }
         if ((rc = hessian(H, x, rows, hidden, token_w, alpha, err)))
             goto done;
-        res->seconds_hessian += now_seconds() - t0;
-        t0 = now_seconds();
+        res->seconds_hessian += moeq_now_seconds() - t0;
+        t0 = moeq_now_seconds();
         if ((rc = prepare(c, H, hidden, role_label(roles[0], expert, what, sizeof what), &own_gu,
                           err)))
             goto done;
@@ -196,15 +189,15 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
         free(H);
         H = NULL;
     }
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     if ((rc = quantize_weight(c, prep_gu, roles[0], expert, mlp->gate, inter, hidden, tokens,
                               fallback, err)) ||
         (rc = quantize_weight(c, prep_gu, roles[1], expert, mlp->up, inter, hidden, tokens,
                               fallback, err)))
         goto done;
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
     if (gptq) {
-        t0 = now_seconds();
+        t0 = moeq_now_seconds();
         H = calloc((size_t)inter * inter, sizeof(float));
         g = malloc(sizeof(float) * (size_t)chunk * inter);
         u = malloc(sizeof(float) * (size_t)chunk * inter);
@@ -229,15 +222,15 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
             if (rc)
                 goto done;
         }
-        res->seconds_hessian += now_seconds() - t0;
+        res->seconds_hessian += moeq_now_seconds() - t0;
         if ((rc = prepare(c, H, inter, role_label(roles[2], expert, what, sizeof what),
                           &prep_down, err)))
             goto done;
     }
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     rc = quantize_weight(c, &prep_down, roles[2], expert, mlp->down, hidden, inter, tokens,
                          fallback, err);
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
 done:
     moeq_gptq_prepared_free(&own_gu);
     moeq_gptq_prepared_free(&prep_down);
@@ -254,16 +247,16 @@ static moeq_code normed_input(layer_ctx *c, const float *x, const float *norm, i
                               moeq_gptq_prepared *prep, moeq_error *err)
 {
     const int hidden = c->cfg->hidden_size;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     cpu_rmsnorm(x, norm, n, hidden, c->cfg->rms_norm_eps, h);
     moeq_code rc = check_finite(c, h, (size_t)n * hidden, input, err);
-    c->res->seconds_capture += now_seconds() - t0;
+    c->res->seconds_capture += moeq_now_seconds() - t0;
     if (rc || c->opt->method != MOEQ_METHOD_GPTQ)
         return rc;
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     if ((rc = hessian(H, h, n, hidden, NULL, 2.0f / (float)n, err)))
         return rc;
-    c->res->seconds_hessian += now_seconds() - t0;
+    c->res->seconds_hessian += moeq_now_seconds() - t0;
     return prepare(c, H, hidden, module, prep, err);
 }
 
@@ -287,16 +280,16 @@ static moeq_code quantize_on_inputs(layer_ctx *c, const float *in, int n, int co
     moeq_gptq_prepared prep = {0};
     moeq_code rc = check_finite(c, in, (size_t)n * cols, input, err);
     if (!rc && c->opt->method == MOEQ_METHOD_GPTQ) {
-        double t0 = now_seconds();
+        double t0 = moeq_now_seconds();
         if (!(rc = hessian(H, in, n, cols, NULL, 2.0f / (float)n, err))) {
-            c->res->seconds_hessian += now_seconds() - t0;
+            c->res->seconds_hessian += moeq_now_seconds() - t0;
             rc = prepare(c, H, cols, name, &prep, err);
         }
     }
     if (!rc) {
-        double t0 = now_seconds();
+        double t0 = moeq_now_seconds();
         rc = quantize_weight(c, &prep, role, -1, w, rows, cols, n, 0, err);
-        c->res->seconds_solve += now_seconds() - t0;
+        c->res->seconds_solve += moeq_now_seconds() - t0;
     }
     moeq_gptq_prepared_free(&prep);
     return rc;
@@ -313,19 +306,19 @@ static moeq_code quantize_o_proj(layer_ctx *c, moeq_layer_weights *lw,
 {
     const moeq_config *cfg = c->cfg;
     const int n = S * T, hidden = cfg->hidden_size;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     moeq_layer_trace trace = {.o_in = o_in};
     moeq_code rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err);
     if (rc)
         return rc;
-    c->res->seconds_capture += now_seconds() - t0;
+    c->res->seconds_capture += moeq_now_seconds() - t0;
     if ((rc = quantize_on_inputs(c, o_in, n, odim, MOEQ_T_O_PROJ, lw->o, hidden, H, err)))
         return rc;
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     cpu_linear(o_in, n, odim, lw->o, lw->o_bias, hidden, h);
     for (size_t i = 0; i < (size_t)n * hidden; i++)
         x1[i] = x[i] + h[i];
-    c->res->seconds_forward += now_seconds() - t0;
+    c->res->seconds_forward += moeq_now_seconds() - t0;
     return MOEQ_OK;
 }
 
@@ -354,12 +347,12 @@ static moeq_code quantize_attention(layer_ctx *c, moeq_layer_weights *lw,
     if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of q/k/v_proj",
                            "q/k/v_proj", &prep, err)))
         goto done;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     if ((rc = quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, q_rows, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_K_PROJ, -1, lw->k, kvdim, hidden, n, 0, err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_V_PROJ, -1, lw->v, kvdim, hidden, n, 0, err)))
         goto done;
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
     moeq_gptq_prepared_free(&prep);
     rc = quantize_o_proj(c, lw, rope, x, S, T, qdim, o_in, h, H, x1, err);
 done:
@@ -418,37 +411,37 @@ static moeq_code quantize_linear_attention(layer_ctx *c, moeq_layer_weights *lw,
             in[n_in++] = (in_proj){MOEQ_T_LA_IN_A, w->in_a, hv};
         }
     }
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     for (int i = 0; i < n_in && !rc; i++)
         rc = quantize_weight(c, &prep, in[i].role, -1, in[i].weight, in[i].rows, hidden, n, 0,
                              err);
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
     moeq_gptq_prepared_free(&prep);
     if (rc)
         goto done;
 
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     if ((rc = moeq_deltanet_core(cfg, lw, h, S, T, o_in, err)) ||
         (rc = check_finite(c, o_in, (size_t)n * vd, "the input of out_proj", err)))
         goto done;
-    res->seconds_capture += now_seconds() - t0;
+    res->seconds_capture += moeq_now_seconds() - t0;
     if (c->opt->method == MOEQ_METHOD_GPTQ) {
-        t0 = now_seconds();
+        t0 = moeq_now_seconds();
         if ((rc = hessian(H, o_in, n, vd, NULL, 2.0f / (float)n, err)))
             goto done;
-        res->seconds_hessian += now_seconds() - t0;
+        res->seconds_hessian += moeq_now_seconds() - t0;
         if ((rc = prepare(c, H, vd, "out_proj", &prep, err)))
             goto done;
     }
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     if ((rc = quantize_weight(c, &prep, MOEQ_T_LA_OUT_PROJ, -1, w->out, hidden, vd, n, 0, err)))
         goto done;
-    res->seconds_solve += now_seconds() - t0;
-    t0 = now_seconds();
+    res->seconds_solve += moeq_now_seconds() - t0;
+    t0 = moeq_now_seconds();
     cpu_linear(o_in, n, vd, w->out, NULL, hidden, h);
     for (size_t i = 0; i < (size_t)n * hidden; i++)
         x1[i] = x[i] + h[i];
-    res->seconds_forward += now_seconds() - t0;
+    res->seconds_forward += moeq_now_seconds() - t0;
 done:
     moeq_gptq_prepared_free(&prep);
     free(h);
@@ -490,20 +483,20 @@ static moeq_code quantize_mla(layer_ctx *c, moeq_layer_weights *lw, const moeq_r
     if ((rc = normed_input(c, x, lw->attn_norm, n, h, H, "the input of the MLA a-projections",
                            rq ? "q_a_proj/kv_a_proj" : "q_proj/kv_a_proj", &prep, err)))
         goto done;
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     if ((rc = rq ? quantize_weight(c, &prep, MOEQ_T_Q_A_PROJ, -1, lw->q_a, rq, hidden, n, 0, err)
                  : quantize_weight(c, &prep, MOEQ_T_Q_PROJ, -1, lw->q, q_rows, hidden, n, 0,
                                    err)) ||
         (rc = quantize_weight(c, &prep, MOEQ_T_KV_A_PROJ, -1, lw->kv_a, kv_a_rows, hidden, n, 0,
                               err)))
         goto done;
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
 
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     moeq_layer_trace latents = {.q_b_in = q_b_in, .kv_b_in = kv_b_in};
     if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &latents, err)))
         goto done;
-    res->seconds_capture += now_seconds() - t0;
+    res->seconds_capture += moeq_now_seconds() - t0;
     if ((rq && (rc = quantize_on_inputs(c, q_b_in, n, rq, MOEQ_T_Q_B_PROJ, lw->q_b, q_rows, H,
                                         err))) ||
         (rc = quantize_on_inputs(c, kv_b_in, n, rkv, MOEQ_T_KV_B_PROJ, lw->kv_b, kv_b_rows, H,
@@ -543,14 +536,14 @@ static moeq_code quantize_experts(layer_ctx *c, moeq_layer_weights *lw, const fl
         rc = moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for routing", c->layer);
         goto done;
     }
-    double t0 = now_seconds();
+    double t0 = moeq_now_seconds();
     /* Llama-4 scales each expert's input by its routing weight. */
     const int scale_input = cfg->router == MOEQ_ROUTER_TOPK_SIGMOID_INPUT;
     if ((rc = moeq_route(cfg, lw, h, n, topw, tope, probs, err)))
         goto done;
     for (size_t i = 0; i < (size_t)n * k; i++)
         res->expert_tokens[tope[i]]++;
-    res->seconds_capture += now_seconds() - t0;
+    res->seconds_capture += moeq_now_seconds() - t0;
 
     for (int e = 0; e < E; e++) {
         const float *x = h, *w = NULL;
@@ -658,7 +651,7 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
     layer_ctx c = {NULL, opt, cfg->num_layers, &res, 0, NULL};
     float *hidden = NULL, *fc_in = NULL, *x0 = NULL, *x1 = NULL, *Hm = NULL;
     moeq_gptq_prepared prep = {0};
-    double t_block = now_seconds(), t0 = t_block;
+    double t_block = moeq_now_seconds(), t0 = t_block;
     moeq_code rc;
     if (T1 < 1)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
@@ -668,7 +661,7 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
         goto done;
     res.names = &mtp.view.arch;
     c.cfg = &mtp.view.cfg;
-    res.seconds_load = now_seconds() - t0;
+    res.seconds_load = moeq_now_seconds() - t0;
     const int quantize_fc = !model->arch.mtp_keep_fc;
     if (opt->progress)
         fprintf(opt->progress, "MTP block: loaded in %.2f s, quantizing %sattention and %s\n",
@@ -682,32 +675,32 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
         rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory for the MTP block's inputs");
         goto done;
     }
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     cpu_rmsnorm(x, head.final_norm, S * T, H, cfg->rms_norm_eps, hidden);
     if ((rc = moeq_mtp_input(&mtp, &w, calib->tokens, hidden, S, T, fc_in, err)) ||
         (rc = check_finite(&c, fc_in, (size_t)n * 2 * H, "the input of the MTP fc", err)))
         goto done;
-    res.seconds_capture += now_seconds() - t0;
+    res.seconds_capture += moeq_now_seconds() - t0;
     if (quantize_fc && opt->method == MOEQ_METHOD_GPTQ) {
-        t0 = now_seconds();
+        t0 = moeq_now_seconds();
         if ((rc = hessian(Hm, fc_in, n, 2 * H, NULL, 2.0f / (float)n, err)))
             goto done;
-        res.seconds_hessian += now_seconds() - t0;
+        res.seconds_hessian += moeq_now_seconds() - t0;
         if ((rc = prepare(&c, Hm, 2 * H, "MTP fc", &prep, err)))
             goto done;
     }
-    t0 = now_seconds();
+    t0 = moeq_now_seconds();
     if (quantize_fc &&
         (rc = quantize_weight(&c, &prep, MOEQ_T_MTP_FC, -1, w.fc, H, 2 * H, n, 0, err)))
         goto done;
-    res.seconds_solve += now_seconds() - t0;
+    res.seconds_solve += moeq_now_seconds() - t0;
     cpu_linear(fc_in, n, 2 * H, w.fc, NULL, H, x0);
     rc = c.cfg->attention == MOEQ_ATTENTION_MLA
              ? quantize_mla(&c, &w.layer, rope, x0, S, T1, x1, err)
              : quantize_attention(&c, &w.layer, rope, x0, S, T1, x1, err);
     if (rc || (rc = quantize_mlp(&c, &w.layer, x1, n, err)))
         goto done;
-    res.seconds_wall = now_seconds() - t_block;
+    res.seconds_wall = moeq_now_seconds() - t_block;
     if (sink)
         rc = sink->write_layer(sink->ctx, &res, err);
 done:
@@ -770,13 +763,13 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         moeq_layer_result res = {.layer = l, .routing_changes = -1};
         layer_ctx c = {cfg, opt, l, &res, 0, NULL};
         moeq_layer_weights lw;
-        double t0 = now_seconds(), t_layer = t0;
+        double t0 = moeq_now_seconds(), t_layer = t0;
         if ((rc = moeq_layer_weights_load(model, l, &lw, err)))
             goto done;
-        res.seconds_load = now_seconds() - t0;
+        res.seconds_load = moeq_now_seconds() - t0;
         if (opt->progress)
             fprintf(opt->progress, "layer %d/%d: loaded in %.2f s, quantizing %s\n", l + 1,
-                    cfg->num_layers, now_seconds() - t0,
+                    cfg->num_layers, moeq_now_seconds() - t0,
                     lw.is_linear ? (lw.is_moe ? "linear attention and experts"
                                               : "linear attention and MLP")
                                  : lw.is_moe ? "attention and experts" : "attention and MLP");
@@ -799,7 +792,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
          * routing. True-sequential already has x1 from the quantized
          * attention; otherwise the whole layer runs again. */
         if (!rc) {
-            t0 = now_seconds();
+            t0 = moeq_now_seconds();
             if (opt->true_sequential) {
                 rc = moeq_mlp_block(cfg, &lw, x1, n, y, NULL, err);
             } else {
@@ -807,13 +800,13 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
                     moeq_quantized_dequantize(&res.linears[i].q, c.targets[i]);
                 rc = moeq_layer_forward(cfg, &lw, &rope, x, S, T, y, NULL, err);
             }
-            res.seconds_forward += now_seconds() - t0;
+            res.seconds_forward += moeq_now_seconds() - t0;
         }
         free(c.targets);
         moeq_layer_weights_free(&lw);
         if (!rc)
             rc = check_finite(&c, y, nh, "the layer output", err);
-        res.seconds_wall = now_seconds() - t_layer;
+        res.seconds_wall = moeq_now_seconds() - t_layer;
         if (!rc && sink)
             rc = sink->write_layer(sink->ctx, &res, err);
         if (!rc && sink && sink->layer_done && moeq_saves_state_after(opt, l, cfg->num_layers))

@@ -28,25 +28,18 @@
 #include "pipeline/quantize_awq.h"
 
 #include "backend/cpu/cpu_ops.h"
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "quant/awq.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Tokens each scale search scores its 20 candidates on: every k-th token
  * (attention: whole windows, up to this many tokens). AutoAWQ scores on
  * its whole calibration batch on a GPU; on the CPU this bounds the cost. */
 #define AWQ_SEARCH_TOKENS 8192
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct awq_ctx {
     const moeq_model *model;
@@ -298,7 +291,7 @@ moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_option
                              int S, int T, float *x1, moeq_layer_result *res, moeq_error *err)
 {
     awq_ctx c = {model, &model->cfg, opt, res, lw->layer};
-    const double t0 = now_seconds();
+    const double t0 = moeq_now_seconds();
     const moeq_config *cfg = c.cfg;
     const int n = S * T, H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim,
               kvd = cfg->num_kv_heads * cfg->head_dim;
@@ -351,7 +344,7 @@ moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_option
     for (size_t i = 0; i < (size_t)n * H; i++)
         x1[i] = x[i] + h[i];
 done:
-    res->seconds_solve += now_seconds() - t0; /* scale searches, clipping, rounding */
+    res->seconds_solve += moeq_now_seconds() - t0; /* scale searches, clipping, rounding */
     free(h);
     free(Hm);
     free(o_in);
@@ -579,7 +572,7 @@ moeq_code moeq_awq_mlp(const moeq_model *model, const moeq_quantize_options *opt
                        moeq_error *err)
 {
     awq_ctx c = {model, &model->cfg, opt, res, lw->layer};
-    const double t0 = now_seconds();
+    const double t0 = moeq_now_seconds();
     const moeq_config *cfg = c.cfg;
     const int H = cfg->hidden_size, moe = lw->is_moe;
     const int E = moe ? cfg->num_experts : 1, k = moe ? cfg->num_experts_per_tok : 1;
@@ -728,7 +721,7 @@ moeq_code moeq_awq_mlp(const moeq_model *model, const moeq_quantize_options *opt
     if (!rc && shared)
         rc = quantize_swiglu(&c, shared, MOEQ_SHARED_ROLES, -1, h, n, NULL, alpha, 0, err);
 done:
-    res->seconds_solve += now_seconds() - t0;
+    res->seconds_solve += moeq_now_seconds() - t0;
     free(h);
     free(logits);
     free(probs);

@@ -38,6 +38,7 @@
 #include "backend/cuda/cuda_gptq.h"
 #include "backend/cuda/cuda_hessian.h"
 #include "backend/cuda/cuda_layer.h"
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "common/failpoint.h"
 #include "common/parallel.h"
@@ -52,7 +53,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* The GPUs of a run (--devices): their communicators, and a meeting point
  * of their host threads. */
@@ -175,14 +175,14 @@ static moeq_code codes_pin_for_run(gpu_run *g, int first, FILE *progress, moeq_e
         size_t b = layer_code_bytes(cfg, g->opt, &shape);
         bytes = b > bytes ? b : bytes;
     }
-    double t0 = gpu_now_seconds();
+    double t0 = moeq_now_seconds();
     moeq_code rc = codes_reserve(g, first & 1, bytes, err);
     if (!rc && first + 1 < cfg->num_layers)
         rc = codes_reserve(g, !(first & 1), bytes, err);
     if (!rc && progress)
         fprintf(progress, "pinned %.2f GiB of host memory for the quantized codes in %.2f s\n",
                 (first + 1 < cfg->num_layers ? 2.0 : 1.0) * (double)bytes / 1073741824.0,
-                gpu_now_seconds() - t0);
+                moeq_now_seconds() - t0);
     return rc;
 }
 
@@ -938,7 +938,7 @@ static moeq_code rank_experts(rank_job *j, moeq_error *err)
     const int peer = g->rank > 0, gptq_on = g->opt->method == MOEQ_METHOD_GPTQ;
     const int weighted = g->opt->expert_calib == MOEQ_EXPERT_CALIB_WEIGHTED;
     const size_t nh = (size_t)g->n * g->cfg->hidden_size;
-    gpu_layer W = {.g = g, .res = &j->part, .t_stage = gpu_now_seconds()};
+    gpu_layer W = {.g = g, .res = &j->part, .t_stage = moeq_now_seconds()};
     routing own = {0};
     const routing *rt = j->rt;
     moeq_cuda_gptq_prepared mirror = {0};
@@ -1119,7 +1119,7 @@ static moeq_code experts_stage(gpu_layer *L, const moeq_layer_weights *lw,
     L->res->seconds_prepare += p0->seconds_prepare;
     L->res->seconds_solve += p0->seconds_solve;
     L->res->seconds_forward += p0->seconds_forward;
-    L->t_stage = gpu_now_seconds();
+    L->t_stage = moeq_now_seconds();
     for (int pass = 0; pass < 2 && !rc; pass++)
         for (int k = 0; k < ranks && !rc; k++) {
             moeq_layer_result *p = &jobs[k].part;
@@ -1260,7 +1260,7 @@ static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib
     float *final_norm = NULL;
     moeq_layer_result res = {.layer = cfg->num_layers};
     gpu_layer L = {.g = g, .res = &res};
-    const double t0 = gpu_now_seconds();
+    const double t0 = moeq_now_seconds();
     moeq_code rc;
     if (g->T < 2)
         return moeq_fail(err, MOEQ_ERR_INVALID_ARG,
@@ -1271,13 +1271,13 @@ static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib
     moeq_model_center_norm(model, final_norm, H);
     const int quantize_fc = !model->arch.mtp_keep_fc;
     res.names = &mtp.view.arch;
-    res.seconds_load = gpu_now_seconds() - t0;
+    res.seconds_load = moeq_now_seconds() - t0;
     if (g->opt->progress)
         fprintf(g->opt->progress, "MTP block: loaded in %.2f s, quantizing %sattention and %s "
                                   "on %s\n",
                 res.seconds_load, quantize_fc ? "fc, " : "", w.layer.is_moe ? "experts" : "MLP",
                 g->cu.device_name);
-    L.t_stage = gpu_now_seconds();
+    L.t_stage = moeq_now_seconds();
     if ((gpu_uses_hessians(&L) &&
          (rc = codes_for_layer(g, cfg->num_layers, &w.layer, quantize_fc ? 2 * (size_t)H * H : 0,
                                err))) ||
@@ -1286,7 +1286,7 @@ static moeq_code mtp_layer(gpu_run *g, const moeq_model *model, const moeq_calib
     team_windows(g->team, ranks, &mtp.view.cfg, g->S, g->T - 1);
     rc = layer_stages(&L, &w.layer, err);
     team_windows(g->team, ranks, cfg, g->S, g->T + 1);
-    res.seconds_wall = gpu_now_seconds() - t0;
+    res.seconds_wall = moeq_now_seconds() - t0;
     if (!rc && sink)
         rc = sink->write_layer(sink->ctx, &res, err);
 done:
@@ -1396,14 +1396,14 @@ typedef struct loader {
 static void *loader_main(void *arg)
 {
     loader *ld = arg;
-    double t0 = gpu_now_seconds();
+    double t0 = moeq_now_seconds();
     ld->rc = moeq_layer_weights_load_flags(ld->model, ld->layer, ld->flags, &ld->lw, &ld->err);
-    double t1 = gpu_now_seconds();
+    double t1 = moeq_now_seconds();
     if (!ld->rc && cudaSetDevice(ld->device) == cudaSuccess)
         layer_pin(&ld->model->cfg, &ld->lw, ld->device, 1);
     (void)cudaGetLastError();
-    ld->seconds = gpu_now_seconds() - t0;
-    ld->seconds_pin = gpu_now_seconds() - t1;
+    ld->seconds = moeq_now_seconds() - t0;
+    ld->seconds_pin = moeq_now_seconds() - t1;
     return NULL;
 }
 
@@ -1747,7 +1747,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         gpu_layer L = {.g = &g, .res = &res};
         moeq_layer_weights lw;
         char pin_note[96] = "";
-        double t_layer = gpu_now_seconds();
+        double t_layer = moeq_now_seconds();
         if (overlap) {
             if ((rc = loader_finish(&ld, &lw, &res.seconds_load, err)))
                 goto done;
@@ -1762,7 +1762,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
         } else {
             if ((rc = moeq_layer_weights_load_flags(model, l, ld.flags, &lw, err)))
                 goto done;
-            res.seconds_load = gpu_now_seconds() - t_layer;
+            res.seconds_load = moeq_now_seconds() - t_layer;
         }
         if (opt->progress && forward_only)
             fprintf(opt->progress, "  forward %s: layer %d/%d on %s\n", model->dir, l + 1,
@@ -1776,7 +1776,7 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
                                               : "linear attention and MLP")
                                  : lw.is_moe ? "attention and experts" : "attention and MLP",
                     g.cu.device_name);
-        L.t_stage = gpu_now_seconds();
+        L.t_stage = moeq_now_seconds();
         rc = gpu_uses_hessians(&L)
                  ? codes_for_layer(&g, l, &lw, 0, err)
                  : MOEQ_OK;
@@ -1806,11 +1806,11 @@ static moeq_code run_layers(const moeq_model *model, const moeq_calib_set *calib
             /* The previous layer's writer must be done first: one layer is
              * packed and written at a time. */
             if (!(rc = writer_finish(&wr, err))) {
-                res.seconds_wall = gpu_now_seconds() - t_layer;
+                res.seconds_wall = moeq_now_seconds() - t_layer;
                 rc = writer_start(&wr, sink, cfg, &res, &lw, hidden, nh, err);
             }
         } else if (!rc && sink) {
-            res.seconds_wall = gpu_now_seconds() - t_layer;
+            res.seconds_wall = moeq_now_seconds() - t_layer;
             rc = sink->write_layer(sink->ctx, &res, err);
             if (!rc && hidden)
                 rc = sink->layer_done(sink->ctx, l, hidden, nh, err);

@@ -5,6 +5,7 @@
 #include "pipeline/layer_cuda.h"
 
 #include "backend/cuda/cuda_hessian.h"
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "kernels.h"
 
@@ -12,14 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-double gpu_now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 size_t gpu_memory_limit(const gpu_run *g)
 {
@@ -91,7 +84,7 @@ moeq_code gpu_sync_time_at(gpu_layer *L, double *bucket, const char *file, int l
                            moeq_error *err)
 {
     moeq_code rc = moeq_cuda_sync(&L->g->cu, err);
-    double t = gpu_now_seconds();
+    double t = moeq_now_seconds();
     *bucket += t - L->t_stage;
     if (trace_enabled())
         trace_add(file, line, t - L->t_stage);
