@@ -99,24 +99,44 @@ static void weight_means(const float *const *ws, const int *rows, int n_w, int c
         w_mean[j] = n_rows ? w_mean[j] / (double)n_rows : 0.0;
 }
 
-/* Device scratch of a search: the candidate scale, the per-column sums and
+/* The scratch of one scale search over `cols` input columns: on the host
+ * the column means of the activations and of the weights and the best
+ * scale found; on the device the candidate scale, the per-column sums and
  * the loss. */
-typedef struct search_dev {
+typedef struct search_state {
+    double *x_mean, *w_mean;
+    float *best_s;
     moeq_cuda_buf s, acc, partial, total;
     int cols;
-} search_dev;
+} search_state;
 
-static void search_free(gpu_run *g, search_dev *d)
+/* The host half, made first of all a search needs; -1 when out of memory
+ * (search_free frees what was made). */
+static int search_host_alloc(search_state *d, int cols)
+{
+    d->cols = cols;
+    d->x_mean = malloc(sizeof(double) * cols);
+    d->w_mean = malloc(sizeof(double) * cols);
+    d->best_s = malloc(sizeof(float) * cols);
+    return d->x_mean && d->w_mean && d->best_s ? 0 : -1;
+}
+
+static void search_free(gpu_run *g, search_state *d)
 {
     moeq_cuda_buf *b[] = {&d->s, &d->acc, &d->partial, &d->total};
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         moeq_cuda_free(&g->cu, b[i]);
+    free(d->x_mean);
+    free(d->w_mean);
+    free(d->best_s);
+    d->x_mean = d->w_mean = NULL;
+    d->best_s = NULL;
 }
 
-static moeq_code search_alloc(gpu_run *g, int cols, search_dev *d, moeq_error *err)
+/* The device half, for d->cols columns. */
+static moeq_code search_alloc(gpu_run *g, search_state *d, moeq_error *err)
 {
-    memset(d, 0, sizeof *d);
-    d->cols = cols;
+    const int cols = d->cols;
     moeq_code rc;
     if ((rc = moeq_cuda_alloc(&g->cu, &d->s, sizeof(float) * (size_t)cols, "AWQ scale", err)) ||
         (rc = moeq_cuda_alloc(&g->cu, &d->acc, sizeof(double) * (size_t)cols, "AWQ statistics",
@@ -128,34 +148,32 @@ static moeq_code search_alloc(gpu_run *g, int cols, search_dev *d, moeq_error *e
     return rc;
 }
 
-static moeq_code zero_acc(gpu_run *g, search_dev *d, moeq_error *err)
+static moeq_code zero_acc(gpu_run *g, search_state *d, moeq_error *err)
 {
     return MOEQ_CU(cudaMemsetAsync(d->acc.ptr, 0, d->acc.bytes, g->cu.stream));
 }
 
-/* x_mean[j] = acc[j] / total (0 for no weight). */
-static moeq_code download_means(gpu_run *g, search_dev *d, double total, double *x_mean,
-                                moeq_error *err)
+/* d->x_mean[j] = acc[j] / total (0 for no weight). */
+static moeq_code download_means(gpu_run *g, search_state *d, double total, moeq_error *err)
 {
-    moeq_code rc = moeq_cuda_download(&g->cu, x_mean, d->acc.ptr, d->acc.bytes, err);
+    moeq_code rc = moeq_cuda_download(&g->cu, d->x_mean, d->acc.ptr, d->acc.bytes, err);
     if (!rc)
         rc = moeq_cuda_sync(&g->cu, err);
     for (int j = 0; !rc && j < d->cols; j++)
-        x_mean[j] = total > 0 ? x_mean[j] / total : 0.0;
+        d->x_mean[j] = total > 0 ? d->x_mean[j] / total : 0.0;
     return rc;
 }
 
 /* What a scale search scores: score(ctx, d) adds the candidate's squared
  * output error (scale in d->s) to d->total. */
-typedef moeq_code (*score_fn)(gpu_layer *L, void *ctx, search_dev *d, moeq_error *err);
+typedef moeq_code (*score_fn)(gpu_layer *L, void *ctx, search_state *d, moeq_error *err);
 
-/* The alpha grid of quantize_awq.c's search_scale: the candidate with the
- * smallest loss (ties: the smaller alpha) lands in best_s; returns its
- * alpha in *alpha. denom normalises the loss (it does not change the
- * choice). */
-static moeq_code search_scale(gpu_layer *L, const double *x_mean, const double *w_mean, int pow2,
-                              score_fn score, void *ctx, search_dev *d, double denom,
-                              float *best_s, double *alpha, moeq_error *err)
+/* The alpha grid of quantize_awq.c's search_scale over d->x_mean and
+ * d->w_mean: the candidate with the smallest loss (ties: the smaller alpha)
+ * lands in d->best_s; returns its alpha in *alpha. denom normalises the
+ * loss (it does not change the choice). */
+static moeq_code search_scale(gpu_layer *L, int pow2, score_fn score, void *ctx, search_state *d,
+                              double denom, double *alpha, moeq_error *err)
 {
     gpu_run *g = L->g;
     const int cols = d->cols;
@@ -168,7 +186,7 @@ static moeq_code search_scale(gpu_layer *L, const double *x_mean, const double *
     for (int i = 0; i < MOEQ_AWQ_ALPHA_GRID && !rc; i++) {
         const double a = (double)i / MOEQ_AWQ_ALPHA_GRID;
         double total = 0.0;
-        moeq_awq_scales(x_mean, w_mean, cols, a, pow2, s);
+        moeq_awq_scales(d->x_mean, d->w_mean, cols, a, pow2, s);
         if ((rc = moeq_cuda_upload(&g->cu, d->s.ptr, s, sizeof(float) * (size_t)cols, err)) ||
             (rc = MOEQ_CU(cudaMemsetAsync(d->total.ptr, 0, sizeof(double), g->cu.stream))) ||
             (rc = score(L, ctx, d, err)) ||
@@ -184,7 +202,7 @@ static moeq_code search_scale(gpu_layer *L, const double *x_mean, const double *
         } else if (loss < best) {
             best = loss;
             *alpha = a;
-            memcpy(best_s, s, sizeof(float) * (size_t)cols);
+            memcpy(d->best_s, s, sizeof(float) * (size_t)cols);
         }
     }
     free(s);
@@ -194,7 +212,7 @@ static moeq_code search_scale(gpu_layer *L, const double *x_mean, const double *
 /* Adds the squared difference of y [rows, H] (device) from rows [r0, r0 +
  * rows) of the reference (device, or pinned host through stage) to
  * d->total, weighted by w (device [rows] or NULL). */
-static moeq_code add_error(gpu_run *g, search_dev *d, const float *y, const float *ref_dev,
+static moeq_code add_error(gpu_run *g, search_state *d, const float *y, const float *ref_dev,
                            const float *ref_host, float *stage, size_t r0, int rows,
                            const float *w, moeq_error *err)
 {
@@ -263,7 +281,7 @@ static moeq_code reference_store(gpu_run *g, reference *r, const float *y, size_
     return rc ? rc : moeq_cuda_sync(&g->cu, err);
 }
 
-static moeq_code reference_error(gpu_run *g, reference *r, search_dev *d, const float *y,
+static moeq_code reference_error(gpu_run *g, reference *r, search_state *d, const float *y,
                                  size_t r0, int rows, const float *w, moeq_error *err)
 {
     return add_error(g, d, y, r->dev, r->host, r->stage.ptr, r0, rows, w, err);
@@ -283,7 +301,7 @@ typedef struct attn_search {
 
 /* y of every batch of windows with the weights in wqkv: stored as the
  * reference (store) or scored against it. */
-static moeq_code attention_pass(gpu_layer *L, attn_search *as, search_dev *d, int store,
+static moeq_code attention_pass(gpu_layer *L, attn_search *as, search_state *d, int store,
                                 moeq_error *err)
 {
     gpu_run *g = L->g;
@@ -302,7 +320,7 @@ static moeq_code attention_pass(gpu_layer *L, attn_search *as, search_dev *d, in
     return rc;
 }
 
-static moeq_code score_attention(gpu_layer *L, void *ctx, search_dev *d, moeq_error *err)
+static moeq_code score_attention(gpu_layer *L, void *ctx, search_state *d, moeq_error *err)
 {
     attn_search *as = ctx;
     gpu_run *g = L->g;
@@ -321,14 +339,13 @@ moeq_code gpu_awq_attention_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_er
     const int H = cfg->hidden_size, n = g->n, T = g->T, qd = g->qdim, kvd = g->kvdim;
     const int rows = qd + 2 * kvd;
     attn_search as = {0};
-    search_dev d = {0};
+    search_state d = {0};
     moeq_cuda_buf norm = {0};
-    double *xm = malloc(sizeof(double) * H), *wm = malloc(sizeof(double) * H);
-    float *best_s = malloc(sizeof(float) * H);
+    const int host_oom = search_host_alloc(&d, H);
     moeq_code rc = MOEQ_OK;
     if (!L->awq && !(L->awq = calloc(1, sizeof *L->awq)))
         rc = oom(L, err);
-    if (rc || !xm || !wm || !best_s) {
+    if (rc || host_oom) {
         rc = rc ? rc : oom(L, err);
         goto done;
     }
@@ -337,14 +354,14 @@ moeq_code gpu_awq_attention_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_er
     /* Statistics of the normed input (the original norm) and of q/k/v. */
     if ((rc = gpu_upload_f32(g, lw->attn_norm, (size_t)H, "attention norm", &norm, err)) ||
         (rc = gpu_norm_residual(g, &g->x, g->xh, norm.ptr, err)) ||
-        (rc = search_alloc(g, H, &d, err)) || (rc = zero_acc(g, &d, err)) ||
+        (rc = search_alloc(g, &d, err)) || (rc = zero_acc(g, &d, err)) ||
         (rc = MOEQ_CU(moeq_k_awq_act_abs_sum(g->h.ptr, H, NULL, NULL, n, H, d.partial.ptr,
                                              d.acc.ptr, g->cu.stream))) ||
-        (rc = download_means(g, &d, (double)n, xm, err)))
+        (rc = download_means(g, &d, (double)n, err)))
         goto done;
     const float *ws[3] = {lw->q, lw->k, lw->v};
     const int wr[3] = {qd, kvd, kvd};
-    weight_means(ws, wr, 3, H, g->opt->gptq.group_size, wm);
+    weight_means(ws, wr, 3, H, g->opt->gptq.group_size, d.w_mean);
     /* The original block's outputs, then each candidate's. */
     if ((rc = moeq_cuda_alloc(&g->cu, &as.src, sizeof(float) * (size_t)rows * H, "q/k/v for AWQ",
                               err)) ||
@@ -363,14 +380,14 @@ moeq_code gpu_awq_attention_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_er
         (rc = reference_alloc(g, g->resid_host ? NULL : g->x1.ptr, as.Sw * T, &as.ref,
                               err)) ||
         (rc = gpu_attn_init(g, lw, &as.a, err)) || (rc = attention_pass(L, &as, &d, 1, err)) ||
-        (rc = search_scale(L, xm, wm, 0, score_attention, &as, &d, (double)n * H, best_s,
-                           &L->awq->alpha_attn, err)))
+        (rc = search_scale(L, 0, score_attention, &as, &d, (double)n * H, &L->awq->alpha_attn,
+                           err)))
         goto done;
-    if ((rc = fold_into_norm(L, MOEQ_T_ATTN_NORM, lw->attn_norm, best_s, err)))
+    if ((rc = fold_into_norm(L, MOEQ_T_ATTN_NORM, lw->attn_norm, d.best_s, err)))
         goto done;
-    moeq_awq_scale_columns(lw->q, qd, H, best_s);
-    moeq_awq_scale_columns(lw->k, kvd, H, best_s);
-    moeq_awq_scale_columns(lw->v, kvd, H, best_s);
+    moeq_awq_scale_columns(lw->q, qd, H, d.best_s);
+    moeq_awq_scale_columns(lw->k, kvd, H, d.best_s);
+    moeq_awq_scale_columns(lw->v, kvd, H, d.best_s);
     rc = gpu_sync_time(L, &L->res->seconds_solve, err);
 done:
     gpu_attn_free(g, &as.a);
@@ -379,9 +396,6 @@ done:
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moeq_cuda_free(&g->cu, bufs[i]);
     search_free(g, &d);
-    free(xm);
-    free(wm);
-    free(best_s);
     return rc;
 }
 
@@ -460,7 +474,7 @@ static moeq_code block_output(gpu_layer *L, block_search *b, const float *s, moe
     return rc;
 }
 
-static moeq_code score_block(gpu_layer *L, void *ctx, search_dev *d, moeq_error *err)
+static moeq_code score_block(gpu_layer *L, void *ctx, search_state *d, moeq_error *err)
 {
     block_search *b = ctx;
     gpu_run *g = L->g;
@@ -500,7 +514,7 @@ static moeq_code down_chunk(gpu_run *g, down_search *ds, int c0, int m, moeq_err
                        err);
 }
 
-static moeq_code score_down(gpu_layer *L, void *ctx, search_dev *d, moeq_error *err)
+static moeq_code score_down(gpu_layer *L, void *ctx, search_state *d, moeq_error *err)
 {
     down_search *ds = ctx;
     gpu_run *g = L->g;
@@ -535,18 +549,17 @@ static moeq_code search_down(gpu_layer *L, moeq_mlp_weights *mlp, const int32_t 
     const int H = g->cfg->hidden_size, I = mlp->intermediate;
     const int rows = count < g->chunk ? count : g->chunk;
     down_search ds = {.mlp = mlp, .idx = idx, .w = w, .count = count, .once = count <= g->chunk};
-    search_dev d = {0};
-    double *xm = malloc(sizeof(double) * I), *wm = malloc(sizeof(double) * I);
-    float *best_s = malloc(sizeof(float) * I);
+    search_state d = {0};
+    const int host_oom = search_host_alloc(&d, I);
     float *gu = malloc(sizeof(float) * 2 * (size_t)I * H);
     moeq_code rc = MOEQ_OK;
-    if (!xm || !wm || !best_s || !gu) {
+    if (host_oom || !gu) {
         rc = oom(L, err);
         goto done;
     }
     memcpy(gu, mlp->gate, sizeof(float) * (size_t)I * H);
     memcpy(gu + (size_t)I * H, mlp->up, sizeof(float) * (size_t)I * H);
-    if ((rc = gpu_scratch_alloc(g, I, &ds.sc, err)) || (rc = search_alloc(g, I, &d, err)) ||
+    if ((rc = gpu_scratch_alloc(g, I, &ds.sc, err)) || (rc = search_alloc(g, &d, err)) ||
         (rc = gpu_upload_bf16(g, gu, 2 * (size_t)I * H, "scaled gate/up", &ds.wgu, err)) ||
         (rc = gpu_upload_f32(g, mlp->down, (size_t)H * I, "down_proj for AWQ", &ds.src, err)) ||
         (rc = gpu_upload_bf16(g, mlp->down, (size_t)H * I, "down_proj", &ds.wd, err)) ||
@@ -564,26 +577,23 @@ static moeq_code search_down(gpu_layer *L, moeq_mlp_weights *mlp, const int32_t 
                                                 d.partial.ptr, d.acc.ptr, g->cu.stream));
     }
     ds.ready = 1; /* one chunk: its act and reference are in place */
-    if (rc || (rc = download_means(g, &d, wsum, xm, err)))
+    if (rc || (rc = download_means(g, &d, wsum, err)))
         goto done;
     const float *wd[1] = {mlp->down};
     const int rd[1] = {H};
-    weight_means(wd, rd, 1, I, g->opt->gptq.group_size, wm);
-    if ((rc = search_scale(L, xm, wm, 0, score_down, &ds, &d, wsum, best_s, alpha, err)))
+    weight_means(wd, rd, 1, I, g->opt->gptq.group_size, d.w_mean);
+    if ((rc = search_scale(L, 0, score_down, &ds, &d, wsum, alpha, err)))
         goto done;
     for (int r = 0; r < I; r++)
         for (int j = 0; j < H; j++)
-            mlp->up[(size_t)r * H + j] /= best_s[r];
-    moeq_awq_scale_columns(mlp->down, H, I, best_s);
+            mlp->up[(size_t)r * H + j] /= d.best_s[r];
+    moeq_awq_scale_columns(mlp->down, H, I, d.best_s);
 done:
     gpu_scratch_free(g, &ds.sc);
     moeq_cuda_buf *bufs[] = {&ds.wgu, &ds.src, &ds.wd, &ds.fake, &ds.ref};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moeq_cuda_free(&g->cu, bufs[i]);
     search_free(g, &d);
-    free(xm);
-    free(wm);
-    free(best_s);
     free(gu);
     return rc;
 }
@@ -601,13 +611,12 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
     const int n_mlps = E + (shared != NULL);
     routing rt = {0};
     block_search b = {.mlps = mlps, .n_mlps = E, .shared = shared};
-    search_dev d = {0};
+    search_state d = {0};
     moeq_cuda_buf norm = {0}, iota = {0}, ones = {0};
     struct gpu_awq *aw = L->awq;
-    double *xm = malloc(sizeof(double) * H), *wm = malloc(sizeof(double) * H);
-    float *best_s = malloc(sizeof(float) * H);
-    const float **ws = malloc(sizeof(float *) * 2 * (size_t)n_mlps);
-    int *wrows = malloc(sizeof(int) * 2 * (size_t)n_mlps);
+    const int host_oom = search_host_alloc(&d, H);
+    const float **ws = calloc(2 * (size_t)n_mlps, sizeof *ws);
+    int *wrows = calloc(2 * (size_t)n_mlps, sizeof *wrows);
     int32_t *iota_host = malloc(sizeof(int32_t) * (size_t)n);
     float *ones_host = malloc(sizeof(float) * (size_t)n), *probs = NULL;
     b.idx = calloc((size_t)E, sizeof *b.idx);
@@ -619,8 +628,8 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
     moeq_code rc = MOEQ_OK;
     if (!aw && !(aw = L->awq = calloc(1, sizeof *L->awq)))
         rc = oom(L, err);
-    if (rc || !xm || !wm || !best_s || !ws || !wrows || !iota_host || !ones_host || !b.idx ||
-        !b.wts || !count || !b.src || !b.down) {
+    if (rc || host_oom || !ws || !wrows || !iota_host || !ones_host || !b.idx || !b.wts ||
+        !count || !b.src || !b.down) {
         rc = rc ? rc : oom(L, err);
         goto done;
     }
@@ -677,10 +686,10 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
         }
     }
     /* Statistics: |x| over all tokens, the gate/up weights of every MLP. */
-    if ((rc = search_alloc(g, H, &d, err)) || (rc = zero_acc(g, &d, err)) ||
+    if ((rc = search_alloc(g, &d, err)) || (rc = zero_acc(g, &d, err)) ||
         (rc = MOEQ_CU(moeq_k_awq_act_abs_sum(g->h.ptr, H, NULL, NULL, n, H, d.partial.ptr,
                                              d.acc.ptr, g->cu.stream))) ||
-        (rc = download_means(g, &d, (double)n, xm, err)))
+        (rc = download_means(g, &d, (double)n, err)))
         goto done;
     int inter = 0;
     for (int i = 0; i < n_mlps; i++) {
@@ -690,7 +699,7 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
         wrows[2 * i] = wrows[2 * i + 1] = m->intermediate;
         inter = m->intermediate > inter ? m->intermediate : inter;
     }
-    weight_means(ws, wrows, 2 * n_mlps, H, opt->gptq.group_size, wm);
+    weight_means(ws, wrows, 2 * n_mlps, H, opt->gptq.group_size, d.w_mean);
     /* The block's weights stay on the device for all candidates when the
      * budget holds them (with the search's own buffers: a reserve of 1/16
      * of it plus 64 MiB, as the expert groups). */
@@ -726,8 +735,7 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
         rc = reference_store(g, &b.ref, b.out + (size_t)c0 * H, (size_t)c0, m, err);
     }
     /* A router reading the norm's output needs power-of-two scales. */
-    if (rc || (rc = search_scale(L, xm, wm, moe, score_block, &b, &d, (double)n * H, best_s,
-                                 &aw->alpha_gu, err)))
+    if (rc || (rc = search_scale(L, moe, score_block, &b, &d, (double)n * H, &aw->alpha_gu, err)))
         goto done;
     /* The block's device buffers are not needed any more. */
     for (int i = 0; i < n_mlps; i++) {
@@ -738,18 +746,18 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
     moeq_cuda_free(&g->cu, &b.out_own);
     gpu_scratch_free(g, &b.sc);
     reference_free(g, &b.ref);
-    if ((rc = fold_into_norm(L, MOEQ_T_MLP_NORM, lw->mlp_norm, best_s, err)))
+    if ((rc = fold_into_norm(L, MOEQ_T_MLP_NORM, lw->mlp_norm, d.best_s, err)))
         goto done;
     for (int i = 0; i < n_mlps; i++) {
         moeq_mlp_weights *m = block_mlp(&b, i);
-        moeq_awq_scale_columns(m->gate, m->intermediate, H, best_s);
-        moeq_awq_scale_columns(m->up, m->intermediate, H, best_s);
+        moeq_awq_scale_columns(m->gate, m->intermediate, H, d.best_s);
+        moeq_awq_scale_columns(m->up, m->intermediate, H, d.best_s);
     }
     if (moe) {
         /* The router (and the shared-expert gate): the same logits from
          * the scaled activations. */
         const st_dtype rd = source_dtype(L, MOEQ_T_ROUTER);
-        moeq_awq_scale_columns(lw->router, E, H, best_s);
+        moeq_awq_scale_columns(lw->router, E, H, d.best_s);
         for (size_t i = 0; i < (size_t)E * H; i++)
             lw->router[i] = moeq_awq_stored_value(lw->router[i], rd);
         if ((rc = add_replaced(L, MOEQ_T_ROUTER, lw->router, (size_t)E * H, err)))
@@ -757,7 +765,7 @@ moeq_code gpu_awq_mlp_scales(gpu_layer *L, moeq_layer_weights *lw, moeq_error *e
         if (lw->shared_gate) {
             const st_dtype gd = source_dtype(L, MOEQ_T_SHARED_EXPERT_GATE);
             for (int j = 0; j < H; j++)
-                lw->shared_gate[j] = moeq_awq_stored_value(lw->shared_gate[j] * best_s[j], gd);
+                lw->shared_gate[j] = moeq_awq_stored_value(lw->shared_gate[j] * d.best_s[j], gd);
             if ((rc = add_replaced(L, MOEQ_T_SHARED_EXPERT_GATE, lw->shared_gate, (size_t)H,
                                    err)))
                 goto done;
@@ -808,9 +816,6 @@ done:
     free(b.idx);
     free(b.wts);
     free(count);
-    free(xm);
-    free(wm);
-    free(best_s);
     free(ws);
     free(wrows);
     free(iota_host);
