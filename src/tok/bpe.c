@@ -92,7 +92,7 @@ static moeq_code vocab_parse(const cJSON *vocab, const char *path, tok_bpe *bpe,
     {
         char **slot = &bpe->id_to_token[(int32_t)e->valuedouble];
         free(*slot); /* two tokens with one id: the later one decodes */
-        *slot = tok_strdup(e->string);
+        *slot = strdup(e->string);
         if (!*slot)
             return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
     }
@@ -237,8 +237,8 @@ moeq_code tok_bpe_parse(const cJSON *model, const char *path, tok_bpe *bpe, moeq
         (rc = tok_json_bool(model, "ignore_merges", path, "model", 0, &bpe->ignore_merges,
                             err)))
         return rc;
-    if ((prefix && prefix[0] && !(bpe->prefix = tok_strdup(prefix))) ||
-        (suffix && suffix[0] && !(bpe->suffix = tok_strdup(suffix))))
+    if ((prefix && prefix[0] && !(bpe->prefix = strdup(prefix))) ||
+        (suffix && suffix[0] && !(bpe->suffix = strdup(suffix))))
         return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
     if ((rc = vocab_parse(cJSON_GetObjectItemCaseSensitive(model, "vocab"), path, bpe, err)) ||
         (rc = merges_parse(cJSON_GetObjectItemCaseSensitive(model, "merges"), path, bpe, err)))

@@ -28,17 +28,7 @@ struct tok_dec_step {
 static moeq_code dup_field(const cJSON *j, const char *key, const char *path, const char *type,
                            tok_dec_step *st, moeq_error *err)
 {
-    const char *s;
-    moeq_code rc = tok_json_string(j, key, path, type, &s, err);
-    if (rc)
-        return rc;
-    if (!s)
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: decoder %s.%s missing", path,
-                         type, key);
-    if (!(st->str = tok_strdup(s)))
-        return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
-    st->str_len = strlen(s);
-    return MOEQ_OK;
+    return tok_json_string_copy(j, key, path, "decoder", type, &st->str, &st->str_len, err);
 }
 
 static moeq_code read_count(const cJSON *j, const char *key, const char *path, int *out,
@@ -101,27 +91,10 @@ static moeq_code parse_step(const cJSON *j, const char *path, const char *type,
                      "tokenizer.json %s: decoder type \"%s\" is not supported", path, type);
 }
 
-static moeq_code add_step(const cJSON *j, const char *path, tok_decoder *out, moeq_error *err)
+static moeq_code add_step(const cJSON *j, const char *path, const char *type, void *decoder,
+                          moeq_error *err)
 {
-    const char *type;
-    moeq_code rc = tok_json_string(j, "type", path, "decoder", &type, err);
-    if (rc)
-        return rc;
-    if (!type)
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: decoder.type missing", path);
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "decoders");
-        if (!cJSON_IsArray(list))
-            return moeq_fail(err, MOEQ_ERR_FORMAT,
-                             "tokenizer.json %s: decoder Sequence.decoders is not a list", path);
-        const cJSON *child;
-        cJSON_ArrayForEach(child, list)
-        {
-            if ((rc = add_step(child, path, out, err)))
-                return rc;
-        }
-        return MOEQ_OK;
-    }
+    tok_decoder *out = decoder;
     tok_dec_step *steps = realloc(out->steps, (out->n_steps + 1) * sizeof *steps);
     if (!steps)
         return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
@@ -134,13 +107,9 @@ static moeq_code add_step(const cJSON *j, const char *path, tok_decoder *out, mo
 moeq_code tok_decoder_parse(const cJSON *j, const char *path, tok_decoder *out,
                             moeq_error *err)
 {
+    static const tok_section section = {"decoder", "decoders", add_step};
     memset(out, 0, sizeof *out);
-    if (!j || cJSON_IsNull(j))
-        return MOEQ_OK;
-    if (!cJSON_IsObject(j))
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: decoder is not an object",
-                         path);
-    return add_step(j, path, out, err);
+    return tok_section_parse(&section, j, path, out, err);
 }
 
 void tok_decoder_free(tok_decoder *d)

@@ -25,26 +25,6 @@ struct tok_norm_step {
     int strip_left, strip_right;
 };
 
-static moeq_code add_step(const cJSON *j, const char *path, tok_normalizer *out,
-                          moeq_error *err);
-
-static moeq_code parse_string_field(const cJSON *j, const char *key, const char *path,
-                                    const char *type, tok_norm_step *st, moeq_error *err)
-{
-    const char *s;
-    moeq_code rc = tok_json_string(j, key, path, type, &s, err);
-    if (rc)
-        return rc;
-    if (!s)
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: normalizer %s.%s missing",
-                         path, type, key);
-    st->str = tok_strdup(s);
-    if (!st->str)
-        return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
-    st->str_len = strlen(s);
-    return MOEQ_OK;
-}
-
 static moeq_code parse_step(const cJSON *j, const char *path, const char *type,
                             tok_norm_step *st, moeq_error *err)
 {
@@ -70,11 +50,13 @@ static moeq_code parse_step(const cJSON *j, const char *path, const char *type,
     }
     if (strcmp(type, "Prepend") == 0) {
         st->kind = NORM_PREPEND;
-        return parse_string_field(j, "prepend", path, type, st, err);
+        return tok_json_string_copy(j, "prepend", path, "normalizer", type, &st->str,
+                                    &st->str_len, err);
     }
     if (strcmp(type, "Replace") == 0) {
         st->kind = NORM_REPLACE;
-        moeq_code rc = parse_string_field(j, "content", path, type, st, err);
+        moeq_code rc = tok_json_string_copy(j, "content", path, "normalizer", type, &st->str,
+                                            &st->str_len, err);
         if (rc)
             return rc;
         return tok_pattern_parse(cJSON_GetObjectItemCaseSensitive(j, "pattern"), path,
@@ -91,30 +73,10 @@ static moeq_code parse_step(const cJSON *j, const char *path, const char *type,
                      "tokenizer.json %s: normalizer type \"%s\" is not supported", path, type);
 }
 
-static moeq_code add_step(const cJSON *j, const char *path, tok_normalizer *out,
+static moeq_code add_step(const cJSON *j, const char *path, const char *type, void *normalizer,
                           moeq_error *err)
 {
-    const char *type;
-    moeq_code rc = tok_json_string(j, "type", path, "normalizer", &type, err);
-    if (rc)
-        return rc;
-    if (!type)
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: normalizer.type missing",
-                         path);
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "normalizers");
-        if (!cJSON_IsArray(list))
-            return moeq_fail(err, MOEQ_ERR_FORMAT,
-                             "tokenizer.json %s: normalizer Sequence.normalizers is not a list",
-                             path);
-        const cJSON *child;
-        cJSON_ArrayForEach(child, list)
-        {
-            if ((rc = add_step(child, path, out, err)))
-                return rc;
-        }
-        return MOEQ_OK;
-    }
+    tok_normalizer *out = normalizer;
     tok_norm_step *steps = realloc(out->steps, (out->n_steps + 1) * sizeof *steps);
     if (!steps)
         return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
@@ -127,13 +89,9 @@ static moeq_code add_step(const cJSON *j, const char *path, tok_normalizer *out,
 moeq_code tok_normalizer_parse(const cJSON *j, const char *path, tok_normalizer *out,
                                moeq_error *err)
 {
+    static const tok_section section = {"normalizer", "normalizers", add_step};
     memset(out, 0, sizeof *out);
-    if (!j || cJSON_IsNull(j))
-        return MOEQ_OK;
-    if (!cJSON_IsObject(j))
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: normalizer is not an object",
-                         path);
-    return add_step(j, path, out, err);
+    return tok_section_parse(&section, j, path, out, err);
 }
 
 void tok_normalizer_free(tok_normalizer *n)

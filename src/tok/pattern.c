@@ -99,7 +99,7 @@ moeq_code tok_pattern_parse(const cJSON *j, const char *path, const char *what,
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "String");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "Regex");
     if (cJSON_IsString(s)) {
-        out->literal = tok_strdup(s->valuestring);
+        out->literal = strdup(s->valuestring);
         if (!out->literal)
             return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: %s: out of memory", path,
                              what);

@@ -73,7 +73,7 @@ static moeq_code parse_metaspace(const cJSON *j, const char *path, tok_pretok_st
                          "tokenizer.json %s: pre_tokenizer Metaspace.replacement must be one "
                          "character",
                          path);
-    st->replacement = tok_strdup(rep);
+    st->replacement = strdup(rep);
     if (!st->replacement)
         return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
     st->replacement_len = strlen(rep);
@@ -162,38 +162,17 @@ static moeq_code parse_step(const cJSON *j, const char *path, const char *type,
                      type);
 }
 
-static moeq_code add_step(const cJSON *j, const char *path, tok_pretokenizer *out,
-                          moeq_error *err)
+static moeq_code add_step(const cJSON *j, const char *path, const char *type,
+                          void *pretokenizer, moeq_error *err)
 {
-    const char *type;
-    moeq_code rc = tok_json_string(j, "type", path, "pre_tokenizer", &type, err);
-    if (rc)
-        return rc;
-    if (!type)
-        return moeq_fail(err, MOEQ_ERR_FORMAT, "tokenizer.json %s: pre_tokenizer.type missing",
-                         path);
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "pretokenizers");
-        if (!cJSON_IsArray(list))
-            return moeq_fail(err, MOEQ_ERR_FORMAT,
-                             "tokenizer.json %s: pre_tokenizer Sequence.pretokenizers is not "
-                             "a list",
-                             path);
-        const cJSON *child;
-        cJSON_ArrayForEach(child, list)
-        {
-            if ((rc = add_step(child, path, out, err)))
-                return rc;
-        }
-        return MOEQ_OK;
-    }
+    tok_pretokenizer *out = pretokenizer;
     tok_pretok_step *steps = realloc(out->steps, (out->n_steps + 1) * sizeof *steps);
     if (!steps)
         return moeq_fail(err, MOEQ_ERR_OOM, "tokenizer.json %s: out of memory", path);
     out->steps = steps;
     tok_pretok_step *st = &steps[out->n_steps++];
     memset(st, 0, sizeof *st);
-    rc = parse_step(j, path, type, st, err);
+    moeq_code rc = parse_step(j, path, type, st, err);
     if (st->kind == PT_BYTELEVEL)
         out->byte_level = 1;
     return rc;
@@ -202,13 +181,9 @@ static moeq_code add_step(const cJSON *j, const char *path, tok_pretokenizer *ou
 moeq_code tok_pretokenizer_parse(const cJSON *j, const char *path, tok_pretokenizer *out,
                                  moeq_error *err)
 {
+    static const tok_section section = {"pre_tokenizer", "pretokenizers", add_step};
     memset(out, 0, sizeof *out);
-    if (!j || cJSON_IsNull(j))
-        return MOEQ_OK;
-    if (!cJSON_IsObject(j))
-        return moeq_fail(err, MOEQ_ERR_FORMAT,
-                         "tokenizer.json %s: pre_tokenizer is not an object", path);
-    return add_step(j, path, out, err);
+    return tok_section_parse(&section, j, path, out, err);
 }
 
 void tok_pretokenizer_free(tok_pretokenizer *p)

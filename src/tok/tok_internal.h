@@ -244,7 +244,23 @@ moeq_code tok_json_string(const cJSON *obj, const char *key, const char *path,
 /* Boolean member with a default when absent or null. */
 moeq_code tok_json_bool(const cJSON *obj, const char *key, const char *path,
                         const char *section, int dflt, int *out, moeq_error *err);
-/* Copies a string; NULL on OOM. */
-char *tok_strdup(const char *s);
+/* A required string member: a malloc'ed copy in *out, its length in *len.
+ * section and type name it in errors ("decoder", "Replace"). */
+moeq_code tok_json_string_copy(const cJSON *obj, const char *key, const char *path,
+                               const char *section, const char *type, char **out, size_t *len,
+                               moeq_error *err);
+
+/* A section that is a list of steps (normalizer, pre_tokenizer, decoder):
+ * absent or null is no step; otherwise an object whose "type" names one
+ * step, or "Sequence", whose list (list_key) is flattened into its steps in
+ * order. add_step appends the step j of that type to out. */
+typedef struct tok_section {
+    const char *name;     /* "pre_tokenizer": the section in errors */
+    const char *list_key; /* "pretokenizers" */
+    moeq_code (*add_step)(const cJSON *j, const char *path, const char *type, void *out,
+                          moeq_error *err);
+} tok_section;
+moeq_code tok_section_parse(const tok_section *sec, const cJSON *j, const char *path, void *out,
+                            moeq_error *err);
 
 #endif
