@@ -21,15 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *dup_string(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d)
-        memcpy(d, s, n);
-    return d;
-}
-
 static void shard_name(const moeq_gptq_writer *w, int index, char *buf, size_t bytes)
 {
     snprintf(buf, bytes, "model-%05d-of-%05d.safetensors", index + 1, w->n_shards);
@@ -180,7 +171,7 @@ moeq_code moeq_gptq_writer_open(moeq_gptq_writer *w, const moeq_model *src,
     w->src = src;
     w->opt = opt;
     w->n_shards = src->cfg.num_layers + 1 + (opt->quantize_mtp ? 1 : 0); /* + the MTP block */
-    w->out_dir = dup_string(out_dir);
+    w->out_dir = strdup(out_dir);
     size_t len = w->out_dir ? strlen(w->out_dir) : 0;
     while (len > 1 && w->out_dir[len - 1] == '/') /* "out/" -> "out" */
         w->out_dir[--len] = '\0';

@@ -150,15 +150,6 @@ static moeq_code parse_choice(const cJSON *components, const char *key, const ch
                      known);
 }
 
-static char *dup_string(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d)
-        memcpy(d, s, n);
-    return d;
-}
-
 /* Parameter names an architecture file may set; config.c reads them. */
 static const char *const PARAM_NAMES[] = {
     "hidden_size",       "num_hidden_layers",
@@ -268,7 +259,7 @@ static moeq_code parse_tensors(const cJSON *tensors, const char *source, moeq_ar
                              "{E}",
                              source, t->string, tpl, role_is_global(role) ? "not contain" : "contain",
                              role_is_expert(role) ? "contain" : "not contain");
-        if (!(arch->tensors[role] = dup_string(tpl)))
+        if (!(arch->tensors[role] = strdup(tpl)))
             return moeq_fail(err, MOEQ_ERR_OOM, "architecture file %s: out of memory", source);
     }
     return MOEQ_OK;
@@ -385,7 +376,7 @@ static moeq_code parse_keep_modules(const cJSON *keep, const char *source, moeq_
                              "architecture file %s: keep_modules entries must be module names "
                              "(letters, digits, '_')",
                              source);
-        if (!(arch->keep_modules[arch->n_keep_modules++] = dup_string(k->valuestring)))
+        if (!(arch->keep_modules[arch->n_keep_modules++] = strdup(k->valuestring)))
             return moeq_fail(err, MOEQ_ERR_OOM, "architecture file %s: out of memory", source);
     }
     return MOEQ_OK;
@@ -403,7 +394,7 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                        cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
         goto done;
     }
-    arch->source = dup_string(source);
+    arch->source = strdup(source);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
     const cJSON *doc = cJSON_GetObjectItemCaseSensitive(root, "doc");
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "model_types");
@@ -412,8 +403,8 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                        source);
         goto done;
     }
-    arch->name = dup_string(name->valuestring);
-    arch->doc = dup_string(cJSON_IsString(doc) ? doc->valuestring : "");
+    arch->name = strdup(name->valuestring);
+    arch->doc = strdup(cJSON_IsString(doc) ? doc->valuestring : "");
     int n_types = cJSON_IsArray(types) ? cJSON_GetArraySize(types) : 0;
     if (n_types <= 0) {
         rc = moeq_fail(err, MOEQ_ERR_FORMAT,
@@ -432,7 +423,7 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                            source);
             goto done;
         }
-        arch->model_types[arch->n_model_types++] = dup_string(t->valuestring);
+        arch->model_types[arch->n_model_types++] = strdup(t->valuestring);
     }
     const cJSON *keep = cJSON_GetObjectItemCaseSensitive(root, "keep_modules");
     if (keep && (rc = parse_keep_modules(keep, source, arch, err)))
@@ -449,8 +440,8 @@ moeq_code moeq_arch_parse(const char *json, const char *source, moeq_arch *arch,
                            source);
             goto done;
         }
-        arch->mtp_prefix_from = dup_string(from->valuestring);
-        arch->mtp_prefix_to = dup_string(to->valuestring);
+        arch->mtp_prefix_from = strdup(from->valuestring);
+        arch->mtp_prefix_to = strdup(to->valuestring);
     }
     const char *mtp_flags[2] = {"mtp_keep_fc", "mtp_zero_first_embedding"};
     int *mtp_flag_fields[2] = {&arch->mtp_keep_fc, &arch->mtp_zero_first_embedding};
