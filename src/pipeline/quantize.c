@@ -71,15 +71,15 @@ static const char *role_label(moeq_tensor_role role, int expert, char *buf, size
     return buf;
 }
 
-static moeq_code check_finite(const layer_ctx *c, const float *x, size_t n, const char *what,
-                              moeq_error *err)
+moeq_code moeq_check_finite(int layer, const float *x, size_t n, const char *what,
+                            moeq_error *err)
 {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i]))
             return moeq_fail(err, MOEQ_ERR_NUMERIC,
                              "layer %d: non-finite activation in %s (element %zu): the model "
                              "or the calibration data produce NaN/Inf",
-                             c->layer, what, i);
+                             layer, what, i);
     return MOEQ_OK;
 }
 
@@ -212,8 +212,8 @@ static moeq_code quantize_swiglu(layer_ctx *c, moeq_mlp_weights *mlp,
             cpu_linear(xc, m, hidden, mlp->gate, mlp->gate_bias, inter, g);
             cpu_linear(xc, m, hidden, mlp->up, mlp->up_bias, inter, u);
             moeq_mlp_gate(c->cfg, g, u, (size_t)m * inter);
-            if ((rc = check_finite(c, g, (size_t)m * inter,
-                                   role_label(roles[2], expert, what, sizeof what), err)))
+            if ((rc = moeq_check_finite(c->layer, g, (size_t)m * inter,
+                                        role_label(roles[2], expert, what, sizeof what), err)))
                 goto done;
             if (token_w)
                 rc = cpu_hessian_accumulate_weighted(H, g, token_w + r0, m, inter, alpha, err);
@@ -249,7 +249,7 @@ static moeq_code normed_input(layer_ctx *c, const float *x, const float *norm, i
     const int hidden = c->cfg->hidden_size;
     double t0 = moeq_now_seconds();
     cpu_rmsnorm(x, norm, n, hidden, c->cfg->rms_norm_eps, h);
-    moeq_code rc = check_finite(c, h, (size_t)n * hidden, input, err);
+    moeq_code rc = moeq_check_finite(c->layer, h, (size_t)n * hidden, input, err);
     c->res->seconds_capture += moeq_now_seconds() - t0;
     if (rc || c->opt->method != MOEQ_METHOD_GPTQ)
         return rc;
@@ -278,7 +278,7 @@ static moeq_code quantize_on_inputs(layer_ctx *c, const float *in, int n, int co
     char input[128];
     snprintf(input, sizeof input, "the input of %s", name);
     moeq_gptq_prepared prep = {0};
-    moeq_code rc = check_finite(c, in, (size_t)n * cols, input, err);
+    moeq_code rc = moeq_check_finite(c->layer, in, (size_t)n * cols, input, err);
     if (!rc && c->opt->method == MOEQ_METHOD_GPTQ) {
         double t0 = moeq_now_seconds();
         if (!(rc = hessian(H, in, n, cols, NULL, 2.0f / (float)n, err))) {
@@ -422,7 +422,7 @@ static moeq_code quantize_linear_attention(layer_ctx *c, moeq_layer_weights *lw,
 
     t0 = moeq_now_seconds();
     if ((rc = moeq_deltanet_core(cfg, lw, h, S, T, o_in, err)) ||
-        (rc = check_finite(c, o_in, (size_t)n * vd, "the input of out_proj", err)))
+        (rc = moeq_check_finite(c->layer, o_in, (size_t)n * vd, "the input of out_proj", err)))
         goto done;
     res->seconds_capture += moeq_now_seconds() - t0;
     if (c->opt->method == MOEQ_METHOD_GPTQ) {
@@ -678,7 +678,7 @@ static moeq_code quantize_mtp_block(const moeq_model *model, const moeq_calib_se
     t0 = moeq_now_seconds();
     cpu_rmsnorm(x, head.final_norm, S * T, H, cfg->rms_norm_eps, hidden);
     if ((rc = moeq_mtp_input(&mtp, &w, calib->tokens, hidden, S, T, fc_in, err)) ||
-        (rc = check_finite(&c, fc_in, (size_t)n * 2 * H, "the input of the MTP fc", err)))
+        (rc = moeq_check_finite(c.layer, fc_in, (size_t)n * 2 * H, "the input of the MTP fc", err)))
         goto done;
     res.seconds_capture += moeq_now_seconds() - t0;
     if (quantize_fc && opt->method == MOEQ_METHOD_GPTQ) {
@@ -805,7 +805,7 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
         free(c.targets);
         moeq_layer_weights_free(&lw);
         if (!rc)
-            rc = check_finite(&c, y, nh, "the layer output", err);
+            rc = moeq_check_finite(c.layer, y, nh, "the layer output", err);
         res.seconds_wall = moeq_now_seconds() - t_layer;
         if (!rc && sink)
             rc = sink->write_layer(sink->ctx, &res, err);

@@ -162,6 +162,12 @@ moeq_code moeq_quantize_layers(const moeq_model *model, const moeq_calib_set *ca
  * expert (both loops quantize them in this order). */
 extern const moeq_tensor_role MOEQ_DENSE_ROLES[3], MOEQ_EXPERT_ROLES[3], MOEQ_SHARED_ROLES[3];
 
+/* MOEQ_ERR_NUMERIC naming the layer, what (the activation) and the first
+ * element of x[0..n) that is NaN or infinite; the CPU layer loop and its
+ * AWQ half check their calibration activations with it. */
+moeq_code moeq_check_finite(int layer, const float *x, size_t n, const char *what,
+                            moeq_error *err);
+
 /* Routed mode: the warning for an expert below --min-expert-tokens (both
  * loops print the same line). */
 void moeq_warn_expert_fallback(const moeq_quantize_options *opt, int expert, int layer,

@@ -54,18 +54,6 @@ static moeq_code oom(const awq_ctx *c, moeq_error *err)
     return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for AWQ", c->layer);
 }
 
-static moeq_code check_finite(const awq_ctx *c, const float *x, size_t n, const char *what,
-                              moeq_error *err)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return moeq_fail(err, MOEQ_ERR_NUMERIC,
-                             "layer %d: non-finite activation in %s (element %zu): the model "
-                             "or the calibration data produce NaN/Inf",
-                             c->layer, what, i);
-    return MOEQ_OK;
-}
-
 float moeq_awq_stored_value(float v, st_dtype dtype)
 {
     if (dtype == ST_F32)
@@ -311,7 +299,7 @@ moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_option
         goto done;
     }
     cpu_rmsnorm(x, lw->attn_norm, n, H, cfg->rms_norm_eps, h);
-    if ((rc = check_finite(&c, h, (size_t)n * H, "the input of q/k/v_proj", err)))
+    if ((rc = moeq_check_finite(c.layer, h, (size_t)n * H, "the input of q/k/v_proj", err)))
         goto done;
     const float *ws[3] = {lw->q, lw->k, lw->v};
     const int rows[3] = {qd, kvd, kvd};
@@ -335,7 +323,7 @@ moeq_code moeq_awq_attention(const moeq_model *model, const moeq_quantize_option
         goto done;
     moeq_layer_trace trace = {.o_in = o_in};
     if ((rc = moeq_attention_block(cfg, lw, rope, x, S, T, x1, &trace, err)) ||
-        (rc = check_finite(&c, o_in, (size_t)n * qd, "the input of o_proj", err)) ||
+        (rc = moeq_check_finite(c.layer, o_in, (size_t)n * qd, "the input of o_proj", err)) ||
         (rc = second_moment(Hm, o_in, n, qd, NULL, err)) ||
         (rc = add_linear(&c, MOEQ_T_O_PROJ, -1, lw->o, H, qd, Hm, -1.0, n, 0, err)))
         goto done;
@@ -510,7 +498,7 @@ static moeq_code quantize_swiglu(awq_ctx *c, moeq_mlp_weights *mlp,
     cpu_linear(x, m, H, mlp->gate, mlp->gate_bias, I, g);
     cpu_linear(x, m, H, mlp->up, mlp->up_bias, I, u);
     cpu_silu_mul(g, u, (size_t)m * I, g);
-    if ((rc = check_finite(c, g, (size_t)m * I, what, err)))
+    if ((rc = moeq_check_finite(c->layer, g, (size_t)m * I, what, err)))
         goto done;
     const float *wd[1] = {mlp->down};
     const int rd[1] = {H};
@@ -615,7 +603,7 @@ moeq_code moeq_awq_mlp(const moeq_model *model, const moeq_quantize_options *opt
         goto done;
     }
     cpu_rmsnorm(x1, lw->mlp_norm, n, H, cfg->rms_norm_eps, h);
-    if ((rc = check_finite(&c, h, (size_t)n * H, "the input of the MLP", err)))
+    if ((rc = moeq_check_finite(c.layer, h, (size_t)n * H, "the input of the MLP", err)))
         goto done;
     if (moe) {
         if ((rc = route(&c, lw, h, n, logits, topw, tope, err)))
