@@ -1,6 +1,7 @@
 /* args.c: table-driven option parsing for the subcommands. */
 #include "cli/args.h"
 
+#include "cli/commands.h"
 #include "pipeline/quantize.h"
 
 #include <errno.h>
@@ -129,6 +130,26 @@ void args_print_help(FILE *out, const arg_spec *specs)
                  s->metavar ? s->metavar : "");
         fprintf(out, "  %-26s %s\n", left, s->help);
     }
+}
+
+void args_print_usage(FILE *out, const char *usage, const arg_spec *specs)
+{
+    fprintf(out, "%soptions:\n", usage);
+    args_print_help(out, specs);
+}
+
+int args_parse_command(const char *cmd, const char *usage, const arg_spec *specs, const int *help,
+                       int argc, char **argv, const char **positional, int max_positional,
+                       int *n_positional)
+{
+    moeq_error err = {0};
+    if (args_parse(specs, argc, argv, positional, max_positional, n_positional, &err))
+        return moeq_cli_report(cmd, 2, err.msg);
+    if (*help) {
+        args_print_usage(stdout, usage, specs);
+        return 0;
+    }
+    return -1;
 }
 
 /* --devices: distinct device numbers separated by commas, at most

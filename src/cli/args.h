@@ -25,6 +25,15 @@ typedef struct arg_spec {
 moeq_code args_parse(const arg_spec *specs, int argc, char **argv, const char **positional,
                      int max_positional, int *n_positional, moeq_error *err);
 void args_print_help(FILE *out, const arg_spec *specs);
+/* A subcommand's help: usage (its usage line and what it does, ending in a
+ * blank line), then "options:" and the option table. */
+void args_print_usage(FILE *out, const char *usage, const arg_spec *specs);
+/* args_parse for subcommand cmd, then --help (help: the variable of its
+ * flag in specs). Returns -1 when the command goes on, else the exit status
+ * to return: 2 after reporting a bad option, 0 after printing the usage. */
+int args_parse_command(const char *cmd, const char *usage, const arg_spec *specs, const int *help,
+                       int argc, char **argv, const char **positional, int max_positional,
+                       int *n_positional);
 /* "24GiB", "512M", "1000" -> bytes */
 moeq_code args_parse_bytes(const char *text, int64_t *bytes, moeq_error *err);
 /* Where a command runs, from --device (auto: the first GPU of a CUDA build

@@ -11,26 +11,21 @@
 #include <string.h>
 #include <unistd.h>
 
-static void eval_help(FILE *out, const arg_spec *specs)
-{
-    fprintf(out,
-            "usage: moeq eval MODEL_DIR (--text FILE | --tokens FILE) [options]\n"
-            "\n"
-            "Scores MODEL_DIR on a token stream; with --reference ORIG_DIR also the mean\n"
-            "token KL divergence KL(reference || model) and the top-1 agreement.\n"
-            "\n"
-            "Protocol: the token stream is cut into non-overlapping windows of --seqlen\n"
-            "tokens (a shorter tail is dropped); each window is scored independently from\n"
-            "its first token (positions 0..seqlen-1, no context carried over). Position t\n"
-            "predicts token t+1, so a window has seqlen-1 predicted positions. Perplexity is\n"
-            "exp of the mean negative log-likelihood over all predicted positions; KL and\n"
-            "top-1 agreement are averaged over the same positions. Text input: each\n"
-            "document (a .txt file, or each JSONL line's \"text\" / chat \"messages\") is\n"
-            "tokenized on its own and followed by the end-of-text token.\n"
-            "\n"
-            "options:\n");
-    args_print_help(out, specs);
-}
+static const char eval_usage[] =
+    "usage: moeq eval MODEL_DIR (--text FILE | --tokens FILE) [options]\n"
+    "\n"
+    "Scores MODEL_DIR on a token stream; with --reference ORIG_DIR also the mean\n"
+    "token KL divergence KL(reference || model) and the top-1 agreement.\n"
+    "\n"
+    "Protocol: the token stream is cut into non-overlapping windows of --seqlen\n"
+    "tokens (a shorter tail is dropped); each window is scored independently from\n"
+    "its first token (positions 0..seqlen-1, no context carried over). Position t\n"
+    "predicts token t+1, so a window has seqlen-1 predicted positions. Perplexity is\n"
+    "exp of the mean negative log-likelihood over all predicted positions; KL and\n"
+    "top-1 agreement are averaged over the same positions. Text input: each\n"
+    "document (a .txt file, or each JSONL line's \"text\" / chat \"messages\") is\n"
+    "tokenized on its own and followed by the end-of-text token.\n"
+    "\n";
 
 int moeq_cmd_eval(int argc, char **argv)
 {
@@ -57,14 +52,12 @@ int moeq_cmd_eval(int argc, char **argv)
     moeq_error err = {0};
     const char *pos[1];
     int n_pos;
-    if (args_parse(specs, argc, argv, pos, 1, &n_pos, &err))
-        return moeq_cli_report("eval", 2, err.msg);
-    if (help) {
-        eval_help(stdout, specs);
-        return 0;
-    }
+    int exit_status =
+        args_parse_command("eval", eval_usage, specs, &help, argc, argv, pos, 1, &n_pos);
+    if (exit_status >= 0)
+        return exit_status;
     if (n_pos != 1 || !text == !tokens_path) {
-        eval_help(stderr, specs);
+        args_print_usage(stderr, eval_usage, specs);
         return moeq_cli_report("eval", 2, "give MODEL_DIR and exactly one of --text and --tokens");
     }
     if (max_windows < 0)

@@ -218,16 +218,17 @@ int moeq_cmd_inspect(int argc, char **argv)
         {"help", ARG_FLAG, &help, NULL, "show this help"},
         {0},
     };
+    static const char usage[] = "usage: moeq inspect MODEL_DIR [options]\n\n";
     moeq_error err = {0};
     const char *pos[1];
     int n_pos;
-    if (args_parse(specs, argc, argv, pos, 1, &n_pos, &err))
-        return moeq_cli_report("inspect", 2, err.msg);
-    if (help || n_pos != 1) {
-        FILE *out = help ? stdout : stderr;
-        fprintf(out, "usage: moeq inspect MODEL_DIR [options]\n\noptions:\n");
-        args_print_help(out, specs);
-        return help ? 0 : 2;
+    int exit_status =
+        args_parse_command("inspect", usage, specs, &help, argc, argv, pos, 1, &n_pos);
+    if (exit_status >= 0)
+        return exit_status;
+    if (n_pos != 1) {
+        args_print_usage(stderr, usage, specs);
+        return 2;
     }
     moeq_model m;
     if (moeq_model_open(pos[0], arch_file, &m, &err))

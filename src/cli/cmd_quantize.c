@@ -108,28 +108,23 @@ static void print_summary(const run_ctx *c, double total)
     printf("total  %9.2f s, peak host memory %.0f MiB\n", total, peak_rss_mib());
 }
 
-static void quantize_help(FILE *out, const arg_spec *specs)
-{
-    fprintf(out,
-            "usage: moeq quantize --model DIR --out DIR [options]\n"
-            "\n"
-            "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ,\n"
-            "AWQ or compressed-tensors checkpoint (quantization_config in config.json,\n"
-            "report.json) that vLLM and transformers load. The output appears only when\n"
-            "complete.\n"
-            "True-sequential by default: each linear is calibrated on inputs computed with\n"
-            "the already-quantized linears before it in the layer.\n"
-            "\n"
-            "expert calibration (--expert-calib):\n"
-            "  routed    each expert on the tokens the router sends it; experts with fewer than\n"
-            "            --min-expert-tokens tokens fall back to all tokens (with a warning)\n"
-            "  all       router bypassed: every expert on every token; gate/up of all experts\n"
-            "            share one Hessian per layer\n"
-            "  weighted  every expert on every token, weighted by its router probability\n"
-            "\n"
-            "options:\n");
-    args_print_help(out, specs);
-}
+static const char quantize_usage[] =
+    "usage: moeq quantize --model DIR --out DIR [options]\n"
+    "\n"
+    "Quantizes a Hugging Face checkpoint one decoder layer at a time and writes a GPTQ,\n"
+    "AWQ or compressed-tensors checkpoint (quantization_config in config.json,\n"
+    "report.json) that vLLM and transformers load. The output appears only when\n"
+    "complete.\n"
+    "True-sequential by default: each linear is calibrated on inputs computed with\n"
+    "the already-quantized linears before it in the layer.\n"
+    "\n"
+    "expert calibration (--expert-calib):\n"
+    "  routed    each expert on the tokens the router sends it; experts with fewer than\n"
+    "            --min-expert-tokens tokens fall back to all tokens (with a warning)\n"
+    "  all       router bypassed: every expert on every token; gate/up of all experts\n"
+    "            share one Hessian per layer\n"
+    "  weighted  every expert on every token, weighted by its router probability\n"
+    "\n";
 
 static moeq_code load_calibration(const char *calib, const char *lang, const char *tokenizer_path,
                                   const char *model_dir, int nsamples, int seqlen,
@@ -311,12 +306,10 @@ int moeq_cmd_quantize(int argc, char **argv)
     moeq_error err = {0};
     const char *pos[1];
     int n_pos;
-    if (args_parse(specs, argc, argv, pos, 0, &n_pos, &err))
-        return moeq_cli_report("quantize", 2, err.msg);
-    if (help) {
-        quantize_help(stdout, specs);
-        return 0;
-    }
+    int exit_status = args_parse_command("quantize", quantize_usage, specs, &help, argc, argv, pos,
+                                         0, &n_pos);
+    if (exit_status >= 0)
+        return exit_status;
     if (!model_dir || !out_dir)
         return moeq_cli_report("quantize", 2, "--model and --out are required (see --help)");
     static const char *const methods[] = {"gptq", "rtn", "awq"};
