@@ -63,17 +63,7 @@ static st_dtype source_dtype(const gpu_layer *L, moeq_tensor_role role)
 static moeq_code add_replaced(gpu_layer *L, moeq_tensor_role role, const float *data,
                               size_t count, moeq_error *err)
 {
-    moeq_layer_result *res = L->res;
-    moeq_replaced_tensor *r = realloc(res->replaced, sizeof *r * (size_t)(res->n_replaced + 1));
-    if (!r)
-        return oom(L, err);
-    res->replaced = r;
-    float *copy = malloc(sizeof(float) * count);
-    if (!copy)
-        return oom(L, err);
-    memcpy(copy, data, sizeof(float) * count);
-    r[res->n_replaced++] = (moeq_replaced_tensor){role, -1, copy, count};
-    return MOEQ_OK;
+    return moeq_awq_add_replaced(L->res, L->res->layer, role, data, count, err);
 }
 
 static moeq_code fold_into_norm(gpu_layer *L, moeq_tensor_role role, float *norm, float *s,

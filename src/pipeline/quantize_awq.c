@@ -163,20 +163,25 @@ static moeq_code add_linear(awq_ctx *c, moeq_tensor_role role, int expert, float
     return MOEQ_OK;
 }
 
-static moeq_code add_replaced(awq_ctx *c, moeq_tensor_role role, const float *data, size_t count,
-                              moeq_error *err)
+moeq_code moeq_awq_add_replaced(moeq_layer_result *res, int layer, moeq_tensor_role role,
+                                const float *data, size_t count, moeq_error *err)
 {
-    moeq_layer_result *res = c->res;
     moeq_replaced_tensor *r = realloc(res->replaced, sizeof *r * (size_t)(res->n_replaced + 1));
     if (!r)
-        return oom(c, err);
+        return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for AWQ", layer);
     res->replaced = r;
     float *copy = malloc(sizeof(float) * count);
     if (!copy)
-        return oom(c, err);
+        return moeq_fail(err, MOEQ_ERR_OOM, "layer %d: out of memory for AWQ", layer);
     memcpy(copy, data, sizeof(float) * count);
     r[res->n_replaced++] = (moeq_replaced_tensor){role, -1, copy, count};
     return MOEQ_OK;
+}
+
+static moeq_code add_replaced(awq_ctx *c, moeq_tensor_role role, const float *data, size_t count,
+                              moeq_error *err)
+{
+    return moeq_awq_add_replaced(c->res, c->layer, role, data, count, err);
 }
 
 void moeq_awq_fold_norm(float *norm, float *s, int n, st_dtype dtype)

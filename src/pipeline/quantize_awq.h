@@ -17,6 +17,10 @@ const char *moeq_awq_missing(const moeq_model *model, const moeq_quantize_option
 float moeq_awq_stored_value(float v, st_dtype dtype);
 /* The dtype of layer's tensor role in model's checkpoint (bf16 when absent). */
 st_dtype moeq_awq_source_dtype(const moeq_model *model, moeq_tensor_role role, int layer);
+/* Records in res a copy of data [count], the new value of role's tensor
+ * (not an expert's); out of memory names layer. */
+moeq_code moeq_awq_add_replaced(moeq_layer_result *res, int layer, moeq_tensor_role role,
+                                const float *data, size_t count, moeq_error *err);
 /* W [rows, cols] column j times s[j]. */
 void moeq_awq_scale_columns(float *W, int rows, int cols, const float *s);
 /* Folds the scale s [n] into a norm weight: norm <- norm / s as stored in
