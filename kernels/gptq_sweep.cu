@@ -175,17 +175,6 @@ __device__ grid_t warp_fit_small(const float *x, int n, int bits, int sym, int s
     return fit_lane_values(for_each, bits, sym, scale_bf16, norm, lane);
 }
 
-// x rounded to the nearest TF32 value (10 fraction bits; halfway rounds
-// away from zero), Inf and NaN unchanged: what the tensor cores read of it
-// exactly.
-__device__ inline float tf32_round(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7f800000u) == 0x7f800000u)
-        return x;
-    return __uint_as_float((u + 0x1000u) & 0xffffe000u);
-}
-
 // The segment of row r: the Hessian (hinv, perm, dead) its rows share.
 __device__ int segment_of(const moeq_k_gptq_args &a, long long r)
 {
@@ -348,11 +337,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
         int c = s * 32 + lane;
         if (c < nb) {
             a.codes_perm[(size_t)r * a.cols + i1 + c] = (uint8_t)q_slot[s];
-            float *e3 = a.err_block + (size_t)r * 3 * a.block_size;
-            const float hi = tf32_round(e_slot[s]);
-            e3[c] = hi;
-            e3[nb + c] = e_slot[s] - hi;
-            e3[2 * nb + c] = hi;
+            a.err_block[(size_t)r * a.block_size + c] = e_slot[s];
         }
     }
     if (lane == 0)
@@ -367,24 +352,6 @@ __global__ void scatter_codes_kernel(moeq_k_gptq_args a, uint8_t *codes)
         size_t r = k / (size_t)a.cols;
         int i = (int)(k - r * (size_t)a.cols);
         codes[r * a.cols + perm_of(a, segment_of(a, (long long)r))[i]] = a.codes_perm[k];
-    }
-}
-
-__global__ void split_u_kernel(moeq_k_gptq_args a, int n_seg, int i1, int nb, int i2, float *u3)
-{
-    const int width = a.cols - i2;
-    const size_t total = (size_t)n_seg * nb * width;
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
-         k += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = k / (size_t)width; // segment * nb + c
-        const int j = i2 + (int)(k - row * (size_t)width);
-        const size_t seg = row / (size_t)nb, c = row - seg * (size_t)nb;
-        const float x = a.hinv[(seg * a.cols + i1 + c) * a.cols + j];
-        const float h = tf32_round(x);
-        float *u = u3 + (seg * 3 * a.block_size + c) * a.cols + j;
-        u[0] = x - h;
-        u[(size_t)nb * a.cols] = h;
-        u[(size_t)2 * nb * a.cols] = h;
     }
 }
 
@@ -432,16 +399,6 @@ extern "C" cudaError_t moeq_k_gptq_sweep_block(const moeq_k_gptq_args *a, int i1
         return e;
     unsigned blocks = (unsigned)((a->rows + kSweepWarps - 1) / kSweepWarps);
     sweep_block_kernel<<<blocks, kSweepWarps * 32, smem, stream>>>(*a, i1, nb);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t moeq_k_gptq_split_u(const moeq_k_gptq_args *a, int n_seg, int i1, int nb,
-                                           int i2, float *u3, cudaStream_t stream)
-{
-    const size_t total = (size_t)n_seg * nb * (a->cols - i2);
-    if (total == 0)
-        return cudaSuccess;
-    split_u_kernel<<<grid_for(total), 256, 0, stream>>>(*a, n_seg, i1, nb, i2, u3);
     return cudaGetLastError();
 }
 

@@ -61,10 +61,7 @@ typedef struct moeq_k_gptq_args {
     int seg_rows;       /* rows per segment (one Hessian each), a multiple of 16; 0: one
                          * segment of all rows */
     float *w;           /* [rows, cols] weights in processing order, updated */
-    float *err_block;   /* [rows, 3 block_size]: the scaled errors e of the current
-                         * block's nb columns as their TF32 parts hi, then lo =
-                         * e - hi, then hi again (the lazy update's operand of
-                         * depth 3 nb, beside moeq_k_gptq_split_u's) */
+    float *err_block;   /* [rows, block_size] scaled errors of the current block */
     uint8_t *codes_perm;/* [rows, cols] codes in processing order */
     float *scales;      /* [n_groups, rows] */
     int32_t *zeros;     /* [n_groups, rows] */
@@ -87,13 +84,6 @@ cudaError_t moeq_k_gptq_fit_static(const float *W, const moeq_k_gptq_args *a,
  * rest of w is left to the caller's GEMM. */
 cudaError_t moeq_k_gptq_sweep_block(const moeq_k_gptq_args *a, int i1, int nb,
                                     cudaStream_t stream);
-/* The rows [i1, i1 + nb) of every segment's factor, columns [i2, cols),
- * split for the lazy update as one TF32 product of thrice the depth
- * (3xTF32: lo hi + hi lo + hi hi): hi = x rounded to TF32's 10 fraction
- * bits, lo = x - hi (exact). u3 is [segments, 3 block_size, cols]: rows
- * [0, nb) lo, [nb, 3 nb) hi twice (the columns before i2 untouched). */
-cudaError_t moeq_k_gptq_split_u(const moeq_k_gptq_args *a, int n_seg, int i1, int nb, int i2,
-                                float *u3, cudaStream_t stream);
 /* codes[r][perm[i]] = codes_perm[r][i]. */
 cudaError_t moeq_k_gptq_scatter_codes(const moeq_k_gptq_args *a, uint8_t *codes,
                                       cudaStream_t stream);

@@ -81,9 +81,7 @@ moeq_code moeq_cuda_init(moeq_cuda_ctx *ctx, int device, moeq_error *err)
             return rc;
         }
     }
-    /* fp32 GEMMs stay fp32: no TF32 (the CPU reference is the yardstick);
-     * GPTQ's lazy update asks for TF32 itself, split three ways so that it
-     * keeps about fp32's accuracy (lazy_update of cuda_gptq.c). */
+    /* fp32 GEMMs stay fp32: no TF32 (the CPU reference is the yardstick). */
     size_t total = 0;
     rc = MOEQ_CUBLAS(cublasSetMathMode(ctx->cublas, CUBLAS_DEFAULT_MATH));
     if (!rc)

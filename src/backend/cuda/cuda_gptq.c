@@ -305,25 +305,6 @@ static moeq_code alloc_quantized(moeq_cuda_ctx *ctx, moeq_cuda_quantized *q, int
     return rc;
 }
 
-/* The lazy update after a block of nb columns: W[:, i2:] -= E U[i1:i2, i2:]
- * (row-major; per segment), i.e. the column-major W^T[i2:, :] -=
- * U[i1:i2, i2:]^T E^T, on the TF32 tensor cores in three parts (3xTF32:
- * lo hi + hi lo + hi hi of the operands' TF32 parts, the lo lo term,
- * below 2^-21 of the product, left out) stacked into one product of depth
- * 3 nb with fp32 accumulation: about fp32's accuracy (an SGEMM already
- * differs from the CPU's by its summation order), W read and written once. */
-static moeq_code lazy_update(moeq_cuda_ctx *ctx, const float *u3, const float *e3, float *w,
-                             int n_seg, int seg_rows, int cols, int B, int nb, int i2,
-                             moeq_error *err)
-{
-    const float minus_one = -1.0f, one = 1.0f;
-    return MOEQ_CUBLAS(cublasGemmStridedBatchedEx(
-        ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, seg_rows, 3 * nb, &minus_one, u3 + i2,
-        CUDA_R_32F, cols, (long long)3 * B * cols, e3, CUDA_R_32F, 3 * B,
-        (long long)seg_rows * 3 * B, &one, w + i2, CUDA_R_32F, cols, (long long)seg_rows * cols,
-        n_seg, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
-}
-
 /* The sweep over n_seg segments of seg_rows rows (n_seg == 1: seg_rows is
  * rows), segment s against hinv + s cols^2, perm + s cols, dead + s cols on
  * the device, and perm_host[s] on the host. */
@@ -343,7 +324,6 @@ static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int
                          "GPTQ block size %d: the CUDA sweep takes at most %d columns a block", B,
                          MOEQ_K_GPTQ_MAX_BLOCK);
     moeq_cuda_buf w = {0}, err_block = {0}, codes_perm = {0}, loss_rows = {0}, count = {0};
-    moeq_cuda_buf u3 = {0}; /* the lazy update's TF32 parts of the factor's rows */
     int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)cols * n_seg);
     const int want_loss = loss || row_loss;
     double *loss_host =
@@ -356,10 +336,8 @@ static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int
     if ((rc = alloc_quantized(ctx, out, rows, cols, n_seg, cfg, err)) ||
         (rc = moeq_cuda_alloc(ctx, &w, sizeof(float) * (size_t)rows * cols, "GPTQ weights",
                               err)) ||
-        (rc = moeq_cuda_alloc(ctx, &err_block, sizeof(float) * (size_t)rows * 3 * B,
+        (rc = moeq_cuda_alloc(ctx, &err_block, sizeof(float) * (size_t)rows * B,
                               "GPTQ block errors", err)) ||
-        (rc = moeq_cuda_alloc(ctx, &u3, sizeof(float) * (size_t)n_seg * 3 * B * cols,
-                              "GPTQ factor rows", err)) ||
         (rc = moeq_cuda_alloc(ctx, &codes_perm, (size_t)rows * cols, "GPTQ permuted codes",
                               err)) ||
         (rc = moeq_cuda_alloc(ctx, &loss_rows, sizeof(double) * (size_t)rows, "GPTQ row losses",
@@ -400,13 +378,19 @@ static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int
     }
     if (a.static_groups && (rc = MOEQ_CU(moeq_k_gptq_fit_static(W, &a, ctx->stream))))
         goto done;
+    const float minus_one = -1.0f, one = 1.0f;
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        if ((rc = MOEQ_CU(moeq_k_gptq_sweep_block(&a, i1, nb, ctx->stream))) ||
-            (i2 < cols && rows > 0 &&
-             ((rc = MOEQ_CU(moeq_k_gptq_split_u(&a, n_seg, i1, nb, i2, u3.ptr, ctx->stream))) ||
-              (rc = lazy_update(ctx, u3.ptr, err_block.ptr, w.ptr, n_seg, seg_rows, cols, B, nb,
-                                i2, err)))))
+        if ((rc = MOEQ_CU(moeq_k_gptq_sweep_block(&a, i1, nb, ctx->stream))))
+            goto done;
+        /* W[:, i2:] -= E[:, :nb] U[i1:i2, i2:] (row-major), i.e. the
+         * column-major W^T[i2:, :] -= U[i1:i2, i2:]^T E^T. */
+        if (i2 < cols && rows > 0 &&
+            (rc = MOEQ_CUBLAS(cublasSgemmStridedBatched(
+                 ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, seg_rows, nb, &minus_one,
+                 hinv + (size_t)i1 * cols + i2, cols, (long long)cols * cols, err_block.ptr, B,
+                 (long long)seg_rows * B, &one, (float *)w.ptr + i2, cols,
+                 (long long)seg_rows * cols, n_seg))))
             goto done;
     }
     for (int sgm = 0; sgm < n_seg; sgm++)
@@ -430,7 +414,6 @@ static moeq_code sweep_segments(moeq_cuda_ctx *ctx, const float *hinv, const int
 done:
     moeq_cuda_free(ctx, &w);
     moeq_cuda_free(ctx, &err_block);
-    moeq_cuda_free(ctx, &u3);
     moeq_cuda_free(ctx, &codes_perm);
     moeq_cuda_free(ctx, &loss_rows);
     moeq_cuda_free(ctx, &count);
