@@ -117,53 +117,77 @@ static inline double kl_on_random_tokens(const char *model_dir, const char *out,
     return r.kl;
 }
 
-/* The MTP drafts of the checkpoint at dir on the golden windows of the
+/* The MTP block of the checkpoint at dir run on the golden windows of the
  * fixture at fixture_dir (its golden.safetensors: tokens, and mtp.hidden_in,
  * the original model's final normed hidden states, so every checkpoint gets
- * the same inputs): logits [S (T - 1), V] in a new buffer, their count in
- * *count; NULL (err says why) when anything fails. */
-static inline float *mtp_draft_logits(const char *fixture_dir, const char *dir, size_t *count,
-                                      moeq_error *err)
+ * the same inputs), for n = S (T - 1) positions. */
+typedef struct mtp_golden_run {
+    float *block;  /* [n, hidden]: the block's output after its norm */
+    float *logits; /* [n, vocab]: the drafts through lm_head */
+    size_t n;
+    int hidden, vocab;
+} mtp_golden_run;
+
+static inline void mtp_golden_run_free(mtp_golden_run *r)
+{
+    free(r->block);
+    free(r->logits);
+    memset(r, 0, sizeof *r);
+}
+
+/* Fills *r (freed by mtp_golden_run_free, also after a failure); an error
+ * naming what failed when anything does. */
+static inline moeq_code mtp_run_on_golden(const char *fixture_dir, const char *dir,
+                                          mtp_golden_run *r, moeq_error *err)
 {
     char gpath[4200];
     snprintf(gpath, sizeof gpath, "%s/golden.safetensors", fixture_dir);
+    memset(r, 0, sizeof *r);
     moeq_model m;
     st_file g;
     moeq_mtp mtp;
     moeq_mtp_weights w;
     moeq_head_weights head;
     moeq_rope_cache rope;
-    float *logits = NULL;
-    if (moeq_model_open(dir, NULL, &m, err))
-        return NULL;
-    if (st_file_open(&g, gpath, err)) {
+    moeq_code rc;
+    if ((rc = moeq_model_open(dir, NULL, &m, err)))
+        return rc;
+    if ((rc = st_file_open(&g, gpath, err))) {
         moeq_model_close(&m);
-        return NULL;
+        return rc;
     }
-    if (!moeq_mtp_open(&m, &mtp, err)) {
-        if (!moeq_mtp_weights_load(&mtp, &w, err)) {
-            if (!moeq_head_weights_load(&m, &head, err)) {
-                if (!moeq_rope_cache_init(&m.cfg, &rope, err)) {
+    if (!(rc = moeq_mtp_open(&m, &mtp, err))) {
+        if (!(rc = moeq_mtp_weights_load(&mtp, &w, err))) {
+            if (!(rc = moeq_head_weights_load(&m, &head, err))) {
+                if (!(rc = moeq_rope_cache_init(&m.cfg, &rope, err))) {
+                    const int H = m.cfg.hidden_size, V = m.cfg.vocab_size;
                     const st_tensor *tok = st_file_find(&g, "tokens");
                     const st_tensor *hid = st_file_find(&g, "mtp.hidden_in");
-                    const int S = (int)tok->shape[0], T = (int)tok->shape[1],
-                              H = m.cfg.hidden_size;
-                    const size_t n = (size_t)S * (T - 1);
-                    float *in = malloc(sizeof(float) * n * 2 * H);
-                    float *out = malloc(sizeof(float) * n * H);
-                    logits = malloc(sizeof(float) * n * m.cfg.vocab_size);
-                    if (!in || !out || !logits ||
-                        moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data,
-                                       (const float *)hid->data, S, T, in, err) ||
-                        moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1, out, err)) {
-                        free(logits);
-                        logits = NULL;
+                    const int S = tok ? (int)tok->shape[0] : 0, T = tok ? (int)tok->shape[1] : 0;
+                    const size_t n = (size_t)S * (T > 1 ? T - 1 : 0);
+                    if (!tok || tok->dtype != ST_I32 || tok->ndim != 2 || n == 0 || !hid ||
+                        hid->dtype != ST_F32 ||
+                        hid->nbytes != sizeof(float) * (size_t)S * T * H) {
+                        rc = moeq_fail(err, MOEQ_ERR_FORMAT,
+                                       "%s: tokens or mtp.hidden_in missing or mis-shaped", gpath);
                     } else {
-                        cpu_linear(out, (int)n, H, head.lm_head, NULL, m.cfg.vocab_size, logits);
-                        *count = n * (size_t)m.cfg.vocab_size;
+                        float *in = malloc(sizeof(float) * n * 2 * H);
+                        r->block = malloc(sizeof(float) * n * H);
+                        r->logits = malloc(sizeof(float) * n * V);
+                        if (!in || !r->block || !r->logits)
+                            rc = moeq_fail(err, MOEQ_ERR_OOM, "out of memory");
+                        else if (!(rc = moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data,
+                                                       (const float *)hid->data, S, T, in,
+                                                       err)) &&
+                                 !(rc = moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1,
+                                                         r->block, err))) {
+                            cpu_linear(r->block, (int)n, H, head.lm_head, NULL, V, r->logits);
+                            r->n = n;
+                            r->hidden = H;
+                            r->vocab = V;
+                        }
+                        free(in);
                     }
-                    free(in);
-                    free(out);
                     moeq_rope_cache_free(&rope);
                 }
                 moeq_head_weights_free(&head);
@@ -174,7 +198,7 @@ static inline float *mtp_draft_logits(const char *fixture_dir, const char *dir, 
     }
     st_file_close(&g);
     moeq_model_close(&m);
-    return logits;
+    return rc;
 }
 
 /* What quantizing the drafter does to its drafts on the same inputs: the
@@ -185,26 +209,20 @@ static inline int mtp_drafts_compare(const char *fixture_dir, const char *out, d
                                      double *kl, size_t *positions)
 {
     moeq_error err = {0};
-    size_t n = 0, nq = 0;
-    float *ref = mtp_draft_logits(fixture_dir, fixture_dir, &n, &err);
-    float *q = ref ? mtp_draft_logits(fixture_dir, out, &nq, &err) : NULL;
-    moeq_model m;
-    int V = 0;
-    if (q && n == nq && !moeq_model_open(fixture_dir, NULL, &m, &err)) {
-        V = m.cfg.vocab_size;
-        moeq_model_close(&m);
-    }
-    if (!V) {
+    mtp_golden_run ref = {0}, q = {0};
+    if (mtp_run_on_golden(fixture_dir, fixture_dir, &ref, &err) ||
+        mtp_run_on_golden(fixture_dir, out, &q, &err) || q.n != ref.n || q.vocab != ref.vocab) {
         fprintf(stderr, "  MTP drafts of %s: %s\n", out, err.msg);
-        free(ref);
-        free(q);
+        mtp_golden_run_free(&ref);
+        mtp_golden_run_free(&q);
         return -1;
     }
-    const size_t rows = n / (size_t)V;
+    const int V = ref.vocab;
+    const size_t rows = ref.n;
     size_t same = 0;
     double sum = 0;
     for (size_t r = 0; r < rows; r++) {
-        float *a = ref + r * V, *b = q + r * V;
+        float *a = ref.logits + r * V, *b = q.logits + r * V;
         int ia = 0, ib = 0;
         for (int v = 1; v < V; v++) {
             ia = a[v] > a[ia] ? v : ia;
@@ -219,8 +237,8 @@ static inline int mtp_drafts_compare(const char *fixture_dir, const char *out, d
     *agree = (double)same / (double)rows;
     *kl = sum / (double)rows;
     *positions = rows;
-    free(ref);
-    free(q);
+    mtp_golden_run_free(&ref);
+    mtp_golden_run_free(&q);
     return 0;
 }
 

@@ -8,6 +8,7 @@
  * to that layer, so an error is pinned to the layer and block where it
  * arises; the logits are checked end to end from the token ids. */
 #include "test.h"
+#include "fixture_run.h"
 
 #include "model/forward.h"
 #include "model/model.h"
@@ -154,41 +155,20 @@ static void check_mtp(const char *name)
     snprintf(dir, sizeof dir, "%s/tests/fixtures/golden/%s", MOEQ_SOURCE_DIR, name);
     snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
     moeq_error err = {0};
-    moeq_model m;
+    mtp_golden_run r;
     st_file g;
-    moeq_mtp mtp;
-    moeq_mtp_weights w;
-    moeq_head_weights head;
-    moeq_rope_cache rope;
-    if (moeq_model_open(dir, NULL, &m, &err) || st_file_open(&g, gpath, &err) ||
-        moeq_mtp_open(&m, &mtp, &err) || moeq_mtp_weights_load(&mtp, &w, &err) ||
-        moeq_head_weights_load(&m, &head, &err) || moeq_rope_cache_init(&m.cfg, &rope, &err)) {
+    moeq_code rc = mtp_run_on_golden(dir, dir, &r, &err);
+    if (rc || st_file_open(&g, gpath, &err)) {
         fprintf(stderr, "  %s\n", err.msg);
         test_failures_in_current++;
+        mtp_golden_run_free(&r);
         return;
     }
-    const st_tensor *tok = st_file_find(&g, "tokens");
-    int S = (int)tok->shape[0], T = (int)tok->shape[1], H = m.cfg.hidden_size,
-        V = m.cfg.vocab_size;
-    size_t n = (size_t)S * (T - 1);
-    float *in = malloc(sizeof(float) * n * 2 * H), *out = malloc(sizeof(float) * n * H);
-    float *logits = malloc(sizeof(float) * n * V);
-    const float *hidden = golden(&g, "mtp.hidden_in", (size_t)S * T * H);
-    CHECK(hidden && moeq_mtp_input(&mtp, &w, (const int32_t *)tok->data, hidden, S, T, in,
-                                   &err) == MOEQ_OK);
-    CHECK(moeq_mtp_forward(&mtp, &w, &rope, in, S, T - 1, out, &err) == MOEQ_OK);
-    check_close(name, "MTP block", out, golden(&g, "mtp.out", n * H), n * H);
-    cpu_linear(out, (int)n, H, head.lm_head, NULL, V, logits);
-    check_close(name, "MTP logits", logits, golden(&g, "mtp.logits", n * V), n * V);
-    free(in);
-    free(out);
-    free(logits);
-    moeq_rope_cache_free(&rope);
-    moeq_head_weights_free(&head);
-    moeq_mtp_weights_free(&w);
-    moeq_mtp_close(&mtp);
+    const size_t n = r.n, H = (size_t)r.hidden, V = (size_t)r.vocab;
+    check_close(name, "MTP block", r.block, golden(&g, "mtp.out", n * H), n * H);
+    check_close(name, "MTP logits", r.logits, golden(&g, "mtp.logits", n * V), n * V);
+    mtp_golden_run_free(&r);
     st_file_close(&g);
-    moeq_model_close(&m);
 }
 
 static void test_qwen3_moe_matches_transformers(void) { check_model("qwen3_moe"); }
