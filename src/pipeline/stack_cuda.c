@@ -34,14 +34,20 @@ static trace_site trace_sites[TRACE_SITES];
 static int trace_n;
 static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static int trace_on;
+static pthread_once_t trace_once = PTHREAD_ONCE_INIT;
+
+static void trace_read_env(void)
+{
+    const char *v = getenv("MOEQ_TRACE");
+    trace_on = v && *v && strcmp(v, "0") != 0;
+}
+
+/* MOEQ_TRACE, read once for the whole process (the GPUs' threads ask). */
 static int trace_enabled(void)
 {
-    static int enabled = -1; /* read once; racing first readers agree */
-    if (enabled < 0) {
-        const char *v = getenv("MOEQ_TRACE");
-        enabled = v && *v && strcmp(v, "0") != 0;
-    }
-    return enabled;
+    pthread_once(&trace_once, trace_read_env);
+    return trace_on;
 }
 
 static void trace_add(const char *file, int line, double seconds)
