@@ -488,6 +488,36 @@ def fuse_experts(out_dir, text_kw):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def stacked_experts(w, p, n):
+    # transformers 5's fused expert parameters from per-expert weights
+    # w[f"{p}mlp.experts.{e}.{gate,up,down}_proj.weight"], as its decoder
+    # layers load them.
+    return {
+        "mlp.experts.gate_up_proj": torch.stack([torch.cat(
+            [w[f"{p}mlp.experts.{e}.gate_proj.weight"], w[f"{p}mlp.experts.{e}.up_proj.weight"]])
+            for e in range(n)]),
+        "mlp.experts.down_proj": torch.stack(
+            [w[f"{p}mlp.experts.{e}.down_proj.weight"] for e in range(n)]),
+    }
+
+
+def rms_norm(lm, cfg, weight):
+    # The model's own RMSNorm class with the given weight.
+    m = type(lm.norm)(cfg.hidden_size, eps=cfg.rms_norm_eps)
+    m.weight.data = weight
+    return m
+
+
+def final_normed_hidden(ref, lm, tokens):
+    # The main model's final normed hidden states on tokens (model.norm's output).
+    hidden = {}
+    hook = lm.norm.register_forward_hook(lambda mod, a, out: hidden.setdefault("h", out.detach()))
+    with torch.no_grad():
+        ref(input_ids=tokens)
+    hook.remove()
+    return hidden["h"]
+
+
 def mtp_reference(ref, out_dir, tokens):
     # The MTP block as vLLM runs it for speculative decoding (qwen3_5_mtp.py,
     # Qwen3_5MultiTokenPredictor.forward): the main model's final normed
@@ -505,23 +535,13 @@ def mtp_reference(ref, out_dir, tokens):
     sd = {k[len(p):]: v for k, v in w.items() if k.startswith(p) and ".experts." not in k}
     n = getattr(cfg, "num_experts", 0)
     if n:
-        sd["mlp.experts.gate_up_proj"] = torch.stack([torch.cat(
-            [w[f"{p}mlp.experts.{e}.gate_proj.weight"], w[f"{p}mlp.experts.{e}.up_proj.weight"]])
-            for e in range(n)])
-        sd["mlp.experts.down_proj"] = torch.stack(
-            [w[f"{p}mlp.experts.{e}.down_proj.weight"] for e in range(n)])
+        sd.update(stacked_experts(w, p, n))
     layer.load_state_dict(sd, strict=True)
 
     def norm(key):
-        m = type(lm.norm)(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        m.weight.data = w[key]
-        return m
+        return rms_norm(lm, cfg, w[key])
 
-    hidden = {}
-    hook = lm.norm.register_forward_hook(lambda mod, a, out: hidden.setdefault("h", out.detach()))
-    with torch.no_grad():
-        ref(input_ids=tokens)
-    hook.remove()
+    hidden = {"h": final_normed_hidden(ref, lm, tokens)}
     S, T = tokens.shape
     with torch.no_grad():
         e = norm("mtp.pre_fc_norm_embedding.weight")(lm.embed_tokens(tokens[:, 1:]))
@@ -594,24 +614,13 @@ def nextn_reference(ref, out_dir, tokens):
          load_file(os.path.join(out_dir, "model.safetensors")).items() if k.startswith(p)}
     own = ("eh_proj.", "enorm.", "hnorm.", "shared_head.", "embed_tokens.")
     sd = {k: v for k, v in w.items() if ".experts." not in k and not k.startswith(own)}
-    e_n = cfg.n_routed_experts
-    sd["mlp.experts.gate_up_proj"] = torch.stack([torch.cat(
-        [w[f"mlp.experts.{e}.gate_proj.weight"], w[f"mlp.experts.{e}.up_proj.weight"]])
-        for e in range(e_n)])
-    sd["mlp.experts.down_proj"] = torch.stack(
-        [w[f"mlp.experts.{e}.down_proj.weight"] for e in range(e_n)])
+    sd.update(stacked_experts(w, "", cfg.n_routed_experts))
     layer.load_state_dict(sd, strict=True)
 
     def norm(key):
-        m = type(lm.norm)(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        m.weight.data = w[key]
-        return m
+        return rms_norm(lm, cfg, w[key])
 
-    hidden = {}
-    hook = lm.norm.register_forward_hook(lambda mod, a, out: hidden.setdefault("h", out.detach()))
-    with torch.no_grad():
-        ref(input_ids=tokens)
-    hook.remove()
+    hidden = {"h": final_normed_hidden(ref, lm, tokens)}
     S, T = tokens.shape
     with torch.no_grad():
         emb = lm.embed_tokens(tokens[:, 1:]).clone()
